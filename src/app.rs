@@ -1,0 +1,187 @@
+//! Process assembly: [`App::build`] turns a validated [`Config`] into a bound HTTP listener plus
+//! the background tasks of the chosen role; [`App::run`] serves until the shutdown token fires
+//! and then drains. `main`, the `demo` command and the tests all go through this one path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, CoreState};
+use crate::metrics::{self, HttpMetrics};
+use crate::readiness::Readiness;
+
+/// A background task of a role. It must return soon after its token is cancelled.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Starting or running the application failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(
+        "cannot listen on {addr} (server.listen): {source}; is another process using the port?"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Component(String),
+}
+
+/// An assembled, not yet running bridge.
+pub struct App {
+    config: Arc<Config>,
+    listener: TcpListener,
+    router: Router,
+    readiness: Arc<Readiness>,
+    /// Cancelled when the role's work must stop (after the drain delay).
+    work: CancellationToken,
+    tasks: Vec<Task>,
+}
+
+impl App {
+    /// Binds the listener and assembles the role's components.
+    pub async fn build(config: Config) -> Result<App, AppError> {
+        let config = Arc::new(config);
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.server.listen,
+                source,
+            })?;
+        let readiness = Arc::new(Readiness::new());
+        let mut registry = metrics::new_registry(config.role.as_str());
+        let http_metrics = HttpMetrics::register(&mut registry);
+        let work = CancellationToken::new();
+        let tasks: Vec<Task> = Vec::new();
+        let extra_routes = Router::new();
+
+        for w in &config.warnings {
+            tracing::warn!(warning = %w, "configuration warning");
+        }
+        let health_warnings: Vec<String> = config
+            .warnings
+            .iter()
+            .filter(|w| w.contains("tls_insecure_skip_verify"))
+            .cloned()
+            .collect();
+
+        let core = CoreState {
+            role: config.role,
+            started: Instant::now(),
+            readiness: readiness.clone(),
+            registry: Arc::new(registry),
+            health_warnings: Arc::new(health_warnings),
+        };
+        let router = http::finish(http::core_routes(core).merge(extra_routes), http_metrics);
+        Ok(App {
+            config,
+            listener,
+            router,
+            readiness,
+            work,
+            tasks,
+        })
+    }
+
+    /// The address the HTTP server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TcpListener always has a local address.
+        self.listener
+            .local_addr()
+            .unwrap_or(self.config.server.listen)
+    }
+
+    /// Shared readiness state, for embedding callers.
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Serves and runs the role's tasks until `shutdown` is cancelled, then drains: readiness
+    /// turns 503 at once, after `server.drain_delay` the tasks are cancelled and get
+    /// `server.shutdown_timeout` to finish, then the HTTP server stops.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let App {
+            config,
+            listener,
+            router,
+            readiness,
+            work,
+            tasks,
+        } = self;
+        let tracker = TaskTracker::new();
+        for t in tasks {
+            tracker.spawn(t);
+        }
+        tracker.close();
+
+        let stop_server = CancellationToken::new();
+        let server = {
+            let stop = stop_server.clone();
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            })
+        };
+        tracing::info!(
+            role = %config.role,
+            listen = %config.server.listen,
+            version = env!("CARGO_PKG_VERSION"),
+            "bridge started"
+        );
+
+        // Either a shutdown request, or the server dying on its own.
+        let mut server = server;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            res = &mut server => {
+                work.cancel();
+                return match res {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(AppError::Serve(e)),
+                    Err(e) => Err(AppError::Component(format!("HTTP server task failed: {e}"))),
+                };
+            }
+        }
+
+        readiness.begin_shutdown();
+        tracing::info!(
+            drain_delay = ?config.server.drain_delay,
+            shutdown_timeout = ?config.server.shutdown_timeout,
+            "shutdown requested; readiness is now 503"
+        );
+        tokio::time::sleep(config.server.drain_delay).await;
+        work.cancel();
+        if tokio::time::timeout(config.server.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout = ?config.server.shutdown_timeout,
+                "background work did not finish within server.shutdown_timeout; exiting anyway"
+            );
+        }
+        stop_server.cancel();
+        // Open keep-alive connections must not hold the exit hostage.
+        if let Ok(Ok(Err(e))) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), server).await
+        {
+            return Err(AppError::Serve(e));
+        }
+        tracing::info!("bridge stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,1150 @@
+//! Configuration: loading (defaults < TOML file < `BRIDGE_*` environment), validation that
+//! reports every problem at once, and the resolved, typed settings the rest of the crate uses.
+//!
+//! Two layers live here. [`RawConfig`] is the shape of the file and of the environment; it is
+//! what `check-config` prints (with secrets redacted). [`Config`] is the validated result: URLs
+//! are parsed, secrets are [`Secret`]s, and sections a role does not need may be absent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+use crate::secret::Secret;
+
+/// Which parts of the bridge a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Poller, sender and web API in one process (`docker run`, the demo).
+    All,
+    /// The single writer: polls OneView and delivers to PagerDuty.
+    Poller,
+    /// A stateless front door: web API and status page.
+    Web,
+}
+
+impl Role {
+    /// Whether this role talks to OneView and PagerDuty on its own.
+    pub fn polls(self) -> bool {
+        matches!(self, Role::All | Role::Poller)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Poller => "poller",
+            Role::Web => "web",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw shape (file + environment)
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration exactly as written in the file and the environment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub oneview: RawOneView,
+    pub pagerduty: RawPagerDuty,
+    pub poller: RawPoller,
+    pub dedup: RawDedup,
+    pub server: RawServer,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOneView {
+    /// Appliance base URL, `https://oneview.example.com`.
+    pub url: Option<String>,
+    /// Name used in incidents (`group`) and in the dedup key; defaults to the URL's host.
+    pub name: Option<String>,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redact")]
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub auth_login_domain: Option<String>,
+    /// `"auto"` or an API version number such as 4600.
+    pub api_version: ApiVersionSetting,
+    pub ca_file: Option<PathBuf>,
+    pub tls_insecure_skip_verify: bool,
+    #[serde(with = "humantime_serde")]
+    pub session_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RawOneView {
+    fn default() -> Self {
+        Self {
+            url: None,
+            name: None,
+            username: None,
+            password: None,
+            password_file: None,
+            auth_login_domain: None,
+            api_version: ApiVersionSetting::Auto,
+            ca_file: None,
+            tls_insecure_skip_verify: false,
+            session_refresh: Duration::from_secs(23 * 3600),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `api_version = "auto"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersionSetting {
+    Auto,
+    Fixed(u32),
+}
+
+impl Serialize for ApiVersionSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ApiVersionSetting::Auto => s.serialize_str("auto"),
+            ApiVersionSetting::Fixed(v) => s.serialize_u32(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiVersionSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(i64),
+            Str(String),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "expected \"auto\" or an API version number such as 4600 (OneView 8.0)",
+            )
+        };
+        match Repr::deserialize(d)? {
+            Repr::Num(n) => u32::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(ApiVersionSetting::Fixed)
+                .ok_or_else(bad),
+            Repr::Str(s) if s.eq_ignore_ascii_case("auto") => Ok(ApiVersionSetting::Auto),
+            Repr::Str(s) => s
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(ApiVersionSetting::Fixed)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPagerDuty {
+    #[serde(serialize_with = "redact")]
+    pub routing_key: Option<SecretString>,
+    pub routing_key_file: Option<PathBuf>,
+    pub events_url: String,
+    /// Optional routing rules; the first match wins, else `routing_key`.
+    pub routes: Vec<RawRoute>,
+    /// OneView severity -> PagerDuty severity. Merged over the built-in table.
+    pub severity_map: BTreeMap<String, String>,
+    /// `client` shown in PagerDuty ("oneview-pagerduty-bridge" by default).
+    pub client: Option<String>,
+    /// `client_url`: the bridge's status page, when reachable by on-call engineers.
+    pub client_url: Option<String>,
+    /// Base URL of the OneView web UI used in incident links; defaults to `oneview.url`.
+    pub oneview_ui_url: Option<String>,
+    /// Events in flight at once across different dedup keys.
+    pub concurrency: usize,
+    /// Client-side limit per routing key.
+    pub rate_limit_per_minute: u32,
+    /// Events waiting between the poller and the sender before the poller waits.
+    pub queue_capacity: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RawPagerDuty {
+    fn default() -> Self {
+        Self {
+            routing_key: None,
+            routing_key_file: None,
+            events_url: "https://events.pagerduty.com/v2/enqueue".to_owned(),
+            routes: Vec::new(),
+            severity_map: BTreeMap::new(),
+            client: None,
+            client_url: None,
+            oneview_ui_url: None,
+            concurrency: 8,
+            rate_limit_per_minute: 120,
+            queue_capacity: 10_000,
+            retry_initial_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One `[[pagerduty.routes]]` entry. Every given matcher must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRoute {
+    /// A name for logs and metrics (bounded label); defaults to `route-<n>`.
+    pub name: Option<String>,
+    /// OneView severities (`Critical`, `Warning`, ...).
+    pub severities: Vec<String>,
+    /// Resource categories (`server-hardware`, `enclosures`, `storage-systems`, ...).
+    pub resource_categories: Vec<String>,
+    /// Alert type ids, glob patterns allowed (`Trap.cpqDa*`).
+    pub alert_types: Vec<String>,
+    /// Resource name glob (`SGH817*`).
+    pub resource_name: Option<String>,
+    #[serde(serialize_with = "redact")]
+    pub routing_key: Option<SecretString>,
+    pub routing_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPoller {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub severities: Vec<String>,
+    pub page_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// How far before the watermark an incremental poll starts again.
+    #[serde(with = "humantime_serde")]
+    pub watermark_overlap: Duration,
+}
+
+impl Default for RawPoller {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            severities: vec!["Critical".to_owned(), "Warning".to_owned()],
+            page_size: 500,
+            resync_interval: Duration::from_secs(3600),
+            watermark_overlap: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawDedup {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for RawDedup {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    /// Time in-flight work gets after SIGTERM before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Time /ready answers 503 after SIGTERM before the bridge stops its work, so that load
+    /// balancers stop routing to it first.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            shutdown_timeout: Duration::from_secs(20),
+            drain_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON unless stdout is a terminal.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problems
+// ---------------------------------------------------------------------------------------------
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, `poller.interval`.
+    pub key: String,
+    /// The offending value, when it is not a secret.
+    pub value: Option<String>,
+    pub why: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.key)?;
+        if let Some(v) = &self.value {
+            write!(f, " = {v:?}")?;
+        }
+        write!(f, ": {}; {}", self.why, self.fix)
+    }
+}
+
+/// Loading or validating the configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} configuration problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration
+// ---------------------------------------------------------------------------------------------
+
+/// The validated configuration for one role.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub role: Role,
+    pub raw: RawConfig,
+    /// Present when the role talks to OneView.
+    pub oneview: Option<OneViewConfig>,
+    /// Present when the role sends to PagerDuty.
+    pub pagerduty: Option<PagerDutyConfig>,
+    pub poller: PollerConfig,
+    pub dedup_ttl: Duration,
+    pub server: ServerConfig,
+    pub log: RawLog,
+    /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OneViewConfig {
+    pub url: Url,
+    pub name: String,
+    pub username: String,
+    pub password: Arc<Secret>,
+    pub auth_login_domain: Option<String>,
+    pub api_version: ApiVersionSetting,
+    pub ca_file: Option<PathBuf>,
+    pub tls_insecure_skip_verify: bool,
+    pub session_refresh: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PagerDutyConfig {
+    pub routing_key: Arc<Secret>,
+    pub events_url: Url,
+    pub routes: Vec<RouteConfig>,
+    /// OneView severity (as written by OneView) -> PagerDuty severity.
+    pub severity_map: BTreeMap<String, String>,
+    pub client: String,
+    pub client_url: Option<Url>,
+    pub oneview_ui_url: Option<Url>,
+    pub concurrency: usize,
+    pub rate_limit_per_minute: u32,
+    pub queue_capacity: usize,
+    pub retry_initial_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub severities: Vec<String>,
+    pub resource_categories: Vec<String>,
+    pub alert_types: Vec<String>,
+    pub resource_name: Option<String>,
+    pub routing_key: Arc<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    pub interval: Duration,
+    pub severities: Vec<String>,
+    pub page_size: u32,
+    pub resync_interval: Duration,
+    pub watermark_overlap: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+    pub drain_delay: Duration,
+}
+
+/// OneView severities a user may watch. `OK` is not one: an OK alert is a cleared alert.
+pub const WATCHABLE_SEVERITIES: &[&str] = &["Critical", "Warning", "Unknown", "Disabled"];
+/// PagerDuty's severity enum (Events API v2).
+pub const PAGERDUTY_SEVERITIES: &[&str] = &["critical", "error", "warning", "info"];
+
+/// The built-in OneView -> PagerDuty severity table; `pagerduty.severity_map` overrides entries.
+pub fn default_severity_map() -> BTreeMap<String, String> {
+    [
+        ("Critical", "critical"),
+        ("Warning", "warning"),
+        ("Unknown", "error"),
+        ("Disabled", "info"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect()
+}
+
+/// Environment variables that belong to the command line, not to the configuration tree.
+const ENV_IGNORED: &[&str] = &["CONFIG", "ROLE"];
+
+/// Builds the layered figment: defaults < file < environment.
+pub fn figment(file: Option<&Path>) -> Figment {
+    let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        f = f.merge(Toml::file_exact(path));
+    }
+    f.merge(Env::prefixed("BRIDGE_").split("__").ignore(ENV_IGNORED))
+}
+
+/// Loads the configuration for `role` from `file` (if any) and the process environment.
+pub fn load(file: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
+    if let Some(path) = file {
+        std::fs::metadata(path).map_err(|source| ConfigError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    let fig = figment(file);
+    let raw = extract(&fig)?;
+    validate(raw, role)
+}
+
+/// Extracts [`RawConfig`], reporting every unknown key and every section with a bad value.
+fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
+    let mut problems = Vec::new();
+    let known = serde_json::to_value(RawConfig::default()).unwrap_or_default();
+    match fig.data() {
+        Ok(data) => {
+            for dict in data.values() {
+                for (k, v) in dict {
+                    unknown_keys(fig, &known, k, v, &mut problems);
+                }
+            }
+        }
+        Err(e) => problems.extend(figment_problems(e)),
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    // Extract section by section so that a bad value in one section does not hide another.
+    let mut raw = RawConfig::default();
+    macro_rules! section {
+        ($name:ident) => {
+            match fig.extract_inner(stringify!($name)) {
+                Ok(v) => raw.$name = v,
+                Err(e) => problems.extend(figment_problems(e)),
+            }
+        };
+    }
+    section!(oneview);
+    section!(pagerduty);
+    section!(poller);
+    section!(dedup);
+    section!(server);
+    section!(log);
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn unknown_keys(
+    fig: &Figment,
+    known: &serde_json::Value,
+    path: &str,
+    value: &figment::value::Value,
+    out: &mut Vec<Problem>,
+) {
+    let mut node = Some(known);
+    for part in path.split('.') {
+        node = node.and_then(|n| n.get(part));
+    }
+    let Some(node) = node else {
+        let origin = fig
+            .find_metadata(path)
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        out.push(Problem {
+            key: path.to_owned(),
+            value: None,
+            why: format!("unknown key{origin}"),
+            fix: "check the spelling against the configuration reference in README.md".to_owned(),
+        });
+        return;
+    };
+    // Route entries are tables inside an array; check their keys against a default route.
+    if path == "pagerduty.routes" {
+        if let figment::value::Value::Array(_, items) = value {
+            let route = serde_json::to_value(RawRoute::default()).unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                if let figment::value::Value::Dict(_, d) = item {
+                    for k in d.keys() {
+                        if route.get(k).is_none() {
+                            out.push(Problem {
+                                key: format!("pagerduty.routes[{i}].{k}"),
+                                value: None,
+                                why: "unknown key".to_owned(),
+                                fix: "route keys are name, severities, resource_categories, alert_types, resource_name, routing_key, routing_key_file".to_owned(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        return;
+    }
+    // Tables whose keys are free-form (maps) are not checked further.
+    if path == "pagerduty.severity_map" {
+        return;
+    }
+    if let (figment::value::Value::Dict(_, dict), serde_json::Value::Object(_)) = (value, node) {
+        for (k, v) in dict {
+            unknown_keys(fig, known, &format!("{path}.{k}"), v, out);
+        }
+    }
+}
+
+fn figment_problems(err: figment::Error) -> Vec<Problem> {
+    err.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                "<config>".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            let secret = key.ends_with("password") || key.ends_with("routing_key");
+            let why = if secret {
+                // The serde message may quote the value; do not echo a secret.
+                "invalid value".to_owned()
+            } else {
+                e.kind.to_string()
+            };
+            Problem {
+                key,
+                value: None,
+                why: format!("{why}{origin}"),
+                fix: fix_hint(&e.kind),
+            }
+        })
+        .collect()
+}
+
+fn fix_hint(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(_, expected) => {
+            format!("known keys here: {}", expected.join(", "))
+        }
+        Kind::InvalidValue(..) | Kind::InvalidType(..) => {
+            "durations are strings like \"30s\" or \"5m\"; see README.md for each key's type"
+                .to_owned()
+        }
+        Kind::UnknownVariant(_, expected) => format!("use one of: {}", expected.join(", ")),
+        Kind::Message(m) if m.contains("TOML") || m.contains("parse") => {
+            "fix the TOML syntax at the position shown".to_owned()
+        }
+        _ => "see the configuration reference in README.md".to_owned(),
+    }
+}
+
+/// Validates a secret's value; returns why it is wrong.
+type SecretCheck<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+struct Checker {
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: &str, value: Option<&str>, why: &str, fix: &str) {
+        self.problems.push(Problem {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+            why: why.to_owned(),
+            fix: fix.to_owned(),
+        });
+    }
+
+    /// Parses an http(s) URL, warning on plain HTTP.
+    fn url(&mut self, key: &str, raw: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                if u.scheme() == "http" {
+                    self.warnings.push(format!(
+                        "{key} uses plain http ({raw}); traffic and credentials are not encrypted. Use https outside simulators and tests"
+                    ));
+                }
+                Some(u)
+            }
+            Ok(_) => {
+                self.problem(
+                    key,
+                    Some(raw),
+                    "not an http(s) URL with a host",
+                    "write it like https://oneview.example.com",
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(raw),
+                    &format!("not a valid URL ({e})"),
+                    "write it with a scheme and a host, like https://oneview.example.com",
+                );
+                None
+            }
+        }
+    }
+
+    /// Resolves an inline-or-file secret pair. `required` reports a missing secret.
+    fn secret(
+        &mut self,
+        key: &'static str,
+        inline: &Option<SecretString>,
+        file: &Option<PathBuf>,
+        required: bool,
+        check: Option<SecretCheck<'_>>,
+    ) -> Option<Arc<Secret>> {
+        let file_key = format!("{key}_file");
+        let secret = match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    key,
+                    None,
+                    &format!("both `{key}` and `{file_key}` are set"),
+                    &format!(
+                        "keep only one; `{file_key}` is preferred for Kubernetes Secrets and Vault"
+                    ),
+                );
+                return None;
+            }
+            (Some(v), None) => Secret::inline(key, v.clone()),
+            (None, Some(p)) => Secret::file(key, p.clone()),
+            (None, None) => {
+                if required {
+                    self.problem(
+                        key,
+                        None,
+                        "missing",
+                        &format!("set `{file_key}` to a file holding the secret, or `{key}` (environment: BRIDGE_{})", key.to_uppercase().replace('.', "__")),
+                    );
+                }
+                return None;
+            }
+        };
+        match secret.current() {
+            Ok(v) => {
+                if let Some(why) = check.and_then(|c| c(v.expose_secret())) {
+                    self.problem(
+                        key,
+                        None,
+                        &why,
+                        "copy the key again from the PagerDuty service's Events API v2 integration",
+                    );
+                    return None;
+                }
+            }
+            Err(e) => {
+                self.problem(
+                    &file_key,
+                    file.as_ref().map(|p| p.display().to_string()).as_deref(),
+                    &e.to_string(),
+                    "mount the secret file or fix the path",
+                );
+                return None;
+            }
+        }
+        Some(Arc::new(secret))
+    }
+}
+
+fn routing_key_check(v: &str) -> Option<String> {
+    let n = v.chars().count();
+    (n != 32).then(|| format!("a PagerDuty routing key has 32 characters, this one has {n}"))
+}
+
+/// Validates `raw` for `role`, collecting every problem.
+pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let needs_backends = role.polls();
+
+    // [oneview]
+    let ov = &raw.oneview;
+    let ov_url = match &ov.url {
+        Some(u) => c.url("oneview.url", u),
+        None => {
+            if needs_backends {
+                c.problem("oneview.url", None, "missing", "set it to the appliance address, like https://oneview.example.com (environment: BRIDGE_ONEVIEW__URL)");
+            }
+            None
+        }
+    };
+    if needs_backends && ov.username.as_deref().is_none_or(str::is_empty) {
+        c.problem("oneview.username", None, "missing", "set the OneView user the bridge logs in as (a read-only user is enough unless write-back is enabled)");
+    }
+    let password = c.secret(
+        "oneview.password",
+        &ov.password,
+        &ov.password_file,
+        needs_backends,
+        None,
+    );
+    if let ApiVersionSetting::Fixed(v) = ov.api_version {
+        if v < 120 {
+            c.problem(
+                "oneview.api_version",
+                Some(&v.to_string()),
+                "OneView API versions start at 120",
+                "use \"auto\" or the appliance's version, for example 4600 for OneView 8.0",
+            );
+        }
+    }
+    if let Some(ca) = &ov.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            c.problem(
+                "oneview.ca_file",
+                Some(&ca.display().to_string()),
+                &format!("cannot read it: {e}"),
+                "point it at a PEM file with the appliance's CA certificate",
+            );
+        }
+    }
+    if ov.tls_insecure_skip_verify {
+        c.warnings.push("oneview.tls_insecure_skip_verify = true: the appliance's TLS certificate is NOT verified; anyone on the path can read the OneView password. Use oneview.ca_file instead".to_owned());
+    }
+    if ov.session_refresh < Duration::from_secs(60) {
+        c.problem("oneview.session_refresh", Some(&humantime::format_duration(ov.session_refresh).to_string()), "must be at least 1m", "the default 23h suits the appliance's 24h idle timeout; lower it only if your admin lowered that timeout");
+    }
+    for (key, d) in [
+        ("oneview.connect_timeout", ov.connect_timeout),
+        ("oneview.request_timeout", ov.request_timeout),
+    ] {
+        if d.is_zero() {
+            c.problem(
+                key,
+                Some("0s"),
+                "must be positive",
+                "use something like \"5s\"",
+            );
+        }
+    }
+    let oneview = match (ov_url, ov.username.clone(), password) {
+        (Some(url), Some(username), Some(password)) if !username.is_empty() => {
+            let name = ov
+                .name
+                .clone()
+                .or_else(|| url.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            Some(OneViewConfig {
+                url,
+                name,
+                username,
+                password,
+                auth_login_domain: ov.auth_login_domain.clone().filter(|s| !s.is_empty()),
+                api_version: ov.api_version,
+                ca_file: ov.ca_file.clone(),
+                tls_insecure_skip_verify: ov.tls_insecure_skip_verify,
+                session_refresh: ov.session_refresh,
+                connect_timeout: ov.connect_timeout,
+                request_timeout: ov.request_timeout,
+            })
+        }
+        _ => None,
+    };
+
+    // [pagerduty]
+    let pd = &raw.pagerduty;
+    let routing_key = c.secret(
+        "pagerduty.routing_key",
+        &pd.routing_key,
+        &pd.routing_key_file,
+        needs_backends,
+        Some(&routing_key_check),
+    );
+    let events_url = c.url("pagerduty.events_url", &pd.events_url);
+    let mut severity_map = default_severity_map();
+    for (k, v) in &pd.severity_map {
+        if !PAGERDUTY_SEVERITIES.contains(&v.as_str()) {
+            c.problem(
+                &format!("pagerduty.severity_map.{k}"),
+                Some(v),
+                "not a PagerDuty severity",
+                "use one of: critical, error, warning, info",
+            );
+        }
+        severity_map.insert(k.clone(), v.clone());
+    }
+    let mut routes = Vec::new();
+    for (i, r) in pd.routes.iter().enumerate() {
+        let key: &'static str = "pagerduty.routes[].routing_key";
+        let Some(rk) = c.secret(
+            key,
+            &r.routing_key,
+            &r.routing_key_file,
+            true,
+            Some(&routing_key_check),
+        ) else {
+            continue;
+        };
+        for s in &r.severities {
+            if !WATCHABLE_SEVERITIES.contains(&s.as_str()) {
+                c.problem(
+                    &format!("pagerduty.routes[{i}].severities"),
+                    Some(s),
+                    "not a OneView severity",
+                    "use Critical, Warning, Unknown or Disabled",
+                );
+            }
+        }
+        for (what, pats) in [
+            ("alert_types", r.alert_types.as_slice()),
+            ("resource_name", r.resource_name.as_slice()),
+        ] {
+            for p in pats {
+                if let Err(e) = globset::Glob::new(p) {
+                    c.problem(
+                        &format!("pagerduty.routes[{i}].{what}"),
+                        Some(p),
+                        &format!("not a valid glob: {e}"),
+                        "use * and ? wildcards, like Trap.cpqDa*",
+                    );
+                }
+            }
+        }
+        if r.severities.is_empty()
+            && r.resource_categories.is_empty()
+            && r.alert_types.is_empty()
+            && r.resource_name.is_none()
+        {
+            c.problem(&format!("pagerduty.routes[{i}]"), None, "has no matcher, so it would catch every alert", "add severities, resource_categories, alert_types or resource_name, or set pagerduty.routing_key instead");
+        }
+        routes.push(RouteConfig {
+            name: r.name.clone().unwrap_or_else(|| format!("route-{i}")),
+            severities: r.severities.clone(),
+            resource_categories: r.resource_categories.clone(),
+            alert_types: r.alert_types.clone(),
+            resource_name: r.resource_name.clone(),
+            routing_key: rk,
+        });
+    }
+    let client_url = pd
+        .client_url
+        .as_deref()
+        .and_then(|u| c.url("pagerduty.client_url", u));
+    let oneview_ui_url = pd
+        .oneview_ui_url
+        .as_deref()
+        .and_then(|u| c.url("pagerduty.oneview_ui_url", u));
+    if pd.concurrency == 0 || pd.concurrency > 256 {
+        c.problem(
+            "pagerduty.concurrency",
+            Some(&pd.concurrency.to_string()),
+            "must be between 1 and 256",
+            "the default 8 keeps PagerDuty busy without bursts",
+        );
+    }
+    if pd.rate_limit_per_minute == 0 {
+        c.problem(
+            "pagerduty.rate_limit_per_minute",
+            Some("0"),
+            "must be positive",
+            "PagerDuty allows about 120 events per minute per routing key",
+        );
+    }
+    if pd.queue_capacity == 0 {
+        c.problem(
+            "pagerduty.queue_capacity",
+            Some("0"),
+            "must be positive",
+            "the default is 10000",
+        );
+    }
+    if pd.retry_initial_delay.is_zero() || pd.retry_initial_delay > pd.retry_max_delay {
+        c.problem(
+            "pagerduty.retry_initial_delay",
+            Some(&humantime::format_duration(pd.retry_initial_delay).to_string()),
+            "must be positive and not above pagerduty.retry_max_delay",
+            "the default is 1s",
+        );
+    }
+    let pagerduty = match (routing_key, events_url) {
+        (Some(routing_key), Some(events_url)) => Some(PagerDutyConfig {
+            routing_key,
+            events_url,
+            routes,
+            severity_map,
+            client: pd
+                .client
+                .clone()
+                .unwrap_or_else(|| "oneview-pagerduty-bridge".to_owned()),
+            client_url,
+            oneview_ui_url,
+            concurrency: pd.concurrency,
+            rate_limit_per_minute: pd.rate_limit_per_minute,
+            queue_capacity: pd.queue_capacity,
+            retry_initial_delay: pd.retry_initial_delay,
+            retry_max_delay: pd.retry_max_delay,
+            request_timeout: pd.request_timeout,
+        }),
+        _ => None,
+    };
+
+    // [poller]
+    let p = &raw.poller;
+    if p.interval < Duration::from_secs(1) {
+        c.problem(
+            "poller.interval",
+            Some(&humantime::format_duration(p.interval).to_string()),
+            "must be at least 1s",
+            "the default is 30s; polling faster only loads the appliance",
+        );
+    }
+    if p.severities.is_empty() {
+        c.problem(
+            "poller.severities",
+            Some("[]"),
+            "no severity is watched, so nothing would ever page",
+            "list at least one of Critical, Warning, Unknown, Disabled",
+        );
+    }
+    for s in &p.severities {
+        if s == "OK" {
+            c.problem(
+                "poller.severities",
+                Some(s),
+                "OK alerts are cleared alerts and never page",
+                "remove OK; clears are always followed",
+            );
+        } else if !WATCHABLE_SEVERITIES.contains(&s.as_str()) {
+            c.problem(
+                "poller.severities",
+                Some(s),
+                "unknown OneView severity",
+                "use Critical, Warning, Unknown or Disabled (case matters)",
+            );
+        }
+    }
+    if p.page_size == 0 || p.page_size > 5000 {
+        c.problem(
+            "poller.page_size",
+            Some(&p.page_size.to_string()),
+            "must be between 1 and 5000",
+            "the default 500 keeps each page small",
+        );
+    }
+    if p.resync_interval < p.interval {
+        c.problem(
+            "poller.resync_interval",
+            Some(&humantime::format_duration(p.resync_interval).to_string()),
+            "must not be shorter than poller.interval",
+            "the default is 1h",
+        );
+    }
+
+    // [server]
+    let listen = match raw.server.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.problem(
+                "server.listen",
+                Some(&raw.server.listen),
+                "not an address:port",
+                "write it like 0.0.0.0:8080 or 127.0.0.1:8080",
+            );
+            None
+        }
+    };
+    if raw.server.shutdown_timeout.is_zero() {
+        c.problem(
+            "server.shutdown_timeout",
+            Some("0s"),
+            "must be positive",
+            "the default 20s stays below Kubernetes' 30s grace period",
+        );
+    } else if raw.server.shutdown_timeout + raw.server.drain_delay >= Duration::from_secs(30) {
+        c.warnings.push("server.shutdown_timeout + server.drain_delay reach 30s: raise terminationGracePeriodSeconds above it on Kubernetes".to_owned());
+    }
+
+    // [log]
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        c.problem(
+            "log.level",
+            Some(&raw.log.level),
+            &format!("not a level or filter directive ({e})"),
+            "use error, warn, info, debug, trace, or a directive like info,bridge=debug",
+        );
+    }
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError::Invalid(c.problems));
+    }
+    let server = ServerConfig {
+        // Checked above: no problems means it parsed.
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+        shutdown_timeout: raw.server.shutdown_timeout,
+        drain_delay: raw.server.drain_delay,
+    };
+    Ok(Config {
+        role,
+        poller: PollerConfig {
+            interval: p.interval,
+            severities: p.severities.clone(),
+            page_size: p.page_size,
+            resync_interval: p.resync_interval,
+            watermark_overlap: p.watermark_overlap,
+        },
+        dedup_ttl: raw.dedup.ttl,
+        server,
+        log: raw.log.clone(),
+        oneview,
+        pagerduty,
+        warnings: c.warnings,
+        raw,
+    })
+}
+
+impl Config {
+    /// The effective configuration as TOML, every secret shown as `<redacted>`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_ok() -> RawConfig {
+        let mut r = RawConfig::default();
+        r.oneview.url = Some("https://ov.example.com".into());
+        r.oneview.username = Some("u".into());
+        r.oneview.password = Some(SecretString::from("pw".to_owned()));
+        r.pagerduty.routing_key = Some(SecretString::from("a".repeat(32)));
+        r
+    }
+
+    #[test]
+    fn defaults_validate_for_web_without_backends() {
+        let c = validate(RawConfig::default(), Role::Web).unwrap();
+        assert!(c.oneview.is_none());
+        assert_eq!(c.poller.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn poller_needs_backends_and_reports_all_missing_at_once() {
+        let Err(ConfigError::Invalid(p)) = validate(RawConfig::default(), Role::Poller) else {
+            panic!("expected problems")
+        };
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "oneview.url",
+            "oneview.username",
+            "oneview.password",
+            "pagerduty.routing_key",
+        ] {
+            assert!(keys.contains(&k), "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn full_config_validates() {
+        let c = validate(raw_ok(), Role::All).unwrap();
+        assert_eq!(c.oneview.unwrap().name, "ov.example.com");
+        assert_eq!(c.pagerduty.unwrap().severity_map["Critical"], "critical");
+    }
+
+    #[test]
+    fn redacted_toml_has_no_secret() {
+        let c = validate(raw_ok(), Role::All).unwrap();
+        let t = c.to_toml();
+        assert!(t.contains("<redacted>"));
+        assert!(!t.contains(&"a".repeat(32)));
+    }
+}

@@ -1,0 +1,269 @@
+//! The HTTP surface every role serves: `/health`, `/ready`, `/metrics`, JSON errors for unknown
+//! paths and wrong methods, and the request context (request id, access log, metrics) around
+//! every request. Role-specific routes are merged in by `App::build`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::config::Role;
+use crate::metrics::{HttpLabels, HttpMetrics, SharedRegistry};
+use crate::readiness::Readiness;
+
+/// The header carrying the request id, in and out.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    /// The current request's id, readable by error responses and handlers.
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The id of the request being served, if called inside one.
+pub fn current_request_id() -> Option<String> {
+    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// State shared by the core routes.
+#[derive(Clone)]
+pub struct CoreState {
+    pub role: Role,
+    pub started: Instant,
+    pub readiness: Arc<Readiness>,
+    pub registry: SharedRegistry,
+    /// Findings shown on `/health` (for example TLS verification turned off).
+    pub health_warnings: Arc<Vec<String>>,
+}
+
+/// A JSON error body: `{error, message, request_id}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// A short machine-readable code, `not_found`.
+    pub error: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": self.error,
+            "message": self.message,
+            "request_id": current_request_id(),
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    role: Role,
+    version: &'static str,
+    uptime_seconds: u64,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    warnings: Vec<String>,
+}
+
+async fn health(State(s): State<CoreState>) -> impl IntoResponse {
+    axum::Json(Health {
+        status: "ok",
+        role: s.role,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: s.started.elapsed().as_secs(),
+        warnings: s.health_warnings.as_ref().clone(),
+    })
+}
+
+async fn ready(State(s): State<CoreState>) -> impl IntoResponse {
+    let r = s.readiness.report();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if r.ready { "ready" } else { "not_ready" },
+        "role": s.role,
+        "unmet": r.unmet,
+        "warnings": r.warnings,
+    });
+    (status, axum::Json(body))
+}
+
+async fn metrics(State(s): State<CoreState>, headers: HeaderMap) -> Response {
+    let om = crate::metrics::encode_openmetrics(&s.registry);
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            om,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::openmetrics_to_prometheus_text(&om),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// The routes every role serves.
+pub fn core_routes(state: CoreState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Wraps the complete router: fallbacks, route capture for metrics, and the request context.
+pub fn finish(router: Router, http_metrics: HttpMetrics) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn(capture_route))
+        .layer(middleware::from_fn_with_state(
+            http_metrics,
+            request_context,
+        ))
+}
+
+/// The matched route template, carried from the inner layer (which sees it) to the outer one.
+#[derive(Clone)]
+struct RouteTemplate(String);
+
+async fn capture_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(r) = route {
+        resp.extensions_mut().insert(RouteTemplate(r));
+    }
+    resp
+}
+
+/// A client-sent request id is kept when it is short and made of safe characters, so it can be
+/// logged and echoed without letting anyone inject log lines or headers.
+fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| s.to_owned())
+}
+
+async fn request_context(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    let start = Instant::now();
+    let mut resp = CURRENT_REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .await;
+    let elapsed = start.elapsed();
+    let status = resp.status();
+    let route = resp
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let labels = HttpLabels {
+        route: route.clone(),
+        method: method.as_str().to_owned(),
+        status_class: format!("{}xx", status.as_u16() / 100),
+    };
+    m.requests.get_or_create(&labels).inc();
+    m.duration
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    span.in_scope(|| {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if matches!(route.as_str(), "/health" | "/ready" | "/metrics") {
+            tracing::debug!(
+                status = status.as_u16(),
+                route,
+                duration_ms = ms,
+                "request served"
+            );
+        } else {
+            tracing::info!(
+                status = status.as_u16(),
+                route,
+                duration_ms = ms,
+                "request served"
+            );
+        }
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_sanity() {
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")).as_deref(),
+            Some("abc-123_x.y:z")
+        );
+        assert!(sane_request_id(&HeaderValue::from_static("has space")).is_none());
+        assert!(sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()).is_none());
+    }
+}

@@ -1,0 +1,30 @@
+//! # oneview-pagerduty-bridge
+//!
+//! Watches HPE OneView appliances and pages on-call engineers through PagerDuty Events API v2.
+//!
+//! ## Layout
+//! - [`config`]: layered configuration (defaults < TOML < `BRIDGE_*` env), validation that
+//!   reports every problem at once, secrets through [`secret`].
+//! - [`app`]: assembles a role (`all`, `poller`, `web`) from the parts below and runs it until
+//!   the shutdown token fires, then drains.
+//! - [`http`]: the axum surface (`/health`, `/ready`, `/metrics`, request ids, JSON errors).
+//! - [`metrics`], [`readiness`], [`telemetry`]: the operational plumbing every part shares.
+//! - [`cli`]: the command line that `main` parses.
+//!
+//! `main.rs` only parses the command line, installs logging, maps signals to a
+//! `CancellationToken` and calls [`App::build`] / [`App::run`]; tests use the same two calls.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod oneview;
+pub mod pagerduty;
+pub mod readiness;
+pub mod secret;
+pub mod sim;
+pub mod telemetry;
+
+pub use app::App;

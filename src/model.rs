@@ -1,0 +1,237 @@
+//! The domain types shared by the OneView side and the PagerDuty side: a OneView alert as the
+//! REST API (and SCMB) deliver it, the identity of an alert across appliances, and the typed
+//! changes the poller emits.
+//!
+//! OneView adds enum values between releases and tells clients to ignore unknown ones, so
+//! severities and states are open enums: an unknown value is kept as a string, never a parse
+//! failure. Every field but `uri` is optional for the same reason.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! open_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// A value this version of the bridge does not know, kept as sent.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$variant => $text,)+
+                    $name::Other(s) => s.as_str(),
+                }
+            }
+
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $($text => $name::$variant,)+
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Ok($name::parse(&s))
+            }
+        }
+    };
+}
+
+open_enum!(
+    /// OneView alert severity.
+    Severity {
+        Ok => "OK",
+        Warning => "Warning",
+        Critical => "Critical",
+        #[default]
+        Unknown => "Unknown",
+        Disabled => "Disabled",
+    }
+);
+
+open_enum!(
+    /// OneView alert state. `Locked` is active and cannot be cleared by a user.
+    AlertState {
+        #[default]
+        Active => "Active",
+        Locked => "Locked",
+        Cleared => "Cleared",
+    }
+);
+
+/// The resource an alert is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AssociatedResource {
+    pub resource_uri: Option<String>,
+    pub resource_name: Option<String>,
+    pub resource_category: Option<String>,
+    pub association_type: Option<String>,
+}
+
+/// One entry of an alert's change log (notes, clears).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChangeLogEntry {
+    pub uri: Option<String>,
+    pub created: Option<String>,
+    pub notes: Option<String>,
+    pub user_entered: Option<bool>,
+    pub username: Option<String>,
+}
+
+/// A OneView alert (`AlertResourceV3` and later), as a member of `/rest/alerts` or the
+/// `resource` of an SCMB message. Fields the bridge does not use are not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Alert {
+    /// `/rest/alerts/{id}`: unique within one appliance only.
+    pub uri: String,
+    pub severity: Severity,
+    pub alert_state: AlertState,
+    pub description: Option<String>,
+    pub corrective_action: Option<String>,
+    #[serde(rename = "alertTypeID")]
+    pub alert_type_id: Option<String>,
+    pub urgency: Option<String>,
+    pub health_category: Option<String>,
+    pub created: Option<String>,
+    pub modified: Option<String>,
+    pub e_tag: Option<String>,
+    pub resource_uri: Option<String>,
+    pub associated_resource: Option<AssociatedResource>,
+    pub physical_resource_type: Option<String>,
+    pub assigned_to_user: Option<String>,
+    pub cleared_by_user: Option<String>,
+    pub cleared_time: Option<String>,
+    pub life_cycle: Option<bool>,
+    pub change_log: Option<Vec<ChangeLogEntry>>,
+}
+
+impl Alert {
+    /// True when OneView considers the alert over: state `Cleared`, or severity `OK` (which
+    /// OneView auto-clears).
+    pub fn is_cleared(&self) -> bool {
+        self.alert_state == AlertState::Cleared || self.severity == Severity::Ok
+    }
+
+    pub fn resource_name(&self) -> Option<&str> {
+        self.associated_resource
+            .as_ref()
+            .and_then(|r| r.resource_name.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn resource_category(&self) -> Option<&str> {
+        self.associated_resource
+            .as_ref()
+            .and_then(|r| r.resource_category.as_deref())
+            .filter(|s| !s.is_empty())
+            .or(self.physical_resource_type.as_deref())
+    }
+}
+
+/// The appliance an alert came from. Its `id` is part of every alert key and dedup key, so it
+/// must stay stable: it is `oneview.name` when set, else the host of `oneview.url`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Appliance {
+    pub id: Arc<str>,
+    /// Base URL of the appliance's web UI, used for links in incidents.
+    pub ui_url: Arc<str>,
+}
+
+/// Identity of an alert across appliances: alert URIs such as `/rest/alerts/49` repeat from one
+/// appliance to the next, so the appliance id is part of the key. Displayed as `{appliance}{uri}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlertKey {
+    pub appliance: Arc<str>,
+    pub uri: Arc<str>,
+}
+
+impl AlertKey {
+    pub fn new(appliance: &Appliance, uri: &str) -> Self {
+        Self {
+            appliance: appliance.id.clone(),
+            uri: Arc::from(uri),
+        }
+    }
+}
+
+impl fmt::Display for AlertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.appliance, self.uri)
+    }
+}
+
+/// What happened to an alert since the poller last looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum ChangeKind {
+    /// A watched alert is open and the bridge had not seen it open before.
+    Raised,
+    /// A watched open alert changed severity or description.
+    Updated,
+    /// An alert became `Cleared` (or severity `OK`), or vanished from the appliance.
+    Cleared,
+}
+
+/// One typed change, as the poller (or the push API) hands it to the delivery side.
+#[derive(Debug, Clone)]
+pub struct AlertChange {
+    pub kind: ChangeKind,
+    pub key: AlertKey,
+    pub appliance: Appliance,
+    pub alert: Arc<Alert>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_enum_values_are_kept() {
+        let a: Alert = serde_json::from_value(serde_json::json!({
+            "uri": "/rest/alerts/1",
+            "severity": "Catastrophic",
+            "alertState": "Pending",
+            "alertTypeID": "Trap.x",
+        }))
+        .unwrap();
+        assert_eq!(a.severity, Severity::Other("Catastrophic".into()));
+        assert_eq!(a.alert_state.as_str(), "Pending");
+        assert_eq!(a.alert_type_id.as_deref(), Some("Trap.x"));
+    }
+
+    #[test]
+    fn scmb_fixture_resource_parses() {
+        let msg: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/oneview/scmb_alert_message.json"
+        ))
+        .unwrap();
+        let a: Alert = serde_json::from_value(msg["resource"].clone()).unwrap();
+        assert_eq!(a.uri, "/rest/alerts/49");
+        assert!(a.is_cleared());
+        assert_eq!(a.resource_name(), Some("0000A66101, bay 3"));
+        assert_eq!(a.resource_category(), Some("server-hardware"));
+    }
+}
