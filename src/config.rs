@@ -509,7 +509,19 @@ fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
         ($name:ident) => {
             match fig.extract_inner(stringify!($name)) {
                 Ok(v) => raw.$name = v,
-                Err(e) => problems.extend(figment_problems(e)),
+                Err(e) => problems.extend(figment_problems(e).into_iter().map(|mut p| {
+                    // figment reports paths relative to the section, in no reliable order.
+                    let rest: Vec<&str> = p
+                        .key
+                        .split('.')
+                        .filter(|k| *k != stringify!($name) && *k != "<config>")
+                        .collect();
+                    p.key = std::iter::once(stringify!($name))
+                        .chain(rest)
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    p
+                })),
             }
         };
     }
