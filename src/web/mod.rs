@@ -1,0 +1,3 @@
+//! The web role's inbound side: PagerDuty webhook signatures, API tokens, abuse limits.
+
+pub mod signature;
