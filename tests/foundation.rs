@@ -156,6 +156,20 @@ async fn unknown_paths_and_wrong_methods_answer_json() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    for (h, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(r.headers()[h], want, "{h}");
+    }
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "not_found");
     assert_eq!(v["request_id"], "rid-404");
