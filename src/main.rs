@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             Err(e) => config_failed(&e),
         },
         Command::SendTestEvent { config } => {
-            let cfg = match config::load(config.as_deref(), bridge::config::Role::Poller) {
+            // Loaded for the web role so that OneView credentials are not required: only the
+            // [pagerduty] section matters here, and it is resolved whenever it is present.
+            let cfg = match config::load(config.as_deref(), bridge::config::Role::Web) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
