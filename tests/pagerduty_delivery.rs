@@ -164,7 +164,7 @@ async fn rejected_event_is_not_retried_and_becomes_a_dead_letter() {
     let alerts = fixture_alerts();
     let bad = alerts[1].clone();
     let faults = Faults {
-        reject_dedup_key_containing: Some(format!("{}", bad.uri)),
+        reject_dedup_key_containing: Some(bad.uri.clone()),
         ..Default::default()
     };
     let h = Harness::start(faults, |_| {}).await;

@@ -13,7 +13,8 @@
 //!   dropped.
 //! - Faults ([`Faults`]): latency, a rate of 429/5xx answers (429s with an optional
 //!   `Retry-After`), a per-routing-key rate limit (PagerDuty's is about 120/min), a full outage
-//!   (answer a status, hang, or drop connections), and 400s for chosen dedup keys.
+//!   (answer a status, hang, or drop the connection of every event; the control API keeps
+//!   working), and 400s for chosen dedup keys.
 //!
 //! Control API: `GET /sim/incidents`, `GET /sim/events`, `GET /sim/counters`,
 //! `GET|PUT /sim/faults`, `POST /sim/reset`. The same operations exist in-process on
@@ -28,7 +29,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,9 +39,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// PagerDuty's body limit.
 pub const MAX_BODY_BYTES: usize = 512_000;
@@ -182,8 +183,6 @@ impl Inner {
 struct Sim {
     inner: Mutex<Inner>,
     started: Instant,
-    /// `true` while the outage mode is `Drop`: connection tasks close their sockets.
-    dropping: watch::Sender<bool>,
 }
 
 impl Sim {
@@ -194,15 +193,11 @@ impl Sim {
     }
 
     fn set_faults(&self, f: Faults) {
-        let drop_mode = f.outage == Some(Outage::Drop);
-        {
-            let mut g = self.lock();
-            if g.faults.seed != f.seed {
-                g.rng = StdRng::seed_from_u64(f.seed);
-            }
-            g.faults = f;
+        let mut g = self.lock();
+        if g.faults.seed != f.seed {
+            g.rng = StdRng::seed_from_u64(f.seed);
         }
-        self.dropping.send_replace(drop_mode);
+        g.faults = f;
     }
 }
 
@@ -278,7 +273,6 @@ impl SimHandle {
     /// Forgets incidents, events and counters, and clears the faults.
     pub fn reset(&self) {
         *self.sim.lock() = Inner::new(Faults::default());
-        self.sim.dropping.send_replace(false);
     }
 
     /// Waits (polling every 5 ms) until `pred` holds or `timeout` passes; returns whether it held.
@@ -308,11 +302,9 @@ impl SimHandle {
 pub async fn start(listen: SocketAddr, faults: Faults) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let (dropping, _) = watch::channel(faults.outage == Some(Outage::Drop));
     let sim = Arc::new(Sim {
         inner: Mutex::new(Inner::new(faults)),
         started: Instant::now(),
-        dropping,
     });
     let stop = CancellationToken::new();
     tokio::spawn(serve(listener, sim.clone(), stop.clone()));
@@ -334,8 +326,12 @@ fn router(sim: Arc<Sim>) -> Router {
         .with_state(sim)
 }
 
+/// Lets a request handler close the connection it arrived on (outage mode `drop`).
+#[derive(Clone)]
+struct ConnKill(CancellationToken);
+
 async fn serve(listener: TcpListener, sim: Arc<Sim>, stop: CancellationToken) {
-    let app = router(sim.clone());
+    let app = router(sim);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -348,24 +344,23 @@ async fn serve(listener: TcpListener, sim: Arc<Sim>, stop: CancellationToken) {
             },
             _ = stop.cancelled() => return,
         };
-        let mut dropping = sim.dropping.subscribe();
-        if *dropping.borrow() {
-            sim.lock().counters.dropped_connections += 1;
-            drop(stream);
-            continue;
-        }
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let kill = CancellationToken::new();
+        let app = app.clone();
+        let k = kill.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnKill(k.clone()));
+                app.clone().oneshot(req)
+            });
         let stop = stop.clone();
-        let sim = sim.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // Dropping the connection future closes the socket without an answer.
             tokio::select! {
                 _ = conn => {}
-                _ = dropping.wait_for(|d| *d) => {
-                    sim.lock().counters.dropped_connections += 1;
-                }
+                _ = kill.cancelled() => {}
                 _ = stop.cancelled() => {}
             }
         });
@@ -485,7 +480,11 @@ pub fn validate(v: &Value) -> Vec<String> {
     errors
 }
 
-async fn enqueue(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+async fn enqueue(
+    State(sim): State<Arc<Sim>>,
+    conn: Option<Extension<ConnKill>>,
+    body: Bytes,
+) -> Response {
     let received_ms = u64::try_from(sim.started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (faults, roll, pick) = {
         let mut g = sim.lock();
@@ -539,18 +538,23 @@ async fn enqueue(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
                 )
             });
         }
+        Some(Outage::Drop) if conn.is_some() => {
+            {
+                let mut g = sim.lock();
+                g.counters.outage += 1;
+                g.counters.dropped_connections += 1;
+            }
+            if let Some(Extension(k)) = conn {
+                k.0.cancel();
+            }
+            // The connection task drops this request with its connection.
+            return std::future::pending().await;
+        }
         Some(Outage::Hang) | Some(Outage::Drop) => {
             sim.lock().counters.outage += 1;
-            // Wait until the outage ends; the connection task drops us first in Drop mode.
-            let mut rx = sim.dropping.subscribe();
-            loop {
-                if sim.lock().faults.outage.is_none() {
-                    break;
-                }
-                tokio::select! {
-                    _ = rx.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
+            // Answer only once the outage is over.
+            while sim.lock().faults.outage.is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         None => {}
@@ -753,7 +757,6 @@ async fn put_faults(
 
 async fn reset(State(sim): State<Arc<Sim>>) -> Result<StatusCode, Infallible> {
     *sim.lock() = Inner::new(Faults::default());
-    sim.dropping.send_replace(false);
     Ok(StatusCode::NO_CONTENT)
 }
 
