@@ -1,6 +1,8 @@
 //! Command-line interface definitions (clap). `main` parses these and dispatches.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -37,5 +39,46 @@ pub enum Command {
         role: Role,
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Run a simulator of one of the bridge's counterparts, to try a setup without the real
+    /// systems.
+    Simulate {
+        #[command(subcommand)]
+        target: SimTarget,
+    },
+}
+
+/// What `simulate` runs.
+#[derive(Debug, Subcommand)]
+pub enum SimTarget {
+    /// A OneView appliance (REST API subset plus a /sim control API), over plain HTTP.
+    Oneview {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: SocketAddr,
+        /// User name the simulator accepts.
+        #[arg(long, default_value = "administrator")]
+        username: String,
+        /// Password the simulator accepts (printed at start; this is a simulator).
+        #[arg(long, default_value = "sim-password", env = "SIM_ONEVIEW_PASSWORD")]
+        password: String,
+        /// `currentVersion` reported by /rest/version.
+        #[arg(long, default_value_t = 6600)]
+        current_version: u32,
+        /// `minimumVersion` reported by /rest/version.
+        #[arg(long, default_value_t = 120)]
+        minimum_version: u32,
+        /// Do not require `loginMsgAck` (an appliance without a login banner).
+        #[arg(long)]
+        no_banner: bool,
+        /// Session idle timeout.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Realistic open alerts to create at start.
+        #[arg(long, default_value_t = 5)]
+        alerts: usize,
+        /// Old cleared alerts to create at start (spread over the last 30 days).
+        #[arg(long, default_value_t = 0)]
+        cleared_alerts: usize,
     },
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use bridge::cli::{Cli, Command};
+use bridge::cli::{Cli, Command, SimTarget};
 use bridge::config::{self, ConfigError};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,76 @@ fn main() -> ExitCode {
             run_async(async move {
                 let app = bridge::App::build(cfg).await?;
                 app.run(shutdown_on_signals()).await?;
+                Ok(())
+            })
+        }
+        Command::Simulate { target } => simulate(target),
+    }
+}
+
+fn simulate(target: SimTarget) -> ExitCode {
+    match target {
+        SimTarget::Oneview {
+            listen,
+            username,
+            password,
+            current_version,
+            minimum_version,
+            no_banner,
+            idle_timeout,
+            alerts,
+            cleared_alerts,
+        } => {
+            let log = config::RawLog {
+                format: config::LogFormat::Pretty,
+                level: "info".to_owned(),
+            };
+            if let Err(e) = bridge::telemetry::init(&log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run_async(async move {
+                use bridge::sim::oneview::{self as sim, GenerateSpec, SimConfig};
+                let cfg = SimConfig {
+                    username,
+                    password,
+                    current_version,
+                    minimum_version,
+                    login_banner: !no_banner,
+                    idle_timeout,
+                    ..SimConfig::default()
+                };
+                let (user, pass) = (cfg.username.clone(), cfg.password.clone());
+                let running = sim::start(cfg, listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                running.handle.generate(&GenerateSpec {
+                    count: cleared_alerts,
+                    state: Some("Cleared".to_owned()),
+                    max_age_ms: 30 * 24 * 3600 * 1000,
+                    ..GenerateSpec::default()
+                });
+                running.handle.generate(&GenerateSpec {
+                    count: alerts,
+                    ..GenerateSpec::default()
+                });
+                let url = running.url();
+                println!("OneView simulator serving {url} (plain HTTP)");
+                println!("  username: {user}");
+                println!("  password: {pass}");
+                println!(
+                    "  API versions {minimum_version}..{current_version}; alerts: {} ({} open)",
+                    running.handle.alert_count(),
+                    running.handle.open_alert_count()
+                );
+                println!(
+                    "  bridge config: [oneview] url = \"{url}\", username = \"{user}\", password_file = <file holding the password>"
+                );
+                println!(
+                    "  control API: GET {url}/sim, POST {url}/sim/alerts, POST {url}/sim/alerts/generate, PATCH/DELETE {url}/sim/alerts/{{id}}, POST {url}/sim/alerts/{{id}}/clear, PUT {url}/sim/faults, POST {url}/sim/sessions/expire, GET {url}/sim/counters"
+                );
+                shutdown_on_signals().cancelled().await;
+                running.stop().await;
                 Ok(())
             })
         }
