@@ -77,6 +77,8 @@ pub struct PollerStatusSnapshot {
     pub last_error: Option<String>,
     pub open_alerts: usize,
     pub watermark: Option<String>,
+    /// Poll cycles finished, successful or not.
+    pub cycles: u64,
 }
 
 /// Shared, cheap-to-read poller status.
@@ -293,6 +295,7 @@ impl Poller {
                     s.last_error = None;
                     s.open_alerts = open;
                     s.watermark = wm;
+                    s.cycles += 1;
                 });
             }
             Err(e) => {
@@ -315,6 +318,7 @@ impl Poller {
                     s.last_poll_kind = Some(kind);
                     s.last_error = Some(msg);
                     s.open_alerts = open;
+                    s.cycles += 1;
                 });
                 self.check_stale();
             }
