@@ -156,7 +156,7 @@ pub struct AlertSpec {
 }
 
 /// Bulk generation of realistic alerts.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerateSpec {
     pub count: usize,
@@ -166,17 +166,6 @@ pub struct GenerateSpec {
     pub state: Option<String>,
     /// Spread `created`/`modified` over this many milliseconds before now (0: all now).
     pub max_age_ms: i64,
-}
-
-impl Default for GenerateSpec {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            severity: None,
-            state: None,
-            max_age_ms: 0,
-        }
-    }
 }
 
 /// A query result page.
