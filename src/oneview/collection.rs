@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn real_envelopes_with_null_and_empty_page_uris_parse() {
+        for raw in [
+            include_str!(
+                "../../tests/fixtures/oneview/collection_envelope_null_pageuris__ruby-sdk_ethernet_networks_members.json"
+            ),
+            include_str!(
+                "../../tests/fixtures/oneview/collection_envelope_empty_string_pageuris__redfish-toolkit_ApplianceHealthStatus.json"
+            ),
+        ] {
+            let p: RawPage = serde_json::from_str(raw).unwrap();
+            assert!(!p.members.is_empty());
+            assert_eq!(p.total, Some(p.members.len() as u64));
+            assert!(p.next_page_uri.filter(|n| !n.is_empty()).is_none());
+            assert!(p.uri.is_some());
+        }
+    }
+
+    #[test]
     fn timestamps_round_trip_with_millis() {
         let ms = parse_timestamp("2018-02-12T20:12:03.207Z").unwrap();
         assert_eq!(format_timestamp(ms), "2018-02-12T20:12:03.207Z");

@@ -300,7 +300,9 @@ impl Poller {
             }
             Err(e) => {
                 let msg = e.to_string();
-                if !logged_in {
+                if logged_in {
+                    self.readiness.set_met(READY_SESSION);
+                } else {
                     self.readiness.set_unmet(READY_SESSION, msg.clone());
                 }
                 let open = self.mem.open.len();
