@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -69,5 +70,35 @@ pub enum SimTarget {
         /// Latency added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+    },
+    /// A OneView appliance (REST API subset plus a /sim control API), over plain HTTP.
+    Oneview {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: SocketAddr,
+        /// User name the simulator accepts.
+        #[arg(long, default_value = "administrator")]
+        username: String,
+        /// Password the simulator accepts (printed at start; this is a simulator).
+        #[arg(long, default_value = "sim-password", env = "SIM_ONEVIEW_PASSWORD")]
+        password: String,
+        /// `currentVersion` reported by /rest/version.
+        #[arg(long, default_value_t = 6600)]
+        current_version: u32,
+        /// `minimumVersion` reported by /rest/version.
+        #[arg(long, default_value_t = 120)]
+        minimum_version: u32,
+        /// Do not require `loginMsgAck` (an appliance without a login banner).
+        #[arg(long)]
+        no_banner: bool,
+        /// Session idle timeout.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        idle_timeout: Duration,
+        /// Realistic open alerts to create at start.
+        #[arg(long, default_value_t = 5)]
+        alerts: usize,
+        /// Old cleared alerts to create at start (spread over the last 30 days).
+        #[arg(long, default_value_t = 0)]
+        cleared_alerts: usize,
     },
 }

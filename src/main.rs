@@ -63,45 +63,6 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Simulate { target } => match target {
-            SimTarget::Pagerduty {
-                listen,
-                rate_limit_per_minute,
-                error_rate,
-                latency_ms,
-            } => {
-                let log = bridge::config::RawLog::default();
-                if let Err(e) = bridge::telemetry::init(&log) {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-                if !(0.0..=1.0).contains(&error_rate) {
-                    eprintln!("error: --error-rate must be between 0 and 1");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-                let faults = bridge::sim::pagerduty::Faults {
-                    rate_limit_per_minute,
-                    error_rate,
-                    latency_ms,
-                    ..Default::default()
-                };
-                run_async(async move {
-                    let h = bridge::sim::pagerduty::start(listen, faults)
-                        .await
-                        .map_err(|e| {
-                            anyhow::anyhow!("cannot listen on {listen} (--listen): {e}")
-                        })?;
-                    println!("PagerDuty simulator: events URL {}", h.events_url());
-                    println!(
-                        "  inspect: http://{0}/sim/incidents  http://{0}/sim/events  http://{0}/sim/counters",
-                        h.addr()
-                    );
-                    shutdown_on_signals().cancelled().await;
-                    h.shutdown();
-                    Ok(())
-                })
-            }
-        },
         Command::Run { role, config } => {
             let cfg = match config::load(config.as_deref(), role) {
                 Ok(c) => c,
@@ -114,6 +75,111 @@ fn main() -> ExitCode {
             run_async(async move {
                 let app = bridge::App::build(cfg).await?;
                 app.run(shutdown_on_signals()).await?;
+                Ok(())
+            })
+        }
+        Command::Simulate { target } => simulate(target),
+    }
+}
+
+fn simulate(target: SimTarget) -> ExitCode {
+    match target {
+        SimTarget::Pagerduty {
+            listen,
+            rate_limit_per_minute,
+            error_rate,
+            latency_ms,
+        } => {
+            let log = bridge::config::RawLog::default();
+            if let Err(e) = bridge::telemetry::init(&log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if !(0.0..=1.0).contains(&error_rate) {
+                eprintln!("error: --error-rate must be between 0 and 1");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let faults = bridge::sim::pagerduty::Faults {
+                rate_limit_per_minute,
+                error_rate,
+                latency_ms,
+                ..Default::default()
+            };
+            run_async(async move {
+                let h = bridge::sim::pagerduty::start(listen, faults)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--listen): {e}"))?;
+                println!("PagerDuty simulator: events URL {}", h.events_url());
+                println!(
+                    "  inspect: http://{0}/sim/incidents  http://{0}/sim/events  http://{0}/sim/counters",
+                    h.addr()
+                );
+                shutdown_on_signals().cancelled().await;
+                h.shutdown();
+                Ok(())
+            })
+        }
+        SimTarget::Oneview {
+            listen,
+            username,
+            password,
+            current_version,
+            minimum_version,
+            no_banner,
+            idle_timeout,
+            alerts,
+            cleared_alerts,
+        } => {
+            let log = config::RawLog {
+                format: config::LogFormat::Pretty,
+                level: "info".to_owned(),
+            };
+            if let Err(e) = bridge::telemetry::init(&log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run_async(async move {
+                use bridge::sim::oneview::{self as sim, GenerateSpec, SimConfig};
+                let cfg = SimConfig {
+                    username,
+                    password,
+                    current_version,
+                    minimum_version,
+                    login_banner: !no_banner,
+                    idle_timeout,
+                    ..SimConfig::default()
+                };
+                let (user, pass) = (cfg.username.clone(), cfg.password.clone());
+                let running = sim::start(cfg, listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                running.handle.generate(&GenerateSpec {
+                    count: cleared_alerts,
+                    state: Some("Cleared".to_owned()),
+                    max_age_ms: 30 * 24 * 3600 * 1000,
+                    ..GenerateSpec::default()
+                });
+                running.handle.generate(&GenerateSpec {
+                    count: alerts,
+                    ..GenerateSpec::default()
+                });
+                let url = running.url();
+                println!("OneView simulator serving {url} (plain HTTP)");
+                println!("  username: {user}");
+                println!("  password: {pass}");
+                println!(
+                    "  API versions {minimum_version}..{current_version}; alerts: {} ({} open)",
+                    running.handle.alert_count(),
+                    running.handle.open_alert_count()
+                );
+                println!(
+                    "  bridge config: [oneview] url = \"{url}\", username = \"{user}\", password_file = <file holding the password>"
+                );
+                println!(
+                    "  control API: GET {url}/sim, POST {url}/sim/alerts, POST {url}/sim/alerts/generate, PATCH/DELETE {url}/sim/alerts/{{id}}, POST {url}/sim/alerts/{{id}}/clear, PUT {url}/sim/faults, POST {url}/sim/sessions/expire, GET {url}/sim/counters"
+                );
+                shutdown_on_signals().cancelled().await;
+                running.stop().await;
                 Ok(())
             })
         }

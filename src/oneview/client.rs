@@ -1,0 +1,647 @@
+//! The OneView REST client: API version negotiation, the session (login, proactive refresh,
+//! single-flight re-login on 401 with one replay, logout), TLS and timeouts, OneView error
+//! bodies, and per-request metrics. The poller and the PagerDuty write-back both use it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, DATE, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::{OneViewError, api_error, snippet};
+use super::metrics::{Endpoint, OneViewMetrics};
+use super::session::{Session, SessionSlot};
+use crate::config::{ApiVersionSetting, OneViewConfig};
+use crate::model::Alert;
+use crate::secret::Secret;
+
+/// The highest OneView REST API version this bridge has been tested against (OneView 11.20,
+/// per the python SDK's changelog). With `api_version = "auto"` the bridge uses the
+/// appliance's `currentVersion` capped at this value: the alert resource is stable across
+/// versions, and newer enum values are kept as strings anyway.
+pub const TESTED_MAX_API_VERSION: u32 = 8400;
+
+/// `GET /rest/version`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplianceVersion {
+    pub current_version: u32,
+    pub minimum_version: u32,
+}
+
+/// An alert update for `PUT /rest/alerts/{id}` (used by the PagerDuty write-back). Only the
+/// given fields are sent.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertUpdate {
+    /// `Active` or `Cleared`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_state: Option<String>,
+    /// A note; OneView adds it to the alert's change log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned_to_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_urgency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    /// The URL that was requested (no secrets in it).
+    pub url: String,
+    /// The appliance's clock at answer time (`Date` header, second precision), unix millis.
+    pub date_ms: Option<i64>,
+    /// Round-trip time as measured here.
+    pub elapsed: Duration,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginBody<'a> {
+    user_name: &'a str,
+    password: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_login_domain: Option<&'a str>,
+    /// Appliances with a login banner refuse logins without it.
+    login_msg_ack: bool,
+}
+
+#[derive(Deserialize)]
+struct LoginReply {
+    #[serde(rename = "sessionID")]
+    session_id: Option<String>,
+}
+
+/// One OneView appliance's REST API.
+pub struct OneViewClient {
+    http: reqwest::Client,
+    base: Url,
+    username: String,
+    password: Arc<Secret>,
+    auth_login_domain: Option<String>,
+    api_setting: ApiVersionSetting,
+    /// 0 until negotiated.
+    api_version: AtomicU32,
+    version_lock: tokio::sync::Mutex<()>,
+    session_refresh: Duration,
+    session: SessionSlot,
+    metrics: OneViewMetrics,
+}
+
+impl std::fmt::Debug for OneViewClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneViewClient")
+            .field("base", &self.base.as_str())
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OneViewClient {
+    /// Builds the client: rustls with the system roots plus `oneview.ca_file`, certificate
+    /// checks off only with `oneview.tls_insecure_skip_verify`, and both timeouts.
+    pub fn new(cfg: &OneViewConfig, metrics: OneViewMetrics) -> Result<Self, OneViewError> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            .user_agent(concat!(
+                "oneview-pagerduty-bridge/",
+                env!("CARGO_PKG_VERSION")
+            ));
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|e| OneViewError::Setup {
+                key: "oneview.ca_file",
+                detail: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OneViewError::Setup {
+                    key: "oneview.ca_file",
+                    detail: format!("{} is not a PEM certificate bundle: {e}", path.display()),
+                })?;
+            if certs.is_empty() {
+                return Err(OneViewError::Setup {
+                    key: "oneview.ca_file",
+                    detail: format!("{} holds no PEM certificate", path.display()),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if cfg.tls_insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| OneViewError::Setup {
+            key: "oneview",
+            detail: format!("cannot build the HTTP client: {e}"),
+        })?;
+        Ok(Self {
+            http,
+            base: cfg.url.clone(),
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+            auth_login_domain: cfg.auth_login_domain.clone(),
+            api_setting: cfg.api_version,
+            api_version: AtomicU32::new(0),
+            version_lock: tokio::sync::Mutex::new(()),
+            session_refresh: cfg.session_refresh,
+            session: SessionSlot::new(),
+            metrics,
+        })
+    }
+
+    /// The appliance base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// The API version in use, once negotiated.
+    pub fn api_version(&self) -> Option<u32> {
+        match self.api_version.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v),
+        }
+    }
+
+    /// Age of the current session, if logged in.
+    pub fn session_age(&self) -> Option<Duration> {
+        self.session.current().map(|s| s.since.elapsed())
+    }
+
+    pub fn is_logged_in(&self) -> bool {
+        self.session.current().is_some()
+    }
+
+    fn url(&self, path: &str) -> Result<Url, OneViewError> {
+        self.base.join(path).map_err(|e| OneViewError::BadResponse {
+            endpoint: "alerts",
+            url: path.to_owned(),
+            detail: format!("not a usable URI relative to {}: {e}", self.base),
+        })
+    }
+
+    /// `GET /rest/version` (no session, no version header).
+    pub async fn appliance_version(&self) -> Result<ApplianceVersion, OneViewError> {
+        let url = self.url("/rest/version")?;
+        let r = self
+            .send_once(Endpoint::Version, Method::GET, &url, None, None, None)
+            .await?;
+        if !(200..300).contains(&r.status) {
+            return Err(api_error("version", &r.url, r.status, &r.body));
+        }
+        serde_json::from_slice(&r.body).map_err(|e| OneViewError::BadResponse {
+            endpoint: "version",
+            url: r.url.clone(),
+            detail: format!(
+                "expected {{currentVersion, minimumVersion}}: {e}; {}",
+                snippet(&r.body)
+            ),
+        })
+    }
+
+    /// The version to send, negotiating it on first use.
+    pub async fn negotiate_version(&self) -> Result<u32, OneViewError> {
+        if let Some(v) = self.api_version() {
+            return Ok(v);
+        }
+        let _g = self.version_lock.lock().await;
+        if let Some(v) = self.api_version() {
+            return Ok(v);
+        }
+        let v = match self.api_setting {
+            ApiVersionSetting::Fixed(v) => v,
+            ApiVersionSetting::Auto => {
+                let av = self.appliance_version().await?;
+                let chosen = av.current_version.min(TESTED_MAX_API_VERSION);
+                tracing::info!(
+                    appliance_current_version = av.current_version,
+                    appliance_minimum_version = av.minimum_version,
+                    tested_max = TESTED_MAX_API_VERSION,
+                    api_version = chosen,
+                    url = %self.base,
+                    "negotiated the OneView API version"
+                );
+                chosen
+            }
+        };
+        self.api_version.store(v, Ordering::Relaxed);
+        Ok(v)
+    }
+
+    /// After a 412 for `used`: switch to the appliance's `currentVersion`. False when there is
+    /// nothing better to switch to.
+    async fn fall_back_version(&self, used: u32) -> Result<bool, OneViewError> {
+        let _g = self.version_lock.lock().await;
+        if self.api_version() != Some(used) {
+            // Another request already fell back.
+            return Ok(true);
+        }
+        let av = self.appliance_version().await?;
+        if av.current_version == used {
+            return Ok(false);
+        }
+        tracing::warn!(
+            rejected = used,
+            appliance_current_version = av.current_version,
+            url = %self.base,
+            "OneView refused the API version (HTTP 412); falling back to the appliance's currentVersion. Set oneview.api_version to \"auto\" or to {} to avoid this",
+            av.current_version
+        );
+        self.api_version
+            .store(av.current_version, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// One HTTP exchange with metrics; no retries.
+    async fn send_once(
+        &self,
+        endpoint: Endpoint,
+        method: Method,
+        url: &Url,
+        version: Option<u32>,
+        session: Option<&Session>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, OneViewError> {
+        let mut req = self.http.request(method, url.clone());
+        if let Some(v) = version {
+            req = req.header("X-API-Version", v);
+        }
+        if let Some(s) = session {
+            let mut hv = HeaderValue::from_str(s.id.expose_secret()).map_err(|_| {
+                OneViewError::BadResponse {
+                    endpoint: "login",
+                    url: url.to_string(),
+                    detail: "the sessionID is not a valid header value".to_owned(),
+                }
+            })?;
+            hv.set_sensitive(true);
+            req = req.header("Auth", hv);
+        }
+        if let Some(b) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(b);
+        }
+        let start = Instant::now();
+        let result = async {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let date_ms = resp
+                .headers()
+                .get(DATE)
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+                .map(|d| d.timestamp_millis());
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, date_ms, body))
+        }
+        .await;
+        let elapsed = start.elapsed();
+        match result {
+            Ok((status, date_ms, body)) => {
+                self.metrics
+                    .observe_request(endpoint, Some(status), elapsed.as_secs_f64());
+                Ok(Reply {
+                    status,
+                    body,
+                    url: url.to_string(),
+                    date_ms,
+                    elapsed,
+                })
+            }
+            Err(e) => {
+                self.metrics
+                    .observe_request(endpoint, None, elapsed.as_secs_f64());
+                Err(OneViewError::Transport {
+                    endpoint: endpoint.as_str(),
+                    url: url.to_string(),
+                    timeout: e.is_timeout(),
+                    detail: error_chain(&e),
+                })
+            }
+        }
+    }
+
+    fn transient_delays() -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(2)
+            .build()
+    }
+
+    /// A session to use now: the current one, or a new one when there is none or it is due
+    /// for its proactive refresh.
+    async fn session_for_request(&self) -> Result<Arc<Session>, OneViewError> {
+        if let Some(s) = self.session.current() {
+            if s.since.elapsed() < self.session_refresh {
+                return Ok(s);
+            }
+        }
+        self.login_single_flight(None).await
+    }
+
+    /// Makes sure a session exists (logs in when needed).
+    pub async fn ensure_session(&self) -> Result<(), OneViewError> {
+        self.session_for_request().await.map(|_| ())
+    }
+
+    /// Logs in unless another caller already replaced the session `stale` (single flight).
+    async fn login_single_flight(&self, stale: Option<u64>) -> Result<Arc<Session>, OneViewError> {
+        let mut gate = self.session.gate.lock().await;
+        let mut old = None;
+        if let Some(s) = self.session.current() {
+            let newer = stale.is_none_or(|g| s.generation > g);
+            let fresh = s.since.elapsed() < self.session_refresh;
+            if newer && fresh {
+                return Ok(s);
+            }
+            if newer && !fresh {
+                // Due for its proactive refresh: log in anew, then release the old one.
+                old = Some(s);
+            }
+        }
+        if let Some(left) = gate.wait_left() {
+            return Err(OneViewError::LoginBackoff {
+                retry_in: left,
+                last: gate.last_error.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(g) = stale {
+            self.session.drop_generation(g);
+        }
+        match self.login_now().await {
+            Ok(id) => {
+                gate.succeeded();
+                self.metrics.login("success");
+                let s = self.session.install(id);
+                tracing::info!(url = %self.base, user = %self.username, generation = s.generation, "logged in to OneView");
+                if let Some(old) = old {
+                    tracing::debug!(
+                        generation = old.generation,
+                        "session refreshed; logging out the old one"
+                    );
+                    let _ = self.logout_session(&old).await;
+                }
+                Ok(s)
+            }
+            Err(e) => {
+                self.metrics.login(if e.is_auth_failure() {
+                    "auth_failed"
+                } else {
+                    "error"
+                });
+                let delay = gate.failed(e.to_string());
+                tracing::warn!(url = %self.base, error = %e, retry_in = ?delay, "OneView login failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST /rest/login-sessions`, with 412 fallback and a few quick retries on transient
+    /// failures. Returns the session id.
+    async fn login_now(&self) -> Result<SecretString, OneViewError> {
+        let url = self.url("/rest/login-sessions")?;
+        let password = self.password.current()?;
+        let mut delays = Self::transient_delays();
+        let mut version_retried = false;
+        loop {
+            let version = self.negotiate_version().await?;
+            let body = serde_json::to_vec(&LoginBody {
+                user_name: &self.username,
+                password: password.expose_secret(),
+                auth_login_domain: self.auth_login_domain.as_deref(),
+                login_msg_ack: true,
+            })
+            .map_err(|e| OneViewError::Setup {
+                key: "oneview.username",
+                detail: format!("cannot encode the login request: {e}"),
+            })?;
+            let result = self
+                .send_once(
+                    Endpoint::Login,
+                    Method::POST,
+                    &url,
+                    Some(version),
+                    None,
+                    Some(body),
+                )
+                .await;
+            let err = match result {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    let parsed: Option<LoginReply> = serde_json::from_slice(&r.body).ok();
+                    return match parsed.and_then(|p| p.session_id).filter(|s| !s.is_empty()) {
+                        Some(id) => Ok(SecretString::from(id)),
+                        None => Err(OneViewError::BadResponse {
+                            endpoint: "login",
+                            url: r.url,
+                            detail: "no sessionID in the login answer".to_owned(),
+                        }),
+                    };
+                }
+                Ok(r) if r.status == 412 && !version_retried => {
+                    version_retried = true;
+                    if self.fall_back_version(version).await? {
+                        continue;
+                    }
+                    api_error("login", &r.url, r.status, &r.body)
+                }
+                Ok(r) => {
+                    let e = api_error("login", &r.url, r.status, &r.body);
+                    if let Some(code) = e.error_code().filter(|c| c.starts_with("AUTHN_")) {
+                        let message = match &e {
+                            OneViewError::Api { message, .. } => message.clone(),
+                            _ => String::new(),
+                        };
+                        return Err(OneViewError::AuthFailed {
+                            url: r.url,
+                            code: code.to_owned(),
+                            message,
+                        });
+                    }
+                    if r.status == 401 || r.status == 403 {
+                        return Err(OneViewError::AuthFailed {
+                            url: r.url,
+                            code: format!("HTTP {}", r.status),
+                            message: e.to_string(),
+                        });
+                    }
+                    e
+                }
+                Err(e) => e,
+            };
+            match (err.is_transient(), delays.next()) {
+                (true, Some(d)) => tokio::time::sleep(d).await,
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// An authenticated call: replays once after a 401 (with a new session) and once after a
+    /// 412 (with the appliance's version); retries transient failures of GETs twice.
+    pub async fn call(
+        &self,
+        endpoint: Endpoint,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, OneViewError> {
+        let url = self.url(path)?;
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| OneViewError::Setup {
+                key: "oneview",
+                detail: format!("cannot encode the request body: {e}"),
+            })?),
+            None => None,
+        };
+        let idempotent = method == Method::GET;
+        let mut delays = Self::transient_delays();
+        let mut replayed_401 = false;
+        let mut version_retried = false;
+        loop {
+            let version = self.negotiate_version().await?;
+            let session = self.session_for_request().await?;
+            let result = self
+                .send_once(
+                    endpoint,
+                    method.clone(),
+                    &url,
+                    Some(version),
+                    Some(&session),
+                    body.clone(),
+                )
+                .await;
+            let err = match result {
+                Ok(r) if (200..300).contains(&r.status) => return Ok(r),
+                Ok(r) if r.status == 401 && !replayed_401 => {
+                    replayed_401 = true;
+                    tracing::info!(url = %r.url, generation = session.generation, "OneView answered 401; logging in again and replaying once");
+                    self.login_single_flight(Some(session.generation)).await?;
+                    continue;
+                }
+                Ok(r) if r.status == 412 && !version_retried => {
+                    version_retried = true;
+                    if self.fall_back_version(version).await? {
+                        continue;
+                    }
+                    api_error(endpoint.as_str(), &r.url, r.status, &r.body)
+                }
+                Ok(r) => api_error(endpoint.as_str(), &r.url, r.status, &r.body),
+                Err(e) => e,
+            };
+            match (idempotent && err.is_transient(), delays.next()) {
+                (true, Some(d)) => {
+                    tracing::debug!(error = %err, retry_in = ?d, "transient OneView failure; retrying");
+                    tokio::time::sleep(d).await;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// `GET` of a collection page (`/rest/alerts?...` or a `nextPageUri`).
+    pub async fn get_page(&self, path: &str) -> Result<Reply, OneViewError> {
+        self.call(Endpoint::Alerts, Method::GET, path, None).await
+    }
+
+    /// `GET /rest/alerts/{id}`.
+    pub async fn get_alert(&self, uri: &str) -> Result<Alert, OneViewError> {
+        let r = self.call(Endpoint::Alert, Method::GET, uri, None).await?;
+        parse_alert(&r)
+    }
+
+    /// `PUT /rest/alerts/{id}`: clear, add a note, assign. Returns the updated alert when the
+    /// appliance sends it back (it answers with an empty body when nothing changed).
+    pub async fn update_alert(
+        &self,
+        uri: &str,
+        update: &AlertUpdate,
+    ) -> Result<Option<Alert>, OneViewError> {
+        let body = serde_json::to_value(update).map_err(|e| OneViewError::Setup {
+            key: "oneview",
+            detail: format!("cannot encode the alert update: {e}"),
+        })?;
+        let r = self
+            .call(Endpoint::Alert, Method::PUT, uri, Some(&body))
+            .await?;
+        if r.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse_alert(&r).map(Some)
+    }
+
+    async fn logout_session(&self, s: &Session) -> Result<(), OneViewError> {
+        let url = self.url("/rest/login-sessions")?;
+        let version = self.api_version();
+        let r = self
+            .send_once(
+                Endpoint::Logout,
+                Method::DELETE,
+                &url,
+                version,
+                Some(s),
+                None,
+            )
+            .await?;
+        if (200..300).contains(&r.status) {
+            Ok(())
+        } else {
+            Err(api_error("logout", &r.url, r.status, &r.body))
+        }
+    }
+
+    /// `DELETE /rest/login-sessions`: appliances cap sessions per client, so the bridge frees
+    /// its own on shutdown. A no-op when not logged in.
+    pub async fn logout(&self) -> Result<(), OneViewError> {
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        let r = self.logout_session(&s).await;
+        match &r {
+            Ok(()) => tracing::info!(url = %self.base, "logged out of OneView"),
+            Err(e) => tracing::warn!(url = %self.base, error = %e, "OneView logout failed"),
+        }
+        r
+    }
+}
+
+fn parse_alert(r: &Reply) -> Result<Alert, OneViewError> {
+    match serde_json::from_slice::<Alert>(&r.body) {
+        Ok(a) if !a.uri.is_empty() => Ok(a),
+        Ok(_) => Err(OneViewError::BadResponse {
+            endpoint: "alert",
+            url: r.url.clone(),
+            detail: "the alert has no uri".to_owned(),
+        }),
+        Err(e) => Err(OneViewError::BadResponse {
+            endpoint: "alert",
+            url: r.url.clone(),
+            detail: format!("not an alert: {e}; {}", snippet(&r.body)),
+        }),
+    }
+}
+
+/// `reqwest::Error` plus its sources on one line ("error sending request: connection refused").
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,503 @@
+//! The alert poller: a full sync first and every `poller.resync_interval`, incremental polls
+//! (`modified` at or after a watermark, minus an overlap) in between, and the diff that turns
+//! what OneView returns into typed [`AlertChange`]s on a bounded channel.
+//!
+//! What it remembers: the watched open alerts (uri -> last seen version) and, for the overlap
+//! window, the `modified` stamp of every alert it has already processed, so overlapping polls
+//! do not repeat changes. After a restart the memory is empty: the full sync re-raises what is
+//! open (the delivery side deduplicates) and clears seen in later windows are passed on even
+//! for alerts the poller never knew.
+//!
+//! The watermark is the newest `modified` seen, or the appliance's own clock at the last poll
+//! (its `Date` header minus the round trip) when that is later: an idle appliance then answers
+//! an incremental poll with zero members instead of re-sending its newest alert every time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::OneViewClient;
+use super::collection::{AlertQuery, fetch_all, format_timestamp, parse_timestamp};
+use super::error::OneViewError;
+use super::metrics::{KindLabels, OneViewMetrics, PollLabels};
+use crate::config::PollerConfig;
+use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
+use crate::readiness::Readiness;
+
+/// Readiness condition: a OneView session exists.
+pub const READY_SESSION: &str = "oneview_session";
+/// Readiness condition: the first full sync finished and polls have not been failing for
+/// longer than `3 * poller.interval`.
+pub const READY_SYNC: &str = "initial_sync";
+
+/// Time the logout on shutdown may take.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollKind {
+    Full,
+    Incremental,
+}
+
+impl PollKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollKind::Full => "full",
+            PollKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// Session state as shown on a status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    #[default]
+    NotLoggedIn,
+    LoggedIn,
+    LoginFailed,
+}
+
+/// A snapshot of the poller for status pages.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PollerStatusSnapshot {
+    pub session: SessionState,
+    pub api_version: Option<u32>,
+    pub last_successful_poll: Option<DateTime<Utc>>,
+    pub last_poll_kind: Option<PollKind>,
+    /// The last failure in plain words; cleared by the next success.
+    pub last_error: Option<String>,
+    pub open_alerts: usize,
+    pub watermark: Option<String>,
+    /// Poll cycles finished, successful or not.
+    pub cycles: u64,
+}
+
+/// Shared, cheap-to-read poller status.
+#[derive(Debug, Default)]
+pub struct PollerStatus {
+    inner: Mutex<PollerStatusSnapshot>,
+}
+
+impl PollerStatus {
+    pub fn snapshot(&self) -> PollerStatusSnapshot {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PollerStatusSnapshot)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// The poller's memory.
+#[derive(Default)]
+struct Memory {
+    /// Watched open alerts by uri.
+    open: HashMap<Arc<str>, Arc<Alert>>,
+    /// uri -> `modified` (unix ms) of alerts already processed inside the overlap window.
+    recent: HashMap<Arc<str>, i64>,
+    /// Unix ms; `None` until the first full sync.
+    watermark: Option<i64>,
+    last_full: Option<Instant>,
+    last_success: Option<Instant>,
+}
+
+pub(crate) struct Poller {
+    pub(crate) client: Arc<OneViewClient>,
+    pub(crate) appliance: Appliance,
+    pub(crate) cfg: PollerConfig,
+    pub(crate) watched: Vec<Severity>,
+    pub(crate) metrics: OneViewMetrics,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) status: Arc<PollerStatus>,
+    pub(crate) changes: mpsc::Sender<AlertChange>,
+    mem: Memory,
+}
+
+impl Poller {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        client: Arc<OneViewClient>,
+        appliance: Appliance,
+        cfg: PollerConfig,
+        metrics: OneViewMetrics,
+        readiness: Arc<Readiness>,
+        status: Arc<PollerStatus>,
+        changes: mpsc::Sender<AlertChange>,
+    ) -> Self {
+        let watched = cfg.severities.iter().map(|s| Severity::parse(s)).collect();
+        Self {
+            client,
+            appliance,
+            cfg,
+            watched,
+            metrics,
+            readiness,
+            status,
+            changes,
+            mem: Memory::default(),
+        }
+    }
+
+    fn failure_backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(self.cfg.interval)
+            .with_max_delay(self.cfg.interval.max(Duration::from_secs(300)))
+            .without_max_times()
+            .build()
+    }
+
+    fn next_kind(&self) -> PollKind {
+        match (self.mem.watermark, self.mem.last_full) {
+            (Some(_), Some(t)) if t.elapsed() < self.cfg.resync_interval => PollKind::Incremental,
+            _ => PollKind::Full,
+        }
+    }
+
+    /// Runs until `work` is cancelled, then logs out (bounded) and returns.
+    pub(crate) async fn run(mut self, work: CancellationToken, poll_now: Arc<Notify>) {
+        let mut backoff: Option<ExponentialBackoff> = None;
+        'outer: loop {
+            let kind = self.next_kind();
+            let result = tokio::select! {
+                biased;
+                _ = work.cancelled() => break 'outer,
+                r = self.cycle(kind) => r,
+            };
+            let delay = match result {
+                Ok(()) => {
+                    backoff = None;
+                    self.cfg.interval
+                }
+                Err(OneViewError::ChannelClosed) => {
+                    tracing::error!("the alert change channel closed; the OneView poller stops");
+                    break 'outer;
+                }
+                Err(e) => {
+                    let b = backoff.get_or_insert_with(|| self.failure_backoff());
+                    let d = b.next().unwrap_or(self.cfg.interval);
+                    tracing::warn!(kind = kind.as_str(), error = %e, retry_in = ?d, "OneView poll failed");
+                    d
+                }
+            };
+            let wake = Instant::now() + delay;
+            loop {
+                let stale_at = self.stale_deadline();
+                tokio::select! {
+                    _ = work.cancelled() => break 'outer,
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = poll_now.notified() => {
+                        tracing::debug!("poll requested");
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(stale_at.unwrap_or(wake)), if stale_at.is_some_and(|s| s < wake) => {
+                        self.check_stale();
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(LOGOUT_TIMEOUT, self.client.logout()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(timeout = ?LOGOUT_TIMEOUT, "OneView logout timed out; the session will expire on its own")
+            }
+        }
+        self.metrics.session_age.set(0.0);
+        self.status
+            .update(|s| s.session = SessionState::NotLoggedIn);
+    }
+
+    /// When polls have been failing: the moment readiness turns 503, if still ahead.
+    fn stale_deadline(&self) -> Option<Instant> {
+        let last = self.mem.last_success?;
+        let failing = self.status.snapshot().last_error.is_some();
+        let at = last + self.cfg.interval * 3;
+        (failing && at > Instant::now()).then_some(at)
+    }
+
+    fn check_stale(&self) {
+        let Some(last) = self.mem.last_success else {
+            return;
+        };
+        let limit = self.cfg.interval * 3;
+        if last.elapsed() >= limit {
+            let err = self.status.snapshot().last_error.unwrap_or_default();
+            self.readiness.set_unmet(
+                READY_SYNC,
+                format!(
+                    "no successful OneView poll for {} (3 x poller.interval): {err}",
+                    humantime::format_duration(Duration::from_secs(last.elapsed().as_secs()))
+                ),
+            );
+        }
+    }
+
+    async fn cycle(&mut self, kind: PollKind) -> Result<(), OneViewError> {
+        let start = Instant::now();
+        let result = match kind {
+            PollKind::Full => self.full_sync().await,
+            PollKind::Incremental => self.incremental().await,
+        };
+        let secs = start.elapsed().as_secs_f64();
+        self.metrics
+            .poll_duration
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            })
+            .observe(secs);
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .polls
+            .get_or_create(&PollLabels {
+                kind: kind.as_str(),
+                outcome,
+            })
+            .inc();
+        let logged_in = self.client.is_logged_in();
+        self.metrics.session_age.set(
+            self.client
+                .session_age()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        self.metrics.open_alerts.set(self.mem.open.len() as i64);
+        match &result {
+            Ok(()) => {
+                let now = Utc::now();
+                self.mem.last_success = Some(Instant::now());
+                if kind == PollKind::Full {
+                    self.mem.last_full = Some(Instant::now());
+                }
+                self.metrics
+                    .last_successful_poll
+                    .set(now.timestamp_millis() as f64 / 1000.0);
+                self.readiness.set_met(READY_SESSION);
+                if self.mem.last_full.is_some() {
+                    self.readiness.set_met(READY_SYNC);
+                }
+                let wm = self.mem.watermark.map(format_timestamp);
+                let open = self.mem.open.len();
+                let api = self.client.api_version();
+                self.status.update(|s| {
+                    s.session = SessionState::LoggedIn;
+                    s.api_version = api;
+                    s.last_successful_poll = Some(now);
+                    s.last_poll_kind = Some(kind);
+                    s.last_error = None;
+                    s.open_alerts = open;
+                    s.watermark = wm;
+                    s.cycles += 1;
+                });
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if logged_in {
+                    self.readiness.set_met(READY_SESSION);
+                } else {
+                    self.readiness.set_unmet(READY_SESSION, msg.clone());
+                }
+                let open = self.mem.open.len();
+                self.status.update(|s| {
+                    s.session = if logged_in {
+                        SessionState::LoggedIn
+                    } else if matches!(
+                        e,
+                        OneViewError::AuthFailed { .. } | OneViewError::LoginBackoff { .. }
+                    ) {
+                        SessionState::LoginFailed
+                    } else {
+                        SessionState::NotLoggedIn
+                    };
+                    s.last_poll_kind = Some(kind);
+                    s.last_error = Some(msg);
+                    s.open_alerts = open;
+                    s.cycles += 1;
+                });
+                self.check_stale();
+            }
+        }
+        result
+    }
+
+    fn is_open_watched(&self, a: &Alert) -> bool {
+        matches!(a.alert_state, AlertState::Active | AlertState::Locked)
+            && !a.is_cleared()
+            && self.watched.contains(&a.severity)
+    }
+
+    fn full_query(&self) -> AlertQuery {
+        let sev = self
+            .watched
+            .iter()
+            .map(|s| format!("severity='{s}'"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        AlertQuery {
+            filters: vec!["alertState='Active' OR alertState='Locked'".to_owned(), sev],
+            sort: None,
+            page_size: self.cfg.page_size,
+        }
+    }
+
+    async fn full_sync(&mut self) -> Result<(), OneViewError> {
+        let query = self.full_query();
+        let walk = fetch_all(&self.client, &query, &self.metrics).await?;
+        self.metrics.alerts_in_last_poll.set(walk.members as i64);
+        let mut max_modified = walk.appliance_clock_floor_ms;
+        let mut now_open: HashMap<Arc<str>, Arc<Alert>> = HashMap::with_capacity(walk.alerts.len());
+        for a in walk.alerts {
+            if let Some(m) = a.modified.as_deref().and_then(parse_timestamp) {
+                max_modified = max_modified.max(Some(m));
+            }
+            if self.is_open_watched(&a) {
+                now_open.insert(Arc::from(a.uri.as_str()), Arc::new(a));
+            }
+        }
+        // Known open alerts that are not open any more (cleared, deleted, or unwatched now).
+        let gone: Vec<Arc<str>> = self
+            .mem
+            .open
+            .keys()
+            .filter(|u| !now_open.contains_key(*u))
+            .cloned()
+            .collect();
+        for uri in gone {
+            if let Some(last) = self.mem.open.get(&uri).cloned() {
+                self.emit(ChangeKind::Cleared, last).await?;
+                self.mem.open.remove(&uri);
+            }
+        }
+        let mut uris: Vec<Arc<str>> = now_open.keys().cloned().collect();
+        uris.sort();
+        for uri in uris {
+            let Some(a) = now_open.remove(&uri) else {
+                continue;
+            };
+            let kind = match self.mem.open.get(&uri) {
+                None => Some(ChangeKind::Raised),
+                Some(t) if differs(t, &a) => Some(ChangeKind::Updated),
+                Some(_) => None,
+            };
+            if let Some(k) = kind {
+                self.emit(k, a.clone()).await?;
+            }
+            self.mem.open.insert(uri, a);
+        }
+        self.advance_watermark(max_modified);
+        tracing::info!(
+            open = self.mem.open.len(),
+            members = walk.members,
+            pages = walk.pages,
+            malformed = walk.malformed,
+            "OneView full sync finished"
+        );
+        Ok(())
+    }
+
+    async fn incremental(&mut self) -> Result<(), OneViewError> {
+        let Some(wm) = self.mem.watermark else {
+            return self.full_sync().await;
+        };
+        let overlap = i64::try_from(self.cfg.watermark_overlap.as_millis()).unwrap_or(0);
+        let since = wm - overlap;
+        let query = AlertQuery {
+            filters: vec![format!("modified >= '{}'", format_timestamp(since))],
+            sort: None,
+            page_size: self.cfg.page_size,
+        };
+        let walk = fetch_all(&self.client, &query, &self.metrics).await?;
+        self.metrics.alerts_in_last_poll.set(walk.members as i64);
+        let mut max_modified = walk.appliance_clock_floor_ms;
+        let mut alerts: Vec<(Option<i64>, Alert)> = walk
+            .alerts
+            .into_iter()
+            .map(|a| (a.modified.as_deref().and_then(parse_timestamp), a))
+            .collect();
+        alerts.sort_by_key(|(m, _)| *m);
+        for (modified, a) in alerts {
+            max_modified = max_modified.max(modified);
+            let uri: Arc<str> = Arc::from(a.uri.as_str());
+            if let Some(m) = modified {
+                if self.mem.recent.get(&uri) == Some(&m) {
+                    continue;
+                }
+                self.mem.recent.insert(uri.clone(), m);
+            }
+            let open_watched = self.is_open_watched(&a);
+            let known = self.mem.open.get(&uri).cloned();
+            let a = Arc::new(a);
+            match (known, open_watched) {
+                (None, true) => {
+                    self.emit(ChangeKind::Raised, a.clone()).await?;
+                    self.mem.open.insert(uri, a);
+                }
+                (None, false) => {
+                    if a.is_cleared() {
+                        self.emit(ChangeKind::Cleared, a).await?;
+                    }
+                }
+                (Some(t), true) => {
+                    if differs(&t, &a) {
+                        self.emit(ChangeKind::Updated, a.clone()).await?;
+                    }
+                    self.mem.open.insert(uri, a);
+                }
+                (Some(_), false) => {
+                    self.emit(ChangeKind::Cleared, a).await?;
+                    self.mem.open.remove(&uri);
+                }
+            }
+        }
+        self.advance_watermark(max_modified);
+        if let Some(new_wm) = self.mem.watermark {
+            let floor = new_wm - overlap;
+            self.mem.recent.retain(|_, m| *m >= floor);
+        }
+        tracing::debug!(
+            members = walk.members,
+            pages = walk.pages,
+            since = %format_timestamp(since),
+            "OneView incremental poll finished"
+        );
+        Ok(())
+    }
+
+    fn advance_watermark(&mut self, candidate: Option<i64>) {
+        self.mem.watermark = self.mem.watermark.max(candidate);
+    }
+
+    async fn emit(&self, kind: ChangeKind, alert: Arc<Alert>) -> Result<(), OneViewError> {
+        let key = AlertKey::new(&self.appliance, &alert.uri);
+        tracing::info!(
+            alert_key = %key,
+            alert_uri = %alert.uri,
+            change = ?kind,
+            severity = %alert.severity,
+            state = %alert.alert_state,
+            "alert change"
+        );
+        self.changes
+            .send(AlertChange {
+                kind,
+                key,
+                appliance: self.appliance.clone(),
+                alert,
+            })
+            .await
+            .map_err(|_| OneViewError::ChannelClosed)
+    }
+}
+
+/// A change worth an `Updated`: severity or description.
+fn differs(old: &Alert, new: &Alert) -> bool {
+    old.severity != new.severity || old.description != new.description
+}

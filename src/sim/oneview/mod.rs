@@ -1,0 +1,422 @@
+//! A OneView appliance simulator: enough of the REST API to drive the bridge (version, login
+//! with optional banner, `Auth` sessions with idle expiry, `X-API-Version` rules, `/rest/alerts`
+//! paging with the real envelope and filters, alert GET/PUT/DELETE, logout), plus a control
+//! API under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
+//! clear alerts, inject faults and read counters.
+//!
+//! It is product code: the tests, the benchmarks and the `demo` command use it, and users run
+//! it alone (`oneview-pagerduty-bridge simulate oneview --listen 127.0.0.1:9443`) to try their
+//! setup. Time comes from tokio's clock (anchored to the wall clock at start), so tests with
+//! paused time control session expiry and `modified` stamps.
+
+pub mod filter;
+mod server;
+pub mod store;
+pub mod templates;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use server::router;
+use store::Store;
+pub use store::{AlertSpec, GenerateSpec};
+
+use crate::model::{AlertState, Severity};
+
+/// How the simulator writes an absent page URI (real appliances do both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PageUriStyle {
+    #[default]
+    Null,
+    Empty,
+}
+
+/// Simulator settings. All can be changed at run time with [`SimHandle::configure`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimConfig {
+    pub username: String,
+    #[serde(skip_serializing)]
+    pub password: String,
+    pub current_version: u32,
+    pub minimum_version: u32,
+    /// Require `loginMsgAck: true` like appliances with a login banner.
+    pub login_banner: bool,
+    pub idle_timeout: Duration,
+    /// The most members a page holds, whatever `count` asks.
+    pub max_page_size: usize,
+    /// Members per page without `count`.
+    pub default_page_size: usize,
+    pub page_uri_style: PageUriStyle,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            username: "administrator".to_owned(),
+            password: "sim-password".to_owned(),
+            current_version: 6600,
+            minimum_version: 120,
+            login_banner: true,
+            idle_timeout: Duration::from_secs(24 * 3600),
+            max_page_size: 1000,
+            default_page_size: 25,
+            page_uri_style: PageUriStyle::Null,
+        }
+    }
+}
+
+/// Injected faults. `*_next` counters apply to the next N matching requests; rates apply to
+/// every `/rest` request at random.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added before every `/rest` answer.
+    pub latency_ms: u64,
+    /// Fraction of `/rest` requests answered 500.
+    pub error_rate: f64,
+    /// The next N `/rest` requests are answered 503.
+    pub fail_next: u32,
+    /// Fraction of `/rest` requests whose connection drops mid-answer.
+    pub drop_rate: f64,
+    /// The connection of the next N `/rest` requests drops mid-answer.
+    pub drop_next: u32,
+    /// The next N alert collection pages are truncated JSON.
+    pub garbage_next: u32,
+    /// The next N alert collection pages are an HTML error page (HTTP 200, like some proxies).
+    pub html_next: u32,
+    /// The next N alert collection pages are JSON without `members`.
+    pub bad_envelope_next: u32,
+}
+
+/// Request and traffic counters, for assertions and benchmarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    /// Requests by endpoint: version, login, logout, alerts, alert, other, control.
+    pub requests: BTreeMap<String, u64>,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub logouts: u64,
+    /// 401 answers.
+    pub unauthorized: u64,
+    /// Alerts sent as collection members.
+    pub members_sent: u64,
+    /// Bytes of those members (their JSON, without the envelope).
+    pub member_bytes: u64,
+    /// Bytes of `/rest` response bodies by endpoint.
+    pub response_bytes: BTreeMap<String, u64>,
+    pub faults_injected: u64,
+}
+
+impl Counters {
+    pub fn requests(&self, endpoint: &str) -> u64 {
+        self.requests.get(endpoint).copied().unwrap_or(0)
+    }
+}
+
+/// An error of a control operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("no alert with id {0}")]
+    NoSuchAlert(u64),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct SimSession {
+    username: String,
+    last_used: Instant,
+}
+
+pub(crate) struct Inner {
+    cfg: Mutex<SimConfig>,
+    store: Mutex<Store>,
+    sessions: Mutex<HashMap<String, SimSession>>,
+    faults: Mutex<Faults>,
+    counters: Mutex<Counters>,
+    clock_base_ms: i64,
+    clock_start: Instant,
+}
+
+/// A handle on a simulator's state; cheap to clone. Tests, the demo and the control API use it.
+#[derive(Clone)]
+pub struct SimHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The simulator's state stays consistent between statements; recover from a poisoned lock.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SimHandle {
+    pub fn new(cfg: SimConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cfg: Mutex::new(cfg),
+                store: Mutex::new(Store::default()),
+                sessions: Mutex::new(HashMap::new()),
+                faults: Mutex::new(Faults::default()),
+                counters: Mutex::new(Counters::default()),
+                clock_base_ms: chrono::Utc::now().timestamp_millis(),
+                clock_start: Instant::now(),
+            }),
+        }
+    }
+
+    /// The simulator's clock, unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock_base_ms
+            + i64::try_from(self.inner.clock_start.elapsed().as_millis()).unwrap_or(0)
+    }
+
+    pub fn config(&self) -> SimConfig {
+        lock(&self.inner.cfg).clone()
+    }
+
+    pub fn configure(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut lock(&self.inner.cfg));
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.inner.store)
+    }
+
+    pub(crate) fn counters_mut(&self) -> MutexGuard<'_, Counters> {
+        lock(&self.inner.counters)
+    }
+
+    pub(crate) fn faults_mut(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.inner.faults)
+    }
+
+    // ---- alerts ----------------------------------------------------------------------
+
+    /// Adds an alert; returns its URI.
+    pub fn add_alert(&self, spec: AlertSpec) -> String {
+        let now = self.now_ms();
+        let id = self.store().add(&spec, now);
+        format!("/rest/alerts/{id}")
+    }
+
+    pub fn add_alerts(&self, specs: &[AlertSpec]) -> Vec<String> {
+        let now = self.now_ms();
+        let mut s = self.store();
+        specs
+            .iter()
+            .map(|spec| format!("/rest/alerts/{}", s.add(spec, now)))
+            .collect()
+    }
+
+    /// Adds `spec.count` realistic alerts; returns the id range.
+    pub fn generate(&self, spec: &GenerateSpec) -> std::ops::Range<u64> {
+        let now = self.now_ms();
+        let first = self.store().generate(spec, now);
+        match first {
+            Some(f) => f..f + spec.count as u64,
+            None => 0..0,
+        }
+    }
+
+    fn modify(&self, id: u64, f: impl FnOnce(&mut store::SimAlert)) -> Result<(), SimError> {
+        let now = self.now_ms();
+        if self.store().modify(id, now, f) {
+            Ok(())
+        } else {
+            Err(SimError::NoSuchAlert(id))
+        }
+    }
+
+    pub fn set_severity(&self, id: u64, severity: &str) -> Result<(), SimError> {
+        let sev = Severity::parse(severity);
+        self.modify(id, |a| a.severity = sev)
+    }
+
+    pub fn set_description(&self, id: u64, description: &str) -> Result<(), SimError> {
+        let d: Arc<str> = Arc::from(description);
+        self.modify(id, |a| a.description = d)
+    }
+
+    pub fn set_state(&self, id: u64, state: &str) -> Result<(), SimError> {
+        let st = AlertState::parse(state);
+        if st == AlertState::Cleared {
+            return self.clear(id);
+        }
+        self.modify(id, |a| {
+            a.state = st;
+            a.cleared_by_user = None;
+            a.cleared_time_ms = None;
+        })
+    }
+
+    /// Clears an alert as the appliance would (`clearedByUser` System).
+    pub fn clear(&self, id: u64) -> Result<(), SimError> {
+        let now = self.now_ms();
+        if self.store().clear(id, now, "System") {
+            Ok(())
+        } else {
+            Err(SimError::NoSuchAlert(id))
+        }
+    }
+
+    /// Makes the alert serve a field of the wrong type (a malformed member).
+    pub fn corrupt(&self, id: u64) -> Result<(), SimError> {
+        self.modify(id, |a| a.corrupt = true)
+    }
+
+    pub fn delete(&self, id: u64) -> Result<(), SimError> {
+        if self.store().delete(id) {
+            Ok(())
+        } else {
+            Err(SimError::NoSuchAlert(id))
+        }
+    }
+
+    /// An alert as the REST API serves it.
+    pub fn alert(&self, id: u64) -> Option<serde_json::Value> {
+        self.store().get(id).map(store::SimAlert::to_json)
+    }
+
+    pub fn alert_count(&self) -> usize {
+        self.store().len()
+    }
+
+    pub fn open_alert_count(&self) -> usize {
+        self.store().open_count()
+    }
+
+    // ---- sessions, faults, counters ---------------------------------------------------
+
+    /// Ends every session at once (clients get 401 next).
+    pub fn expire_sessions(&self) -> usize {
+        let mut s = lock(&self.inner.sessions);
+        let n = s.len();
+        s.clear();
+        n
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults_mut().clone()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.faults_mut() = f;
+    }
+
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.faults_mut());
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters_mut().clone()
+    }
+
+    pub fn reset_counters(&self) {
+        *self.counters_mut() = Counters::default();
+    }
+
+    pub(crate) fn count(&self, endpoint: &str) {
+        *self
+            .counters_mut()
+            .requests
+            .entry(endpoint.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    /// Creates a session for `username`; returns its id.
+    pub(crate) fn open_session(&self, username: &str) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        lock(&self.inner.sessions).insert(
+            id.clone(),
+            SimSession {
+                username: username.to_owned(),
+                last_used: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// The user of a live session, refreshing its idle timer; `None` when unknown or idle
+    /// for longer than the idle timeout (the session is then gone).
+    pub(crate) fn touch_session(&self, id: &str) -> Option<String> {
+        let idle = self.config().idle_timeout;
+        let mut s = lock(&self.inner.sessions);
+        let live = s.get(id).map(|x| x.last_used.elapsed() <= idle)?;
+        if !live {
+            s.remove(id);
+            return None;
+        }
+        let sess = s.get_mut(id)?;
+        sess.last_used = Instant::now();
+        Some(sess.username.clone())
+    }
+
+    pub(crate) fn close_session(&self, id: &str) -> bool {
+        lock(&self.inner.sessions).remove(id).is_some()
+    }
+}
+
+/// A simulator serving on a socket.
+pub struct RunningSim {
+    pub addr: SocketAddr,
+    pub handle: SimHandle,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSim {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        // Clients' keep-alive connections would hold a graceful shutdown open indefinitely.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `listen` and serves the simulator until [`RunningSim::stop`].
+pub async fn start(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<RunningSim> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let handle = SimHandle::new(cfg);
+    let stop = CancellationToken::new();
+    let task = {
+        let app = router(handle.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "OneView simulator server failed");
+            }
+        })
+    };
+    Ok(RunningSim {
+        addr,
+        handle,
+        stop,
+        task,
+    })
+}
