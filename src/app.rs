@@ -62,8 +62,24 @@ impl App {
         let mut registry = metrics::new_registry(config.role.as_str());
         let http_metrics = HttpMetrics::register(&mut registry);
         let work = CancellationToken::new();
-        let tasks: Vec<Task> = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
         let extra_routes = Router::new();
+
+        if config.role.polls() {
+            let delivery =
+                crate::pagerduty::assemble(&config, &mut registry, readiness.clone(), work.clone())
+                    .map_err(|e| AppError::Component(e.to_string()))?;
+            let poller = crate::oneview::assemble(
+                &config,
+                &mut registry,
+                readiness.clone(),
+                delivery.changes.clone(),
+                work.clone(),
+            )
+            .map_err(|e| AppError::Component(e.to_string()))?;
+            tasks.push(poller.task);
+            tasks.push(delivery.task);
+        }
 
         for w in &config.warnings {
             tracing::warn!(warning = %w, "configuration warning");

@@ -46,6 +46,21 @@ pub enum Command {
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Try it: OneView and PagerDuty simulators plus the bridge, on loopback, with live output.
+    Demo {
+        /// Where the bridge serves /health, /ready, /metrics.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The bridge's poll interval.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Open alerts the simulated appliance starts with.
+        #[arg(long, default_value_t = 6)]
+        alerts: usize,
+        /// How often the simulated appliance raises, changes or clears an alert ("0s": never).
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        churn_every: Duration,
+    },
     /// Run one of the simulators on its own (for trying the bridge without real systems).
     Simulate {
         #[command(subcommand)]

@@ -63,6 +63,32 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Demo {
+            listen,
+            interval,
+            alerts,
+            churn_every,
+        } => {
+            // The demo's own lines are the show; the bridge's logs stay at warn unless asked.
+            let log = config::RawLog {
+                format: config::LogFormat::Pretty,
+                level: "warn".to_owned(),
+            };
+            if let Err(e) = bridge::telemetry::init(&log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let opts = bridge::demo::DemoOptions {
+                listen,
+                interval,
+                alerts,
+                churn_every,
+            };
+            run_async(async move {
+                bridge::demo::run(opts, shutdown_on_signals()).await?;
+                Ok(())
+            })
+        }
         Command::Run { role, config } => {
             let cfg = match config::load(config.as_deref(), role) {
                 Ok(c) => c,
