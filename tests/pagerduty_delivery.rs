@@ -154,8 +154,14 @@ async fn severity_change_is_one_more_trigger_on_the_same_incident_and_unchanged_
     h.wait_accepted(5).await;
     h.wait_idle().await;
     assert_eq!(h.sim.accepted().len(), 5);
-    let m = h.metrics();
-    assert!(sample(&m, "bridge_pagerduty_dedup_cache_entries").unwrap() >= 2.0);
+    // The cache size gauge is refreshed once a second.
+    let ok = h
+        .sim
+        .wait_until(Duration::from_secs(3), |_| {
+            sample(&h.metrics(), "bridge_pagerduty_dedup_cache_entries") == Some(2.0)
+        })
+        .await;
+    assert!(ok, "{}", h.metrics());
     h.stop().await;
 }
 
@@ -562,4 +568,48 @@ async fn shutdown_delivers_what_is_queued() {
     }
     let sim = h.stop().await;
     assert_eq!(sim.accepted().len(), 30);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let h = Harness::start(
+        Faults {
+            error_rate: 1.0,
+            error_statuses: vec![429],
+            retry_after_secs: Some(1),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let a = &fixture_alerts()[0];
+    h.send(ChangeKind::Raised, a).await;
+    assert!(
+        h.sim
+            .wait_until(Duration::from_secs(5), |s| !s.events().is_empty())
+            .await
+    );
+    h.sim.set_faults(Faults::default());
+    h.wait_accepted(1).await;
+    let ev = h.sim.events();
+    assert_eq!(ev.len(), 2, "one 429, then the accepted retry");
+    assert!(
+        ev[1].received_ms - ev[0].received_ms >= 1000,
+        "the retry waited for Retry-After: {ev:?}"
+    );
+    let m = h.metrics();
+    assert_eq!(
+        sample(&m, r#"bridge_pagerduty_http_responses_total{code="429"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"bridge_pagerduty_events_total{action="trigger",outcome="retried"}"#
+        ),
+        Some(1.0)
+    );
+    let key = h.status.key(&dedup_key(a)).unwrap();
+    assert_eq!((key.outcome, key.attempts), ("accepted", 2));
+    h.stop().await;
 }

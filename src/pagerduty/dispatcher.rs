@@ -191,7 +191,7 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.dispatch();
-            self.update_gauges();
+            self.update_queue_gauges();
             if rx_done && self.pending.is_empty() {
                 break;
             }
@@ -232,10 +232,11 @@ impl Dispatcher {
                         tracing::info!(queued = self.pending.len(), "shutdown: delivering the queued PagerDuty events until server.shutdown_timeout");
                     }
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.update_cache_gauge(),
             }
         }
-        self.update_gauges();
+        self.update_queue_gauges();
+        self.update_cache_gauge();
     }
 
     /// Decides what PagerDuty must hear about one change, and queues it.
@@ -496,7 +497,15 @@ impl Dispatcher {
         }
     }
 
-    fn update_gauges(&self) {
+    /// Settling the cache's count costs more than a loop turn should, so this runs once a second.
+    fn update_cache_gauge(&self) {
+        self.shared
+            .metrics
+            .dedup_entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
+
+    fn update_queue_gauges(&self) {
         let depth = self.pending.len();
         let oldest = self
             .pending
@@ -507,8 +516,6 @@ impl Dispatcher {
         let m = &self.shared.metrics;
         m.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         m.oldest_age.set(oldest);
-        m.dedup_entries
-            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
         self.shared
             .status
             .set_queue(depth, self.inflight.len(), oldest);
