@@ -25,7 +25,10 @@
 //!   tell whether PagerDuty has an open incident, and a resolve for an unknown key is harmless
 //!   (PagerDuty answers 202 and drops it), whereas a missing one leaves an incident open forever.
 //!   The one exception is the cancellation above: when the trigger of a key the cache does not
-//!   know is still queued, nothing went out for it, so nothing is sent.
+//!   know is still queued, nothing went out for it from this process, so nothing is sent. The
+//!   trade-off: an alert that was open before a restart, re-raised by the first resync and
+//!   cleared while that trigger still waits in a long queue, keeps its incident open (someone
+//!   resolves it by hand); in exchange a storm of alerts that come and go never pages anyone.
 //!
 //! Delivery of one event retries (429, 408, 5xx, timeouts, connection errors) with exponential
 //! backoff and full jitter between `pagerduty.retry_initial_delay` and
