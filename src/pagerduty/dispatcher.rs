@@ -56,7 +56,7 @@ use super::event::{self, Action, Event, EventContext};
 use super::ratelimit::RateLimiter;
 use super::routing::{Router, Target};
 use super::sender::{Answer, Attempt, Sender};
-use super::status::{DeadLetter, DeliveryStatus};
+use super::status::{DeadLetter, Delivered, DeliveryStatus};
 use super::{Metrics, READINESS_WARNING};
 
 /// Settings of the delivery loop.
@@ -468,6 +468,15 @@ impl Dispatcher {
                     pagerduty_message = answer.message.as_deref().unwrap_or(""),
                     "PagerDuty accepted the event"
                 );
+                self.shared.status.delivered(Delivered {
+                    dedup_key: done.key.clone(),
+                    action: job.action,
+                    route: job.target.route.to_string(),
+                    summary: job.event.payload.summary.clone(),
+                    severity: job.event.payload.severity.clone(),
+                    accepted: true,
+                    latency: job.enqueued.elapsed(),
+                });
             }
             Outcome::Rejected { status, answer } => {
                 m.event(action, "rejected").inc();
@@ -488,6 +497,15 @@ impl Dispatcher {
                     message: answer.message.clone(),
                     errors: answer.errors.clone(),
                     time: chrono::Utc::now(),
+                });
+                self.shared.status.delivered(Delivered {
+                    dedup_key: done.key.clone(),
+                    action: job.action,
+                    route: job.target.route.to_string(),
+                    summary: job.event.payload.summary.clone(),
+                    severity: job.event.payload.severity.clone(),
+                    accepted: false,
+                    latency: job.enqueued.elapsed(),
                 });
                 m.dead_letters
                     .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
