@@ -320,6 +320,8 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
             .iter()
             .map(|(a, s)| (a.as_str(), s.as_deref()))
             .collect();
+        // In flight during the outage: the original, then the update; queued: only the update.
+        assert!(actions.len() <= 2, "{actions:?}");
         assert_eq!(
             actions.last().unwrap(),
             &("trigger", Some("critical")),
@@ -613,7 +615,48 @@ async fn retry_after_is_honoured() {
         ),
         Some(1.0)
     );
+    h.wait_idle().await;
     let key = h.status.key(&dedup_key(a)).unwrap();
     assert_eq!((key.outcome, key.attempts), ("accepted", 2));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn updates_to_a_queued_trigger_send_only_the_latest_state() {
+    let h = Harness::start_tuned(
+        Faults::default(),
+        |r| {
+            r.pagerduty.rate_limit_per_minute = 1;
+        },
+        Tuning {
+            rate_window: Duration::from_millis(300),
+        },
+    )
+    .await;
+    let alerts = fixture_alerts();
+    h.send(ChangeKind::Raised, &alerts[4]).await;
+    h.wait_accepted(1).await;
+    // The window is used up: these three changes meet one queued trigger.
+    let mut a = alerts[0].clone();
+    a.severity = Severity::Warning;
+    h.send(ChangeKind::Raised, &a).await;
+    a.severity = Severity::Critical;
+    h.send(ChangeKind::Updated, &a).await;
+    a.description = Some("Fan 3 failed".into());
+    h.send(ChangeKind::Updated, &a).await;
+    h.wait_accepted(2).await;
+    h.wait_idle().await;
+    let sent: Vec<_> = h
+        .sim
+        .events()
+        .into_iter()
+        .filter(|e| e.dedup_key.as_deref() == Some(&dedup_key(&a)))
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].severity.as_deref(), Some("critical"));
+    assert_eq!(
+        sent[0].summary.as_deref(),
+        Some("Critical: SGH817YECA, bay 5 - Fan 3 failed")
+    );
     h.stop().await;
 }

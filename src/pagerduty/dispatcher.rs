@@ -20,6 +20,8 @@
 //! - `Raised` / `Updated`: a trigger, unless the last thing PagerDuty heard or will hear for the
 //!   key (queue tail, else dedup cache) is a trigger with the same fingerprint (PagerDuty
 //!   severity + description); in that case the cache entry is refreshed and nothing is sent.
+//!   A trigger still waiting in the queue is replaced by the newer state rather than followed
+//!   by a second one, so an alert that changes during an outage is sent once, as it is now.
 //! - `Cleared`: a resolve, unless a resolve is already the last thing queued or heard. A key the
 //!   cache does not know gets a resolve too: after a restart (empty cache) or TTL expiry we cannot
 //!   tell whether PagerDuty has an open incident, and a resolve for an unknown key is harmless
@@ -260,6 +262,11 @@ impl Dispatcher {
                         tracing::debug!(dedup_key = %key, "unchanged alert already queued; not queued again");
                         return;
                     }
+                    Some((Action::Trigger, _)) if self.tail_is_queued(&key) => {
+                        // A trigger that has not gone out yet: send the newer state instead.
+                        self.replace_tail(&key, &change, &pd_severity, fp);
+                        return;
+                    }
                     Some(_) => {}
                     None => {
                         if let Some(h) = self.cache.get(&key) {
@@ -306,6 +313,43 @@ impl Dispatcher {
                     },
                 }
             }
+        }
+    }
+
+    /// Whether the last event of `key` waits in the queue (is not the one in flight).
+    fn tail_is_queued(&self, key: &str) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|q| q.jobs.len() > usize::from(q.in_flight))
+    }
+
+    /// Replaces the queued trigger at the tail of `key` with the alert's newer state, keeping
+    /// its place in the queue (and its age).
+    fn replace_tail(&mut self, key: &str, change: &AlertChange, pd_severity: &str, fp: u64) {
+        let target = self.router.route(&change.alert).clone();
+        let ev = Arc::new(event::build(
+            Action::Trigger,
+            &change.alert,
+            &change.appliance,
+            &self.ctx,
+        ));
+        let Some(q) = self.keys.get_mut(key) else {
+            return;
+        };
+        let is_ready_head = q.jobs.len() == 1 && !q.in_flight;
+        let Some(job) = q.jobs.back_mut() else { return };
+        if is_ready_head {
+            if let Some(set) = self.ready.get_mut(&job.target.route) {
+                set.remove(&(job.priority, job.seq, key.to_owned()));
+            }
+        }
+        job.event = ev;
+        job.fingerprint = fp;
+        job.priority = priority(pd_severity);
+        job.target = target;
+        tracing::debug!(dedup_key = %key, "queued trigger replaced by the alert's newer state");
+        if is_ready_head {
+            self.mark_ready(key);
         }
     }
 
