@@ -32,6 +32,13 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
+            if cfg.pagerduty.is_none() {
+                eprintln!(
+                    "error: {}",
+                    bridge::pagerduty::PagerDutyError::NotConfigured
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             if let Err(e) = bridge::telemetry::init(&cfg.log) {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_CONFIG);

@@ -112,6 +112,25 @@ async fn send_test_event_fails_when_pagerduty_refuses() {
 }
 
 #[tokio::test]
+async fn send_test_event_without_a_routing_key_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.toml");
+    std::fs::write(&path, "[pagerduty]\nconcurrency = 4\n").unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["send-test-event", "--config"])
+            .arg(path)
+            .env_remove("BRIDGE_PAGERDUTY__ROUTING_KEY")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pagerduty.routing_key"));
+}
+
+#[tokio::test]
 async fn simulate_pagerduty_runs_standalone() {
     let mut child = Command::new(BIN)
         .args(["simulate", "pagerduty", "--listen", "127.0.0.1:0"])

@@ -124,6 +124,7 @@ fn the_scmb_fixture_builds_the_documented_fields() {
     let p = &ev.payload;
     assert_eq!(p.summary, "OK: 0000A66101, bay 3 - Cold Start.");
     assert_eq!(p.source, "0000A66101, bay 3");
+    assert_eq!(p.severity, "info", "a cleared (OK) alert resolves as info");
     assert_eq!(p.component.as_deref(), Some("server-hardware"));
     assert_eq!(p.group.as_deref(), Some("ov-lab.example.com"));
     assert_eq!(p.class.as_deref(), Some("Trap.coldStart"));

@@ -20,12 +20,17 @@
 //! - `Raised` / `Updated`: a trigger, unless the last thing PagerDuty heard or will hear for the
 //!   key (queue tail, else dedup cache) is a trigger with the same fingerprint (PagerDuty
 //!   severity + description); in that case the cache entry is refreshed and nothing is sent.
+//!   A trigger still waiting in the queue is replaced by the newer state rather than followed
+//!   by a second one, so an alert that changes during an outage is sent once, as it is now.
 //! - `Cleared`: a resolve, unless a resolve is already the last thing queued or heard. A key the
 //!   cache does not know gets a resolve too: after a restart (empty cache) or TTL expiry we cannot
 //!   tell whether PagerDuty has an open incident, and a resolve for an unknown key is harmless
 //!   (PagerDuty answers 202 and drops it), whereas a missing one leaves an incident open forever.
 //!   The one exception is the cancellation above: when the trigger of a key the cache does not
-//!   know is still queued, nothing went out for it, so nothing is sent.
+//!   know is still queued, nothing went out for it from this process, so nothing is sent. The
+//!   trade-off: an alert that was open before a restart, re-raised by the first resync and
+//!   cleared while that trigger still waits in a long queue, keeps its incident open (someone
+//!   resolves it by hand); in exchange a storm of alerts that come and go never pages anyone.
 //!
 //! Delivery of one event retries (429, 408, 5xx, timeouts, connection errors) with exponential
 //! backoff and full jitter between `pagerduty.retry_initial_delay` and
@@ -53,7 +58,7 @@ use super::event::{self, Action, Event, EventContext};
 use super::ratelimit::RateLimiter;
 use super::routing::{Router, Target};
 use super::sender::{Answer, Attempt, Sender};
-use super::status::{DeadLetter, DeliveryStatus};
+use super::status::{DeadLetter, Delivered, DeliveryStatus};
 use super::{Metrics, READINESS_WARNING};
 
 /// Settings of the delivery loop.
@@ -191,7 +196,7 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.dispatch();
-            self.update_gauges();
+            self.update_queue_gauges();
             if rx_done && self.pending.is_empty() {
                 break;
             }
@@ -232,10 +237,11 @@ impl Dispatcher {
                         tracing::info!(queued = self.pending.len(), "shutdown: delivering the queued PagerDuty events until server.shutdown_timeout");
                     }
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.update_cache_gauge(),
             }
         }
-        self.update_gauges();
+        self.update_queue_gauges();
+        self.update_cache_gauge();
     }
 
     /// Decides what PagerDuty must hear about one change, and queues it.
@@ -254,6 +260,11 @@ impl Dispatcher {
                 match tail {
                     Some((Action::Trigger, f)) if f == fp => {
                         tracing::debug!(dedup_key = %key, "unchanged alert already queued; not queued again");
+                        return;
+                    }
+                    Some((Action::Trigger, _)) if self.tail_is_queued(&key) => {
+                        // A trigger that has not gone out yet: send the newer state instead.
+                        self.replace_tail(&key, &change, &pd_severity, fp);
                         return;
                     }
                     Some(_) => {}
@@ -302,6 +313,43 @@ impl Dispatcher {
                     },
                 }
             }
+        }
+    }
+
+    /// Whether the last event of `key` waits in the queue (is not the one in flight).
+    fn tail_is_queued(&self, key: &str) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|q| q.jobs.len() > usize::from(q.in_flight))
+    }
+
+    /// Replaces the queued trigger at the tail of `key` with the alert's newer state, keeping
+    /// its place in the queue (and its age).
+    fn replace_tail(&mut self, key: &str, change: &AlertChange, pd_severity: &str, fp: u64) {
+        let target = self.router.route(&change.alert).clone();
+        let ev = Arc::new(event::build(
+            Action::Trigger,
+            &change.alert,
+            &change.appliance,
+            &self.ctx,
+        ));
+        let Some(q) = self.keys.get_mut(key) else {
+            return;
+        };
+        let is_ready_head = q.jobs.len() == 1 && !q.in_flight;
+        let Some(job) = q.jobs.back_mut() else { return };
+        if is_ready_head {
+            if let Some(set) = self.ready.get_mut(&job.target.route) {
+                set.remove(&(job.priority, job.seq, key.to_owned()));
+            }
+        }
+        job.event = ev;
+        job.fingerprint = fp;
+        job.priority = priority(pd_severity);
+        job.target = target;
+        tracing::debug!(dedup_key = %key, "queued trigger replaced by the alert's newer state");
+        if is_ready_head {
+            self.mark_ready(key);
         }
     }
 
@@ -464,6 +512,15 @@ impl Dispatcher {
                     pagerduty_message = answer.message.as_deref().unwrap_or(""),
                     "PagerDuty accepted the event"
                 );
+                self.shared.status.delivered(Delivered {
+                    dedup_key: done.key.clone(),
+                    action: job.action,
+                    route: job.target.route.to_string(),
+                    summary: job.event.payload.summary.clone(),
+                    severity: job.event.payload.severity.clone(),
+                    accepted: true,
+                    latency: job.enqueued.elapsed(),
+                });
             }
             Outcome::Rejected { status, answer } => {
                 m.event(action, "rejected").inc();
@@ -485,6 +542,15 @@ impl Dispatcher {
                     errors: answer.errors.clone(),
                     time: chrono::Utc::now(),
                 });
+                self.shared.status.delivered(Delivered {
+                    dedup_key: done.key.clone(),
+                    action: job.action,
+                    route: job.target.route.to_string(),
+                    summary: job.event.payload.summary.clone(),
+                    severity: job.event.payload.severity.clone(),
+                    accepted: false,
+                    latency: job.enqueued.elapsed(),
+                });
                 m.dead_letters
                     .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
             }
@@ -496,7 +562,15 @@ impl Dispatcher {
         }
     }
 
-    fn update_gauges(&self) {
+    /// Settling the cache's count costs more than a loop turn should, so this runs once a second.
+    fn update_cache_gauge(&self) {
+        self.shared
+            .metrics
+            .dedup_entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
+
+    fn update_queue_gauges(&self) {
         let depth = self.pending.len();
         let oldest = self
             .pending
@@ -507,8 +581,6 @@ impl Dispatcher {
         let m = &self.shared.metrics;
         m.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
         m.oldest_age.set(oldest);
-        m.dedup_entries
-            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
         self.shared
             .status
             .set_queue(depth, self.inflight.len(), oldest);

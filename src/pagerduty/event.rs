@@ -234,7 +234,13 @@ fn ui_link(base: &str, alert_uri: &str) -> Option<String> {
 /// Builds the event PagerDuty must hear for `alert` (a trigger, or a resolve: resolves carry
 /// the same payload because event rules route on it).
 pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventContext) -> Event {
-    let severity = ctx.pd_severity(alert.severity.as_str());
+    // A cleared alert often carries severity `OK`, which has no PagerDuty equivalent: the
+    // resolve then says `info` rather than the `error` an unknown severity would map to.
+    let severity = if action == Action::Resolve && alert.severity == crate::model::Severity::Ok {
+        "info".to_owned()
+    } else {
+        ctx.pd_severity(alert.severity.as_str())
+    };
     let source = alert
         .resource_name()
         .map(str::to_owned)

@@ -40,7 +40,7 @@ use crate::model::AlertChange;
 use crate::readiness::Readiness;
 
 pub use error::PagerDutyError;
-pub use status::{DeadLetter, DeliveryStatus, KeyStatus, StatusSnapshot};
+pub use status::{DeadLetter, Delivered, DeliveryStatus, KeyStatus, StatusSnapshot};
 
 /// Name of the readiness warning this side sets while PagerDuty does not accept events or the
 /// queue drains at shutdown. A warning, never a 503: restarting would lose the queue.

@@ -2,6 +2,10 @@
 //! no minute ever holds more than `pagerduty.rate_limit_per_minute` requests for one key, retries
 //! included. A storm then queues here, where critical events can still overtake warnings,
 //! instead of burning PagerDuty's 429s.
+//!
+//! Limits are kept per route name (`default` or the `[[pagerduty.routes]]` name), never per key
+//! value, so that no secret is ever a map key and rotation does not reset the window. Two routes
+//! that share one routing key each get the full limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

@@ -43,6 +43,22 @@ pub struct KeyStatus {
     pub updated: DateTime<Utc>,
 }
 
+/// One event PagerDuty answered for good (accepted, or rejected into the dead letters), as
+/// broadcast by [`DeliveryStatus::subscribe`] (the demo's live line, a future event stream).
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivered {
+    pub dedup_key: String,
+    pub action: Action,
+    pub route: String,
+    pub summary: String,
+    /// PagerDuty severity sent.
+    pub severity: String,
+    pub accepted: bool,
+    /// From queueing to PagerDuty's answer.
+    #[serde(with = "humantime_serde")]
+    pub latency: std::time::Duration,
+}
+
 /// What [`DeliveryStatus::snapshot`] returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusSnapshot {
@@ -65,6 +81,8 @@ struct Inner {
 
 /// Shared delivery status, updated by the delivery task.
 pub struct DeliveryStatus {
+    /// Slow subscribers lose the oldest notifications, never slow delivery down.
+    events: tokio::sync::broadcast::Sender<Delivered>,
     depth: AtomicUsize,
     inner: Mutex<Inner>,
     keys: Cache<String, KeyStatus>,
@@ -87,6 +105,7 @@ impl Default for DeliveryStatus {
 impl DeliveryStatus {
     pub fn new() -> Self {
         Self {
+            events: tokio::sync::broadcast::channel(1024).0,
             depth: AtomicUsize::new(0),
             inner: Mutex::new(Inner::default()),
             keys: Cache::builder().max_capacity(KEYS_KEPT).build(),
@@ -107,6 +126,16 @@ impl DeliveryStatus {
         let mut g = self.lock();
         g.in_flight = in_flight;
         g.oldest_age = oldest_age;
+    }
+
+    /// A stream of final answers, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Delivered> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn delivered(&self, d: Delivered) {
+        // No subscriber is fine.
+        let _ = self.events.send(d);
     }
 
     pub(crate) fn dead_letter(&self, d: DeadLetter) {
