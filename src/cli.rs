@@ -1,6 +1,7 @@
 //! Command-line interface definitions (clap). `main` parses these and dispatches.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -37,5 +38,14 @@ pub enum Command {
         role: Role,
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// GET a health URL and exit 0 on HTTP 200, 1 otherwise (container HEALTHCHECK, no shell).
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+        /// Give up after this long (humantime: `3s`, `500ms`).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
