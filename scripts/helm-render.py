@@ -6,6 +6,7 @@ helm-python-sdk), since no helm CLI is available from our package registries.
     helm-render.py template CHART [-f VALUES]... [--name N] [--namespace NS] [--out FILE]
         [--split DIR] [--no-tests]
     helm-render.py schema-reject CHART -f VALUES...   # succeeds only if the schema rejects them
+    helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
 
 Values files merge left to right over the chart's values.yaml, as `helm -f a -f b` does.
 Exit status: 0 ok, 1 a finding (lint error, render error, unexpected schema result).
@@ -122,6 +123,52 @@ def cmd_schema_reject(a: argparse.Namespace) -> int:
     return 1
 
 
+KUSTOMIZATION_HEAD = """\
+# Plain manifests for users without Helm: the chart rendered with its default values by
+# `scripts/deploy-checks --update` (do not edit by hand; CI fails when they drift).
+#   kubectl create namespace oneview-pagerduty-bridge
+#   kubectl -n oneview-pagerduty-bridge create secret generic oneview-pagerduty-bridge \\
+#     --from-file=oneview-password=./oneview-password --from-file=pagerduty-routing-key=./routing-key
+#   kubectl apply -k deploy/
+# Customise with an overlay (a kustomization that lists this directory as a resource and patches
+# the ConfigMap's poller.toml, or sets BRIDGE_ONEVIEW__URL-style environment variables).
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: oneview-pagerduty-bridge
+resources:
+"""
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    out = Path(a.out_dir)
+    base = argparse.Namespace(chart=a.chart, values=[], name="oneview-pagerduty-bridge",
+                              namespace="oneview-pagerduty-bridge", out=None, no_tests=True,
+                              split=str(out / "manifests"))
+    cmd_template(base)
+    names = sorted(p.name for p in (out / "manifests").glob("*.yaml"))
+    (out / "kustomization.yaml").write_text(
+        KUSTOMIZATION_HEAD + "".join(f"  - manifests/{n}\n" for n in names))
+    # The alerting rules as a plain Prometheus rule file (promtool, compose, non-Operator users).
+    rules_values = Path(out / ".rules-values.yaml")
+    rules_values.write_text("metrics:\n  prometheusRule:\n    enabled: true\n")
+    try:
+        rendered = render(argparse.Namespace(chart=a.chart, values=[str(rules_values)],
+                                             name="oneview-pagerduty-bridge",
+                                             namespace="oneview-pagerduty-bridge"))
+    finally:
+        rules_values.unlink()
+    rule = yaml.safe_load(rendered[f"{Path(a.chart).name}/templates/prometheusrule.yaml"])
+    (out / "prometheus").mkdir(parents=True, exist_ok=True)
+    (out / "prometheus" / "bridge-rules.yaml").write_text(
+        "# Generated from the chart's PrometheusRule by scripts/deploy-checks --update; edit\n"
+        "# helm/oneview-pagerduty-bridge/templates/_alerts.tpl instead.\n"
+        + yaml.dump(rule["spec"], Dumper=_Dumper, sort_keys=False, width=1000))
+    (out / "grafana").mkdir(parents=True, exist_ok=True)
+    (out / "grafana" / "oneview-pagerduty-bridge.json").write_text(
+        (Path(a.chart) / "files" / "dashboard.json").read_text())
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -135,9 +182,13 @@ def main() -> int:
             s.add_argument("--out")
             s.add_argument("--split")
             s.add_argument("--no-tests", action="store_true")
+    d = sub.add_parser("deploy")
+    d.add_argument("chart")
+    d.add_argument("out_dir")
     a = p.parse_args()
     try:
-        return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject}[a.cmd](a)
+        return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject,
+                "deploy": cmd_deploy}[a.cmd](a)
     except Exception as e:  # noqa: BLE001 - report any SDK error as a finding, not a traceback
         print(f"  {a.cmd} failed: {e}", file=sys.stderr)
         return 1

@@ -95,7 +95,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 One TOML table from a map: scalars and lists as `key = <json>` (JSON strings, numbers, booleans
 and arrays are valid TOML), empty strings and empty maps left out (the bridge's default
 applies), nested maps as sub-tables.
-Usage: include "bridge.tomlTable" (list "pagerduty" $map)
+Usage: include "bridge.tomlTable" (list "pagerduty" $map ["\nextra = 1"])
 */}}
 {{- define "bridge.tomlTable" -}}
 {{- $name := index . 0 }}
@@ -107,6 +107,10 @@ Usage: include "bridge.tomlTable" (list "pagerduty" $map)
 {{- else }}
 {{ $k }} = {{ toJson $v }}
 {{- end }}
+{{- end }}
+{{- if gt (len .) 2 }}
+{{- /* Chart-managed keys of this table, before any sub-table starts. */}}
+{{- index . 2 }}
 {{- end }}
 {{- range $k, $v := $m }}
 {{- if and (kindIs "map" $v) (gt (len $v) 0) }}
@@ -224,14 +228,14 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- define "bridge.pollerToml" -}}
 {{- $ov := omit .Values.config.oneview "password" "password_file" "ca_file" -}}
 {{- $pd := omit .Values.config.pagerduty "routing_key" "routing_key_file" -}}
-{{ include "bridge.tomlTable" (list "oneview" $ov) }}
-password_file = {{ include "bridge.secretFile" (list . "oneviewPassword") | toJson }}
-{{- if .Values.oneviewCA.configMap }}
-ca_file = {{ printf "/etc/oneview-pagerduty-bridge/ca/%s" .Values.oneviewCA.key | toJson }}
-{{- end }}
+{{- $ovExtra := printf "\npassword_file = %s" (include "bridge.secretFile" (list . "oneviewPassword") | toJson) -}}
+{{- if .Values.oneviewCA.configMap -}}
+{{- $ovExtra = printf "%s\nca_file = %s" $ovExtra (printf "/etc/oneview-pagerduty-bridge/ca/%s" .Values.oneviewCA.key | toJson) -}}
+{{- end -}}
+{{- $pdExtra := printf "\nrouting_key_file = %s" (include "bridge.secretFile" (list . "pagerdutyRoutingKey") | toJson) -}}
+{{ include "bridge.tomlTable" (list "oneview" $ov $ovExtra) }}
 
-{{ include "bridge.tomlTable" (list "pagerduty" $pd) }}
-routing_key_file = {{ include "bridge.secretFile" (list . "pagerdutyRoutingKey") | toJson }}
+{{ include "bridge.tomlTable" (list "pagerduty" $pd $pdExtra) }}
 {{- range $i, $r := .Values.config.routes }}
 
 [[pagerduty.routes]]
