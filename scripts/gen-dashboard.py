@@ -73,4 +73,8 @@ dash={"uid":"oneview-pagerduty-bridge","title":"OneView PagerDuty Bridge","tags"
  "links":[{"title":"Runbook","type":"link","url":"https://github.com/example/oneview-pagerduty-bridge/blob/main/docs/RUNBOOK.md","targetBlank":True}],
  "panels":p}
 s=json.dumps(dash,indent=2)+"\n"
-open(__import__('pathlib').Path(__file__).resolve().parent.parent / 'helm/oneview-pagerduty-bridge/files/dashboard.json','w').write(s)
+import sys
+out = __import__('pathlib').Path(__file__).resolve().parent.parent / 'helm/oneview-pagerduty-bridge/files/dashboard.json'
+if len(sys.argv) == 3 and sys.argv[1] == '--out':
+    out = sys.argv[2]
+open(out, 'w').write(s)

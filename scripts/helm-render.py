@@ -7,6 +7,7 @@ helm-python-sdk), since no helm CLI is available from our package registries.
         [--split DIR] [--no-tests]
     helm-render.py schema-reject CHART -f VALUES...   # succeeds only if the schema rejects them
     helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
+    helm-render.py extract-config RENDERED.yaml OUT_DIR   # the ConfigMap's TOML files
 
 Values files merge left to right over the chart's values.yaml, as `helm -f a -f b` does.
 Exit status: 0 ok, 1 a finding (lint error, render error, unexpected schema result).
@@ -116,8 +117,8 @@ def cmd_schema_reject(a: argparse.Namespace) -> int:
         try:
             chart.validate_schema(values)
         except Exception as e:  # noqa: BLE001 - any rejection is the expected outcome
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"  rejected as expected: {first[:200]}")
+            why = " ".join(str(e).split()) or type(e).__name__
+            print(f"  rejected as expected: {why[:300]}")
             return 0
     print(f"  NOT rejected: {' '.join(a.values)} passed the schema")
     return 1
@@ -169,6 +170,20 @@ def cmd_deploy(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_config(a: argparse.Namespace) -> int:
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = 0
+    for doc in yaml.safe_load_all(Path(a.rendered).read_text()):
+        if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"].endswith("pagerduty-bridge"):
+            for key, text in doc.get("data", {}).items():
+                (out / key).write_text(text)
+                found += 1
+    if not found:
+        print(f"  no bridge ConfigMap in {a.rendered}")
+    return 0 if found else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -185,10 +200,13 @@ def main() -> int:
     d = sub.add_parser("deploy")
     d.add_argument("chart")
     d.add_argument("out_dir")
+    x = sub.add_parser("extract-config")
+    x.add_argument("rendered")
+    x.add_argument("out_dir")
     a = p.parse_args()
     try:
         return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject,
-                "deploy": cmd_deploy}[a.cmd](a)
+                "deploy": cmd_deploy, "extract-config": cmd_extract_config}[a.cmd](a)
     except Exception as e:  # noqa: BLE001 - report any SDK error as a finding, not a traceback
         print(f"  {a.cmd} failed: {e}", file=sys.stderr)
         return 1
