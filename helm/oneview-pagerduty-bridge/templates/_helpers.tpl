@@ -136,12 +136,23 @@ checkov.io/skip1: CKV_K8S_43=The digest is a value (image.digest); the default t
 checkov.io/skip2: CKV_K8S_15=pullPolicy IfNotPresent is deliberate with immutable version tags or digests; Always adds a registry round trip per pod start
 {{- end }}
 
-{{/* Pod annotations: config checksum (roll on change) + user annotations. */}}
+{{/* Pod annotations: config checksum (roll on change) + shared and role annotations.
+Usage: include "bridge.podAnnotations" (list . .Values.poller.podAnnotations) */}}
 {{- define "bridge.podAnnotations" -}}
-checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
-{{- with .Values.podAnnotations }}
+{{- $ctx := index . 0 -}}
+checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
+{{- with merge (deepCopy (index . 1)) $ctx.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Whether the poller pod mounts the ServiceAccount token. */}}
+{{- define "bridge.pollerAutomount" -}}
+{{- if kindIs "bool" .Values.poller.automountServiceAccountToken -}}
+{{- .Values.poller.automountServiceAccountToken -}}
+{{- else -}}
+{{- .Values.serviceAccount.automountToken -}}
+{{- end -}}
 {{- end }}
 
 {{/* The bridge container of one role: include "bridge.container" (list . "poller" $extraEnv $resources) */}}
