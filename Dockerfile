@@ -44,6 +44,8 @@ COPY --from=rootfs --chown=65532:65532 /out/writable/ /
 # State (redb file) and temporary files live on volumes so the root filesystem can be read-only.
 VOLUME ["/var/lib/oneview-pagerduty-bridge", "/tmp"]
 USER 65532:65532
+# So that `kubectl exec … oneview-pagerduty-bridge check-config` finds the binary by name.
+ENV PATH=/usr/local/bin
 EXPOSE 8080
 # Exec form, no shell: the binary probes its own /health.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
