@@ -61,6 +61,15 @@ pub enum Command {
         #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
         churn_every: Duration,
     },
+    /// GET a health URL and exit 0 on HTTP 200, 1 otherwise (container HEALTHCHECK, no shell).
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8080/health")]
+        url: String,
+        /// Give up after this long (humantime: `3s`, `500ms`).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Run one of the simulators on its own (for trying the bridge without real systems).
     Simulate {
         #[command(subcommand)]

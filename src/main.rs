@@ -96,6 +96,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
         Command::Run { role, config } => {
             let cfg = match config::load(config.as_deref(), role) {
                 Ok(c) => c,
@@ -215,6 +216,39 @@ fn simulate(target: SimTarget) -> ExitCode {
                 running.stop().await;
                 Ok(())
             })
+        }
+    }
+}
+
+/// Probes `url` once; exit 0 only on HTTP 200. Prints why it failed, never the body.
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let outcome = rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        client.get(url).send().await.map(|r| r.status())
+    });
+    match outcome {
+        Ok(status) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!(
+                "unhealthy: GET {url} answered HTTP {status}; see /ready for unmet conditions"
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!(
+                "unhealthy: GET {url} failed: {e}; is the bridge listening there (server.listen)?"
+            );
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

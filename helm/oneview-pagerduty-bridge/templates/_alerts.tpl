@@ -1,0 +1,113 @@
+{{/*
+The bridge's alerting rules, as the `groups:` of a Prometheus rule file. Rendered into the
+PrometheusRule and, by scripts/helm-render, into deploy/prometheus/bridge-rules.yaml, which
+promtool checks and unit-tests (deploy/prometheus/bridge-rules.test.yaml).
+Targets are matched by job: the Services are <fullname>-poller and <fullname>-web, which is
+what a ServiceMonitor names the job.
+*/}}
+{{- define "bridge.alertGroups" -}}
+{{- $fn := include "bridge.fullname" . }}
+{{- $poller := printf "job=\"%s-poller\"" $fn }}
+{{- $any := printf "job=~\"%s-(poller|web)\"" $fn }}
+{{- $rb := .Values.metrics.prometheusRule.runbookBaseUrl }}
+{{- $extra := .Values.metrics.prometheusRule.additionalLabels }}
+{{- $interval := int .Values.metrics.prometheusRule.pollIntervalSeconds }}
+groups:
+  - name: oneview-pagerduty-bridge
+    rules:
+      - alert: OneViewBridgeDown
+        expr: up{ {{- $any -}} } == 0 or absent(up{ {{- $poller -}} })
+        for: 5m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "OneView-PagerDuty bridge target {{ "{{ $labels.job }}" }} is down"
+          description: "Prometheus cannot scrape {{ "{{ $labels.instance }}" }} (or no poller target exists) for 5 minutes. While the poller is down, OneView alerts do not page."
+          runbook_url: {{ printf "%s#oneviewbridgedown" $rb }}
+      - alert: OneViewBridgeNotReady
+        expr: max by (namespace, pod) (kube_pod_container_status_ready{namespace="{{ .Release.Namespace }}", pod=~"{{ $fn }}-(poller|web)-.*", container="bridge"}) == 0
+        for: 10m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Bridge pod {{ "{{ $labels.pod }}" }} has not been ready for 10 minutes"
+          description: "/ready answers 503; its JSON body lists the unmet conditions (OneView login, PagerDuty, state)."
+          runbook_url: {{ printf "%s#oneviewbridgenotready" $rb }}
+      - alert: OneViewBridgeNoSuccessfulPoll
+        expr: (time() - bridge_oneview_last_successful_poll_timestamp_seconds{ {{- $poller -}} } > {{ mul 3 $interval }}) and (time() - process_start_time_seconds{ {{- $poller -}} } > {{ mul 3 $interval }})
+        for: 1m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "No successful OneView poll for 3 intervals on {{ "{{ $labels.instance }}" }}"
+          description: "The last successful poll was {{ "{{ $value | humanizeDuration }}" }} ago. New OneView alerts are not paged."
+          runbook_url: {{ printf "%s#oneviewbridgenosuccessfulpoll" $rb }}
+      - alert: OneViewBridgeLoginFailures
+        expr: sum without (outcome) (increase(bridge_oneview_logins_total{ {{- $poller -}} , outcome=~"auth_failed|error"}[15m])) > 0
+        for: 5m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "OneView logins are failing on {{ "{{ $labels.instance }}" }}"
+          description: "{{ "{{ $value | humanize }}" }} failed OneView logins in 15 minutes (auth_failed: wrong credentials or directory; error: network or TLS)."
+          runbook_url: {{ printf "%s#oneviewbridgeloginfailures" $rb }}
+      - alert: OneViewBridgePagerDutyRejections
+        expr: sum without (code) (increase(bridge_pagerduty_http_responses_total{ {{- $poller -}} , code="400"}[15m])) > 0
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "PagerDuty rejected events from {{ "{{ $labels.instance }}" }} (HTTP 400)"
+          description: "{{ "{{ $value | humanize }}" }} events were rejected in 15 minutes and will not be retried: those alerts did not page."
+          runbook_url: {{ printf "%s#oneviewbridgepagerdutyrejections" $rb }}
+      - alert: OneViewBridgeDeliveryQueueStale
+        expr: bridge_pagerduty_queue_oldest_age_seconds{ {{- $poller -}} } > 300
+        for: 2m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Oldest PagerDuty event has waited {{ "{{ $value | humanizeDuration }}" }} on {{ "{{ $labels.instance }}" }}"
+          description: "Events are queued for more than 5 minutes: PagerDuty is unreachable, rate limiting, or the sender is stuck. Pages are late."
+          runbook_url: {{ printf "%s#oneviewbridgedeliveryqueuestale" $rb }}
+      - alert: OneViewBridgeDeadLetters
+        expr: bridge_pagerduty_dead_letters{ {{- $poller -}} } > 0
+        for: 1m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "{{ "{{ $value }}" }} PagerDuty events gave up on {{ "{{ $labels.instance }}" }}"
+          description: "Events that exhausted their retries are parked as dead letters: those alerts did not page."
+          runbook_url: {{ printf "%s#oneviewbridgedeadletters" $rb }}
+      - alert: OneViewBridgePagerDutyRateLimited
+        expr: (sum without (code) (rate(bridge_pagerduty_http_responses_total{ {{- $poller -}} , code="429"}[10m])) / sum without (code) (rate(bridge_pagerduty_http_responses_total{ {{- $poller -}} }[10m]))) > 0.1
+        for: 10m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "More than 10% of PagerDuty requests are rate limited (429) on {{ "{{ $labels.instance }}" }}"
+          description: "{{ "{{ $value | humanizePercentage }}" }} of Events API responses are 429: an alert storm or pagerduty.rate_limit_per_minute is set above PagerDuty's limit. Deliveries are delayed."
+          runbook_url: {{ printf "%s#oneviewbridgepagerdutyratelimited" $rb }}
+{{- end }}

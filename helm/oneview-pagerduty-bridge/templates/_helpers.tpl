@@ -1,0 +1,267 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "bridge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every resource name. */}}
+{{- define "bridge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "bridge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels on every object. */}}
+{{- define "bridge.labels" -}}
+helm.sh/chart: {{ include "bridge.chart" . }}
+{{ include "bridge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: oneview-pagerduty-bridge
+{{- end }}
+
+{{- define "bridge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of one role: include "bridge.componentLabels" (list . "poller") */}}
+{{- define "bridge.componentLabels" -}}
+{{ include "bridge.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "bridge.componentSelectorLabels" -}}
+{{ include "bridge.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "bridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "bridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "bridge.secretName" -}}
+{{- default (include "bridge.fullname" .) .Values.secrets.name }}
+{{- end }}
+
+{{- define "bridge.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Grace period of a role: explicit, or shutdown + drain + 10s. */}}
+{{- define "bridge.gracePeriod" -}}
+{{- $ctx := index . 0 }}
+{{- $explicit := int (index . 1) }}
+{{- $min := add (int $ctx.Values.server.shutdownTimeoutSeconds) (int $ctx.Values.server.drainDelaySeconds) 5 }}
+{{- if eq $explicit 0 }}
+{{- add $min 5 }}
+{{- else if lt $explicit $min }}
+{{- fail (printf "terminationGracePeriodSeconds %d must exceed server.shutdownTimeoutSeconds + server.drainDelaySeconds + 5 (%d) or in-flight deliveries are killed" $explicit $min) }}
+{{- else }}
+{{- $explicit }}
+{{- end }}
+{{- end }}
+
+{{/* Path of a secret file the poller reads, by key of .Values.secrets.keys / .files. */}}
+{{- define "bridge.secretFile" -}}
+{{- $ctx := index . 0 }}
+{{- $which := index . 1 }}
+{{- if eq $ctx.Values.secrets.mode "files" }}
+{{- index $ctx.Values.secrets.files $which }}
+{{- else }}
+{{- printf "%s/%s" $ctx.Values.secrets.mountPath (index $ctx.Values.secrets.keys $which) }}
+{{- end }}
+{{- end }}
+
+{{/*
+One TOML table from a map: scalars and lists as `key = <json>` (JSON strings, numbers, booleans
+and arrays are valid TOML), empty strings and empty maps left out (the bridge's default
+applies), nested maps as sub-tables.
+Usage: include "bridge.tomlTable" (list "pagerduty" $map ["\nextra = 1"])
+*/}}
+{{- define "bridge.tomlTable" -}}
+{{- $name := index . 0 }}
+{{- $m := index . 1 -}}
+[{{ $name }}]
+{{- range $k, $v := $m }}
+{{- if kindIs "map" $v }}
+{{- else if and (kindIs "string" $v) (eq $v "") }}
+{{- else }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
+{{- if gt (len .) 2 }}
+{{- /* Chart-managed keys of this table, before any sub-table starts. */}}
+{{- index . 2 }}
+{{- end }}
+{{- range $k, $v := $m }}
+{{- if and (kindIs "map" $v) (gt (len $v) 0) }}
+
+{{ include "bridge.tomlTable" (list (printf "%s.%s" $name $k) $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* [server] and [log], shared by both roles. */}}
+{{- define "bridge.tomlCommon" -}}
+[server]
+listen = {{ printf "0.0.0.0:%d" (int .Values.server.port) | toJson }}
+shutdown_timeout = {{ printf "%ds" (int .Values.server.shutdownTimeoutSeconds) | toJson }}
+drain_delay = {{ printf "%ds" (int .Values.server.drainDelaySeconds) | toJson }}
+
+{{ include "bridge.tomlTable" (list "log" .Values.config.log) }}
+{{- end }}
+
+{{/* Pod-level checkov annotations shared by both Deployments. */}}
+{{- define "bridge.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_43=The digest is a value (image.digest); the default tag follows appVersion so a chart release pins the image
+checkov.io/skip2: CKV_K8S_15=pullPolicy IfNotPresent is deliberate with immutable version tags or digests; Always adds a registry round trip per pod start
+{{- end }}
+
+{{/* Pod annotations: config checksum (roll on change) + shared and role annotations.
+Usage: include "bridge.podAnnotations" (list . .Values.poller.podAnnotations) */}}
+{{- define "bridge.podAnnotations" -}}
+{{- $ctx := index . 0 -}}
+checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ctx | sha256sum }}
+{{- with merge (deepCopy (index . 1)) $ctx.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the poller pod mounts the ServiceAccount token. */}}
+{{- define "bridge.pollerAutomount" -}}
+{{- if kindIs "bool" .Values.poller.automountServiceAccountToken -}}
+{{- .Values.poller.automountServiceAccountToken -}}
+{{- else -}}
+{{- .Values.serviceAccount.automountToken -}}
+{{- end -}}
+{{- end }}
+
+{{/* The bridge container of one role: include "bridge.container" (list . "poller" $extraEnv $resources) */}}
+{{- define "bridge.container" -}}
+{{- $ctx := index . 0 }}
+{{- $role := index . 1 }}
+- name: bridge
+  image: {{ include "bridge.image" $ctx }}
+  imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+  args: ["run", "--role", "{{ $role }}", "--config", "/etc/oneview-pagerduty-bridge/{{ $role }}.toml"]
+  ports:
+    - name: http
+      containerPort: {{ $ctx.Values.server.port }}
+      protocol: TCP
+  {{- with (index . 2) }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  startupProbe:
+    httpGet:
+      path: /health
+      port: http
+    periodSeconds: {{ $ctx.Values.probes.startup.periodSeconds }}
+    failureThreshold: {{ $ctx.Values.probes.startup.failureThreshold }}
+    timeoutSeconds: {{ $ctx.Values.probes.startup.timeoutSeconds }}
+  livenessProbe:
+    httpGet:
+      path: /health
+      port: http
+    periodSeconds: {{ $ctx.Values.probes.liveness.periodSeconds }}
+    failureThreshold: {{ $ctx.Values.probes.liveness.failureThreshold }}
+    timeoutSeconds: {{ $ctx.Values.probes.liveness.timeoutSeconds }}
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: http
+    periodSeconds: {{ $ctx.Values.probes.readiness.periodSeconds }}
+    failureThreshold: {{ $ctx.Values.probes.readiness.failureThreshold }}
+    timeoutSeconds: {{ $ctx.Values.probes.readiness.timeoutSeconds }}
+  resources:
+    {{- toYaml (index . 3) | nindent 4 }}
+  securityContext:
+    {{- toYaml $ctx.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: config
+      mountPath: /etc/oneview-pagerduty-bridge
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+    {{- if eq $role "poller" }}
+    - name: state
+      mountPath: {{ $ctx.Values.poller.persistence.mountPath }}
+    {{- if ne $ctx.Values.secrets.mode "files" }}
+    - name: secrets
+      mountPath: {{ $ctx.Values.secrets.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if $ctx.Values.oneviewCA.configMap }}
+    - name: oneview-ca
+      mountPath: /etc/oneview-pagerduty-bridge/ca
+      readOnly: true
+    {{- end }}
+    {{- end }}
+{{- end }}
+
+{{/* Egress to the cluster DNS (NetworkPolicy rule). */}}
+{{- define "bridge.npDNS" -}}
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml .podLabels | nindent 10 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/* The poller's TOML: every configured section plus the chart-managed secret and CA paths. */}}
+{{- define "bridge.pollerToml" -}}
+{{- $ov := omit .Values.config.oneview "password" "password_file" "ca_file" -}}
+{{- $pd := omit .Values.config.pagerduty "routing_key" "routing_key_file" -}}
+{{- $ovExtra := printf "\npassword_file = %s" (include "bridge.secretFile" (list . "oneviewPassword") | toJson) -}}
+{{- if .Values.oneviewCA.configMap -}}
+{{- $ovExtra = printf "%s\nca_file = %s" $ovExtra (printf "/etc/oneview-pagerduty-bridge/ca/%s" .Values.oneviewCA.key | toJson) -}}
+{{- end -}}
+{{- $pdExtra := printf "\nrouting_key_file = %s" (include "bridge.secretFile" (list . "pagerdutyRoutingKey") | toJson) -}}
+{{ include "bridge.tomlTable" (list "oneview" $ov $ovExtra) }}
+
+{{ include "bridge.tomlTable" (list "pagerduty" $pd $pdExtra) }}
+{{- range $i, $r := .Values.config.routes }}
+
+[[pagerduty.routes]]
+{{- range $k, $v := omit $r "routingKeySecretKey" "remoteRef" }}
+{{- if not (and (kindIs "string" $v) (eq $v "")) }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
+{{- if $r.routingKeySecretKey }}
+routing_key_file = {{ printf "%s/%s" $.Values.secrets.mountPath $r.routingKeySecretKey | toJson }}
+{{- end }}
+{{- end }}
+
+{{ include "bridge.tomlTable" (list "poller" .Values.config.poller) }}
+
+{{ include "bridge.tomlTable" (list "dedup" .Values.config.dedup) }}
+
+{{ include "bridge.tomlCommon" . }}
+{{- end }}

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Generates the Grafana dashboard (helm/oneview-pagerduty-bridge/files/dashboard.json, copied to
+deploy/grafana/ by scripts/helm-render.py). Edit here, run it, commit both; deploy-checks fails on drift."""
+import json
+pid=[0]
+def nid():
+    pid[0]+=1; return pid[0]
+DS={"type":"prometheus","uid":"${datasource}"}
+J='job=~"$job", instance=~"$instance"'
+def ts(title, targets, x, y, w=8, h=8, unit="short", desc=""):
+    return {"id":nid(),"type":"timeseries","title":title,"description":desc,"datasource":DS,
+      "gridPos":{"x":x,"y":y,"w":w,"h":h},
+      "fieldConfig":{"defaults":{"unit":unit,"custom":{"drawStyle":"line","lineWidth":1,"fillOpacity":10}},"overrides":[]},
+      "options":{"legend":{"displayMode":"list","placement":"bottom","showLegend":True},"tooltip":{"mode":"multi","sort":"desc"}},
+      "targets":[{"refId":chr(65+i),"datasource":DS,"expr":e,"legendFormat":l} for i,(e,l) in enumerate(targets)]}
+def stat(title, expr, x, y, w=4, h=4, unit="short", thresholds=None, desc=""):
+    steps=thresholds or [{"color":"green","value":None}]
+    return {"id":nid(),"type":"stat","title":title,"description":desc,"datasource":DS,"gridPos":{"x":x,"y":y,"w":w,"h":h},
+      "fieldConfig":{"defaults":{"unit":unit,"thresholds":{"mode":"absolute","steps":steps}},"overrides":[]},
+      "options":{"reduceOptions":{"calcs":["lastNotNull"],"fields":"","values":False},"colorMode":"value","graphMode":"area"},
+      "targets":[{"refId":"A","datasource":DS,"expr":expr}]}
+def row(title,y): return {"id":nid(),"type":"row","title":title,"collapsed":False,"gridPos":{"x":0,"y":y,"w":24,"h":1},"panels":[]}
+red=lambda v:[{"color":"green","value":None},{"color":"red","value":v}]
+amber=lambda a,r:[{"color":"green","value":None},{"color":"orange","value":a},{"color":"red","value":r}]
+p=[]
+y=0
+p.append(row("Overview",y)); y+=1
+p+= [stat("Seconds since last successful poll",f'time() - max(bridge_oneview_last_successful_poll_timestamp_seconds{{{J}}})',0,y,unit="s",thresholds=amber(60,90)),
+     stat("Open OneView alerts",f'sum(bridge_oneview_open_alerts{{{J}}})',4,y),
+     stat("Delivery queue depth",f'sum(bridge_pagerduty_queue_depth{{{J}}})',8,y,thresholds=amber(100,1000)),
+     stat("Oldest queued event",f'max(bridge_pagerduty_queue_oldest_age_seconds{{{J}}})',12,y,unit="s",thresholds=amber(60,300)),
+     stat("Dead letters",f'sum(bridge_pagerduty_dead_letters{{{J}}})',16,y,thresholds=red(1)),
+     stat("OneView session age",f'max(bridge_oneview_session_age_seconds{{{J}}})',20,y,unit="s")]
+y+=4
+p.append(row("Alert flow",y)); y+=1
+p+= [ts("OneView polls by kind and outcome",[(f'sum by (kind, outcome) (rate(bridge_oneview_polls_total{{{J}}}[$__rate_interval]))',"{{kind}} {{outcome}}")],0,y,unit="ops"),
+     ts("Alerts seen in last poll / open alerts",[(f'sum(bridge_oneview_alerts_in_last_poll{{{J}}})',"in last poll"),(f'sum(bridge_oneview_open_alerts{{{J}}})',"open"),(f'sum(rate(bridge_oneview_alerts_malformed_total{{{J}}}[$__rate_interval]))',"malformed/s")],8,y),
+     ts("PagerDuty events by action and outcome",[(f'sum by (action, outcome) (rate(bridge_pagerduty_events_total{{{J}}}[$__rate_interval]))',"{{action}} {{outcome}}")],16,y,unit="ops")]
+y+=8
+p.append(row("Delivery",y)); y+=1
+p+= [ts("Delivery latency (p50/p90/p99)",[(f'histogram_quantile({q}, sum by (le, action) (rate(bridge_pagerduty_delivery_duration_seconds_bucket{{{J}}}[$__rate_interval])))',f"p{int(q*100)} {{{{action}}}}") for q in (0.5,0.9,0.99)],0,y,unit="s"),
+     ts("Queue depth and oldest age",[(f'sum(bridge_pagerduty_queue_depth{{{J}}})',"depth"),(f'max(bridge_pagerduty_queue_oldest_age_seconds{{{J}}})',"oldest age (s)")],8,y),
+     ts("Rate-limit waits, cancellations, dedup cache",[(f'sum(rate(bridge_pagerduty_rate_limit_waits_total{{{J}}}[$__rate_interval]))',"rate-limit waits/s"),(f'sum(rate(bridge_pagerduty_cancelled_total{{{J}}}[$__rate_interval]))',"cancelled/s"),(f'sum(bridge_pagerduty_dedup_cache_entries{{{J}}})',"dedup cache entries")],16,y)]
+y+=8
+p.append(row("Errors",y)); y+=1
+p+= [ts("PagerDuty HTTP responses by code",[(f'sum by (code) (rate(bridge_pagerduty_http_responses_total{{{J}}}[$__rate_interval]))',"{{code}}")],0,y,unit="reqps"),
+     ts("OneView requests by endpoint and status class",[(f'sum by (endpoint, status_class) (rate(bridge_oneview_request_duration_seconds_count{{{J}}}[$__rate_interval]))',"{{endpoint}} {{status_class}}")],8,y,unit="reqps"),
+     ts("OneView request latency p99 by endpoint",[(f'histogram_quantile(0.99, sum by (le, endpoint) (rate(bridge_oneview_request_duration_seconds_bucket{{{J}}}[$__rate_interval])))',"{{endpoint}}")],16,y,unit="s")]
+y+=8
+p.append(row("OneView session",y)); y+=1
+p+= [ts("Logins by outcome",[(f'sum by (outcome) (increase(bridge_oneview_logins_total{{{J}}}[$__rate_interval]))',"{{outcome}}")],0,y),
+     ts("Session age",[(f'max by (instance) (bridge_oneview_session_age_seconds{{{J}}})',"{{instance}}")],8,y,unit="s"),
+     ts("Poll duration p90 by kind",[(f'histogram_quantile(0.9, sum by (le, kind) (rate(bridge_oneview_poll_duration_seconds_bucket{{{J}}}[$__rate_interval])))',"{{kind}}")],16,y,unit="s")]
+y+=8
+p.append(row("Web: golden signals",y)); y+=1
+p+= [ts("Traffic: requests by route",[(f'sum by (route) (rate(bridge_http_requests_total{{{J}}}[$__rate_interval]))',"{{route}}")],0,y,w=6,unit="reqps"),
+     ts("Latency p50/p99",[(f'histogram_quantile({q}, sum by (le, route) (rate(bridge_http_request_duration_seconds_bucket{{{J}}}[$__rate_interval])))',f"p{int(q*100)} {{{{route}}}}") for q in (0.5,0.99)],6,y,w=6,unit="s"),
+     ts("Errors: 5xx ratio",[(f'sum(rate(bridge_http_requests_total{{{J}, status_class="5xx"}}[$__rate_interval])) / clamp_min(sum(rate(bridge_http_requests_total{{{J}}}[$__rate_interval])), 1e-9)',"5xx ratio")],12,y,w=6,unit="percentunit"),
+     ts("Saturation: CPU, memory, fds",[(f'sum by (instance) (rate(process_cpu_seconds_total{{{J}}}[$__rate_interval]))',"cpu {{instance}}"),(f'max by (instance) (process_resident_memory_bytes{{{J}}}) / 1048576',"RSS MiB {{instance}}"),(f'max by (instance) (process_open_fds{{{J}}})',"fds {{instance}}")],18,y,w=6)]
+y+=8
+p.append(row("Build",y)); y+=1
+p.append({"id":nid(),"type":"table","title":"Running versions","datasource":DS,"gridPos":{"x":0,"y":y,"w":24,"h":5},
+  "targets":[{"refId":"A","datasource":DS,"expr":f'max by (job, instance, version, role) (bridge_build_info{{{J}}})',"format":"table","instant":True}],
+  "options":{"showHeader":True},"fieldConfig":{"defaults":{},"overrides":[]}})
+dash={"uid":"oneview-pagerduty-bridge","title":"OneView PagerDuty Bridge","tags":["oneview","pagerduty","bridge"],
+ "timezone":"browser","schemaVersion":39,"version":1,"editable":True,"refresh":"30s","time":{"from":"now-6h","to":"now"},
+ "graphTooltip":1,
+ "templating":{"list":[
+  {"name":"datasource","type":"datasource","query":"prometheus","label":"Data source","current":{},"hide":0},
+  {"name":"job","type":"query","datasource":DS,"label":"Job","query":{"query":"label_values(bridge_build_info, job)","refId":"job"},"definition":"label_values(bridge_build_info, job)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}},
+  {"name":"instance","type":"query","datasource":DS,"label":"Instance","query":{"query":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refId":"instance"},"definition":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}}]},
+ "annotations":{"list":[]},
+ "links":[{"title":"Runbook","type":"link","url":"https://github.com/example/oneview-pagerduty-bridge/blob/main/docs/RUNBOOK.md","targetBlank":True}],
+ "panels":p}
+s=json.dumps(dash,indent=2)+"\n"
+import sys
+out = __import__('pathlib').Path(__file__).resolve().parent.parent / 'helm/oneview-pagerduty-bridge/files/dashboard.json'
+if len(sys.argv) == 3 and sys.argv[1] == '--out':
+    out = sys.argv[2]
+open(out, 'w').write(s)

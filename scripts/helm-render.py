@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Lint, schema-check and render the Helm chart offline with the Helm v4 SDK (PyPI
+helm-python-sdk), since no helm CLI is available from our package registries.
+
+    helm-render.py lint CHART [-f VALUES]...
+    helm-render.py template CHART [-f VALUES]... [--name N] [--namespace NS] [--out FILE]
+        [--split DIR] [--no-tests]
+    helm-render.py schema-reject CHART -f VALUES...   # succeeds only if the schema rejects them
+    helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
+    helm-render.py extract-config RENDERED.yaml OUT_DIR   # the ConfigMap's TOML files
+
+Values files merge left to right over the chart's values.yaml, as `helm -f a -f b` does.
+Exit status: 0 ok, 1 a finding (lint error, render error, unexpected schema result).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the TOML, the dashboard) as literal blocks, readable in deploy/."""
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    if "\n" in data:
+        # Whitespace-only lines come from template indentation; they would force quoted style.
+        data = "\n".join(line.rstrip() for line in data.split("\n"))
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_values(files: list[str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for f in files:
+        data = yaml.safe_load(Path(f).read_text()) or {}
+        if not isinstance(data, dict):
+            sys.exit(f"FAIL {f}: a values file must be a YAML mapping")
+        merged = deep_merge(merged, data)
+    return merged
+
+
+def cmd_lint(a: argparse.Namespace) -> int:
+    values = load_values(a.values)
+    bad = 0
+    for kube in ("v1.28.0", "v1.33.0"):
+        report = helm.lint(a.chart, values, strict=True, kube_version=kube)
+        for m in report.get("messages", []):
+            sev = m.get("severity", 0)
+            label = {1: "INFO", 2: "WARNING", 3: "ERROR"}.get(sev, "UNKNOWN")
+            print(f"  lint {kube} {label} {m.get('path')}: {m.get('error')}")
+            if sev >= 2:
+                bad += 1
+        for e in report.get("errors", []) or []:
+            print(f"  lint {kube} ERROR {e}")
+            bad += 1
+    return 1 if bad else 0
+
+
+def render(a: argparse.Namespace) -> dict[str, str]:
+    values = load_values(a.values)
+    with helm.Chart.load(a.chart) as chart:
+        chart.validate_schema(values)
+        return chart.render(values, name=a.name, namespace=a.namespace, is_install=True)
+
+
+def cmd_template(a: argparse.Namespace) -> int:
+    manifests = render(a)
+    docs: list[str] = []
+    for path in sorted(manifests):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        if a.no_tests and "/templates/tests/" in path:
+            continue
+        for doc in yaml.safe_load_all(manifests[path]):
+            if not doc:
+                continue
+            docs.append(f"# Source: {path}\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1000))
+    text = "---\n".join(docs)
+    if a.out:
+        Path(a.out).write_text(text)
+    elif not a.split:
+        sys.stdout.write(text)
+    if a.split:
+        out = Path(a.split)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.yaml"):
+            old.unlink()
+        for d in docs:
+            obj = yaml.safe_load(d)
+            name = f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+            (out / name).write_text(d)
+    return 0
+
+
+def cmd_schema_reject(a: argparse.Namespace) -> int:
+    values = load_values(a.values)
+    with helm.Chart.load(a.chart) as chart:
+        try:
+            chart.validate_schema(values)
+        except Exception as e:  # noqa: BLE001 - any rejection is the expected outcome
+            why = " ".join(str(e).split()) or type(e).__name__
+            print(f"  rejected as expected: {why[:300]}")
+            return 0
+    print(f"  NOT rejected: {' '.join(a.values)} passed the schema")
+    return 1
+
+
+KUSTOMIZATION_HEAD = """\
+# Plain manifests for users without Helm: the chart rendered with its default values by
+# `scripts/deploy-checks --update` (do not edit by hand; CI fails when they drift).
+#   kubectl create namespace oneview-pagerduty-bridge
+#   kubectl -n oneview-pagerduty-bridge create secret generic oneview-pagerduty-bridge \\
+#     --from-file=oneview-password=./oneview-password --from-file=pagerduty-routing-key=./routing-key
+#   kubectl apply -k deploy/
+# Customise with an overlay (a kustomization that lists this directory as a resource and patches
+# the ConfigMap's poller.toml, or sets BRIDGE_ONEVIEW__URL-style environment variables).
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: oneview-pagerduty-bridge
+resources:
+"""
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    out = Path(a.out_dir)
+    base = argparse.Namespace(chart=a.chart, values=[], name="oneview-pagerduty-bridge",
+                              namespace="oneview-pagerduty-bridge", out=None, no_tests=True,
+                              split=str(out / "manifests"))
+    cmd_template(base)
+    names = sorted(p.name for p in (out / "manifests").glob("*.yaml"))
+    (out / "kustomization.yaml").write_text(
+        KUSTOMIZATION_HEAD + "".join(f"  - manifests/{n}\n" for n in names))
+    # The alerting rules as a plain Prometheus rule file (promtool, compose, non-Operator users).
+    rules_values = Path(out / ".rules-values.yaml")
+    rules_values.write_text("metrics:\n  prometheusRule:\n    enabled: true\n")
+    try:
+        rendered = render(argparse.Namespace(chart=a.chart, values=[str(rules_values)],
+                                             name="oneview-pagerduty-bridge",
+                                             namespace="oneview-pagerduty-bridge"))
+    finally:
+        rules_values.unlink()
+    rule = yaml.safe_load(rendered[f"{Path(a.chart).name}/templates/prometheusrule.yaml"])
+    (out / "prometheus").mkdir(parents=True, exist_ok=True)
+    (out / "prometheus" / "bridge-rules.yaml").write_text(
+        "# Generated from the chart's PrometheusRule by scripts/deploy-checks --update; edit\n"
+        "# helm/oneview-pagerduty-bridge/templates/_alerts.tpl instead.\n"
+        + yaml.dump(rule["spec"], Dumper=_Dumper, sort_keys=False, width=1000))
+    (out / "grafana").mkdir(parents=True, exist_ok=True)
+    (out / "grafana" / "oneview-pagerduty-bridge.json").write_text(
+        (Path(a.chart) / "files" / "dashboard.json").read_text())
+    return 0
+
+
+def cmd_extract_config(a: argparse.Namespace) -> int:
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = 0
+    for doc in yaml.safe_load_all(Path(a.rendered).read_text()):
+        if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"].endswith("pagerduty-bridge"):
+            for key, text in doc.get("data", {}).items():
+                (out / key).write_text(text)
+                found += 1
+    if not found:
+        print(f"  no bridge ConfigMap in {a.rendered}")
+    return 0 if found else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("lint", "template", "schema-reject"):
+        s = sub.add_parser(name)
+        s.add_argument("chart")
+        s.add_argument("-f", "--values", action="append", default=[])
+        if name == "template":
+            s.add_argument("--name", default="oneview-pagerduty-bridge")
+            s.add_argument("--namespace", default="oneview-pagerduty-bridge")
+            s.add_argument("--out")
+            s.add_argument("--split")
+            s.add_argument("--no-tests", action="store_true")
+    d = sub.add_parser("deploy")
+    d.add_argument("chart")
+    d.add_argument("out_dir")
+    x = sub.add_parser("extract-config")
+    x.add_argument("rendered")
+    x.add_argument("out_dir")
+    a = p.parse_args()
+    try:
+        return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject,
+                "deploy": cmd_deploy, "extract-config": cmd_extract_config}[a.cmd](a)
+    except Exception as e:  # noqa: BLE001 - report any SDK error as a finding, not a traceback
+        print(f"  {a.cmd} failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
