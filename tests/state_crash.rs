@@ -27,7 +27,12 @@ fn batch_ops(i: u64) -> Vec<Op> {
     let mut ops = Vec::new();
     if i > 0 {
         for j in 0..EVENTS {
-            ops.push(accepted((i - 1) * EVENTS + j, &key(i - 1, j), Action::Trigger, t(i)));
+            ops.push(accepted(
+                (i - 1) * EVENTS + j,
+                &key(i - 1, j),
+                Action::Trigger,
+                t(i),
+            ));
         }
     }
     for j in 0..EVENTS {
@@ -73,9 +78,17 @@ fn check_whole_batches(path: &Path) -> u64 {
     let want: Vec<(u64, String)> = (0..EVENTS).map(|j| (w * EVENTS + j, key(w, j))).collect();
     assert_eq!(outbox, want, "outbox after last batch {w}");
     for e in &snap.outbox {
-        assert_eq!(e.payload, payload(&e.key, Action::Trigger, 1500), "payload intact");
+        assert_eq!(
+            e.payload,
+            payload(&e.key, Action::Trigger, 1500),
+            "payload intact"
+        );
     }
-    assert_eq!(snap.ledger.len() as u64, w * EVENTS, "ledger after last batch {w}");
+    assert_eq!(
+        snap.ledger.len() as u64,
+        w * EVENTS,
+        "ledger after last batch {w}"
+    );
     for b in 0..w {
         for j in 0..EVENTS {
             let l = &snap.ledger[&key(b, j)];
@@ -94,7 +107,12 @@ fn sigkill_at_any_instant_leaves_whole_batches() {
     let mut last_reported = None;
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
-            .args(["crash_child_writer", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child_writer",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -117,7 +135,10 @@ fn sigkill_at_any_instant_leaves_whole_batches() {
         }
         child.kill().unwrap(); // SIGKILL: no destructor, no flush, no unlock.
         let status = child.wait().unwrap();
-        assert!(!status.success(), "the child must have been killed: {status}");
+        assert!(
+            !status.success(),
+            "the child must have been killed: {status}"
+        );
         let reported = last_reported.expect("the child committed nothing");
 
         let w = check_whole_batches(&path);

@@ -94,7 +94,10 @@ fn reopen_keeps_everything() {
     // And it keeps working: seq numbering continues, reuse is still refused.
     assert!(matches!(
         s.apply(&[enqueue(3, "x", Action::Trigger)]),
-        Err(StateError::SeqReused { seq: 3, next_seq: 8 })
+        Err(StateError::SeqReused {
+            seq: 3,
+            next_seq: 8
+        })
     ));
     s.apply(&[enqueue(8, "x", Action::Trigger)]).unwrap();
     drop(s);
@@ -141,10 +144,7 @@ fn a_truncated_state_file_is_refused() {
     match FileStore::open(&path).and_then(|s| s.load()) {
         Err(err) => {
             println!("{err}");
-            assert!(
-                matches!(err, StateError::Corrupt { .. }),
-                "{err:?}"
-            );
+            assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
             assert_names_file_and_recovery(&err.to_string(), &path);
         }
         Ok(snap) => panic!("a truncated file opened as {snap:?}"),
@@ -302,7 +302,8 @@ fn disk_full_is_a_clear_error_and_keeps_what_was_committed() {
     let err = loop {
         let batch: Vec<Op> = (committed..committed + 64)
             .map(|i| {
-                let mut e = state_common::entry(i, &format!("ov1/rest/alerts/{i}"), Action::Trigger);
+                let mut e =
+                    state_common::entry(i, &format!("ov1/rest/alerts/{i}"), Action::Trigger);
                 e.payload = state_common::payload(&e.key, Action::Trigger, 2000);
                 Op::Enqueue(e)
             })

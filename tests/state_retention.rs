@@ -7,16 +7,28 @@
 
 mod state_common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bridge::state::{Action, FileStore, Op, OutboxEntry, StateStore};
-use state_common::{payload, t};
+use state_common::t;
 
 const ALERTS: u64 = 200_000;
 const ROUNDS: u64 = 10;
-const BATCH: u64 = 1000;
+const BATCH: u64 = 2000;
 /// Seconds between rounds on the simulated clock.
 const ROUND_SECS: u64 = 86_400;
+
+/// A realistic event body (about 600 bytes), built cheaply: 400,000 of them are made.
+fn event(key: &str, action: Action) -> String {
+    let action = match action {
+        Action::Trigger => "trigger",
+        Action::Resolve => "resolve",
+    };
+    format!(
+        r#"{{"routing_key":"<routing key>","event_action":"{action}","dedup_key":"oneview:{key}","payload":{{"summary":"Alert {key}: {}","source":"enclosure-1, bay 3","severity":"critical","custom_details":{{"alertTypeID":"Trap.cpqHeThermalTempFailed"}}}},"links":[{{"href":"https://ov1.example.com/#/activity/r/rest/alerts/1","text":"OneView"}}]}}"#,
+        "Temperature sensor 12 reports a critical condition. ".repeat(6)
+    )
+}
 
 fn outbox(seq: u64, key: &str, action: Action, at: u64) -> Op {
     Op::Enqueue(OutboxEntry {
@@ -26,7 +38,7 @@ fn outbox(seq: u64, key: &str, action: Action, at: u64) -> Op {
         priority: 0,
         enqueued_at: t(at),
         fingerprint: format!("{seq:016x}"),
-        payload: payload(key, action, 400),
+        payload: event(key, action),
     })
 }
 
@@ -69,14 +81,26 @@ fn file_size_levels_off_with_pruning() {
             let mut batch: Vec<Op> = Vec::new();
             for (j, k) in chunk.iter().enumerate() {
                 batch.push(accepted(first + j as u64, k, Action::Trigger, now));
-                batch.push(outbox(first + (chunk.len() + j) as u64, k, Action::Resolve, now));
+                batch.push(outbox(
+                    first + (chunk.len() + j) as u64,
+                    k,
+                    Action::Resolve,
+                    now,
+                ));
             }
             store.apply(&batch).unwrap();
             // ... and accepted.
             let batch: Vec<Op> = chunk
                 .iter()
                 .enumerate()
-                .map(|(j, k)| accepted(first + (chunk.len() + j) as u64, k, Action::Resolve, now + 60))
+                .map(|(j, k)| {
+                    accepted(
+                        first + (chunk.len() + j) as u64,
+                        k,
+                        Action::Resolve,
+                        now + 60,
+                    )
+                })
                 .collect();
             store.apply(&batch).unwrap();
             seq += 2 * chunk.len() as u64;
@@ -89,9 +113,16 @@ fn file_size_levels_off_with_pruning() {
     }
     let snap = store.load().unwrap();
     assert!(snap.outbox.is_empty());
-    assert_eq!(snap.ledger.len() as u64, per_round, "only the last round is retained");
+    assert_eq!(
+        snap.ledger.len() as u64,
+        per_round,
+        "only the last round is retained"
+    );
 
-    let growth: Vec<i64> = sizes.windows(2).map(|w| w[1] as i64 - w[0] as i64).collect();
+    let growth: Vec<i64> = sizes
+        .windows(2)
+        .map(|w| w[1] as i64 - w[0] as i64)
+        .collect();
     println!("file size after each round of {per_round} alerts (bytes): {sizes:?}");
     println!("growth per round (bytes): {growth:?}");
     let first = growth[0];
@@ -113,27 +144,32 @@ fn throughput() {
     let store = FileStore::open(&dir.path().join("state.redb")).unwrap();
     let events = 100_000u64;
     let batch = 256u64;
-    let started = Instant::now();
+    // Only the time inside apply() counts: building events is the pipeline's cost.
+    let mut in_store = Duration::ZERO;
     let mut seq = 0;
     while seq < events {
-        let keys: Vec<String> = (seq..seq + batch).map(|i| format!("ov1/rest/alerts/{i}")).collect();
+        let keys: Vec<String> = (seq..seq + batch)
+            .map(|i| format!("ov1/rest/alerts/{i}"))
+            .collect();
         let enq: Vec<Op> = keys
             .iter()
             .enumerate()
             .map(|(j, k)| outbox(seq + j as u64, k, Action::Trigger, 0))
             .collect();
-        store.apply(&enq).unwrap();
         let acc: Vec<Op> = keys
             .iter()
             .enumerate()
             .map(|(j, k)| accepted(seq + j as u64, k, Action::Trigger, 1))
             .collect();
+        let started = Instant::now();
+        store.apply(&enq).unwrap();
         store.apply(&acc).unwrap();
+        in_store += started.elapsed();
         seq += batch;
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = in_store.as_secs_f64();
     println!(
-        "{seq} events, each enqueued and accepted in batches of {batch} ({} commits): {secs:.2}s, {:.0} events/s",
+        "{seq} events, each enqueued then accepted in batches of {batch} ({} durable commits): {secs:.2}s in the store, {:.0} events/s",
         2 * seq / batch,
         seq as f64 / secs
     );

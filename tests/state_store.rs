@@ -79,8 +79,14 @@ fn outbox_comes_back_in_seq_order_and_next_seq_follows(s: &dyn StateStore) {
     let mut want: Vec<u64> = (0..300).collect();
     want.push(1000);
     assert_eq!(seqs, want);
-    assert_eq!(snap.next_seq, 1001, "a gap is allowed, the next seq follows the highest");
-    assert_eq!(snap.outbox[7], entry(7, "ov1/rest/alerts/7", Action::Trigger));
+    assert_eq!(
+        snap.next_seq, 1001,
+        "a gap is allowed, the next seq follows the highest"
+    );
+    assert_eq!(
+        snap.outbox[7],
+        entry(7, "ov1/rest/alerts/7", Action::Trigger)
+    );
 }
 
 fn accepted_moves_the_event_from_outbox_to_ledger(s: &dyn StateStore) {
@@ -140,7 +146,10 @@ fn cancelled_and_dead_letter_remove_from_outbox(s: &dyn StateStore) {
     let snap = s.load().unwrap();
     assert_eq!(snap.outbox.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
     assert_eq!(snap.dead_letters["b"], dead_letter("b", t(5)));
-    assert!(snap.ledger.is_empty(), "neither cancel nor dead letter is an acceptance");
+    assert!(
+        snap.ledger.is_empty(),
+        "neither cancel nor dead letter is an acceptance"
+    );
 }
 
 fn dead_letters_replace_and_can_be_removed(s: &dyn StateStore) {
@@ -179,8 +188,11 @@ fn watermarks_are_per_appliance(s: &dyn StateStore) {
         appliance: a.into(),
         value: v.into(),
     };
-    s.apply(&[wm("ov1", "2026-11-22T05:00:00Z"), wm("ov2", "2026-11-22T04:00:00Z")])
-        .unwrap();
+    s.apply(&[
+        wm("ov1", "2026-11-22T05:00:00Z"),
+        wm("ov2", "2026-11-22T04:00:00Z"),
+    ])
+    .unwrap();
     s.apply(&[wm("ov1", "2026-11-22T05:01:00Z")]).unwrap();
     let snap = s.load().unwrap();
     assert_eq!(snap.watermarks["ov1"], "2026-11-22T05:01:00Z");
@@ -246,13 +258,22 @@ fn a_batch_that_reuses_a_seq_changes_nothing(s: &dyn StateStore) {
         ])
         .unwrap_err();
     assert!(
-        matches!(err, StateError::SeqReused { seq: 0, next_seq: 2 }),
+        matches!(
+            err,
+            StateError::SeqReused {
+                seq: 0,
+                next_seq: 2
+            }
+        ),
         "{err}"
     );
     assert_eq!(s.load().unwrap(), before, "a failed batch leaves no trace");
 
     let err = s
-        .apply(&[enqueue(5, "d", Action::Trigger), enqueue(5, "e", Action::Trigger)])
+        .apply(&[
+            enqueue(5, "d", Action::Trigger),
+            enqueue(5, "e", Action::Trigger),
+        ])
         .unwrap_err();
     assert!(matches!(err, StateError::SeqReused { seq: 5, .. }), "{err}");
     assert_eq!(s.load().unwrap(), before);
