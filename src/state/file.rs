@@ -19,8 +19,12 @@
 //! already; escaping it into a JSON string would cost CPU and a third more bytes, so those
 //! records are stored as `[header length: u32 LE][JSON header, payload empty][payload bytes]`.
 //!
-//! Files are created in redb's v3 file format, which later redb releases open without an
-//! upgrade step.
+//! The crate uses redb 2.6, the newest line whose minimum Rust (1.85) matches ours; files are
+//! created in redb's v3 file format, which redb 3 and 4 open directly, so moving to a newer
+//! redb needs no file upgrade.
+//!
+//! After a failed write (disk full, I/O error) redb refuses further writes until the file is
+//! reopened ([`StateError::Poisoned`]); what was committed before stays intact.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
