@@ -69,6 +69,7 @@ pub struct RawConfig {
     pub web: RawWeb,
     pub sync: RawSync,
     pub log: RawLog,
+    pub state: RawState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -359,6 +360,30 @@ impl Default for RawSync {
     }
 }
 
+/// `[state]`: where the poller keeps what PagerDuty was told, so that a restart neither loses a
+/// resolve nor re-pages an alert PagerDuty already heard about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawState {
+    /// State file (redb), like `/var/lib/oneview-pagerduty-bridge/state.redb`. Unset: state is
+    /// kept in memory only and a restart forgets it. Its directory must exist; on Kubernetes
+    /// mount a volume there.
+    pub path: Option<PathBuf>,
+    /// How long the ledger remembers an alert after its incident was resolved; older entries
+    /// (and dead letters) are pruned so the file stops growing.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -446,6 +471,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub web: WebConfig,
     pub log: RawLog,
+    pub state: StateConfig,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
 }
@@ -500,6 +526,13 @@ pub struct PollerConfig {
     pub page_size: u32,
     pub resync_interval: Duration,
     pub watermark_overlap: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// `None`: in-memory state (lost on restart).
+    pub path: Option<PathBuf>,
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -617,6 +650,7 @@ fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
     section!(web);
     section!(sync);
     section!(log);
+    section!(state);
     if problems.is_empty() {
         Ok(raw)
     } else {
@@ -1246,6 +1280,20 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         );
     }
 
+    // [state]
+    let st = &raw.state;
+    if let Some(path) = &st.path {
+        state_path_check(&mut c, path);
+    }
+    if st.retention < Duration::from_secs(60) {
+        c.problem(
+            "state.retention",
+            Some(&humantime::format_duration(st.retention).to_string()),
+            "must be at least 1m",
+            "the default 7d keeps resolved alerts long enough to ride out any restart",
+        );
+    }
+
     if !c.problems.is_empty() {
         return Err(ConfigError::Invalid(c.problems));
     }
@@ -1283,11 +1331,58 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         server,
         web,
         log: raw.log.clone(),
+        state: StateConfig {
+            path: raw.state.path.clone(),
+            retention: raw.state.retention,
+        },
         oneview,
         pagerduty,
         warnings: c.warnings,
         raw,
     })
+}
+
+/// `state.path` must name a file in an existing directory; the file itself is created on start.
+fn state_path_check(c: &mut Checker, path: &Path) {
+    let shown = path.display().to_string();
+    if path.as_os_str().is_empty() {
+        c.problem(
+            "state.path",
+            Some(""),
+            "empty",
+            "remove the key to keep state in memory, or name a file like /var/lib/oneview-pagerduty-bridge/state.redb",
+        );
+        return;
+    }
+    if path.is_dir() {
+        c.problem(
+            "state.path",
+            Some(&shown),
+            "is a directory",
+            "name a file inside it, like state.redb in that directory",
+        );
+        return;
+    }
+    // `state.redb` has the empty path as parent: the working directory.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => c.problem(
+            "state.path",
+            Some(&shown),
+            &format!("{} is not a directory", parent.display()),
+            "point it at a file in an existing directory",
+        ),
+        Err(e) => c.problem(
+            "state.path",
+            Some(&shown),
+            &format!("its directory {} cannot be used: {e}", parent.display()),
+            "create the directory (on Kubernetes: mount a volume there) or fix the path",
+        ),
+    }
 }
 
 impl Config {
@@ -1346,5 +1441,50 @@ mod tests {
         let t = c.to_toml();
         assert!(t.contains("<redacted>"));
         assert!(!t.contains(&"a".repeat(32)));
+    }
+
+    #[test]
+    fn state_defaults_to_memory_with_seven_day_retention() {
+        let c = validate(RawConfig::default(), Role::Web).unwrap();
+        assert_eq!(c.state.path, None);
+        assert_eq!(c.state.retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn state_path_needs_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = RawConfig::default();
+        r.state.path = Some(dir.path().join("state.redb"));
+        let c = validate(r.clone(), Role::Web).unwrap();
+        assert_eq!(c.state.path, Some(dir.path().join("state.redb")));
+
+        for bad in [
+            dir.path().join("missing").join("state.redb"),
+            dir.path().to_owned(),
+            PathBuf::new(),
+        ] {
+            r.state.path = Some(bad.clone());
+            let Err(ConfigError::Invalid(p)) = validate(r.clone(), Role::Web) else {
+                panic!("{bad:?} should be refused")
+            };
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].key, "state.path");
+        }
+    }
+
+    #[test]
+    fn state_retention_parses_and_is_checked() {
+        let fig = figment(None).merge(figment::providers::Toml::string(
+            "[state]\nretention = \"1d\"\n",
+        ));
+        let raw = extract(&fig).unwrap();
+        assert_eq!(raw.state.retention, Duration::from_secs(86_400));
+
+        let mut r = RawConfig::default();
+        r.state.retention = Duration::from_secs(1);
+        let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+            panic!("1s retention should be refused")
+        };
+        assert_eq!(p[0].key, "state.retention");
     }
 }

@@ -9,6 +9,8 @@
 //!   the shutdown token fires, then drains.
 //! - [`http`]: the axum surface (`/health`, `/ready`, `/metrics`, request ids, JSON errors).
 //! - [`metrics`], [`readiness`], [`telemetry`]: the operational plumbing every part shares.
+//! - [`state`]: durable delivery state (ledger, outbox, watermarks, dead letters) in memory or
+//!   in a redb file.
 //! - [`cli`]: the command line that `main` parses.
 //!
 //! `main.rs` only parses the command line, installs logging, maps signals to a
@@ -26,6 +28,7 @@ pub mod pagerduty;
 pub mod readiness;
 pub mod secret;
 pub mod sim;
+pub mod state;
 pub mod telemetry;
 pub mod web;
 
