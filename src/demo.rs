@@ -153,10 +153,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                         e.event_action.as_deref().unwrap_or("?"),
                         e.severity.as_deref().unwrap_or(""),
                         e.incident.map_or_else(|| "-".to_owned(), |i| i.to_string()),
-                        e.summary
-                            .as_deref()
-                            .or(e.dedup_key.as_deref())
-                            .unwrap_or_default()
+                        one_line(
+                            e.summary
+                                .as_deref()
+                                .or(e.dedup_key.as_deref())
+                                .unwrap_or_default(),
+                            100
+                        )
                     );
                 }
                 seen = accepted.len();
@@ -205,5 +208,17 @@ fn churn_once(handle: &sim::oneview::SimHandle, open: &mut Vec<u64>) {
             "Warning"
         };
         let _ = handle.set_severity(id, severity);
+    }
+}
+
+/// The first line of `s`, cut to `max` characters.
+fn one_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if line.chars().count() > max {
+        let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        line.to_owned()
     }
 }

@@ -76,10 +76,11 @@ fn main() -> ExitCode {
             alerts,
             churn_every,
         } => {
-            // The demo's own lines are the show; the bridge's logs stay at warn unless asked.
+            // The demo's own lines are the show; the bridge's logs stay at error unless RUST_LOG
+            // asks for more (the demo's plain-http loopback URLs would only warn).
             let log = config::RawLog {
                 format: config::LogFormat::Pretty,
-                level: "warn".to_owned(),
+                level: "error".to_owned(),
             };
             if let Err(e) = bridge::telemetry::init(&log) {
                 eprintln!("error: {e}");
