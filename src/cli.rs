@@ -80,5 +80,11 @@ pub enum SimTarget {
         /// Old cleared alerts to create at start (spread over the last 30 days).
         #[arg(long, default_value_t = 0)]
         cleared_alerts: usize,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }

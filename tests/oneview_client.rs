@@ -373,3 +373,42 @@ async fn logout_releases_the_session() {
     assert!(!c.is_logged_in());
     sim.stop().await;
 }
+
+fn tls_sim_files() -> bridge::sim::oneview::TlsFiles {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    bridge::sim::oneview::TlsFiles::read(
+        std::path::Path::new(&format!("{dir}/server.pem")),
+        std::path::Path::new(&format!("{dir}/server.key")),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tls_trusts_ca_file_refuses_unknown_ca_and_skips_checks_only_when_asked() {
+    let sim = bridge::sim::oneview::start_with(
+        SimConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(tls_sim_files()),
+    )
+    .await
+    .unwrap();
+    assert!(sim.url().starts_with("https://"));
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+
+    let trusted = client(&config(&sim.url(), |r| r.oneview.ca_file = Some(ca.into())));
+    trusted.ensure_session().await.unwrap();
+
+    let untrusted = client(&config(&sim.url(), |_| {}));
+    let e = untrusted.ensure_session().await.unwrap_err();
+    assert!(matches!(e, OneViewError::Transport { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains(&sim.url()), "{msg}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+
+    let insecure = client(&config(&sim.url(), |r| {
+        r.oneview.tls_insecure_skip_verify = true
+    }));
+    insecure.ensure_session().await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 2);
+    sim.stop().await;
+}
