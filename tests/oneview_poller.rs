@@ -390,6 +390,30 @@ async fn readiness_follows_session_sync_and_failing_polls() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn polling_backs_off_while_oneview_keeps_failing() {
+    let h = harness(
+        SimConfig::default(),
+        |s| {
+            s.handle.add_alert(spec("Critical", "Active"));
+        },
+        |_| {},
+        100,
+    )
+    .await;
+    h.ready().await;
+    h.sim.handle.reset_counters();
+    h.sim.handle.update_faults(|f| f.fail_next = 1_000_000);
+    let cycles_before = h.status.snapshot().cycles;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let cycles = h.status.snapshot().cycles - cycles_before;
+    let requests = h.sim.handle.counters().requests("alerts");
+    // Without backoff: 20 cycles of 3 tries each in 10 minutes at a 30s interval.
+    assert!((3..=8).contains(&cycles), "{cycles} cycles");
+    assert!(requests <= 3 * cycles, "{requests} requests");
+    h.shutdown().await.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn wrong_password_backs_off_and_keeps_readiness_down() {
     let h = harness(
         SimConfig::default(),

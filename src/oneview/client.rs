@@ -55,8 +55,8 @@ pub struct AlertUpdate {
     pub e_tag: Option<String>,
 }
 
-/// A successful answer.
-#[derive(Debug, Clone)]
+/// An HTTP answer. Its `Debug` leaves the body out: a login answer holds the session id.
+#[derive(Clone)]
 pub struct Reply {
     pub status: u16,
     pub body: Bytes,
@@ -66,6 +66,18 @@ pub struct Reply {
     pub date_ms: Option<i64>,
     /// Round-trip time as measured here.
     pub elapsed: Duration,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("url", &self.url)
+            .field("body_len", &self.body.len())
+            .field("date_ms", &self.date_ms)
+            .field("elapsed", &self.elapsed)
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
