@@ -200,7 +200,7 @@ impl OneViewClient {
 
     fn url(&self, path: &str) -> Result<Url, OneViewError> {
         self.base.join(path).map_err(|e| OneViewError::BadResponse {
-            endpoint: "alerts",
+            endpoint: "request",
             url: path.to_owned(),
             detail: format!("not a usable URI relative to {}: {e}", self.base),
         })
