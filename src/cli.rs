@@ -51,7 +51,8 @@ pub enum Command {
 /// What `simulate` runs.
 #[derive(Debug, Subcommand)]
 pub enum SimTarget {
-    /// A OneView appliance (REST API subset plus a /sim control API), over plain HTTP.
+    /// A OneView appliance (REST API subset plus a /sim control API), over HTTP, or HTTPS with
+    /// --tls-cert and --tls-key.
     Oneview {
         /// Address to serve on.
         #[arg(long, default_value = "127.0.0.1:9443")]

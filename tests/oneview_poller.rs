@@ -518,3 +518,26 @@ async fn metric_families_exist_at_zero() {
     }
     h.shutdown().await.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_sync_keeps_initial_sync_unmet_with_the_reason() {
+    let h = harness(
+        SimConfig::default(),
+        |s| s.handle.update_faults(|f| f.html_next = 1),
+        |_| {},
+        100,
+    )
+    .await;
+    let s = h.status.clone();
+    wait_for("first cycle", Duration::from_secs(10), || {
+        s.snapshot().cycles >= 1
+    })
+    .await;
+    let report = h.readiness.report();
+    let unmet: Vec<_> = report.unmet.iter().map(|u| u.condition).collect();
+    assert_eq!(unmet, vec!["initial_sync"], "{report:?}");
+    assert!(report.unmet[0].reason.contains("<html>"), "{report:?}");
+    h.poll().await;
+    assert!(h.readiness.report().ready);
+    h.shutdown().await.stop().await;
+}

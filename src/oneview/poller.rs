@@ -230,6 +230,12 @@ impl Poller {
 
     fn check_stale(&self) {
         let Some(last) = self.mem.last_success else {
+            if let Some(err) = self.status.snapshot().last_error {
+                self.readiness.set_unmet(
+                    READY_SYNC,
+                    format!("the first full sync of OneView alerts has not finished: {err}"),
+                );
+            }
             return;
         };
         let limit = self.cfg.interval * 3;
