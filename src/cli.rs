@@ -40,17 +40,37 @@ pub enum Command {
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Run a simulator of one of the bridge's counterparts, to try a setup without the real
-    /// systems.
+    /// Send a test trigger and then its resolve to every configured PagerDuty routing key and
+    /// report PagerDuty's answers. Exits 0 only if PagerDuty accepted every event.
+    SendTestEvent {
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run one of the simulators on its own (for trying the bridge without real systems).
     Simulate {
         #[command(subcommand)]
         target: SimTarget,
     },
 }
 
-/// What `simulate` runs.
+/// Which simulator `simulate` runs.
 #[derive(Debug, Subcommand)]
 pub enum SimTarget {
+    /// The PagerDuty Events API v2 (`POST /v2/enqueue`, control API under `/sim/`).
+    Pagerduty {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9444")]
+        listen: SocketAddr,
+        /// Per-routing-key limit, like PagerDuty's (about 120 events per minute).
+        #[arg(long)]
+        rate_limit_per_minute: Option<u32>,
+        /// Fraction (0..1) of requests answered with 429 or 5xx.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Latency added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
     /// A OneView appliance (REST API subset plus a /sim control API), over HTTP, or HTTPS with
     /// --tls-cert and --tls-key.
     Oneview {

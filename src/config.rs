@@ -66,6 +66,8 @@ pub struct RawConfig {
     pub poller: RawPoller,
     pub dedup: RawDedup,
     pub server: RawServer,
+    pub web: RawWeb,
+    pub sync: RawSync,
     pub log: RawLog,
 }
 
@@ -166,6 +168,10 @@ pub struct RawPagerDuty {
     pub routing_key: Option<SecretString>,
     pub routing_key_file: Option<PathBuf>,
     pub events_url: String,
+    /// Webhooks v3 signing secrets, one per line (several during a rotation).
+    #[serde(serialize_with = "redact")]
+    pub webhook_secrets: Option<SecretString>,
+    pub webhook_secrets_file: Option<PathBuf>,
     /// Optional routing rules; the first match wins, else `routing_key`.
     pub routes: Vec<RawRoute>,
     /// OneView severity -> PagerDuty severity. Merged over the built-in table.
@@ -196,6 +202,8 @@ impl Default for RawPagerDuty {
             routing_key: None,
             routing_key_file: None,
             events_url: "https://events.pagerduty.com/v2/enqueue".to_owned(),
+            webhook_secrets: None,
+            webhook_secrets_file: None,
             routes: Vec::new(),
             severity_map: BTreeMap::new(),
             client: None,
@@ -282,6 +290,23 @@ pub struct RawServer {
     /// balancers stop routing to it first.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// Bearer tokens for the web API, one per line (several during a rotation).
+    #[serde(serialize_with = "redact")]
+    pub api_tokens: Option<SecretString>,
+    pub api_tokens_file: Option<PathBuf>,
+    /// Serve the status page and the read API without a token.
+    pub status_public: bool,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed; empty = use the peer address.
+    pub trusted_proxies: Vec<String>,
+    /// Per-client-IP rate limit on `/api/*`: sustained requests per second and burst.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Time a request may take before it is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest accepted body on `/api/*` and on the PagerDuty webhook, in bytes.
+    pub api_body_limit: usize,
+    pub webhook_body_limit: usize,
 }
 
 impl Default for RawServer {
@@ -290,6 +315,46 @@ impl Default for RawServer {
             listen: "0.0.0.0:8080".to_owned(),
             shutdown_timeout: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
+            api_tokens: None,
+            api_tokens_file: None,
+            status_public: false,
+            trusted_proxies: Vec::new(),
+            rate_limit_per_second: 20,
+            rate_limit_burst: 40,
+            request_timeout: Duration::from_secs(30),
+            api_body_limit: 1024 * 1024,
+            webhook_body_limit: 256 * 1024,
+        }
+    }
+}
+
+/// How a web replica reaches the poller.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawWeb {
+    /// The poller's internal API, `http://bridge-poller:8080`.
+    pub poller_url: Option<String>,
+    /// Shared token between web replicas and the poller's internal API.
+    #[serde(serialize_with = "redact")]
+    pub poller_token: Option<SecretString>,
+    pub poller_token_file: Option<PathBuf>,
+}
+
+/// Two-way sync: what PagerDuty webhooks write back to OneView.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSync {
+    /// Add a note to the OneView alert's change log on acknowledge/resolve/reassign/annotate.
+    pub notes: bool,
+    /// Also set the OneView alert `Cleared` when its incident is resolved in PagerDuty.
+    pub clear_on_resolve: bool,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            notes: true,
+            clear_on_resolve: false,
         }
     }
 }
@@ -379,6 +444,7 @@ pub struct Config {
     pub poller: PollerConfig,
     pub dedup_ttl: Duration,
     pub server: ServerConfig,
+    pub web: WebConfig,
     pub log: RawLog,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
@@ -441,6 +507,24 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
+    pub api_tokens: Option<Arc<Secret>>,
+    pub status_public: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub request_timeout: Duration,
+    pub api_body_limit: usize,
+    pub webhook_body_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub poller_url: Option<Url>,
+    pub poller_token: Option<Arc<Secret>>,
+    /// PagerDuty webhook signing secrets (file content: one per line).
+    pub webhook_secrets: Option<Arc<Secret>>,
+    pub sync_notes: bool,
+    pub clear_on_resolve: bool,
 }
 
 /// OneView severities a user may watch. `OK` is not one: an OK alert is a cleared alert.
@@ -509,7 +593,19 @@ fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
         ($name:ident) => {
             match fig.extract_inner(stringify!($name)) {
                 Ok(v) => raw.$name = v,
-                Err(e) => problems.extend(figment_problems(e)),
+                Err(e) => problems.extend(figment_problems(e).into_iter().map(|mut p| {
+                    // figment reports paths relative to the section, in no reliable order.
+                    let rest: Vec<&str> = p
+                        .key
+                        .split('.')
+                        .filter(|k| *k != stringify!($name) && *k != "<config>")
+                        .collect();
+                    p.key = std::iter::once(stringify!($name))
+                        .chain(rest)
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    p
+                })),
             }
         };
     }
@@ -518,6 +614,8 @@ fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
     section!(poller);
     section!(dedup);
     section!(server);
+    section!(web);
+    section!(sync);
     section!(log);
     if problems.is_empty() {
         Ok(raw)
@@ -1052,6 +1150,92 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         c.warnings.push("server.shutdown_timeout + server.drain_delay reach 30s: raise terminationGracePeriodSeconds above it on Kubernetes".to_owned());
     }
 
+    // [server] web API security
+    let api_tokens = c.secret(
+        "server.api_tokens",
+        &raw.server.api_tokens,
+        &raw.server.api_tokens_file,
+        false,
+        None,
+    );
+    let mut trusted_proxies = Vec::new();
+    for p in &raw.server.trusted_proxies {
+        match p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => c.problem(
+                "server.trusted_proxies",
+                Some(p),
+                "not an IP address or CIDR",
+                "list your ingress controller's addresses, like 10.0.0.0/8",
+            ),
+        }
+    }
+    if raw.server.rate_limit_per_second == 0 || raw.server.rate_limit_burst == 0 {
+        c.problem(
+            "server.rate_limit_per_second",
+            Some(&format!(
+                "{}/{}",
+                raw.server.rate_limit_per_second, raw.server.rate_limit_burst
+            )),
+            "rate limit and burst must be positive",
+            "the defaults are 20 per second with a burst of 40",
+        );
+    }
+    if raw.server.request_timeout.is_zero() {
+        c.problem(
+            "server.request_timeout",
+            Some("0s"),
+            "must be positive",
+            "the default is 30s",
+        );
+    }
+    for (key, v) in [
+        ("server.api_body_limit", raw.server.api_body_limit),
+        ("server.webhook_body_limit", raw.server.webhook_body_limit),
+    ] {
+        if v < 1024 {
+            c.problem(
+                key,
+                Some(&v.to_string()),
+                "must be at least 1024 bytes",
+                "the defaults are 1 MiB for the API and 256 KiB for webhooks",
+            );
+        }
+    }
+    if api_tokens.is_none() && !raw.server.status_public {
+        c.warnings.push("no server.api_tokens_file: the status page, the read API and every mutating endpoint answer 401/403 (health, ready and metrics stay open)".to_owned());
+    }
+
+    // [web], webhook secrets, [sync]
+    let poller_url = raw
+        .web
+        .poller_url
+        .as_deref()
+        .and_then(|u| c.url("web.poller_url", u));
+    let poller_token = c.secret(
+        "web.poller_token",
+        &raw.web.poller_token,
+        &raw.web.poller_token_file,
+        role == Role::Web && raw.web.poller_url.is_some(),
+        None,
+    );
+    if role == Role::Web && raw.web.poller_url.is_none() {
+        c.warnings.push("web.poller_url is not set: endpoints that need the poller (alerts, poll, dead letters, webhook write-back) answer 503".to_owned());
+    }
+    if role == Role::Poller && poller_token.is_none() {
+        c.warnings.push("web.poller_token_file is not set: the poller's internal API is disabled, so web replicas cannot reach it".to_owned());
+    }
+    let webhook_secrets = c.secret(
+        "pagerduty.webhook_secrets",
+        &raw.pagerduty.webhook_secrets,
+        &raw.pagerduty.webhook_secrets_file,
+        false,
+        None,
+    );
+
     // [log]
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
         c.problem(
@@ -1070,6 +1254,21 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
         shutdown_timeout: raw.server.shutdown_timeout,
         drain_delay: raw.server.drain_delay,
+        api_tokens,
+        status_public: raw.server.status_public,
+        trusted_proxies,
+        rate_limit_per_second: raw.server.rate_limit_per_second,
+        rate_limit_burst: raw.server.rate_limit_burst,
+        request_timeout: raw.server.request_timeout,
+        api_body_limit: raw.server.api_body_limit,
+        webhook_body_limit: raw.server.webhook_body_limit,
+    };
+    let web = WebConfig {
+        poller_url,
+        poller_token,
+        webhook_secrets,
+        sync_notes: raw.sync.notes,
+        clear_on_resolve: raw.sync.clear_on_resolve,
     };
     Ok(Config {
         role,
@@ -1082,6 +1281,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         },
         dedup_ttl: raw.dedup.ttl,
         server,
+        web,
         log: raw.log.clone(),
         oneview,
         pagerduty,

@@ -26,5 +26,6 @@ pub mod readiness;
 pub mod secret;
 pub mod sim;
 pub mod telemetry;
+pub mod web;
 
 pub use app::App;

@@ -25,6 +25,44 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&e),
         },
+        Command::SendTestEvent { config } => {
+            // Loaded for the web role so that OneView credentials are not required: only the
+            // [pagerduty] section matters here, and it is resolved whenever it is present.
+            let cfg = match config::load(config.as_deref(), bridge::config::Role::Web) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            if let Err(e) = bridge::telemetry::init(&cfg.log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            run_async(async move {
+                let reports = bridge::pagerduty::send_test_event(&cfg).await?;
+                let mut all_ok = true;
+                for r in &reports {
+                    all_ok &= r.accepted;
+                    let status = r
+                        .status
+                        .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
+                    println!(
+                        "{} {:<8} route={} dedup_key={} -> {} {}",
+                        if r.accepted { "ok  " } else { "FAIL" },
+                        r.action,
+                        r.route,
+                        r.dedup_key,
+                        status,
+                        r.detail
+                    );
+                }
+                if all_ok {
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "PagerDuty did not accept every test event; check pagerduty.routing_key (the Events API v2 integration key of the service) and pagerduty.events_url"
+                    )
+                }
+            })
+        }
         Command::Run { role, config } => {
             let cfg = match config::load(config.as_deref(), role) {
                 Ok(c) => c,
@@ -46,6 +84,41 @@ fn main() -> ExitCode {
 
 fn simulate(target: SimTarget) -> ExitCode {
     match target {
+        SimTarget::Pagerduty {
+            listen,
+            rate_limit_per_minute,
+            error_rate,
+            latency_ms,
+        } => {
+            let log = bridge::config::RawLog::default();
+            if let Err(e) = bridge::telemetry::init(&log) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if !(0.0..=1.0).contains(&error_rate) {
+                eprintln!("error: --error-rate must be between 0 and 1");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let faults = bridge::sim::pagerduty::Faults {
+                rate_limit_per_minute,
+                error_rate,
+                latency_ms,
+                ..Default::default()
+            };
+            run_async(async move {
+                let h = bridge::sim::pagerduty::start(listen, faults)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--listen): {e}"))?;
+                println!("PagerDuty simulator: events URL {}", h.events_url());
+                println!(
+                    "  inspect: http://{0}/sim/incidents  http://{0}/sim/events  http://{0}/sim/counters",
+                    h.addr()
+                );
+                shutdown_on_signals().cancelled().await;
+                h.shutdown();
+                Ok(())
+            })
+        }
         SimTarget::Oneview {
             listen,
             username,

@@ -167,10 +167,37 @@ pub fn finish(router: Router, http_metrics: HttpMetrics) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(capture_route))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             http_metrics,
             request_context,
         ))
+}
+
+/// The default Content-Security-Policy: nothing may load. The status page sets its own policy
+/// (with a per-response nonce) and this layer leaves it alone.
+const DEFAULT_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Security headers on every response; `Cache-Control: no-store` unless a handler chose
+/// otherwise, because API answers describe live state and may be sensitive.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(DEFAULT_CSP));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// The matched route template, carried from the inner layer (which sees it) to the outer one.

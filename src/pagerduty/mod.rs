@@ -1,1 +1,360 @@
-//! Placeholder: filled in by the pagerduty work.
+//! The PagerDuty side: turns the poller's [`AlertChange`]s into Events API v2 events and
+//! delivers each exactly as often as needed, in order per alert, without ever dropping one.
+//!
+//! - [`event`]: wire types, `dedup_key` format, summary, severity map, size cap.
+//! - [`routing`]: `[[pagerduty.routes]]`, first match wins, else `pagerduty.routing_key`.
+//! - [`dedup`]: TTL cache of what PagerDuty already heard.
+//! - [`dispatcher`]: the bounded queue, per-key order, priority, cancellation, retries.
+//! - [`ratelimit`]: the client-side limit per routing key.
+//! - [`sender`]: one HTTP attempt and the status -> retry table.
+//! - [`status`]: the snapshot the API and status page show.
+//!
+//! [`assemble`] wires them; the app spawns [`Delivery::task`] and hands
+//! [`Delivery::changes`] to the poller.
+
+pub mod dedup;
+pub mod dispatcher;
+pub mod error;
+pub mod event;
+pub mod ratelimit;
+pub mod routing;
+pub mod sender;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::model::AlertChange;
+use crate::readiness::Readiness;
+
+pub use error::PagerDutyError;
+pub use status::{DeadLetter, DeliveryStatus, KeyStatus, StatusSnapshot};
+
+/// Name of the readiness warning this side sets while PagerDuty does not accept events or the
+/// queue drains at shutdown. A warning, never a 503: restarting would lose the queue.
+pub const READINESS_WARNING: &str = "pagerduty";
+
+/// The assembled delivery pipeline.
+pub struct Delivery {
+    /// Bounded (`pagerduty.queue_capacity`); the poller awaits `send`, which is the
+    /// backpressure when PagerDuty is slow.
+    pub changes: tokio::sync::mpsc::Sender<AlertChange>,
+    /// Runs until `work` is cancelled; then keeps delivering what is queued until the app's
+    /// shutdown timeout drops it.
+    pub task: crate::app::Task,
+    pub status: Arc<DeliveryStatus>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    action: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+const ACTIONS: &[&str] = &["trigger", "resolve"];
+const OUTCOMES: &[&str] = &["accepted", "rejected", "retried"];
+
+/// The `bridge_pagerduty_*` metric families.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    events: Family<EventLabels, Counter>,
+    http: Family<CodeLabels, Counter>,
+    duration: Family<ActionLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    rate_limit_waits: Counter,
+    dead_letters: Gauge,
+    dedup_entries: Gauge,
+    cancelled: Counter,
+}
+
+fn static_label(v: &str, set: &[&'static str]) -> &'static str {
+    set.iter().copied().find(|s| *s == v).unwrap_or("other")
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            events: Family::default(),
+            http: Family::default(),
+            duration: Family::new_with_constructor(
+                crate::metrics::latency_histogram as fn() -> Histogram,
+            ),
+            queue_depth: Gauge::default(),
+            oldest_age: Gauge::default(),
+            rate_limit_waits: Counter::default(),
+            dead_letters: Gauge::default(),
+            dedup_entries: Gauge::default(),
+            cancelled: Counter::default(),
+        };
+        for a in ACTIONS {
+            for o in OUTCOMES {
+                m.event(a, o);
+            }
+            m.duration(a);
+        }
+        for c in sender::CODE_LABELS {
+            m.http(c);
+        }
+        registry.register(
+            "bridge_pagerduty_events",
+            "Events sent to PagerDuty, by action and outcome (retried counts failed attempts)",
+            m.events.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_http_responses",
+            "Answers of the PagerDuty Events API, by status class or transport failure",
+            m.http.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_delivery_duration_seconds",
+            "Time from queueing an event to PagerDuty accepting it",
+            m.duration.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_queue_depth",
+            "Events waiting for or in delivery to PagerDuty",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_queue_oldest_age_seconds",
+            "Age of the oldest event waiting for delivery (0 when the queue is empty)",
+            m.oldest_age.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_rate_limit_waits",
+            "Times delivery waited for the client-side rate limit of a routing key",
+            m.rate_limit_waits.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_dead_letters",
+            "Events PagerDuty rejected (400) that are kept in the dead-letter list",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_dedup_cache_entries",
+            "Keys in the cache of what PagerDuty already heard",
+            m.dedup_entries.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_cancelled",
+            "Trigger and resolve pairs dropped while queued because the alert cleared first",
+            m.cancelled.clone(),
+        );
+        m
+    }
+
+    fn event(&self, action: &str, outcome: &str) -> Counter {
+        self.events
+            .get_or_create(&EventLabels {
+                action: static_label(action, ACTIONS),
+                outcome: static_label(outcome, OUTCOMES),
+            })
+            .clone()
+    }
+
+    fn http(&self, code: &str) -> Counter {
+        self.http
+            .get_or_create(&CodeLabels {
+                code: static_label(code, sender::CODE_LABELS),
+            })
+            .clone()
+    }
+
+    fn duration(&self, action: &str) -> Histogram {
+        self.duration
+            .get_or_create(&ActionLabels {
+                action: static_label(action, ACTIONS),
+            })
+            .clone()
+    }
+}
+
+/// Knobs the tests turn; production uses the defaults.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Length of the rate-limit window (`rate_limit_per_minute` events per window).
+    pub rate_window: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            rate_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Assembles the delivery pipeline from `cfg.pagerduty`, registering its metrics.
+pub fn assemble(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: Arc<Readiness>,
+    work: CancellationToken,
+) -> Result<Delivery, PagerDutyError> {
+    assemble_tuned(cfg, registry, readiness, work, Tuning::default())
+}
+
+/// [`assemble`] with test knobs.
+#[doc(hidden)]
+pub fn assemble_tuned(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: Arc<Readiness>,
+    work: CancellationToken,
+    tuning: Tuning,
+) -> Result<Delivery, PagerDutyError> {
+    let pd = cfg
+        .pagerduty
+        .as_ref()
+        .ok_or(PagerDutyError::NotConfigured)?;
+    let router = routing::Router::new(pd)?;
+    let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?;
+    let metrics = Metrics::register(registry);
+    let status = Arc::new(DeliveryStatus::new());
+    let settings = dispatcher::Settings {
+        concurrency: pd.concurrency.max(1),
+        capacity: pd.queue_capacity.max(1),
+        retry_initial_delay: pd.retry_initial_delay,
+        retry_max_delay: pd.retry_max_delay,
+    };
+    let shared = Arc::new(dispatcher::Shared {
+        sender,
+        metrics,
+        limiter: std::sync::Mutex::new(ratelimit::RateLimiter::with_window(
+            pd.rate_limit_per_minute,
+            tuning.rate_window,
+        )),
+        status: status.clone(),
+        readiness,
+        settings,
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(pd.queue_capacity.max(1));
+    let d = dispatcher::Dispatcher::new(
+        shared,
+        dedup::DedupCache::new(cfg.dedup_ttl),
+        router,
+        event::EventContext::from_config(pd),
+    );
+    Ok(Delivery {
+        changes: tx,
+        task: Box::pin(d.run(rx, work)),
+        status,
+    })
+}
+
+/// PagerDuty's answer to one test event.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestEventReport {
+    pub route: String,
+    pub action: event::Action,
+    pub dedup_key: String,
+    /// HTTP status, or `None` when no answer came (timeout, connection error).
+    pub status: Option<u16>,
+    pub accepted: bool,
+    /// PagerDuty's message, its `errors`, or the transport error.
+    pub detail: String,
+}
+
+/// Sends a trigger and then a resolve to every configured routing key (default first, then
+/// each route), with the dedup key `oneview-pagerduty-bridge:test:{route}:{unix time}`, once
+/// each (no retries: an operator wants the answer now).
+pub async fn send_test_event(cfg: &Config) -> Result<Vec<TestEventReport>, PagerDutyError> {
+    let pd = cfg
+        .pagerduty
+        .as_ref()
+        .ok_or(PagerDutyError::NotConfigured)?;
+    let router = routing::Router::new(pd)?;
+    let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?;
+    let ctx = event::EventContext::from_config(pd);
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    for target in router.targets() {
+        let dedup_key = format!(
+            "oneview-pagerduty-bridge:test:{}:{}",
+            target.route,
+            now.timestamp()
+        );
+        for action in [event::Action::Trigger, event::Action::Resolve] {
+            let ev = event::Event {
+                event_action: action,
+                dedup_key: dedup_key.clone(),
+                payload: event::Payload {
+                    summary: format!(
+                        "Test event from oneview-pagerduty-bridge (route {}); resolves itself",
+                        target.route
+                    ),
+                    source: "oneview-pagerduty-bridge".to_owned(),
+                    severity: "info".to_owned(),
+                    timestamp: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    component: Some("send-test-event".to_owned()),
+                    group: None,
+                    class: Some("test".to_owned()),
+                    custom_details: serde_json::Map::new(),
+                },
+                client: ctx.client.clone(),
+                client_url: ctx.client_url.clone(),
+                links: Vec::new(),
+            };
+            let key = target.routing_key.current()?;
+            let attempt = sender.post(ev.to_body(key.expose_secret())).await;
+            let report = match attempt {
+                sender::Attempt::Accepted { answer } => TestEventReport {
+                    route: target.route.to_string(),
+                    action,
+                    dedup_key: dedup_key.clone(),
+                    status: Some(202),
+                    accepted: true,
+                    detail: answer.message.unwrap_or_default(),
+                },
+                sender::Attempt::Rejected { status, answer } => TestEventReport {
+                    route: target.route.to_string(),
+                    action,
+                    dedup_key: dedup_key.clone(),
+                    status: Some(status),
+                    accepted: false,
+                    detail: format!(
+                        "{} {}",
+                        answer.message.unwrap_or_default(),
+                        answer.errors.join("; ")
+                    )
+                    .trim()
+                    .to_owned(),
+                },
+                sender::Attempt::Retry { status, reason, .. } => TestEventReport {
+                    route: target.route.to_string(),
+                    action,
+                    dedup_key: dedup_key.clone(),
+                    status,
+                    accepted: false,
+                    detail: reason,
+                },
+            };
+            out.push(report);
+        }
+    }
+    Ok(out)
+}

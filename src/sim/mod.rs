@@ -2,3 +2,4 @@
 //! `demo` command, and runnable on their own (`simulate oneview|pagerduty`).
 
 pub mod oneview;
+pub mod pagerduty;

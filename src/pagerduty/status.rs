@@ -1,0 +1,165 @@
+//! A snapshot of delivery for the API and the status page: queue depth, oldest queued event,
+//! dead letters, and the last delivery attempt per key.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
+use moka::sync::Cache;
+use serde::Serialize;
+
+use super::event::Action;
+
+/// Dead letters kept for display; older ones are only counted.
+pub const DEAD_LETTERS_KEPT: usize = 1000;
+/// Keys whose last attempt is kept for display (least recently used ones go first).
+pub const KEYS_KEPT: u64 = 10_000;
+
+/// An event PagerDuty rejected (400): never retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub dedup_key: String,
+    pub action: Action,
+    pub route: String,
+    /// HTTP status PagerDuty answered.
+    pub status: u16,
+    pub message: Option<String>,
+    /// PagerDuty's `errors` array.
+    pub errors: Vec<String>,
+    pub time: DateTime<Utc>,
+}
+
+/// The last delivery attempt for one key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyStatus {
+    pub dedup_key: String,
+    pub last_action: Action,
+    /// `accepted`, `rejected` or `retrying`.
+    pub outcome: &'static str,
+    /// Attempts of the last event so far.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub updated: DateTime<Utc>,
+}
+
+/// What [`DeliveryStatus::snapshot`] returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusSnapshot {
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub oldest_queued_age_seconds: f64,
+    pub dead_letters_total: u64,
+    /// The most recent dead letters, newest last.
+    pub dead_letters: Vec<DeadLetter>,
+    pub keys: Vec<KeyStatus>,
+}
+
+#[derive(Default)]
+struct Inner {
+    in_flight: usize,
+    oldest_age: f64,
+    dead_letters: VecDeque<DeadLetter>,
+    dead_letters_total: u64,
+}
+
+/// Shared delivery status, updated by the delivery task.
+pub struct DeliveryStatus {
+    depth: AtomicUsize,
+    inner: Mutex<Inner>,
+    keys: Cache<String, KeyStatus>,
+}
+
+impl std::fmt::Debug for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryStatus")
+            .field("queue_depth", &self.queue_depth())
+            .finish()
+    }
+}
+
+impl Default for DeliveryStatus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeliveryStatus {
+    pub fn new() -> Self {
+        Self {
+            depth: AtomicUsize::new(0),
+            inner: Mutex::new(Inner::default()),
+            keys: Cache::builder().max_capacity(KEYS_KEPT).build(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Plain data; a panic elsewhere cannot leave it inconsistent in a harmful way.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_queue(&self, depth: usize, in_flight: usize, oldest_age: f64) {
+        self.depth.store(depth, Ordering::Relaxed);
+        let mut g = self.lock();
+        g.in_flight = in_flight;
+        g.oldest_age = oldest_age;
+    }
+
+    pub(crate) fn dead_letter(&self, d: DeadLetter) {
+        let mut g = self.lock();
+        g.dead_letters_total += 1;
+        g.dead_letters.push_back(d);
+        while g.dead_letters.len() > DEAD_LETTERS_KEPT {
+            g.dead_letters.pop_front();
+        }
+    }
+
+    /// Dead letters kept (what the `bridge_pagerduty_dead_letters` gauge shows).
+    pub fn dead_letter_count(&self) -> usize {
+        self.lock().dead_letters.len()
+    }
+
+    pub(crate) fn key_attempt(
+        &self,
+        key: &str,
+        action: Action,
+        attempts: u32,
+        outcome: &'static str,
+        last_error: Option<String>,
+    ) {
+        self.keys.insert(
+            key.to_owned(),
+            KeyStatus {
+                dedup_key: key.to_owned(),
+                last_action: action,
+                outcome,
+                attempts,
+                last_error,
+                updated: Utc::now(),
+            },
+        );
+    }
+
+    /// The status of one key, if it is still kept.
+    pub fn key(&self, key: &str) -> Option<KeyStatus> {
+        self.keys.get(key)
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let mut keys: Vec<KeyStatus> = self.keys.iter().map(|(_, v)| v).collect();
+        keys.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        let g = self.lock();
+        StatusSnapshot {
+            queue_depth: self.queue_depth(),
+            in_flight: g.in_flight,
+            oldest_queued_age_seconds: g.oldest_age,
+            dead_letters_total: g.dead_letters_total,
+            dead_letters: g.dead_letters.iter().cloned().collect(),
+            keys,
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The foundation over real HTTP and real processes: health/ready/metrics shapes, request ids,
+//! JSON errors, configuration layering and validation through `check-config`, and the SIGTERM
+//! lifecycle of the built binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bridge::config::{self, RawConfig, Role};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_oneview-pagerduty-bridge");
+const ROUTING_KEY: &str = "R0UTINGKEY0123456789abcdefABCDEF";
+const PASSWORD: &str = "s3cr3t-Passw0rd!";
+
+/// Starts an in-process web-role bridge on 127.0.0.1:0.
+async fn start_web() -> (String, CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut raw = RawConfig::default();
+    raw.server.listen = "127.0.0.1:0".into();
+    let cfg = config::validate(raw, Role::Web).expect("valid config");
+    let app = bridge::App::build(cfg).await.expect("app builds");
+    let base = format!("http://{}", app.local_addr());
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let h = tokio::spawn(async move {
+        app.run(t).await.expect("app runs");
+    });
+    (base, token, h)
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_have_their_shapes() {
+    let (base, token, h) = start_web().await;
+    let c = reqwest::Client::new();
+
+    let r = c.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["role"], "web");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_seconds"].is_u64());
+
+    let r = c.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["unmet"], serde_json::json!([]));
+
+    let r = c.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text().await.unwrap();
+    for needle in [
+        "bridge_build_info{version=\"",
+        "role=\"web\"} 1",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_cpu_seconds_total counter",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "bridge_http_requests_total{route=\"/health\",method=\"GET\",status_class=\"2xx\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    promtool_accepts(&text);
+
+    let r = c
+        .get(format!("{base}/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().ends_with("# EOF\n"));
+
+    token.cancel();
+    h.await.unwrap();
+}
+
+/// `promtool check metrics` must report nothing. CI installs promtool; elsewhere the check is
+/// skipped with a note rather than failing a developer's quick run.
+fn promtool_accepts(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not installed; skipping promtool check (CI runs it)");
+            return;
+        }
+        Err(e) => panic!("promtool is required in CI: {e}"),
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_generated_and_echoed() {
+    let (base, token, h) = start_web().await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{base}/health"))
+        .header("x-request-id", "trace-abc_123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-abc_123");
+
+    let r = c
+        .get(format!("{base}/health"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+
+    let r = c.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 36);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_json() {
+    let (base, token, h) = start_web().await;
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{base}/nope"))
+        .header("x-request-id", "rid-404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for (h, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        assert_eq!(r.headers()[h], want, "{h}");
+    }
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_found");
+    assert_eq!(v["request_id"], "rid-404");
+    assert!(v["message"].as_str().unwrap().contains("/nope"));
+
+    let r = c.post(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "method_not_allowed");
+    assert!(v["request_id"].is_string());
+    token.cancel();
+    h.await.unwrap();
+}
+
+/// Runs `check-config` with a clean environment plus `env`.
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check-config").args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_layers_defaults_file_env_and_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let rk = dir.path().join("rk");
+    std::fs::write(&rk, format!("{ROUTING_KEY}\n")).unwrap();
+    let file = dir.path().join("bridge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[oneview]
+url = "https://ov.example.com"
+username = "svc-bridge"
+password_file = "{}"
+[pagerduty]
+routing_key_file = "{}"
+[poller]
+interval = "45s"
+severities = ["Critical"]
+"#,
+            pw.display(),
+            rk.display()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    // File over defaults.
+    let (code, out, err) = check_config(&["--config", f], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("interval = \"45s\""), "{out}");
+    assert!(
+        out.contains("page_size = 500"),
+        "defaults still apply:\n{out}"
+    );
+
+    // Environment over file; BRIDGE_CONFIG names the file.
+    let (code, out, err) = check_config(
+        &[],
+        &[
+            ("BRIDGE_CONFIG", f),
+            ("BRIDGE_POLLER__INTERVAL", "2m"),
+            ("BRIDGE_ONEVIEW__USERNAME", "from-env"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("interval = \"2m\""), "{out}");
+    assert!(out.contains("username = \"from-env\""), "{out}");
+
+    // Inline secret from the environment works too, and is never printed.
+    let (code, out, err) = check_config(
+        &["--config", f],
+        &[("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)],
+    );
+    assert_eq!(code, 2, "both routing_key and routing_key_file: {out}");
+    assert!(err.contains("pagerduty.routing_key"), "{err}");
+    assert!(err.contains("both"), "{err}");
+    for text in [&out, &err] {
+        assert!(!text.contains(ROUTING_KEY));
+        assert!(!text.contains(PASSWORD));
+    }
+}
+
+#[test]
+fn check_config_never_prints_a_secret() {
+    let env = [
+        ("BRIDGE_ONEVIEW__URL", "https://ov.example.com"),
+        ("BRIDGE_ONEVIEW__USERNAME", "svc"),
+        ("BRIDGE_ONEVIEW__PASSWORD", PASSWORD),
+        ("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY),
+    ];
+    let (code, out, err) = check_config(&[], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("password = \"<redacted>\""), "{out}");
+    assert!(out.contains("routing_key = \"<redacted>\""), "{out}");
+    assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
+    assert!(!out.contains(ROUTING_KEY) && !err.contains(ROUTING_KEY));
+
+    // A routing key of the wrong length is rejected without echoing it.
+    let short = "shortkey-not-32-chars";
+    let (code, out, err) = check_config(
+        &[],
+        &[
+            ("BRIDGE_ONEVIEW__URL", "https://ov.example.com"),
+            ("BRIDGE_ONEVIEW__USERNAME", "svc"),
+            ("BRIDGE_ONEVIEW__PASSWORD", PASSWORD),
+            ("BRIDGE_PAGERDUTY__ROUTING_KEY", short),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("32 characters"), "{err}");
+    assert!(!err.contains(short) && !out.contains(short));
+    assert!(!err.contains(PASSWORD));
+}
+
+#[test]
+fn every_validation_problem_is_reported_at_once() {
+    let (code, _out, err) = check_config(
+        &[],
+        &[
+            ("BRIDGE_ONEVIEW__URL", "ov.example.com"),
+            ("BRIDGE_ONEVIEW__USERNAME", "svc"),
+            ("BRIDGE_ONEVIEW__PASSWORD", PASSWORD),
+            ("BRIDGE_PAGERDUTY__ROUTING_KEY", "too-short"),
+            ("BRIDGE_POLLER__INTERVAL", "500ms"),
+            ("BRIDGE_POLLER__SEVERITIES", "[Critical, Catastrophic]"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    for (key, what) in [
+        ("oneview.url", "ov.example.com"),
+        ("pagerduty.routing_key", "32 characters"),
+        ("poller.interval", "at least 1s"),
+        ("poller.severities", "Catastrophic"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no line for {key} in:\n{err}"));
+        assert!(line.contains(what), "{line}");
+    }
+
+    let (code, _, err) = check_config(&[], &[("BRIDGE_POLLER__SEVERITIES", "[]")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("poller.severities"), "{err}");
+
+    let (code, _, err) = check_config(
+        &[],
+        &[("BRIDGE_ONEVIEW__URL", "https://"), ("BRIDGE_ROLE", "web")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("oneview.url"), "{err}");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(
+        &file,
+        "[poller]\nintervall = \"30s\"\n[server]\nlisten = \"0.0.0.0:8080\"\nlistne = 1\n[nosuch]\nx = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&["--role", "web", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    for k in ["poller.intervall", "server.listne", "nosuch"] {
+        assert!(err.contains(k), "{k} not reported:\n{err}");
+    }
+
+    let (code, _, err) = check_config(
+        &["--role", "web"],
+        &[
+            ("BRIDGE_POLLER__INTERVAL", "soon"),
+            ("BRIDGE_LOG__FORMAT", "xml"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("poller.interval"), "{err}");
+    assert!(err.contains("log.format"), "{err}");
+
+    let (code, _, err) = check_config(&["--config", "/nonexistent/bridge.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/bridge.toml"), "{err}");
+}
+
+#[test]
+fn web_role_needs_no_backend_credentials() {
+    let (code, out, err) = check_config(&["--role", "web"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[server]"));
+    let (code, _, err) = check_config(&["--role", "poller"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("oneview.url") && err.contains("pagerduty.routing_key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_works() {
+    let out = Command::new(BIN).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN)
+        .args(["run", "--role", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    for sub in ["run", "check-config"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+    }
+}
+
+/// Picks a free loopback port for a child process (the child binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["run", "--role", "web"])
+        .env_clear()
+        .env("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BRIDGE_SERVER__DRAIN_DELAY", "3s")
+        .env("BRIDGE_SERVER__SHUTDOWN_TIMEOUT", "5s")
+        .env("BRIDGE_LOG__FORMAT", "json")
+        .env("BRIDGE_LOG__LEVEL", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/ready")).send() {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "bridge never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = client
+        .get(format!("{base}/health"))
+        .header("x-request-id", "sigterm-test-rid")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let sent = Instant::now();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Readiness flips at once, while the drain delay keeps the server up.
+    let mut saw_503 = false;
+    while sent.elapsed() < Duration::from_secs(2) {
+        if let Ok(r) = client.get(format!("{base}/ready")).send() {
+            if r.status() == 503 {
+                let v: serde_json::Value = r.json().unwrap();
+                assert_eq!(v["unmet"][0]["condition"], "not_shutting_down");
+                saw_503 = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_503, "/ready did not turn 503 after SIGTERM");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "no exit within drain delay + shutdown timeout"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let lines = lines.join().unwrap();
+    let req_line = lines
+        .iter()
+        .find(|l| l.contains("sigterm-test-rid"))
+        .unwrap_or_else(|| panic!("request id not logged:\n{}", lines.join("\n")));
+    let v: serde_json::Value = serde_json::from_str(req_line).expect("JSON log line");
+    assert_eq!(v["span"]["request_id"], "sigterm-test-rid");
+    assert!(lines.iter().any(|l| l.contains("bridge stopped")));
+}
