@@ -516,6 +516,7 @@ async fn metric_families_exist_at_zero() {
     ] {
         assert!(m.contains(needle), "{needle} missing in\n{m}");
     }
+    promtool_accepts(&bridge::metrics::openmetrics_to_prometheus_text(&m));
     h.shutdown().await.stop().await;
 }
 
