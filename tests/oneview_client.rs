@@ -228,6 +228,27 @@ async fn session_is_refreshed_before_session_refresh_and_the_old_one_released() 
     sim.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_keeps_using_the_current_session() {
+    let sim = start_sim(SimConfig::default()).await;
+    let uri = sim.handle.add_alert(spec("Critical", "Active"));
+    let c = client(&config(&sim.url(), |r| {
+        r.oneview.session_refresh = Duration::from_secs(3600);
+    }));
+    c.get_alert(&uri).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    // The refresh login fails (one try and two quick retries); the request still succeeds.
+    sim.handle.update_faults(|f| f.fail_next = 3);
+    c.get_alert(&uri).await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 1);
+    // Later, once the login pause is over, the refresh happens.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    c.get_alert(&uri).await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 2);
+    assert_eq!(sim.handle.session_count(), 1);
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn auto_version_is_capped_at_the_tested_maximum() {
     for (current, expected) in [(9000, 8400), (4600, 4600)] {

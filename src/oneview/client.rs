@@ -387,6 +387,11 @@ impl OneViewClient {
             }
         }
         if let Some(left) = gate.wait_left() {
+            if let Some(old) = old {
+                // A refresh that cannot happen yet: the current session most likely still
+                // works (only a 401 would prove otherwise).
+                return Ok(old);
+            }
             return Err(OneViewError::LoginBackoff {
                 retry_in: left,
                 last: gate.last_error.clone().unwrap_or_default(),
@@ -418,7 +423,16 @@ impl OneViewClient {
                 });
                 let delay = gate.failed(e.to_string());
                 tracing::warn!(url = %self.base, error = %e, retry_in = ?delay, "OneView login failed");
-                Err(e)
+                match old {
+                    Some(old) => {
+                        tracing::warn!(
+                            generation = old.generation,
+                            "session refresh failed; keeping the current session until it is refused"
+                        );
+                        Ok(old)
+                    }
+                    None => Err(e),
+                }
             }
         }
     }
