@@ -95,7 +95,8 @@ pub enum SimTarget {
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
     },
-    /// A OneView appliance (REST API subset plus a /sim control API), over plain HTTP.
+    /// A OneView appliance (REST API subset plus a /sim control API), over HTTP, or HTTPS with
+    /// --tls-cert and --tls-key.
     Oneview {
         /// Address to serve on.
         #[arg(long, default_value = "127.0.0.1:9443")]
@@ -124,5 +125,11 @@ pub enum SimTarget {
         /// Old cleared alerts to create at start (spread over the last 30 days).
         #[arg(long, default_value_t = 0)]
         cleared_alerts: usize,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }

@@ -164,6 +164,8 @@ fn simulate(target: SimTarget) -> ExitCode {
             idle_timeout,
             alerts,
             cleared_alerts,
+            tls_cert,
+            tls_key,
         } => {
             let log = config::RawLog {
                 format: config::LogFormat::Pretty,
@@ -185,9 +187,19 @@ fn simulate(target: SimTarget) -> ExitCode {
                     ..SimConfig::default()
                 };
                 let (user, pass) = (cfg.username.clone(), cfg.password.clone());
-                let running = sim::start(cfg, listen)
+                let tls = match (&tls_cert, &tls_key) {
+                    (Some(c), Some(k)) => Some(sim::TlsFiles::read(c, k).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read --tls-cert {} / --tls-key {}: {e}",
+                            c.display(),
+                            k.display()
+                        )
+                    })?),
+                    _ => None,
+                };
+                let running = sim::start_with(cfg, listen, tls)
                     .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}"))?;
                 running.handle.generate(&GenerateSpec {
                     count: cleared_alerts,
                     state: Some("Cleared".to_owned()),
@@ -199,7 +211,7 @@ fn simulate(target: SimTarget) -> ExitCode {
                     ..GenerateSpec::default()
                 });
                 let url = running.url();
-                println!("OneView simulator serving {url} (plain HTTP)");
+                println!("OneView simulator serving {url}");
                 println!("  username: {user}");
                 println!("  password: {pass}");
                 println!(

@@ -228,6 +228,27 @@ async fn session_is_refreshed_before_session_refresh_and_the_old_one_released() 
     sim.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_keeps_using_the_current_session() {
+    let sim = start_sim(SimConfig::default()).await;
+    let uri = sim.handle.add_alert(spec("Critical", "Active"));
+    let c = client(&config(&sim.url(), |r| {
+        r.oneview.session_refresh = Duration::from_secs(3600);
+    }));
+    c.get_alert(&uri).await.unwrap();
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    // The refresh login fails (one try and two quick retries); the request still succeeds.
+    sim.handle.update_faults(|f| f.fail_next = 3);
+    c.get_alert(&uri).await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 1);
+    // Later, once the login pause is over, the refresh happens.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    c.get_alert(&uri).await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 2);
+    assert_eq!(sim.handle.session_count(), 1);
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn auto_version_is_capped_at_the_tested_maximum() {
     for (current, expected) in [(9000, 8400), (4600, 4600)] {
@@ -371,5 +392,44 @@ async fn logout_releases_the_session() {
     assert_eq!(sim.handle.session_count(), 0);
     assert_eq!(sim.handle.counters().logouts, 1);
     assert!(!c.is_logged_in());
+    sim.stop().await;
+}
+
+fn tls_sim_files() -> bridge::sim::oneview::TlsFiles {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    bridge::sim::oneview::TlsFiles::read(
+        std::path::Path::new(&format!("{dir}/server.pem")),
+        std::path::Path::new(&format!("{dir}/server.key")),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tls_trusts_ca_file_refuses_unknown_ca_and_skips_checks_only_when_asked() {
+    let sim = bridge::sim::oneview::start_with(
+        SimConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(tls_sim_files()),
+    )
+    .await
+    .unwrap();
+    assert!(sim.url().starts_with("https://"));
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+
+    let trusted = client(&config(&sim.url(), |r| r.oneview.ca_file = Some(ca.into())));
+    trusted.ensure_session().await.unwrap();
+
+    let untrusted = client(&config(&sim.url(), |_| {}));
+    let e = untrusted.ensure_session().await.unwrap_err();
+    assert!(matches!(e, OneViewError::Transport { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains(&sim.url()), "{msg}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+
+    let insecure = client(&config(&sim.url(), |r| {
+        r.oneview.tls_insecure_skip_verify = true
+    }));
+    insecure.ensure_session().await.unwrap();
+    assert_eq!(sim.handle.counters().logins, 2);
     sim.stop().await;
 }

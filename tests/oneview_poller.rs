@@ -238,7 +238,7 @@ async fn idle_incremental_poll_over_50000_alerts_sends_no_members() {
     assert_eq!(c.members_sent, 0);
     assert!(c.member_bytes < 300, "{} bytes of members", c.member_bytes);
     let envelope = c.response_bytes.get("alerts").copied().unwrap_or(0);
-    assert!(envelope < 1000, "{envelope} bytes in all");
+    assert!(envelope > 0 && envelope < 1000, "{envelope} bytes in all");
     assert!(h.drain().is_empty());
 
     // One change costs one member.
@@ -390,6 +390,30 @@ async fn readiness_follows_session_sync_and_failing_polls() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn polling_backs_off_while_oneview_keeps_failing() {
+    let h = harness(
+        SimConfig::default(),
+        |s| {
+            s.handle.add_alert(spec("Critical", "Active"));
+        },
+        |_| {},
+        100,
+    )
+    .await;
+    h.ready().await;
+    h.sim.handle.reset_counters();
+    h.sim.handle.update_faults(|f| f.fail_next = 1_000_000);
+    let cycles_before = h.status.snapshot().cycles;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let cycles = h.status.snapshot().cycles - cycles_before;
+    let requests = h.sim.handle.counters().requests("alerts");
+    // Without backoff: 20 cycles of 3 tries each in 10 minutes at a 30s interval.
+    assert!((3..=8).contains(&cycles), "{cycles} cycles");
+    assert!(requests <= 3 * cycles, "{requests} requests");
+    h.shutdown().await.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn wrong_password_backs_off_and_keeps_readiness_down() {
     let h = harness(
         SimConfig::default(),
@@ -492,5 +516,29 @@ async fn metric_families_exist_at_zero() {
     ] {
         assert!(m.contains(needle), "{needle} missing in\n{m}");
     }
+    promtool_accepts(&bridge::metrics::openmetrics_to_prometheus_text(&m));
+    h.shutdown().await.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_sync_keeps_initial_sync_unmet_with_the_reason() {
+    let h = harness(
+        SimConfig::default(),
+        |s| s.handle.update_faults(|f| f.html_next = 1),
+        |_| {},
+        100,
+    )
+    .await;
+    let s = h.status.clone();
+    wait_for("first cycle", Duration::from_secs(10), || {
+        s.snapshot().cycles >= 1
+    })
+    .await;
+    let report = h.readiness.report();
+    let unmet: Vec<_> = report.unmet.iter().map(|u| u.condition).collect();
+    assert_eq!(unmet, vec!["initial_sync"], "{report:?}");
+    assert!(report.unmet[0].reason.contains("<html>"), "{report:?}");
+    h.poll().await;
+    assert!(h.readiness.report().ready);
     h.shutdown().await.stop().await;
 }

@@ -298,3 +298,38 @@ async fn alert_put_and_delete_follow_the_real_rules() {
     assert_eq!(sim.handle.alert_count(), 1);
     sim.stop().await;
 }
+
+/// Scale check for the benchmarks (`cargo test --release --test oneview_sim -- --ignored`).
+#[tokio::test]
+#[ignore = "scale check; slow in debug builds"]
+async fn holds_500k_alerts_and_answers_incremental_queries_from_its_index() {
+    let sim = start_sim(SimConfig::default()).await;
+    let t = std::time::Instant::now();
+    sim.handle.generate(&bridge::sim::oneview::GenerateSpec {
+        count: 500_000,
+        state: Some("Cleared".into()),
+        max_age_ms: 30 * 24 * 3600 * 1000,
+        ..Default::default()
+    });
+    eprintln!("generate 500k: {:?}", t.elapsed());
+    let api = Api::login(&sim.url()).await;
+    let t = std::time::Instant::now();
+    let (_, v) = api
+        .get(&format!(
+            "/rest/alerts?count=500&filter={}",
+            filter("modified >= '2999-01-01T00:00:00.000Z'")
+        ))
+        .await;
+    eprintln!("incremental query: {:?}", t.elapsed());
+    assert_eq!(v["total"], 0);
+    let t = std::time::Instant::now();
+    let (_, v) = api
+        .get(&format!(
+            "/rest/alerts?count=500&filter={}",
+            filter("alertState='Active' OR alertState='Locked'")
+        ))
+        .await;
+    eprintln!("full-scan query: {:?}", t.elapsed());
+    assert_eq!(v["total"], 0);
+    sim.stop().await;
+}

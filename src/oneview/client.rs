@@ -55,8 +55,8 @@ pub struct AlertUpdate {
     pub e_tag: Option<String>,
 }
 
-/// A successful answer.
-#[derive(Debug, Clone)]
+/// An HTTP answer. Its `Debug` leaves the body out: a login answer holds the session id.
+#[derive(Clone)]
 pub struct Reply {
     pub status: u16,
     pub body: Bytes,
@@ -66,6 +66,18 @@ pub struct Reply {
     pub date_ms: Option<i64>,
     /// Round-trip time as measured here.
     pub elapsed: Duration,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("url", &self.url)
+            .field("body_len", &self.body.len())
+            .field("date_ms", &self.date_ms)
+            .field("elapsed", &self.elapsed)
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -188,7 +200,7 @@ impl OneViewClient {
 
     fn url(&self, path: &str) -> Result<Url, OneViewError> {
         self.base.join(path).map_err(|e| OneViewError::BadResponse {
-            endpoint: "alerts",
+            endpoint: "request",
             url: path.to_owned(),
             detail: format!("not a usable URI relative to {}: {e}", self.base),
         })
@@ -375,6 +387,11 @@ impl OneViewClient {
             }
         }
         if let Some(left) = gate.wait_left() {
+            if let Some(old) = old {
+                // A refresh that cannot happen yet: the current session most likely still
+                // works (only a 401 would prove otherwise).
+                return Ok(old);
+            }
             return Err(OneViewError::LoginBackoff {
                 retry_in: left,
                 last: gate.last_error.clone().unwrap_or_default(),
@@ -406,7 +423,16 @@ impl OneViewClient {
                 });
                 let delay = gate.failed(e.to_string());
                 tracing::warn!(url = %self.base, error = %e, retry_in = ?delay, "OneView login failed");
-                Err(e)
+                match old {
+                    Some(old) => {
+                        tracing::warn!(
+                            generation = old.generation,
+                            "session refresh failed; keeping the current session until it is refused"
+                        );
+                        Ok(old)
+                    }
+                    None => Err(e),
+                }
             }
         }
     }

@@ -87,6 +87,9 @@ pub struct Walk {
     /// A lower bound of the appliance's clock when the first page was evaluated (its `Date`
     /// header minus the round trip), unix millis.
     pub appliance_clock_floor_ms: Option<i64>,
+    /// The collection changed while it was walked (`total` moved, or fewer members than
+    /// `total` arrived): offset paging may have skipped members.
+    pub shifted: bool,
 }
 
 /// Fetches every page of `query`.
@@ -99,6 +102,8 @@ pub async fn fetch_all(
     let mut path = query.path(0);
     let mut visited: HashSet<String> = HashSet::new();
     visited.insert(path.clone());
+    let mut first_total: Option<u64> = None;
+    let mut last_total: Option<u64>;
     loop {
         let reply = client.get_page(&path).await?;
         let page: RawPage =
@@ -116,6 +121,10 @@ pub async fn fetch_all(
                 .map(|d| d - i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX / 2) - 1);
         }
         walk.pages += 1;
+        if walk.pages == 1 {
+            first_total = page.total;
+        }
+        last_total = page.total;
         let received = page.members.len();
         walk.members += received;
         for (i, m) in page.members.into_iter().enumerate() {
@@ -171,6 +180,8 @@ pub async fn fetch_all(
             });
         }
     }
+    walk.shifted =
+        first_total != last_total || last_total.is_some_and(|t| (walk.members as u64) < t);
     Ok(walk)
 }
 

@@ -37,6 +37,10 @@ pub const READY_SESSION: &str = "oneview_session";
 /// longer than `3 * poller.interval`.
 pub const READY_SYNC: &str = "initial_sync";
 
+/// Tracked alerts missing from a full sync that are checked one by one before they count as
+/// cleared.
+const VERIFY_ABSENT_MAX: usize = 50;
+
 /// Time the logout on shutdown may take.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -226,6 +230,12 @@ impl Poller {
 
     fn check_stale(&self) {
         let Some(last) = self.mem.last_success else {
+            if let Some(err) = self.status.snapshot().last_error {
+                self.readiness.set_unmet(
+                    READY_SYNC,
+                    format!("the first full sync of OneView alerts has not finished: {err}"),
+                );
+            }
             return;
         };
         let limit = self.cfg.interval * 3;
@@ -350,8 +360,19 @@ impl Poller {
 
     async fn full_sync(&mut self) -> Result<(), OneViewError> {
         let query = self.full_query();
-        let walk = fetch_all(&self.client, &query, &self.metrics).await?;
-        self.metrics.alerts_in_last_poll.set(walk.members as i64);
+        let mut walk = fetch_all(&self.client, &query, &self.metrics).await?;
+        let mut members = walk.members;
+        // Alerts cleared while the pages were read shift later pages; read again (twice at
+        // most) rather than miss open alerts.
+        for _ in 0..2 {
+            if !walk.shifted {
+                break;
+            }
+            tracing::debug!("the open alert set changed during the full sync; reading it again");
+            walk = fetch_all(&self.client, &query, &self.metrics).await?;
+            members += walk.members;
+        }
+        self.metrics.alerts_in_last_poll.set(members as i64);
         let mut max_modified = walk.appliance_clock_floor_ms;
         let mut now_open: HashMap<Arc<str>, Arc<Alert>> = HashMap::with_capacity(walk.alerts.len());
         for a in walk.alerts {
@@ -362,18 +383,43 @@ impl Poller {
                 now_open.insert(Arc::from(a.uri.as_str()), Arc::new(a));
             }
         }
-        // Known open alerts that are not open any more (cleared, deleted, or unwatched now).
-        let gone: Vec<Arc<str>> = self
+        // Known open alerts that are not in the open set any more: cleared, deleted, or moved
+        // to an unwatched severity. A few are checked one by one, so that a page shift can
+        // never resolve an incident that is still open; a mass clear is taken as it is.
+        let mut gone: Vec<Arc<str>> = self
             .mem
             .open
             .keys()
             .filter(|u| !now_open.contains_key(*u))
             .cloned()
             .collect();
+        gone.sort();
+        let verify = gone.len() <= VERIFY_ABSENT_MAX;
         for uri in gone {
-            if let Some(last) = self.mem.open.get(&uri).cloned() {
-                self.emit(ChangeKind::Cleared, last).await?;
-                self.mem.open.remove(&uri);
+            let Some(last) = self.mem.open.get(&uri).cloned() else {
+                continue;
+            };
+            let current = if verify {
+                match self.client.get_alert(&uri).await {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) if e.status() == Some(404) => None,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            match current {
+                Some(a) if self.is_open_watched(&a) => {
+                    now_open.insert(uri.clone(), a);
+                }
+                Some(a) => {
+                    self.emit(ChangeKind::Cleared, a).await?;
+                    self.mem.open.remove(&uri);
+                }
+                None => {
+                    self.emit(ChangeKind::Cleared, last).await?;
+                    self.mem.open.remove(&uri);
+                }
             }
         }
         let mut uris: Vec<Arc<str>> = now_open.keys().cloned().collect();
@@ -395,7 +441,7 @@ impl Poller {
         self.advance_watermark(max_modified);
         tracing::info!(
             open = self.mem.open.len(),
-            members = walk.members,
+            members,
             pages = walk.pages,
             malformed = walk.malformed,
             "OneView full sync finished"

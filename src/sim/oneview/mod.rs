@@ -13,6 +13,7 @@ pub mod filter;
 mod server;
 pub mod store;
 pub mod templates;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use server::router;
 use store::Store;
 pub use store::{AlertSpec, GenerateSpec};
+pub use tls::TlsFiles;
 
 use crate::model::{AlertState, Severity};
 
@@ -372,14 +374,16 @@ impl SimHandle {
 pub struct RunningSim {
     pub addr: SocketAddr,
     pub handle: SimHandle,
+    tls: bool,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningSim {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving and waits for the server task.
@@ -396,26 +400,52 @@ impl RunningSim {
     }
 }
 
-/// Binds `listen` and serves the simulator until [`RunningSim::stop`].
+/// Binds `listen` and serves the simulator over plain HTTP until [`RunningSim::stop`].
 pub async fn start(cfg: SimConfig, listen: SocketAddr) -> std::io::Result<RunningSim> {
+    start_with(cfg, listen, None).await
+}
+
+/// Like [`start`], over HTTPS with the given certificate when `tls` is set.
+pub async fn start_with(
+    cfg: SimConfig,
+    listen: SocketAddr,
+    tls: Option<TlsFiles>,
+) -> std::io::Result<RunningSim> {
+    let acceptor = tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let handle = SimHandle::new(cfg);
     let stop = CancellationToken::new();
-    let task = {
-        let app = router(handle.clone());
+    let app = router(handle.clone());
+    let stopped = {
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
+        async move { stop.cancelled().await }
+    };
+    let task = match acceptor {
+        Some(acceptor) => {
+            let l = tls::TlsListener {
+                tcp: listener,
+                acceptor,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "OneView simulator server failed");
+                }
+            })
+        }
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
                 tracing::error!(error = %e, "OneView simulator server failed");
             }
-        })
+        }),
     };
     Ok(RunningSim {
         addr,
         handle,
+        tls: tls.is_some(),
         stop,
         task,
     })

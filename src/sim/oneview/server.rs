@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -150,12 +150,7 @@ async fn rest_layer(State(h): State<SimHandle>, req: Request, next: Next) -> Res
     if let Ok(v) = HeaderValue::from_str(&date) {
         resp.headers_mut().insert(header::DATE, v);
     }
-    if let Some(len) = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(len) = resp.body().size_hint().exact() {
         *h.counters_mut()
             .response_bytes
             .entry(endpoint.to_owned())

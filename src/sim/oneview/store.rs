@@ -190,8 +190,12 @@ pub struct Store {
     next_id: u64,
     next_changelog: u64,
     next_etag: u64,
-    resources: HashMap<String, Arc<SimResource>>,
+    /// template * RESOURCE_VARIANTS + variant -> resource.
+    resources: HashMap<u64, Arc<SimResource>>,
 }
+
+/// Distinct resources per template for generated alerts.
+const RESOURCE_VARIANTS: u64 = 480;
 
 /// A cheap deterministic hash for spreading generated values.
 fn mix(x: u64) -> u64 {
@@ -219,9 +223,14 @@ impl Store {
         self.next_etag
     }
 
-    /// A resource for template `t`, variant `n`: server bays and interconnects vary, the rest
-    /// keep the template's resource. Interned, so 500k alerts share a few hundred resources.
-    fn resource(&mut self, t: &Template, n: u64) -> Arc<SimResource> {
+    /// A resource for template `ti`, variant `n` (< [`RESOURCE_VARIANTS`]): server bays and
+    /// interconnects vary, the rest keep the template's resource. Interned, so 500k alerts
+    /// share a few thousand resources.
+    fn resource(&mut self, ti: usize, t: &Template, n: u64) -> Arc<SimResource> {
+        let slot = ti as u64 * RESOURCE_VARIANTS + n % RESOURCE_VARIANTS;
+        if let Some(r) = self.resources.get(&slot) {
+            return r.clone();
+        }
         let name: String = match &*t.resource_category {
             "server-hardware" => format!("SGH8{:02}YECA, bay {}", (n / 12) % 40, n % 12 + 1),
             "sas-interconnects" => {
@@ -230,9 +239,6 @@ impl Store {
             _ => t.resource_name.to_string(),
         };
         let key = format!("{}|{name}", t.resource_category);
-        if let Some(r) = self.resources.get(&key) {
-            return r.clone();
-        }
         let h = mix(key.bytes().fold(0u64, |acc, b| mix(acc ^ u64::from(b))));
         let uri = format!(
             "/rest/{}/{:08X}-{:04X}-{:04X}-{:04X}-{:012X}",
@@ -249,7 +255,7 @@ impl Store {
             category: t.resource_category.clone(),
             physical_type: t.physical_resource_type.clone(),
         });
-        self.resources.insert(key, r.clone());
+        self.resources.insert(slot, r.clone());
         r
     }
 
@@ -258,8 +264,9 @@ impl Store {
         self.next_id += 1;
         let id = self.next_id;
         let ts = templates();
-        let t = &ts[(id as usize - 1) % ts.len()];
-        let mut resource = self.resource(t, mix(id) % 480);
+        let ti = (id as usize - 1) % ts.len();
+        let t = &ts[ti];
+        let mut resource = self.resource(ti, t, mix(id) % RESOURCE_VARIANTS);
         if spec.resource_name.is_some() || spec.resource_category.is_some() {
             let category: Arc<str> = spec
                 .resource_category
