@@ -110,6 +110,9 @@ struct Memory {
     recent: HashMap<Arc<str>, i64>,
     /// Unix ms; `None` until the first full sync.
     watermark: Option<i64>,
+    /// The watermark right after the first full sync (appliance clock, unix ms). An alert
+    /// created after it cannot have been paged by an earlier run of the bridge.
+    synced_from: Option<i64>,
     last_full: Option<Instant>,
     last_success: Option<Instant>,
 }
@@ -439,6 +442,9 @@ impl Poller {
             self.mem.open.insert(uri, a);
         }
         self.advance_watermark(max_modified);
+        if self.mem.synced_from.is_none() {
+            self.mem.synced_from = self.mem.watermark;
+        }
         tracing::info!(
             open = self.mem.open.len(),
             members,
@@ -487,7 +493,16 @@ impl Poller {
                     self.mem.open.insert(uri, a);
                 }
                 (None, false) => {
-                    if a.is_cleared() {
+                    // A cleared alert this run never saw open may still have an incident from
+                    // an earlier run (memory is lost on restart), so its resolve goes out,
+                    // unless the alert was created after this run's first full sync: then it
+                    // was raised and cleared between two polls and nobody was paged.
+                    let created = a.created.as_deref().and_then(parse_timestamp);
+                    let born_after_sync = matches!(
+                        (created, self.mem.synced_from),
+                        (Some(c), Some(f)) if c >= f
+                    );
+                    if a.is_cleared() && !born_after_sync {
                         self.emit(ChangeKind::Cleared, a).await?;
                     }
                 }
