@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use bridge::cli::{Cli, Command, SimTarget};
-use bridge::config::{self, ConfigError};
+use bridge::cli::{Cli, Command};
+use bridge::config::{self, ConfigError, LogFormat, RawLog, Role};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -25,10 +25,21 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failed(&e),
         },
+        Command::Run { role, config } => {
+            let cfg = match config::load(config.as_deref(), role) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            with_logging(&cfg.log.clone(), async move {
+                let app = bridge::App::build(cfg).await?;
+                app.run(shutdown_on_signals()).await?;
+                Ok(())
+            })
+        }
         Command::SendTestEvent { config } => {
-            // Loaded for the web role so that OneView credentials are not required: only the
+            // Loaded as the web role so that OneView credentials are not required: only the
             // [pagerduty] section matters here, and it is resolved whenever it is present.
-            let cfg = match config::load(config.as_deref(), bridge::config::Role::Web) {
+            let cfg = match config::load(config.as_deref(), Role::Web) {
                 Ok(c) => c,
                 Err(e) => return config_failed(&e),
             };
@@ -39,35 +50,8 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_CONFIG);
             }
-            if let Err(e) = bridge::telemetry::init(&cfg.log) {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            run_async(async move {
-                let reports = bridge::pagerduty::send_test_event(&cfg).await?;
-                let mut all_ok = true;
-                for r in &reports {
-                    all_ok &= r.accepted;
-                    let status = r
-                        .status
-                        .map_or_else(|| "no answer".to_owned(), |s| format!("HTTP {s}"));
-                    println!(
-                        "{} {:<8} route={} dedup_key={} -> {} {}",
-                        if r.accepted { "ok  " } else { "FAIL" },
-                        r.action,
-                        r.route,
-                        r.dedup_key,
-                        status,
-                        r.detail
-                    );
-                }
-                if all_ok {
-                    Ok(())
-                } else {
-                    anyhow::bail!(
-                        "PagerDuty did not accept every test event; check pagerduty.routing_key (the Events API v2 integration key of the service) and pagerduty.events_url"
-                    )
-                }
+            with_logging(&cfg.log.clone(), async move {
+                bridge::commands::send_test_event(&cfg).await
             })
         }
         Command::Demo {
@@ -76,193 +60,45 @@ fn main() -> ExitCode {
             alerts,
             churn_every,
         } => {
-            // The demo's own lines are the show; the bridge's logs stay at error unless RUST_LOG
-            // asks for more (the demo's plain-http loopback URLs would only warn).
-            let log = config::RawLog {
-                format: config::LogFormat::Pretty,
-                level: "error".to_owned(),
-            };
-            if let Err(e) = bridge::telemetry::init(&log) {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
             let opts = bridge::demo::DemoOptions {
                 listen,
                 interval,
                 alerts,
                 churn_every,
             };
-            run_async(async move {
+            // The demo's own lines are the show; the bridge's logs stay at error unless RUST_LOG
+            // asks for more (the demo's plain-http loopback URLs would only warn).
+            with_logging(&pretty("error"), async move {
                 bridge::demo::run(opts, shutdown_on_signals()).await?;
                 Ok(())
             })
         }
-        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
-        Command::Run { role, config } => {
-            let cfg = match config::load(config.as_deref(), role) {
-                Ok(c) => c,
-                Err(e) => return config_failed(&e),
-            };
-            if let Err(e) = bridge::telemetry::init(&cfg.log) {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+        Command::Simulate { target } => with_logging(&pretty("info"), async move {
+            bridge::commands::simulate(target, shutdown_on_signals()).await
+        }),
+        Command::Healthcheck { url, timeout } => {
+            // A probe run by the container runtime: no logger, one line on failure.
+            match current_thread_runtime() {
+                Ok(rt) => match rt.block_on(bridge::commands::healthcheck(&url, timeout)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("unhealthy: {e:#}");
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("unhealthy: cannot start the async runtime: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
             }
-            run_async(async move {
-                let app = bridge::App::build(cfg).await?;
-                app.run(shutdown_on_signals()).await?;
-                Ok(())
-            })
-        }
-        Command::Simulate { target } => simulate(target),
-    }
-}
-
-fn simulate(target: SimTarget) -> ExitCode {
-    match target {
-        SimTarget::Pagerduty {
-            listen,
-            rate_limit_per_minute,
-            error_rate,
-            latency_ms,
-        } => {
-            let log = bridge::config::RawLog::default();
-            if let Err(e) = bridge::telemetry::init(&log) {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            if !(0.0..=1.0).contains(&error_rate) {
-                eprintln!("error: --error-rate must be between 0 and 1");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            let faults = bridge::sim::pagerduty::Faults {
-                rate_limit_per_minute,
-                error_rate,
-                latency_ms,
-                ..Default::default()
-            };
-            run_async(async move {
-                let h = bridge::sim::pagerduty::start(listen, faults)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--listen): {e}"))?;
-                println!("PagerDuty simulator: events URL {}", h.events_url());
-                println!(
-                    "  inspect: http://{0}/sim/incidents  http://{0}/sim/events  http://{0}/sim/counters",
-                    h.addr()
-                );
-                shutdown_on_signals().cancelled().await;
-                h.shutdown();
-                Ok(())
-            })
-        }
-        SimTarget::Oneview {
-            listen,
-            username,
-            password,
-            current_version,
-            minimum_version,
-            no_banner,
-            idle_timeout,
-            alerts,
-            cleared_alerts,
-            tls_cert,
-            tls_key,
-        } => {
-            let log = config::RawLog {
-                format: config::LogFormat::Pretty,
-                level: "info".to_owned(),
-            };
-            if let Err(e) = bridge::telemetry::init(&log) {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            run_async(async move {
-                use bridge::sim::oneview::{self as sim, GenerateSpec, SimConfig};
-                let cfg = SimConfig {
-                    username,
-                    password,
-                    current_version,
-                    minimum_version,
-                    login_banner: !no_banner,
-                    idle_timeout,
-                    ..SimConfig::default()
-                };
-                let (user, pass) = (cfg.username.clone(), cfg.password.clone());
-                let tls = match (&tls_cert, &tls_key) {
-                    (Some(c), Some(k)) => Some(sim::TlsFiles::read(c, k).map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot read --tls-cert {} / --tls-key {}: {e}",
-                            c.display(),
-                            k.display()
-                        )
-                    })?),
-                    _ => None,
-                };
-                let running = sim::start_with(cfg, listen, tls)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}"))?;
-                running.handle.generate(&GenerateSpec {
-                    count: cleared_alerts,
-                    state: Some("Cleared".to_owned()),
-                    max_age_ms: 30 * 24 * 3600 * 1000,
-                    ..GenerateSpec::default()
-                });
-                running.handle.generate(&GenerateSpec {
-                    count: alerts,
-                    ..GenerateSpec::default()
-                });
-                let url = running.url();
-                println!("OneView simulator serving {url}");
-                println!("  username: {user}");
-                println!("  password: {pass}");
-                println!(
-                    "  API versions {minimum_version}..{current_version}; alerts: {} ({} open)",
-                    running.handle.alert_count(),
-                    running.handle.open_alert_count()
-                );
-                println!(
-                    "  bridge config: [oneview] url = \"{url}\", username = \"{user}\", password_file = <file holding the password>"
-                );
-                println!(
-                    "  control API: GET {url}/sim, POST {url}/sim/alerts, POST {url}/sim/alerts/generate, PATCH/DELETE {url}/sim/alerts/{{id}}, POST {url}/sim/alerts/{{id}}/clear, PUT {url}/sim/faults, POST {url}/sim/sessions/expire, GET {url}/sim/counters"
-                );
-                shutdown_on_signals().cancelled().await;
-                running.stop().await;
-                Ok(())
-            })
         }
     }
 }
 
-/// Probes `url` once; exit 0 only on HTTP 200. Prints why it failed, never the body.
-fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("unhealthy: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    let outcome = rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
-        client.get(url).send().await.map(|r| r.status())
-    });
-    match outcome {
-        Ok(status) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!(
-                "unhealthy: GET {url} answered HTTP {status}; see /ready for unmet conditions"
-            );
-            ExitCode::from(EXIT_RUNTIME)
-        }
-        Err(e) => {
-            eprintln!(
-                "unhealthy: GET {url} failed: {e}; is the bridge listening there (server.listen)?"
-            );
-            ExitCode::from(EXIT_RUNTIME)
-        }
+fn pretty(level: &str) -> RawLog {
+    RawLog {
+        format: LogFormat::Pretty,
+        level: level.to_owned(),
     }
 }
 
@@ -271,10 +107,22 @@ fn config_failed(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn run_async<F>(fut: F) -> ExitCode
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Installs logging, then runs `fut` on a multi-threaded runtime and maps its result to an
+/// exit code.
+fn with_logging<F>(log: &RawLog, fut: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    if let Err(e) = bridge::telemetry::init(log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
