@@ -13,7 +13,7 @@ use crate::config::Config;
 /// Sends a trigger and its resolve to every configured routing key and prints PagerDuty's
 /// answers. Fails unless PagerDuty accepted every event.
 pub async fn send_test_event(cfg: &Config) -> anyhow::Result<()> {
-    let reports = crate::pagerduty::send_test_event(&cfg).await?;
+    let reports = crate::pagerduty::send_test_event(cfg).await?;
     let mut all_ok = true;
     for r in &reports {
         all_ok &= r.accepted;
