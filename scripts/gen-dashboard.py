@@ -58,6 +58,14 @@ p+= [ts("Traffic: requests by route",[(f'sum by (route) (rate(bridge_http_reques
      ts("Errors: 5xx ratio",[(f'sum(rate(bridge_http_requests_total{{{J}, status_class="5xx"}}[$__rate_interval])) / clamp_min(sum(rate(bridge_http_requests_total{{{J}}}[$__rate_interval])), 1e-9)',"5xx ratio")],12,y,w=6,unit="percentunit"),
      ts("Saturation: CPU, memory, fds",[(f'sum by (instance) (rate(process_cpu_seconds_total{{{J}}}[$__rate_interval]))',"cpu {{instance}}"),(f'max by (instance) (process_resident_memory_bytes{{{J}}}) / 1048576',"RSS MiB {{instance}}"),(f'max by (instance) (process_open_fds{{{J}}})',"fds {{instance}}")],18,y,w=6)]
 y+=8
+# Web role and durable state: these metrics come with issues 5 (bridge_state_*) and 6 (bridge_web_*).
+NEW="Exported by bridges with the web role and durable state (issues 5 and 6); empty before."
+p.append(row("Web API: webhooks, write-backs, rate limits; durable state",y)); y+=1
+p+= [ts("PagerDuty webhook verifications by outcome",[(f'sum by (outcome) (rate(bridge_web_webhook_verifications_total{{{J}}}[$__rate_interval]))',"{{outcome}}")],0,y,w=6,unit="reqps",desc=NEW+" mismatch / no_secrets: the webhook secret differs from the PagerDuty subscription's."),
+     ts("Write-backs to OneView by outcome",[(f'sum by (outcome) (rate(bridge_web_writebacks_total{{{J}}}[$__rate_interval]))',"{{outcome}}")],6,y,w=6,unit="ops",desc=NEW),
+     ts("Rate-limited API requests (429) by route",[(f'sum by (route) (rate(bridge_web_rate_limited_total{{{J}}}[$__rate_interval]))',"{{route}}")],12,y,w=6,unit="reqps",desc=NEW+" Per client IP: set server.trusted_proxies behind an ingress."),
+     ts("State writes by outcome and outbox entries",[(f'sum by (outcome) (rate(bridge_state_writes_total{{{J}}}[$__rate_interval]))',"writes {{outcome}}"),(f'sum(bridge_state_outbox_entries{{{J}}})',"outbox entries")],18,y,w=6,desc=NEW)]
+y+=8
 p.append(row("Build",y)); y+=1
 p.append({"id":nid(),"type":"table","title":"Running versions","datasource":DS,"gridPos":{"x":0,"y":y,"w":24,"h":5},
   "targets":[{"refId":"A","datasource":DS,"expr":f'max by (job, instance, version, role) (bridge_build_info{{{J}}})',"format":"table","instant":True}],

@@ -8,6 +8,7 @@ what a ServiceMonitor names the job.
 {{- define "bridge.alertGroups" -}}
 {{- $fn := include "bridge.fullname" . }}
 {{- $poller := printf "job=\"%s-poller\"" $fn }}
+{{- $web := printf "job=\"%s-web\"" $fn }}
 {{- $any := printf "job=~\"%s-(poller|web)\"" $fn }}
 {{- $rb := .Values.metrics.prometheusRule.runbookBaseUrl }}
 {{- $extra := .Values.metrics.prometheusRule.additionalLabels }}
@@ -110,4 +111,55 @@ groups:
           summary: "More than 10% of PagerDuty requests are rate limited (429) on {{ "{{ $labels.instance }}" }}"
           description: "{{ "{{ $value | humanizePercentage }}" }} of Events API responses are 429: an alert storm or pagerduty.rate_limit_per_minute is set above PagerDuty's limit. Deliveries are delayed."
           runbook_url: {{ printf "%s#oneviewbridgepagerdutyratelimited" $rb }}
+      # Web role and durable state: these metrics come with issues 5 (bridge_state_*) and 6
+      # (bridge_web_*); until a bridge exports them the rules stay silent. Failure outcomes
+      # assumed: "mismatch"/"no_secrets" (signature.rs labels) and "error".
+      - alert: OneViewBridgeWebhookSignatureFailures
+        expr: sum by (job, outcome) (increase(bridge_web_webhook_verifications_total{ {{- $web -}} , outcome=~"mismatch|no_secrets"}[15m])) > 0
+        for: 15m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "PagerDuty webhooks fail signature verification ({{ "{{ $labels.outcome }}" }}) on {{ "{{ $labels.job }}" }}"
+          description: "{{ "{{ $value | humanize }}" }} webhook deliveries in 15 minutes were refused ({{ "{{ $labels.outcome }}" }}): acknowledges and resolves in PagerDuty are not written back to OneView. The webhook secret in the bridge and the PagerDuty subscription likely differ."
+          runbook_url: {{ printf "%s#oneviewbridgewebhooksignaturefailures" $rb }}
+      - alert: OneViewBridgeWritebackFailures
+        expr: sum by (job) (increase(bridge_web_writebacks_total{ {{- $any -}} , outcome="error"}[15m])) > 0
+        for: 15m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Write-backs to OneView fail on {{ "{{ $labels.job }}" }}"
+          description: "{{ "{{ $value | humanize }}" }} PagerDuty incident changes in 15 minutes could not be written back to OneView (poller unreachable, or OneView refused the note or clear)."
+          runbook_url: {{ printf "%s#oneviewbridgewritebackfailures" $rb }}
+      - alert: OneViewBridgeStateWriteErrors
+        expr: sum without (outcome) (increase(bridge_state_writes_total{ {{- $poller -}} , outcome="error"}[10m])) > 0
+        for: 5m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "The poller cannot write its state file on {{ "{{ $labels.instance }}" }}"
+          description: "{{ "{{ $value | humanize }}" }} state writes failed in 10 minutes (volume full, read-only or lost): deliveries stop being durable and a restart may lose resolves."
+          runbook_url: {{ printf "%s#oneviewbridgestatewriteerrors" $rb }}
+      - alert: OneViewBridgeOutboxStuck
+        expr: min_over_time(bridge_state_outbox_entries{ {{- $poller -}} }[15m]) > 0
+        for: 5m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "{{ "{{ $value }}" }} events have waited in the outbox for 15 minutes on {{ "{{ $labels.instance }}" }}"
+          description: "The durable outbox has not been empty for 20 minutes: PagerDuty does not accept the events (down, rate limiting, rejected key) and pages are late."
+          runbook_url: {{ printf "%s#oneviewbridgeoutboxstuck" $rb }}
 {{- end }}

@@ -80,15 +80,41 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/* Path of a secret file the poller reads, by key of .Values.secrets.keys / .files. */}}
+{{/* Path of a secret file, by key of .Values.secrets.keys / .files; empty when that secret is
+not used (an empty key or file). */}}
 {{- define "bridge.secretFile" -}}
 {{- $ctx := index . 0 }}
 {{- $which := index . 1 }}
 {{- if eq $ctx.Values.secrets.mode "files" }}
-{{- index $ctx.Values.secrets.files $which }}
-{{- else }}
+{{- index $ctx.Values.secrets.files $which | default "" }}
+{{- else if (index $ctx.Values.secrets.keys $which) }}
 {{- printf "%s/%s" $ctx.Values.secrets.mountPath (index $ctx.Values.secrets.keys $which) }}
 {{- end }}
+{{- end }}
+
+{{/* `\nkey = "<path>"` for a secret file, or nothing when that secret is not used.
+Usage: include "bridge.secretFileLine" (list . "apiTokens" "api_tokens_file") */}}
+{{- define "bridge.secretFileLine" -}}
+{{- $path := include "bridge.secretFile" (list (index . 0) (index . 1)) }}
+{{- if $path }}
+{{ index . 2 }} = {{ $path | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret keys a web replica mounts: the poller token, API tokens, webhook secrets. */}}
+{{- define "bridge.webSecretKeys" -}}
+{{- $k := .Values.secrets.keys }}
+{{- range $which := list "pollerToken" "apiTokens" "webhookSecrets" }}
+{{- with index $k $which }}
+- key: {{ . }}
+  path: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The poller's internal API, as web replicas reach it (web.poller_url). */}}
+{{- define "bridge.pollerUrl" -}}
+{{- printf "http://%s-poller:%d" (include "bridge.fullname" .) (int .Values.server.port) }}
 {{- end }}
 
 {{/*
@@ -120,14 +146,39 @@ Usage: include "bridge.tomlTable" (list "pagerduty" $map ["\nextra = 1"])
 {{- end }}
 {{- end }}
 
-{{/* [server] and [log], shared by both roles. */}}
+{{/* [server], [web], [sync] and [log], in both roles' TOML; the secret files differ by role:
+web replicas hold the API tokens, both hold the poller token.
+Usage: include "bridge.tomlCommon" (list . "web") */}}
 {{- define "bridge.tomlCommon" -}}
-[server]
-listen = {{ printf "0.0.0.0:%d" (int .Values.server.port) | toJson }}
-shutdown_timeout = {{ printf "%ds" (int .Values.server.shutdownTimeoutSeconds) | toJson }}
-drain_delay = {{ printf "%ds" (int .Values.server.drainDelaySeconds) | toJson }}
+{{- $ctx := index . 0 }}
+{{- $role := index . 1 }}
+{{- $v := $ctx.Values }}
+{{- $server := printf "\nlisten = %s\nshutdown_timeout = %s\ndrain_delay = %s" (printf "0.0.0.0:%d" (int $v.server.port) | toJson) (printf "%ds" (int $v.server.shutdownTimeoutSeconds) | toJson) (printf "%ds" (int $v.server.drainDelaySeconds) | toJson) }}
+{{- if eq $role "web" }}
+{{- $server = printf "%s%s" $server (include "bridge.secretFileLine" (list $ctx "apiTokens" "api_tokens_file")) }}
+{{- end }}
+{{- $web := "" }}
+{{- if eq $role "web" }}
+{{- $web = printf "\npoller_url = %s" (include "bridge.pollerUrl" $ctx | toJson) }}
+{{- end }}
+{{- $web = printf "%s%s" $web (include "bridge.secretFileLine" (list $ctx "pollerToken" "poller_token_file")) -}}
+{{ include "bridge.tomlTable" (list "server" ($v.config.server | default dict) $server) }}
 
-{{ include "bridge.tomlTable" (list "log" .Values.config.log) }}
+{{ include "bridge.tomlTable" (list "web" dict $web) }}
+
+{{ include "bridge.tomlTable" (list "sync" ($v.config.sync | default dict)) }}
+
+{{ include "bridge.tomlTable" (list "log" $v.config.log) }}
+{{- end }}
+
+{{/* The web replicas' TOML: no OneView or PagerDuty credentials, only the webhook secrets. */}}
+{{- define "bridge.webToml" -}}
+{{- $wh := include "bridge.secretFileLine" (list . "webhookSecrets" "webhook_secrets_file") }}
+{{- if $wh -}}
+{{ include "bridge.tomlTable" (list "pagerduty" dict $wh) }}
+
+{{ end -}}
+{{ include "bridge.tomlCommon" (list . "web") }}
 {{- end }}
 
 {{/* Pod-level checkov annotations shared by both Deployments. */}}
@@ -146,12 +197,14 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
 {{- end }}
 {{- end }}
 
-{{/* Whether the poller pod mounts the ServiceAccount token. */}}
-{{- define "bridge.pollerAutomount" -}}
-{{- if kindIs "bool" .Values.poller.automountServiceAccountToken -}}
-{{- .Values.poller.automountServiceAccountToken -}}
+{{/* Whether a role's pods mount the ServiceAccount token: include "bridge.automount" (list . "web") */}}
+{{- define "bridge.automount" -}}
+{{- $ctx := index . 0 -}}
+{{- $own := (index $ctx.Values (index . 1)).automountServiceAccountToken -}}
+{{- if kindIs "bool" $own -}}
+{{- $own -}}
 {{- else -}}
-{{- .Values.serviceAccount.automountToken -}}
+{{- $ctx.Values.serviceAccount.automountToken -}}
 {{- end -}}
 {{- end }}
 
@@ -215,6 +268,10 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
       mountPath: /etc/oneview-pagerduty-bridge/ca
       readOnly: true
     {{- end }}
+    {{- else if ne $ctx.Values.secrets.mode "files" }}
+    - name: secrets
+      mountPath: {{ $ctx.Values.secrets.mountPath }}
+      readOnly: true
     {{- end }}
 {{- end }}
 
@@ -263,5 +320,7 @@ routing_key_file = {{ printf "%s/%s" $.Values.secrets.mountPath $r.routingKeySec
 
 {{ include "bridge.tomlTable" (list "dedup" .Values.config.dedup) }}
 
-{{ include "bridge.tomlCommon" . }}
+{{ include "bridge.tomlTable" (list "state" (.Values.config.state | default dict) (printf "\npath = %s" (printf "%s/state.redb" .Values.poller.persistence.mountPath | toJson))) }}
+
+{{ include "bridge.tomlCommon" (list . "poller") }}
 {{- end }}
