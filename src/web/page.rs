@@ -88,6 +88,7 @@ ul{list-style:none;padding:0;margin:0}li.alert{border-left:6px solid #888}\
 .ok{color:#1e7b34}.bad{color:#b3261e}";
 
 const SCRIPT: &str = "(function(){var m=document.getElementById('main');if(!m)return;\
+m.setAttribute('data-live','on');\
 var s=parseInt(m.getAttribute('data-refresh'),10)||10;\
 function tick(){fetch(location.href,{cache:'no-store',credentials:'same-origin'})\
 .then(function(r){return r.text();}).then(function(t){var d=new DOMParser().parseFromString(t,'text/html');\
