@@ -533,7 +533,7 @@ impl Local {
                 });
             }
         }
-        recent.sort_by(|a, b| b.time.cmp(&a.time));
+        recent.sort_by_key(|e| std::cmp::Reverse(e.time));
         recent.truncate(RECENT_ERRORS_KEPT);
         let mut alerts: Vec<TrackedAlert> =
             self.tracker.open().iter().map(|c| self.view(c)).collect();
