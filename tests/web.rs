@@ -900,3 +900,36 @@ async fn status_page_needs_a_token_and_sets_a_nonce_csp() {
     b.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut r = raw(None);
+    r.web.poller_url = Some(format!("http://{addr}"));
+    r.server.request_timeout = std::time::Duration::from_millis(1500);
+    let b = start(r, Role::Web).await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(format!("{}/api/v1/alerts", b.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"] == "poller_unavailable" || v["error"] == "timeout",
+        "{v}"
+    );
+    hold.abort();
+    b.stop().await;
+}

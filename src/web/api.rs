@@ -498,3 +498,72 @@ pub fn routes(
         .route_layer(middleware::from_fn_with_state(request_timeout, timeout));
     (router, task)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> Vec<String> {
+        vec!["Critical".to_owned(), "Warning".to_owned()]
+    }
+
+    #[test]
+    fn pushed_items_alert_scmb_and_invalid() {
+        let a = parse_item(
+            &json!({"uri": "/rest/alerts/7", "severity": "Critical"}),
+            &watched(),
+        )
+        .unwrap();
+        assert_eq!(a.uri, "/rest/alerts/7");
+        let scmb: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/oneview/scmb_alert_message.json"
+        ))
+        .unwrap();
+        assert!(parse_item(&scmb, &watched()).unwrap().is_cleared());
+        let deleted = json!({"changeType": "Deleted", "resource": {"uri": "/rest/alerts/8", "severity": "Critical"}});
+        assert!(parse_item(&deleted, &watched()).unwrap().is_cleared());
+        assert!(parse_item(&json!({"uri": "/rest/alerts/"}), &watched()).is_err());
+        assert!(parse_item(&json!("text"), &watched()).is_err());
+        let unwatched = parse_item(
+            &json!({"uri": "/rest/alerts/9", "severity": "Disabled"}),
+            &watched(),
+        )
+        .unwrap_err();
+        assert!(unwatched.contains("poller.severities"), "{unwatched}");
+    }
+
+    fn req(peer: &str, xff: Option<&str>) -> axum::http::Request<()> {
+        let mut r = axum::http::Request::new(());
+        r.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        if let Some(x) = xff {
+            r.headers_mut()
+                .insert("x-forwarded-for", HeaderValue::from_str(x).unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_trusted_proxies() {
+        let none = ClientIp::new(Vec::new());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            none.client(&req("10.0.0.5:1", Some("1.2.3.4"))),
+            Some(ip("10.0.0.5"))
+        );
+        let trusted = ClientIp::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            trusted.client(&req("10.0.0.5:1", Some("6.6.6.6, 1.2.3.4, 10.0.0.9"))),
+            Some(ip("1.2.3.4")),
+            "right-most untrusted hop; a client cannot spoof by prepending"
+        );
+        assert_eq!(
+            trusted.client(&req("10.0.0.5:1", None)),
+            Some(ip("10.0.0.5"))
+        );
+        assert_eq!(
+            trusted.client(&req("192.0.2.1:1", Some("1.2.3.4"))),
+            Some(ip("192.0.2.1"))
+        );
+    }
+}

@@ -263,3 +263,19 @@ pub async fn page(
     }
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_and_unreachable_poller() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        let m = render_main(Err("poller <down>"), 10);
+        assert!(m.contains("id=\"poller-down\""));
+        assert!(m.contains("poller &lt;down&gt;"));
+    }
+}

@@ -182,3 +182,46 @@ pub async fn receive(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_become_writeback_requests() {
+        let data: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/pagerduty/webhook-v3-data-incident.json"
+        ))
+        .unwrap();
+        let env = json!({"event": {"id": "E1", "event_type": "incident.acknowledged",
+            "agent": {"summary": "Tenex Engineer", "type": "user_reference"}, "data": data}});
+        let r = writeback_request(&env).unwrap();
+        assert_eq!(
+            r.incident_key.as_deref(),
+            Some("d3640fbd41094207a1c11e58e46b1662")
+        );
+        assert_eq!(r.incident_number, Some(2));
+        assert_eq!(r.agent_name.as_deref(), Some("Tenex Engineer"));
+        assert_eq!(r.assignees, ["User 123"]);
+        let note: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/pagerduty/webhook-v3-data-incident_note.json"
+        ))
+        .unwrap();
+        let env = json!({"event": {"id": "E2", "event_type": "incident.annotated", "data": note}});
+        let r = writeback_request(&env).unwrap();
+        assert_eq!(r.incident_id.as_deref(), Some("PGR0VU2"));
+        assert!(r.incident_key.is_none());
+        assert_eq!(
+            r.note.as_deref(),
+            Some("I sure am glad we are using PagerDuty!")
+        );
+        let vector: Value = serde_json::from_slice(include_bytes!(
+            "../../tests/fixtures/pagerduty/webhookv3-test-vector-body.json"
+        ))
+        .unwrap();
+        assert!(
+            writeback_request(&vector).is_none(),
+            "priority_updated is not handled"
+        );
+    }
+}
