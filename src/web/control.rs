@@ -400,7 +400,16 @@ impl Local {
             state: a.alert_state.as_str().to_owned(),
             description: a.description.clone(),
             resource_name: a.resource_name().map(str::to_owned),
-            oneview_link: oneview_link(&c.appliance.ui_url, &c.key.uri),
+            // Behind a proxy the UI may live elsewhere (`pagerduty.oneview_ui_url`, as in
+            // the incident's link).
+            oneview_link: oneview_link(
+                self.config
+                    .pagerduty
+                    .as_ref()
+                    .and_then(|p| p.oneview_ui_url.as_ref())
+                    .map_or(&*c.appliance.ui_url, |u| u.as_str()),
+                &c.key.uri,
+            ),
             created: a.created.clone(),
             modified: a.modified.clone(),
             pagerduty,
