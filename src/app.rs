@@ -63,23 +63,44 @@ impl App {
         let http_metrics = HttpMetrics::register(&mut registry);
         let work = CancellationToken::new();
         let mut tasks: Vec<Task> = Vec::new();
-        let extra_routes = Router::new();
+        let mut extra_routes = Router::new();
+        let mut local = None;
 
         if config.role.polls() {
             let delivery =
                 crate::pagerduty::assemble(&config, &mut registry, readiness.clone(), work.clone())
                     .map_err(|e| AppError::Component(e.to_string()))?;
+            // The tracker sees every change on its way to delivery (the API's list of alerts).
+            let tracker = Arc::new(crate::web::control::Tracker::new());
+            let (poller_changes, tee) =
+                crate::web::control::tee(delivery.changes.clone(), tracker.clone());
             let poller = crate::oneview::assemble(
                 &config,
                 &mut registry,
                 readiness.clone(),
-                delivery.changes.clone(),
+                poller_changes,
                 work.clone(),
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
+            if let Some(ov) = config.oneview.as_ref() {
+                local = Some(Arc::new(crate::web::control::Local::new(
+                    config.clone(),
+                    crate::oneview::appliance(ov),
+                    tracker,
+                    delivery.changes.clone(),
+                    delivery.status.clone(),
+                    poller.poll_now.clone(),
+                    poller.status.clone(),
+                    poller.client.clone(),
+                )));
+            }
             tasks.push(poller.task);
+            tasks.push(tee);
             tasks.push(delivery.task);
         }
+        let web = crate::web::assemble(&config, local, &mut registry, work.clone());
+        extra_routes = extra_routes.merge(web.router);
+        tasks.extend(web.tasks);
 
         for w in &config.warnings {
             tracing::warn!(warning = %w, "configuration warning");

@@ -147,6 +147,15 @@ impl DeliveryStatus {
         }
     }
 
+    /// Removes the kept dead letters of `key` (before the API re-sends its alert); returns how
+    /// many there were.
+    pub fn remove_dead_letters(&self, key: &str) -> usize {
+        let mut g = self.lock();
+        let before = g.dead_letters.len();
+        g.dead_letters.retain(|d| d.dedup_key != key);
+        before - g.dead_letters.len()
+    }
+
     /// Dead letters kept (what the `bridge_pagerduty_dead_letters` gauge shows).
     pub fn dead_letter_count(&self) -> usize {
         self.lock().dead_letters.len()

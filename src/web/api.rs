@@ -1,0 +1,569 @@
+//! The public API of the web role (`/api/v1/...`) and the status page route, with their
+//! guards: bearer tokens, per-client-IP rate limiting, body limits, content types, timeouts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use moka::sync::Cache;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tower_governor::GovernorLayer;
+use tower_governor::errors::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+use crate::config::Config;
+use crate::http::ApiError;
+use crate::model::Alert;
+use crate::secret::Secret;
+use crate::web::auth::ApiTokens;
+use crate::web::control::{AlertQuery, Control, WritebackOutcome};
+use crate::web::signature::SignatureError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+/// Routes under the rate limit; the metric's `route` label is one of these.
+const API_ROUTES: &[&str] = &[
+    "/api/v1/alerts",
+    "/api/v1/pagerduty/webhook",
+    "/api/v1/deliveries/dead-letter",
+    "/api/v1/deliveries/dead-letter/{key}/retry",
+    "/api/v1/poll",
+    "/api/v1/test-event",
+];
+
+const VERIFY_OUTCOMES: &[&str] = &["valid", "missing", "malformed", "mismatch", "no_secrets"];
+
+/// The `bridge_web_*` metric families.
+#[derive(Clone)]
+pub struct WebMetrics {
+    verifications: Family<OutcomeLabels, Counter>,
+    writebacks: Family<OutcomeLabels, Counter>,
+    rate_limited: Family<RouteLabels, Counter>,
+}
+
+impl WebMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            verifications: Family::default(),
+            writebacks: Family::default(),
+            rate_limited: Family::default(),
+        };
+        for o in VERIFY_OUTCOMES {
+            let _ = m.verifications.get_or_create(&OutcomeLabels { outcome: o });
+        }
+        for o in WritebackOutcome::ALL {
+            let _ = m
+                .writebacks
+                .get_or_create(&OutcomeLabels { outcome: o.label() });
+        }
+        for r in API_ROUTES {
+            let _ = m.rate_limited.get_or_create(&RouteLabels { route: r });
+        }
+        registry.register(
+            "bridge_web_webhook_verifications",
+            "PagerDuty webhook deliveries by signature verification outcome",
+            m.verifications.clone(),
+        );
+        registry.register(
+            "bridge_web_writebacks",
+            "PagerDuty incident changes written back to OneView, by outcome",
+            m.writebacks.clone(),
+        );
+        registry.register(
+            "bridge_web_rate_limited",
+            "API requests refused with 429 by the per-client rate limit, by route",
+            m.rate_limited.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn verification(&self, outcome: Result<(), SignatureError>) {
+        let o = match outcome {
+            Ok(()) => "valid",
+            Err(e) => e.label(),
+        };
+        self.verifications
+            .get_or_create(&OutcomeLabels { outcome: o })
+            .inc();
+    }
+
+    pub(crate) fn writeback(&self, o: WritebackOutcome) {
+        self.writebacks
+            .get_or_create(&OutcomeLabels { outcome: o.label() })
+            .inc();
+    }
+
+    fn rate_limited(&self, route: &str) {
+        let route = API_ROUTES
+            .iter()
+            .copied()
+            .find(|r| *r == route)
+            .unwrap_or("other");
+        self.rate_limited
+            .get_or_create(&RouteLabels { route })
+            .inc();
+    }
+}
+
+/// State of the public routes.
+#[derive(Clone)]
+pub struct WebState {
+    pub config: Arc<Config>,
+    pub control: Control,
+    pub tokens: ApiTokens,
+    pub metrics: WebMetrics,
+    pub webhook_secrets: Option<Arc<Secret>>,
+    /// `X-Webhook-Id`s this replica already took (PagerDuty redelivers on timeouts).
+    pub seen_webhooks: Cache<String, ()>,
+}
+
+impl WebState {
+    /// Read access: open when `server.status_public`, else a token.
+    pub fn check_read(&self, h: &HeaderMap) -> Result<(), ApiError> {
+        if self.config.server.status_public {
+            return Ok(());
+        }
+        self.tokens.check(h).map_err(ApiError::from)
+    }
+
+    pub fn check_write(&self, h: &HeaderMap) -> Result<(), ApiError> {
+        self.tokens.check(h).map_err(ApiError::from)
+    }
+}
+
+/// Refuses a body that is not JSON (415), and reads at most `limit` bytes (413).
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the body as `Content-Type: application/json` (got `{}`)",
+                if ct.is_empty() { "none" } else { ct }
+            ),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is larger than the limit of {limit} bytes (server.api_body_limit / server.webhook_body_limit)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Validates one pushed item: an alert, or an SCMB message whose `resource` is one.
+fn parse_item(v: &Value, watched: &[String]) -> Result<Alert, String> {
+    let (resource, deleted) = match v.get("resource") {
+        Some(r) => (
+            r,
+            v.get("changeType").and_then(Value::as_str) == Some("Deleted"),
+        ),
+        None => (v, false),
+    };
+    if !resource.is_object() {
+        return Err(
+            "not a JSON object (send a OneView alert or an SCMB message with `resource`)"
+                .to_owned(),
+        );
+    }
+    let mut alert: Alert = serde_json::from_value(resource.clone())
+        .map_err(|e| format!("not a OneView alert: {e}"))?;
+    if !alert.uri.starts_with("/rest/alerts/") || alert.uri.len() <= "/rest/alerts/".len() {
+        return Err(format!(
+            "`uri` must be the alert's `/rest/alerts/{{id}}` (got `{}`)",
+            alert.uri
+        ));
+    }
+    if deleted {
+        alert.alert_state = crate::model::AlertState::Cleared;
+    }
+    if !alert.is_cleared() && !watched.iter().any(|w| w == alert.severity.as_str()) {
+        return Err(format!(
+            "severity `{}` is not watched (poller.severities = {:?})",
+            alert.severity, watched
+        ));
+    }
+    Ok(alert)
+}
+
+async fn push_alerts(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let bytes = read_json_body(&headers, body, s.config.server.api_body_limit).await?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?;
+    let items = match v {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    if items.is_empty() {
+        return Err(bad_request("the array holds no alert".to_owned()));
+    }
+    let mut errors = Vec::new();
+    let mut alerts = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match parse_item(item, &s.config.poller.severities) {
+            Ok(a) => alerts.push(a),
+            Err(message) => errors.push(json!({"index": index, "message": message})),
+        }
+    }
+    let accepted = if alerts.is_empty() {
+        Vec::new()
+    } else {
+        s.control.push(alerts).await.map_err(ApiError::from)?
+    };
+    let status = if accepted.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        axum::Json(json!({"accepted": accepted, "errors": errors})),
+    )
+        .into_response())
+}
+
+async fn list_alerts(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Query(q): Query<AlertQuery>,
+) -> Result<Response, ApiError> {
+    s.check_read(&headers)?;
+    Ok(axum::Json(s.control.alerts(&q).await.map_err(ApiError::from)?).into_response())
+}
+
+async fn dead_letters(State(s): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    s.check_read(&headers)?;
+    let list = s.control.dead_letters().await.map_err(ApiError::from)?;
+    Ok(axum::Json(json!({"total": list.len(), "dead_letters": list})).into_response())
+}
+
+async fn retry_dead_letter(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let v = s.control.retry(&key).await.map_err(ApiError::from)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(v)).into_response())
+}
+
+async fn poll(State(s): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let v = s.control.poll().await.map_err(ApiError::from)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(v)).into_response())
+}
+
+async fn test_event(State(s): State<WebState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let v = s.control.test_event().await.map_err(ApiError::from)?;
+    let ok = v
+        .as_array()
+        .is_some_and(|a| a.iter().all(|r| r["accepted"] == true));
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Ok((status, axum::Json(json!({"accepted": ok, "results": v}))).into_response())
+}
+
+/// The client a request is counted against: the peer address, or, when the peer is a trusted
+/// proxy, the right-most `X-Forwarded-For` hop that is not itself a trusted proxy.
+#[derive(Clone)]
+pub struct ClientIp {
+    trusted: Arc<Vec<ipnet::IpNet>>,
+}
+
+impl ClientIp {
+    pub fn new(trusted: Vec<ipnet::IpNet>) -> Self {
+        Self {
+            trusted: Arc::new(trusted),
+        }
+    }
+
+    fn is_trusted(&self, ip: &IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
+
+    pub fn client<T>(&self, req: &axum::http::Request<T>) -> Option<IpAddr> {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())?;
+        if !self.is_trusted(&peer) {
+            return Some(peer);
+        }
+        let hops: Vec<IpAddr> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .collect();
+        Some(
+            hops.iter()
+                .rev()
+                .find(|ip| !self.is_trusted(ip))
+                .copied()
+                .unwrap_or(peer),
+        )
+    }
+}
+
+impl KeyExtractor for ClientIp {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
+        self.client(req).ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+/// Marks a 429 answer of the limiter, so that the metrics layer tells it from a handler's.
+#[derive(Clone)]
+struct Throttled;
+
+fn governor_error(e: GovernorError) -> Response {
+    match e {
+        GovernorError::TooManyRequests { wait_time, .. } => {
+            let wait = wait_time.max(1);
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many requests from this client; retry after {wait} s (server.rate_limit_per_second / server.rate_limit_burst)"
+                ),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r.extensions_mut().insert(Throttled);
+            r
+        }
+        GovernorError::UnableToExtractKey => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "client_unknown",
+            "cannot tell the client's address for rate limiting",
+        )
+        .into_response(),
+        GovernorError::Other { code, msg, .. } => ApiError::new(
+            code,
+            "rate_limit_error",
+            msg.unwrap_or_else(|| "rate limiting failed".to_owned()),
+        )
+        .into_response(),
+    }
+}
+
+async fn count_throttled(State(m): State<WebMetrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Throttled>().is_some() {
+        m.rate_limited(&route);
+        tracing::info!(route, "request rate-limited");
+    }
+    resp
+}
+
+/// Cuts a request that takes longer than `server.request_timeout` (a slow OneView or poller
+/// must not pile up connections).
+async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than server.request_timeout ({}); retry later",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The public routes plus a task that forgets idle rate-limit buckets.
+pub fn routes(
+    state: WebState,
+    work: tokio_util::sync::CancellationToken,
+) -> (Router, crate::app::Task) {
+    let cfg = &state.config.server;
+    let per_second = u64::from(cfg.rate_limit_per_second.max(1));
+    let mut builder =
+        GovernorConfigBuilder::default().key_extractor(ClientIp::new(cfg.trusted_proxies.clone()));
+    builder
+        .period(Duration::from_nanos(1_000_000_000 / per_second))
+        .burst_size(cfg.rate_limit_burst.max(1));
+    let governor = builder.finish().map(Arc::new);
+    let limiter = governor.as_ref().map(|g| g.limiter().clone());
+    let task: crate::app::Task = Box::pin(async move {
+        let Some(limiter) = limiter else { return };
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = work.cancelled() => return,
+                _ = tick.tick() => limiter.retain_recent(),
+            }
+        }
+    });
+    let request_timeout = cfg.request_timeout;
+    let metrics = state.metrics.clone();
+    let mut api = Router::new()
+        .route("/api/v1/alerts", post(push_alerts).get(list_alerts))
+        .route(
+            "/api/v1/pagerduty/webhook",
+            post(crate::web::webhook::receive),
+        )
+        .route("/api/v1/deliveries/dead-letter", get(dead_letters))
+        .route(
+            "/api/v1/deliveries/dead-letter/{key}/retry",
+            post(retry_dead_letter),
+        )
+        .route("/api/v1/poll", post(poll))
+        .route("/api/v1/test-event", post(test_event));
+    if let Some(g) = governor {
+        api = api.route_layer(GovernorLayer::new(g).error_handler(governor_error));
+    }
+    let api = api
+        .route_layer(middleware::from_fn_with_state(metrics, count_throttled))
+        .with_state(state.clone());
+    let page = Router::new()
+        .route("/", get(crate::web::page::page))
+        .with_state(state);
+    let router = api
+        .merge(page)
+        .route_layer(middleware::from_fn_with_state(request_timeout, timeout));
+    (router, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> Vec<String> {
+        vec!["Critical".to_owned(), "Warning".to_owned()]
+    }
+
+    #[test]
+    fn pushed_items_alert_scmb_and_invalid() {
+        let a = parse_item(
+            &json!({"uri": "/rest/alerts/7", "severity": "Critical"}),
+            &watched(),
+        )
+        .unwrap();
+        assert_eq!(a.uri, "/rest/alerts/7");
+        let scmb: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/oneview/scmb_alert_message.json"
+        ))
+        .unwrap();
+        assert!(parse_item(&scmb, &watched()).unwrap().is_cleared());
+        let deleted = json!({"changeType": "Deleted", "resource": {"uri": "/rest/alerts/8", "severity": "Critical"}});
+        assert!(parse_item(&deleted, &watched()).unwrap().is_cleared());
+        assert!(parse_item(&json!({"uri": "/rest/alerts/"}), &watched()).is_err());
+        assert!(parse_item(&json!("text"), &watched()).is_err());
+        let unwatched = parse_item(
+            &json!({"uri": "/rest/alerts/9", "severity": "Disabled"}),
+            &watched(),
+        )
+        .unwrap_err();
+        assert!(unwatched.contains("poller.severities"), "{unwatched}");
+    }
+
+    fn req(peer: &str, xff: Option<&str>) -> axum::http::Request<()> {
+        let mut r = axum::http::Request::new(());
+        r.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        if let Some(x) = xff {
+            r.headers_mut()
+                .insert("x-forwarded-for", HeaderValue::from_str(x).unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_trusted_proxies() {
+        let none = ClientIp::new(Vec::new());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            none.client(&req("10.0.0.5:1", Some("1.2.3.4"))),
+            Some(ip("10.0.0.5"))
+        );
+        let trusted = ClientIp::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            trusted.client(&req("10.0.0.5:1", Some("6.6.6.6, 1.2.3.4, 10.0.0.9"))),
+            Some(ip("1.2.3.4")),
+            "right-most untrusted hop; a client cannot spoof by prepending"
+        );
+        assert_eq!(
+            trusted.client(&req("10.0.0.5:1", None)),
+            Some(ip("10.0.0.5"))
+        );
+        assert_eq!(
+            trusted.client(&req("192.0.2.1:1", Some("1.2.3.4"))),
+            Some(ip("192.0.2.1"))
+        );
+    }
+}

@@ -1,0 +1,1029 @@
+//! [`Control`]: what the web handlers ask of the poller, the single writer of delivery state.
+//!
+//! In roles `all` and `poller` it is [`Local`] (in-process: the tracker of open alerts, the
+//! delivery queue and status, the poll trigger, the OneView client for write-backs). In role
+//! `web` it is [`Remote`], an HTTP client of the poller's internal API (`/internal/v1/...`,
+//! bearer `web.poller_token`), which [`internal_routes`] serves on the poller. Both speak the
+//! same JSON types, so a web replica's answer is the poller's answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use moka::sync::Cache;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use crate::config::Config;
+use crate::http::ApiError;
+use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind};
+use crate::oneview::{AlertUpdate, OneViewClient, OneViewError, PollerStatus, SessionState};
+use crate::pagerduty::DeliveryStatus;
+use crate::pagerduty::event::dedup_key;
+use crate::secret::Secret;
+use crate::web::auth::ApiTokens;
+
+/// Why the poller could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "the poller is unreachable at {url} (web.poller_url): {detail}; retry later, and check that the poller runs and web.poller_token matches its token"
+    )]
+    Unreachable { url: String, detail: String },
+    #[error("{message}")]
+    Upstream {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Unreachable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "poller_unavailable",
+                e.to_string(),
+            ),
+            ControlError::Upstream {
+                status,
+                ref error,
+                ref message,
+            } => {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let error: &'static str = match error.as_str() {
+                    "not_found" => "not_found",
+                    "unauthorized" => "poller_unauthorized",
+                    "forbidden" => "poller_forbidden",
+                    "bad_request" => "bad_request",
+                    "queue_full" => "queue_full",
+                    _ => "poller_error",
+                };
+                // A web replica whose token the poller refuses is misconfigured, not the caller.
+                let code = if matches!(code, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    code
+                };
+                ApiError::new(code, error, format!("poller: {message}"))
+            }
+            ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            ControlError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+        }
+    }
+}
+
+/// PagerDuty delivery state of one key, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PagerDutyState {
+    pub last_action: String,
+    /// `accepted`, `rejected` or `retrying`.
+    pub outcome: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub updated: DateTime<Utc>,
+}
+
+/// One alert the bridge tracks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrackedAlert {
+    pub dedup_key: String,
+    pub appliance: String,
+    pub uri: String,
+    pub severity: String,
+    pub state: String,
+    pub description: Option<String>,
+    pub resource_name: Option<String>,
+    /// The alert in the OneView web UI.
+    pub oneview_link: String,
+    pub created: Option<String>,
+    pub modified: Option<String>,
+    /// `None` until delivery tried this key.
+    pub pagerduty: Option<PagerDutyState>,
+}
+
+/// `GET /api/v1/alerts` filters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AlertQuery {
+    pub state: Option<String>,
+    pub severity: Option<String>,
+    pub appliance: Option<String>,
+    pub page: Option<usize>,
+    pub per_page: Option<usize>,
+}
+
+/// A page of tracked alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertPage {
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+    pub alerts: Vec<TrackedAlert>,
+}
+
+/// A dead letter as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    pub dedup_key: String,
+    pub action: String,
+    pub route: String,
+    pub status: u16,
+    pub message: Option<String>,
+    pub errors: Vec<String>,
+    pub time: DateTime<Utc>,
+    /// Whether the bridge still knows the alert, so that a retry can re-send it.
+    pub retryable: bool,
+}
+
+/// One appliance as the status page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplianceView {
+    pub name: String,
+    pub ui_url: String,
+    /// `logged_in`, `not_logged_in`, `login_failed`.
+    pub session: String,
+    pub api_version: Option<u32>,
+    pub last_successful_poll: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub open_alerts: usize,
+    pub cycles: u64,
+}
+
+/// An error worth telling a person about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecentError {
+    pub time: DateTime<Utc>,
+    pub message: String,
+}
+
+/// Everything the status page shows, in one answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub appliances: Vec<ApplianceView>,
+    /// `poller.interval` in seconds: how stale "last poll" may get before it is news.
+    pub poll_interval_seconds: u64,
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub oldest_queued_age_seconds: f64,
+    pub dead_letters_total: u64,
+    pub dead_letters: Vec<DeadLetterView>,
+    pub recent_errors: Vec<RecentError>,
+    pub alerts: Vec<TrackedAlert>,
+    pub generated: DateTime<Utc>,
+}
+
+/// A PagerDuty incident change to write back to OneView.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WritebackRequest {
+    /// `X-Webhook-Id`-independent event id (`event.id`): the idempotency marker.
+    pub event_id: String,
+    pub event_type: String,
+    pub incident_id: Option<String>,
+    /// The incident's key (our dedup key), when the payload carries it.
+    pub incident_key: Option<String>,
+    pub incident_number: Option<u64>,
+    pub incident_url: Option<String>,
+    pub incident_title: Option<String>,
+    pub agent_name: Option<String>,
+    /// `user_reference`, `service_reference`, `integration_reference`...
+    pub agent_type: Option<String>,
+    pub assignees: Vec<String>,
+    /// The note text of `incident.annotated`.
+    pub note: Option<String>,
+}
+
+/// What a write-back did. Bounded: doubles as the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WritebackOutcome {
+    /// A note (and maybe a clear) was written.
+    Written,
+    /// This event was already written back (marker found in the change log).
+    Duplicate,
+    /// The bridge's own resolve, or nothing to do (already cleared, notes off).
+    Skipped,
+    /// Not an incident of this bridge.
+    Ignored,
+    /// OneView refused or could not be reached.
+    Failed,
+    /// The poller could not be reached.
+    Unavailable,
+}
+
+impl WritebackOutcome {
+    pub const ALL: &'static [WritebackOutcome] = &[
+        WritebackOutcome::Written,
+        WritebackOutcome::Duplicate,
+        WritebackOutcome::Skipped,
+        WritebackOutcome::Ignored,
+        WritebackOutcome::Failed,
+        WritebackOutcome::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WritebackOutcome::Written => "written",
+            WritebackOutcome::Duplicate => "duplicate",
+            WritebackOutcome::Skipped => "skipped",
+            WritebackOutcome::Ignored => "ignored",
+            WritebackOutcome::Failed => "failed",
+            WritebackOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WritebackReport {
+    pub outcome: WritebackOutcome,
+    pub detail: String,
+}
+
+/// The marker a write-back leaves in the OneView change log; finding it means "already done",
+/// whichever replica (or redelivery) did it.
+pub fn writeback_marker(event_id: &str) -> String {
+    format!("[pagerduty-event {event_id}]")
+}
+
+/// Open alerts the poller (and the push API) handed to delivery, and the last change of
+/// recently seen keys (what a dead-letter retry re-sends).
+pub struct Tracker {
+    open: Mutex<BTreeMap<String, AlertChange>>,
+    last: Cache<String, AlertChange>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self {
+            open: Mutex::new(BTreeMap::new()),
+            last: Cache::builder()
+                .max_capacity(crate::pagerduty::status::KEYS_KEPT)
+                .build(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AlertChange>> {
+        // Plain map; a panic elsewhere cannot leave it half-updated.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, c: &AlertChange) {
+        let key = dedup_key(&c.key.appliance, &c.key.uri);
+        match c.kind {
+            ChangeKind::Raised | ChangeKind::Updated => {
+                self.lock().insert(key.clone(), c.clone());
+            }
+            ChangeKind::Cleared => {
+                self.lock().remove(&key);
+            }
+        }
+        self.last.insert(key, c.clone());
+    }
+
+    pub fn last_change(&self, key: &str) -> Option<AlertChange> {
+        self.last.get(key)
+    }
+
+    pub fn open(&self) -> Vec<AlertChange> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+/// Puts a [`Tracker`] between the poller and delivery: returns the sender the poller writes to
+/// and the task that records and forwards (capacity 1, so delivery's backpressure still
+/// reaches the poller).
+pub fn tee(
+    delivery: mpsc::Sender<AlertChange>,
+    tracker: Arc<Tracker>,
+) -> (mpsc::Sender<AlertChange>, crate::app::Task) {
+    let (tx, mut rx) = mpsc::channel::<AlertChange>(1);
+    let task: crate::app::Task = Box::pin(async move {
+        while let Some(c) = rx.recv().await {
+            tracker.record(&c);
+            if delivery.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+    (tx, task)
+}
+
+const RECENT_ERRORS_KEPT: usize = 20;
+
+/// The in-process control (roles `all` and `poller`).
+pub struct Local {
+    pub config: Arc<Config>,
+    pub appliance: Appliance,
+    pub tracker: Arc<Tracker>,
+    pub changes: mpsc::Sender<AlertChange>,
+    pub delivery: Arc<DeliveryStatus>,
+    pub poll_now: Arc<Notify>,
+    pub poller: Arc<PollerStatus>,
+    pub client: Arc<OneViewClient>,
+    /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
+    /// `incident.annotated` (whose payload has no key) can be matched.
+    incidents: Cache<String, String>,
+    recent_errors: Mutex<std::collections::VecDeque<RecentError>>,
+}
+
+impl Local {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        appliance: Appliance,
+        tracker: Arc<Tracker>,
+        changes: mpsc::Sender<AlertChange>,
+        delivery: Arc<DeliveryStatus>,
+        poll_now: Arc<Notify>,
+        poller: Arc<PollerStatus>,
+        client: Arc<OneViewClient>,
+    ) -> Self {
+        Self {
+            config,
+            appliance,
+            tracker,
+            changes,
+            delivery,
+            poll_now,
+            poller,
+            client,
+            incidents: Cache::builder().max_capacity(10_000).build(),
+            recent_errors: Mutex::new(Default::default()),
+        }
+    }
+
+    fn note_error(&self, message: String) {
+        let mut g = self.recent_errors.lock().unwrap_or_else(|e| e.into_inner());
+        g.push_back(RecentError {
+            time: Utc::now(),
+            message,
+        });
+        while g.len() > RECENT_ERRORS_KEPT {
+            g.pop_front();
+        }
+    }
+
+    fn view(&self, c: &AlertChange) -> TrackedAlert {
+        let key = dedup_key(&c.key.appliance, &c.key.uri);
+        let pagerduty = self.delivery.key(&key).map(|k| PagerDutyState {
+            last_action: k.last_action.as_str().to_owned(),
+            outcome: k.outcome.to_owned(),
+            attempts: k.attempts,
+            last_error: k.last_error,
+            updated: k.updated,
+        });
+        let a = &c.alert;
+        TrackedAlert {
+            dedup_key: key,
+            appliance: c.key.appliance.to_string(),
+            uri: c.key.uri.to_string(),
+            severity: a.severity.as_str().to_owned(),
+            state: a.alert_state.as_str().to_owned(),
+            description: a.description.clone(),
+            resource_name: a.resource_name().map(str::to_owned),
+            // Behind a proxy the UI may live elsewhere (`pagerduty.oneview_ui_url`, as in
+            // the incident's link).
+            oneview_link: oneview_link(
+                self.config
+                    .pagerduty
+                    .as_ref()
+                    .and_then(|p| p.oneview_ui_url.as_ref())
+                    .map_or(&*c.appliance.ui_url, |u| u.as_str()),
+                &c.key.uri,
+            ),
+            created: a.created.clone(),
+            modified: a.modified.clone(),
+            pagerduty,
+        }
+    }
+
+    async fn push(&self, alerts: Vec<Alert>) -> Result<Vec<String>, ControlError> {
+        let mut keys = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            let key = AlertKey::new(&self.appliance, &alert.uri);
+            let dk = dedup_key(&key.appliance, &key.uri);
+            let change = AlertChange {
+                kind: if alert.is_cleared() {
+                    ChangeKind::Cleared
+                } else {
+                    ChangeKind::Raised
+                },
+                key,
+                appliance: self.appliance.clone(),
+                alert: Arc::new(alert),
+            };
+            self.tracker.record(&change);
+            self.changes.send(change).await.map_err(|_| {
+                ControlError::Unavailable(
+                    "the delivery queue is shut down (the bridge is stopping); retry on another replica"
+                        .to_owned(),
+                )
+            })?;
+            keys.push(dk);
+        }
+        Ok(keys)
+    }
+
+    fn alerts(&self, q: &AlertQuery) -> AlertPage {
+        let per_page = q.per_page.unwrap_or(100).clamp(1, 1000);
+        let page = q.page.unwrap_or(1).max(1);
+        let eq = |f: &Option<String>, v: &str| f.as_ref().is_none_or(|f| f.eq_ignore_ascii_case(v));
+        let all: Vec<TrackedAlert> = self
+            .tracker
+            .open()
+            .iter()
+            .map(|c| self.view(c))
+            .filter(|a| {
+                eq(&q.state, &a.state)
+                    && eq(&q.severity, &a.severity)
+                    && eq(&q.appliance, &a.appliance)
+            })
+            .collect();
+        let total = all.len();
+        let alerts = all
+            .into_iter()
+            .skip((page - 1).saturating_mul(per_page))
+            .take(per_page)
+            .collect();
+        AlertPage {
+            total,
+            page,
+            per_page,
+            alerts,
+        }
+    }
+
+    fn dead_letters(&self) -> Vec<DeadLetterView> {
+        self.delivery
+            .snapshot()
+            .dead_letters
+            .into_iter()
+            .map(|d| DeadLetterView {
+                retryable: self.tracker.last_change(&d.dedup_key).is_some(),
+                dedup_key: d.dedup_key,
+                action: d.action.as_str().to_owned(),
+                route: d.route,
+                status: d.status,
+                message: d.message,
+                errors: d.errors,
+                time: d.time,
+            })
+            .collect()
+    }
+
+    async fn retry(&self, key: &str) -> Result<serde_json::Value, ControlError> {
+        let Some(change) = self.tracker.last_change(key) else {
+            return Err(ControlError::NotFound(format!(
+                "no dead letter with dedup key {key} that the bridge can re-send (it only keeps the alert of recent keys); GET /api/v1/deliveries/dead-letter lists them"
+            )));
+        };
+        if self.delivery.remove_dead_letters(key) == 0 {
+            return Err(ControlError::NotFound(format!(
+                "no dead letter with dedup key {key}; GET /api/v1/deliveries/dead-letter lists them"
+            )));
+        }
+        tracing::info!(dedup_key = %key, "re-sending a dead letter on request");
+        self.changes
+            .send(change)
+            .await
+            .map_err(|_| ControlError::Unavailable("the delivery queue is shut down".to_owned()))?;
+        Ok(serde_json::json!({"status": "requeued", "dedup_key": key}))
+    }
+
+    fn status(&self) -> StatusView {
+        let p = self.poller.snapshot();
+        let d = self.delivery.snapshot();
+        let mut recent: Vec<RecentError> = self
+            .recent_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for dl in d.dead_letters.iter().rev().take(5) {
+            recent.push(RecentError {
+                time: dl.time,
+                message: format!(
+                    "PagerDuty refused the {} for {} (HTTP {}): {}",
+                    dl.action.as_str(),
+                    dl.dedup_key,
+                    dl.status,
+                    dl.message.clone().unwrap_or_default()
+                ),
+            });
+        }
+        for k in d.keys.iter().filter(|k| k.outcome == "retrying") {
+            if let Some(e) = &k.last_error {
+                recent.push(RecentError {
+                    time: k.updated,
+                    message: format!(
+                        "PagerDuty delivery of {} is being retried: {e}",
+                        k.dedup_key
+                    ),
+                });
+            }
+        }
+        recent.sort_by_key(|e| std::cmp::Reverse(e.time));
+        recent.truncate(RECENT_ERRORS_KEPT);
+        let mut alerts: Vec<TrackedAlert> =
+            self.tracker.open().iter().map(|c| self.view(c)).collect();
+        alerts.sort_by_key(|a| (severity_rank(&a.severity), a.created.clone()));
+        StatusView {
+            appliances: vec![ApplianceView {
+                name: self.appliance.id.to_string(),
+                ui_url: self.appliance.ui_url.to_string(),
+                session: match p.session {
+                    SessionState::LoggedIn => "logged_in",
+                    SessionState::NotLoggedIn => "not_logged_in",
+                    SessionState::LoginFailed => "login_failed",
+                }
+                .to_owned(),
+                api_version: p.api_version,
+                last_successful_poll: p.last_successful_poll,
+                last_error: p.last_error,
+                open_alerts: p.open_alerts,
+                cycles: p.cycles,
+            }],
+            poll_interval_seconds: self.config.poller.interval.as_secs().max(1),
+            queue_depth: d.queue_depth,
+            in_flight: d.in_flight,
+            oldest_queued_age_seconds: d.oldest_queued_age_seconds,
+            dead_letters_total: d.dead_letters_total,
+            dead_letters: self.dead_letters().into_iter().rev().take(20).collect(),
+            recent_errors: recent,
+            alerts,
+            generated: Utc::now(),
+        }
+    }
+
+    /// The URI of the alert behind an incident key, if the incident is this bridge's.
+    fn alert_uri(&self, incident_key: &str) -> Option<String> {
+        if let Some(rest) = incident_key.strip_prefix("oneview:sha256:") {
+            let _ = rest;
+            return self
+                .tracker
+                .last_change(incident_key)
+                .map(|c| c.key.uri.to_string());
+        }
+        let rest = incident_key.strip_prefix("oneview:")?;
+        // The appliance id may itself hold ':'; the URI always starts with `/rest/`.
+        let at = rest.find(":/rest/")?;
+        let (appliance, uri) = (&rest[..at], &rest[at + 1..]);
+        (appliance == &*self.appliance.id).then(|| uri.to_owned())
+    }
+
+    async fn writeback(&self, req: WritebackRequest) -> WritebackReport {
+        let report = |outcome, detail: String| WritebackReport { outcome, detail };
+        if let (Some(id), Some(key)) = (&req.incident_id, &req.incident_key) {
+            self.incidents.insert(id.clone(), key.clone());
+        }
+        let key = req.incident_key.clone().or_else(|| {
+            req.incident_id
+                .as_ref()
+                .and_then(|id| self.incidents.get(id))
+        });
+        let Some(key) = key else {
+            return report(
+                WritebackOutcome::Ignored,
+                "the incident carries no key the bridge knows".to_owned(),
+            );
+        };
+        let Some(uri) = self.alert_uri(&key) else {
+            return report(
+                WritebackOutcome::Ignored,
+                format!("incident key {key} is not from this bridge's appliance"),
+            );
+        };
+        let resolved = req.event_type == "incident.resolved";
+        let by_user = req.agent_type.as_deref() == Some("user_reference");
+        if resolved && !by_user {
+            // PagerDuty resolved it because the bridge sent a resolve (the agent is the
+            // integration or service): OneView cleared the alert first, nothing to echo.
+            return report(
+                WritebackOutcome::Skipped,
+                "resolved by the integration (the bridge's own resolve)".to_owned(),
+            );
+        }
+        let marker = writeback_marker(&req.event_id);
+        let what = match req.event_type.as_str() {
+            "incident.acknowledged" => "acknowledged".to_owned(),
+            "incident.resolved" => "resolved".to_owned(),
+            "incident.reassigned" => format!("reassigned to {}", req.assignees.join(", ")),
+            "incident.annotated" => format!(
+                "annotated: {}",
+                crate::pagerduty::event::truncate_chars(req.note.as_deref().unwrap_or(""), 500)
+            ),
+            other => other.to_owned(),
+        };
+        let number = req
+            .incident_number
+            .map(|n| format!(" #{n}"))
+            .unwrap_or_default();
+        let note = format!(
+            "PagerDuty incident{number} {what} by {}{} {marker}",
+            req.agent_name.as_deref().unwrap_or("PagerDuty"),
+            req.incident_url
+                .as_deref()
+                .map(|u| format!(" ({u})"))
+                .unwrap_or_default(),
+        );
+        // Two replicas (or redeliveries) may race: the eTag makes the second PUT fail, and the
+        // re-read then finds the first one's marker.
+        for _ in 0..3 {
+            let alert = match self.client.get_alert(&uri).await {
+                Ok(a) => a,
+                Err(e) => return self.failed(&uri, e),
+            };
+            let done = alert
+                .change_log
+                .iter()
+                .flatten()
+                .any(|c| c.notes.as_deref().is_some_and(|n| n.contains(&marker)));
+            if done {
+                return report(
+                    WritebackOutcome::Duplicate,
+                    format!("{uri} already has the note of event {}", req.event_id),
+                );
+            }
+            let clear = resolved
+                && self.config.web.clear_on_resolve
+                && alert.alert_state == AlertState::Active
+                && !alert.is_cleared();
+            let update = AlertUpdate {
+                alert_state: clear.then(|| "Cleared".to_owned()),
+                notes: self.config.web.sync_notes.then(|| note.clone()),
+                e_tag: alert.e_tag.clone(),
+                ..Default::default()
+            };
+            if update.alert_state.is_none() && update.notes.is_none() {
+                return report(
+                    WritebackOutcome::Skipped,
+                    "nothing to write (sync.notes is off and no clear is due)".to_owned(),
+                );
+            }
+            match self.client.update_alert(&uri, &update).await {
+                Ok(_) => {
+                    tracing::info!(alert_uri = %uri, event_id = %req.event_id, event_type = %req.event_type, cleared = clear, "wrote PagerDuty change back to OneView");
+                    return report(
+                        WritebackOutcome::Written,
+                        format!(
+                            "note added to {uri}{}",
+                            if clear { ", alert cleared" } else { "" }
+                        ),
+                    );
+                }
+                Err(OneViewError::Api { status: 412, .. }) => continue,
+                Err(e) => return self.failed(&uri, e),
+            }
+        }
+        report(
+            WritebackOutcome::Failed,
+            format!("{uri} kept changing under the write-back (eTag mismatch three times)"),
+        )
+    }
+
+    fn failed(&self, uri: &str, e: OneViewError) -> WritebackReport {
+        tracing::warn!(alert_uri = %uri, error = %e, "write-back to OneView failed");
+        let detail =
+            format!("could not write the PagerDuty change back to OneView alert {uri}: {e}");
+        self.note_error(detail.clone());
+        WritebackReport {
+            outcome: WritebackOutcome::Failed,
+            detail,
+        }
+    }
+
+    async fn test_event(&self) -> Result<serde_json::Value, ControlError> {
+        let reports = crate::pagerduty::send_test_event(&self.config)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        Ok(serde_json::to_value(reports).unwrap_or_default())
+    }
+}
+
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "Critical" => 0,
+        "Warning" => 1,
+        "Unknown" => 2,
+        _ => 3,
+    }
+}
+
+/// The alert in the OneView UI: the UI routes alerts as `#/activity/r{uri}`.
+pub fn oneview_link(ui_url: &str, uri: &str) -> String {
+    format!("{}/#/activity/r{}", ui_url.trim_end_matches('/'), uri)
+}
+
+/// The HTTP client of the poller's internal API (role `web`).
+#[derive(Clone)]
+pub struct Remote {
+    base: Option<url::Url>,
+    token: Option<Arc<Secret>>,
+    http: reqwest::Client,
+}
+
+impl Remote {
+    pub fn new(base: Option<url::Url>, token: Option<Arc<Secret>>, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        Self { base, token, http }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ControlError> {
+        let Some(base) = &self.base else {
+            return Err(ControlError::Unreachable {
+                url: "(not set)".to_owned(),
+                detail: "web.poller_url is not configured".to_owned(),
+            });
+        };
+        let url = format!("{}{path}", base.as_str().trim_end_matches('/'));
+        let mut rb = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            let t = t.current().map_err(|e| ControlError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+            rb = rb.bearer_auth(t.expose_secret());
+        }
+        if let Some(id) = crate::http::current_request_id() {
+            rb = rb.header("x-request-id", id);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.map_err(|e| ControlError::Unreachable {
+            url: url.clone(),
+            detail: if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                format!("connection failed ({e})")
+            },
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ControlError::Unreachable {
+            url: url.clone(),
+            detail: format!("reading the answer failed ({e})"),
+        })?;
+        if !(200..300).contains(&status) {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ControlError::Upstream {
+                status,
+                error: v["error"].as_str().unwrap_or("poller_error").to_owned(),
+                message: v["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("HTTP {status} from {url}")),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ControlError::Upstream {
+            status: 502,
+            error: "poller_error".to_owned(),
+            message: format!("unusable answer from {url}: {e}"),
+        })
+    }
+}
+
+/// What the web handlers ask of the poller.
+#[derive(Clone)]
+pub enum Control {
+    Local(Arc<Local>),
+    Remote(Remote),
+}
+
+impl Control {
+    pub async fn push(&self, alerts: Vec<Alert>) -> Result<Vec<String>, ControlError> {
+        match self {
+            Control::Local(l) => l.push(alerts).await,
+            Control::Remote(r) => {
+                r.call(
+                    reqwest::Method::POST,
+                    "/internal/v1/alerts",
+                    Some(serde_json::to_value(alerts).unwrap_or_default()),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn alerts(&self, q: &AlertQuery) -> Result<AlertPage, ControlError> {
+        match self {
+            Control::Local(l) => Ok(l.alerts(q)),
+            Control::Remote(r) => {
+                let qs = serde_urlencoded_query(q);
+                r.call(
+                    reqwest::Method::GET,
+                    &format!("/internal/v1/alerts{qs}"),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterView>, ControlError> {
+        match self {
+            Control::Local(l) => Ok(l.dead_letters()),
+            Control::Remote(r) => {
+                r.call(reqwest::Method::GET, "/internal/v1/dead-letters", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn retry(&self, key: &str) -> Result<serde_json::Value, ControlError> {
+        match self {
+            Control::Local(l) => l.retry(key).await,
+            Control::Remote(r) => {
+                let enc: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+                r.call(
+                    reqwest::Method::POST,
+                    &format!("/internal/v1/dead-letters/{enc}/retry"),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn poll(&self) -> Result<serde_json::Value, ControlError> {
+        match self {
+            Control::Local(l) => {
+                l.poll_now.notify_one();
+                Ok(serde_json::json!({"status": "poll_requested"}))
+            }
+            Control::Remote(r) => {
+                r.call(reqwest::Method::POST, "/internal/v1/poll", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn test_event(&self) -> Result<serde_json::Value, ControlError> {
+        match self {
+            Control::Local(l) => l.test_event().await,
+            Control::Remote(r) => {
+                r.call(reqwest::Method::POST, "/internal/v1/test-event", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<StatusView, ControlError> {
+        match self {
+            Control::Local(l) => Ok(l.status()),
+            Control::Remote(r) => {
+                r.call(reqwest::Method::GET, "/internal/v1/status", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn writeback(&self, req: WritebackRequest) -> WritebackReport {
+        match self {
+            Control::Local(l) => l.writeback(req).await,
+            Control::Remote(r) => match r
+                .call::<WritebackReport>(
+                    reqwest::Method::POST,
+                    "/internal/v1/writeback",
+                    Some(serde_json::to_value(&req).unwrap_or_default()),
+                )
+                .await
+            {
+                Ok(rep) => rep,
+                Err(e) => WritebackReport {
+                    outcome: WritebackOutcome::Unavailable,
+                    detail: e.to_string(),
+                },
+            },
+        }
+    }
+}
+
+fn serde_urlencoded_query(q: &AlertQuery) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("state", q.state.clone()),
+        ("severity", q.severity.clone()),
+        ("appliance", q.appliance.clone()),
+        ("page", q.page.map(|p| p.to_string())),
+        ("per_page", q.per_page.map(|p| p.to_string())),
+    ] {
+        if let Some(v) = v {
+            s.append_pair(k, &v);
+        }
+    }
+    let s = s.finish();
+    if s.is_empty() { s } else { format!("?{s}") }
+}
+
+#[derive(Clone)]
+struct Internal {
+    local: Arc<Local>,
+    tokens: ApiTokens,
+}
+
+fn guard(s: &Internal, h: &HeaderMap) -> Result<(), ApiError> {
+    s.tokens.check(h).map_err(ApiError::from)
+}
+
+async fn i_push(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    axum::Json(alerts): axum::Json<Vec<Alert>>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    let keys = s.local.push(alerts).await.map_err(ApiError::from)?;
+    Ok(axum::Json(keys).into_response())
+}
+
+async fn i_alerts(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    Query(q): Query<AlertQuery>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.alerts(&q)).into_response())
+}
+
+async fn i_dead(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.dead_letters()).into_response())
+}
+
+async fn i_retry(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.retry(&key).await.map_err(ApiError::from)?).into_response())
+}
+
+async fn i_poll(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    s.local.poll_now.notify_one();
+    Ok(axum::Json(serde_json::json!({"status": "poll_requested"})).into_response())
+}
+
+async fn i_test(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.test_event().await.map_err(ApiError::from)?).into_response())
+}
+
+async fn i_status(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.status()).into_response())
+}
+
+async fn i_writeback(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    axum::Json(req): axum::Json<WritebackRequest>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.writeback(req).await).into_response())
+}
+
+/// The poller's internal API for web replicas, behind `web.poller_token` (403 when unset).
+pub fn internal_routes(local: Arc<Local>, token: Option<Arc<Secret>>) -> Router {
+    Router::new()
+        .route("/internal/v1/alerts", post(i_push).get(i_alerts))
+        .route("/internal/v1/dead-letters", get(i_dead))
+        .route("/internal/v1/dead-letters/{key}/retry", post(i_retry))
+        .route("/internal/v1/poll", post(i_poll))
+        .route("/internal/v1/test-event", post(i_test))
+        .route("/internal/v1/status", get(i_status))
+        .route("/internal/v1/writeback", post(i_writeback))
+        .with_state(Internal {
+            local,
+            tokens: ApiTokens::new(token),
+        })
+}

@@ -1,0 +1,935 @@
+//! The web role over real HTTP: the public API, its guards (401/403/413/415/429), PagerDuty
+//! webhooks (signatures, redeliveries, write-back into the OneView simulator), role `web`
+//! talking to role `poller` over the internal API, and the poller-unreachable path.
+
+mod web_support;
+
+use bridge::config::Role;
+use bridge::sim::oneview::AlertSpec;
+use bridge::sim::pagerduty::{Faults, IncidentStatus};
+use serde_json::{Value, json};
+use web_support::*;
+
+const VECTOR_SECRET: &str = "lDQHScfUeXUKaQRNF+8XIiDKZ7XX3itBAYzwU0TARw8lJqRnkKl2iB1anSb0Z+IK";
+const VECTOR_BODY: &[u8] = include_bytes!("fixtures/pagerduty/webhookv3-test-vector-body.json");
+const VECTOR_SIG: &str = "v1=0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd";
+
+fn alert(id: &str, severity: &str) -> Value {
+    json!({"uri": format!("/rest/alerts/{id}"), "severity": severity, "alertState": "Active",
+           "description": format!("pushed alert {id}"), "created": "2026-11-22T06:00:00.000Z"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_list_dead_letter_retry_poll_and_test_event() {
+    let s = sims().await;
+    let b = start(raw(Some(&s)), Role::All).await;
+    let c = client();
+    let api = |p: &str| format!("{}{p}", b.url);
+
+    // Authentication and content checks on the push endpoint.
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .json(&alert("p1", "Critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    assert!(body["request_id"].is_string());
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .bearer_auth("wrong")
+        .json(&alert("p1", "Critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "unsupported_media_type"
+    );
+    let big = format!(
+        "[{}]",
+        vec![alert("x", "Critical").to_string(); 20_000].join(",")
+    );
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "payload_too_large"
+    );
+
+    // One good alert, one bad one, one SCMB message; the old token still works (rotation).
+    let scmb: Value =
+        serde_json::from_str(include_str!("fixtures/oneview/scmb_alert_message.json")).unwrap();
+    let mut scmb_active = scmb.clone();
+    scmb_active["resource"]["alertState"] = json!("Active");
+    scmb_active["resource"]["severity"] = json!("Warning");
+    scmb_active["resource"]["uri"] = json!("/rest/alerts/scmb-7");
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .bearer_auth("old-token")
+        .json(&json!([alert("p1", "Critical"), {"uri": "/not/an/alert"}, scmb_active, alert("p2", "OK")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["accepted"],
+        json!([
+            dedup("/rest/alerts/p1"),
+            dedup("/rest/alerts/scmb-7"),
+            dedup("/rest/alerts/p2")
+        ])
+    );
+    assert_eq!(body["errors"][0]["index"], 1);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/rest/alerts/")
+    );
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.incidents().len() == 2).await,
+        "two incidents"
+    );
+
+    // The read API needs a token (status_public is off); filters and pages work.
+    assert_eq!(
+        c.get(api("/api/v1/alerts")).send().await.unwrap().status(),
+        401
+    );
+    assert!(
+        eventually_async(|| async {
+            let v: Value = c
+                .get(api("/api/v1/alerts?severity=critical"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["total"] == 1 && v["alerts"][0]["pagerduty"]["outcome"] == "accepted"
+        })
+        .await,
+        "pushed critical alert listed with its PagerDuty state"
+    );
+    let v: Value = c
+        .get(api("/api/v1/alerts?per_page=1&page=2"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(v["page"], 2);
+    let v: Value = c
+        .get(api("/api/v1/alerts?appliance=elsewhere"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total"], 0);
+
+    // A rejected event becomes a dead letter; a retry re-sends it once PagerDuty accepts it.
+    s.pd.set_faults(Faults {
+        reject_dedup_key_containing: Some("reject-me".into()),
+        ..Default::default()
+    });
+    let r = c
+        .post(api("/api/v1/alerts"))
+        .bearer_auth(TOKEN)
+        .json(&alert("reject-me", "Critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        eventually_async(|| async {
+            let v: Value = c
+                .get(api("/api/v1/deliveries/dead-letter"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["total"] == 1
+        })
+        .await
+    );
+    let key = dedup("/rest/alerts/reject-me");
+    let v: Value = c
+        .get(api("/api/v1/deliveries/dead-letter"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["dead_letters"][0]["dedup_key"], key);
+    assert_eq!(v["dead_letters"][0]["retryable"], true);
+    s.pd.set_faults(Faults::default());
+    let enc: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    let r = c
+        .post(api(&format!("/api/v1/deliveries/dead-letter/{enc}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "retry needs a token");
+    let r = c
+        .post(api(&format!("/api/v1/deliveries/dead-letter/{enc}/retry")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.incidents().iter().any(|i| i.dedup_key == key))
+            .await,
+        "retried dead letter delivered"
+    );
+    let r = c
+        .post(api(&format!("/api/v1/deliveries/dead-letter/{enc}/retry")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "nothing left to retry");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+
+    // Force a poll, and a test event.
+    assert_eq!(
+        c.post(api("/api/v1/poll")).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.post(api("/api/v1/poll"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let r = c
+        .post(api("/api/v1/test-event"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["accepted"], true);
+    assert_eq!(
+        v["results"].as_array().unwrap().len(),
+        2,
+        "trigger and resolve"
+    );
+
+    // A pushed clear resolves.
+    let mut cleared = alert("p1", "Critical");
+    cleared["alertState"] = json!("Cleared");
+    assert_eq!(
+        c.post(api("/api/v1/alerts"))
+            .bearer_auth(TOKEN)
+            .json(&cleared)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let p1 = dedup("/rest/alerts/p1");
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd
+            .incidents()
+            .iter()
+            .any(|i| i.dedup_key == p1 && i.status == IncidentStatus::Resolved))
+            .await
+    );
+    b.stop().await;
+    s.stop().await;
+}
+
+async fn eventually_async<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tokens_configured_is_403_and_status_public_opens_reads() {
+    let mut r = raw(None);
+    r.server.api_tokens = None;
+    r.server.status_public = true;
+    r.web.poller_url = Some("http://127.0.0.1:9".into());
+    let b = start(r, Role::Web).await;
+    let c = client();
+    let resp = c
+        .post(format!("{}/api/v1/alerts", b.url))
+        .bearer_auth("x")
+        .json(&alert("1", "Critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "forbidden");
+    // Reads are public, and answer 503 because the poller is not there.
+    let resp = c
+        .get(format!("{}/api/v1/alerts", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after_per_client() {
+    let mut r = raw(None);
+    r.server.rate_limit_per_second = 1;
+    r.server.rate_limit_burst = 2;
+    r.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    r.web.poller_url = Some("http://127.0.0.1:9".into());
+    let b = start(r, Role::Web).await;
+    let c = client();
+    let get = |xff: &'static str| {
+        c.get(format!("{}/api/v1/alerts", b.url))
+            .bearer_auth(TOKEN)
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    assert_ne!(get("203.0.113.1").await.unwrap().status(), 429);
+    assert_ne!(get("203.0.113.1").await.unwrap().status(), 429);
+    let r = get("203.0.113.1").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "rate_limited");
+    // Another client behind the same trusted proxy has its own bucket; /health is not limited.
+    assert_ne!(get("198.51.100.7").await.unwrap().status(), 429);
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(format!("{}/health", b.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let m = metrics(&b.url).await;
+    assert!(
+        m.contains("bridge_web_rate_limited_total{route=\"/api/v1/alerts\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("bridge_web_rate_limited_total{route=\"/api/v1/poll\"} 0"));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_peer_cannot_choose_its_bucket_with_x_forwarded_for() {
+    let mut r = raw(None);
+    r.server.rate_limit_per_second = 1;
+    r.server.rate_limit_burst = 1;
+    r.web.poller_url = Some("http://127.0.0.1:9".into());
+    let b = start(r, Role::Web).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        let r = c
+            .get(format!("{}/api/v1/alerts", b.url))
+            .bearer_auth(TOKEN)
+            .header("x-forwarded-for", ip)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[1..].contains(&429), "{statuses:?}");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_signatures_vector_tamper_missing_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("webhook-secrets");
+    std::fs::write(&secrets, format!("# current\n{VECTOR_SECRET}\n")).unwrap();
+    let mut r = raw(None);
+    r.pagerduty.webhook_secrets = None;
+    r.pagerduty.webhook_secrets_file = Some(secrets.clone());
+    r.web.poller_url = Some("http://127.0.0.1:9".into());
+    let b = start(r, Role::Web).await;
+    let c = client();
+    let post = |body: Vec<u8>, sig: Option<String>, id: &str| {
+        let mut rb = c
+            .post(format!("{}/api/v1/pagerduty/webhook", b.url))
+            .header("content-type", "application/json")
+            .header("x-webhook-id", id)
+            .body(body);
+        if let Some(s) = sig {
+            rb = rb.header("x-pagerduty-signature", s);
+        }
+        rb.send()
+    };
+    // PagerDuty's published test vector (an event type the bridge does not act on).
+    let r = post(VECTOR_BODY.to_vec(), Some(VECTOR_SIG.into()), "w1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+    // Tampered body, missing header, wrong secret.
+    let mut tampered = VECTOR_BODY.to_vec();
+    tampered[120] ^= 1;
+    let r = post(tampered, Some(VECTOR_SIG.into()), "w2").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "invalid_signature"
+    );
+    assert_eq!(
+        post(VECTOR_BODY.to_vec(), None, "w3")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let rotated = bridge::web::signature::sign("whsec-next", VECTOR_BODY);
+    assert_eq!(
+        post(VECTOR_BODY.to_vec(), Some(rotated.clone()), "w4")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Rotation: the new secret is added to the file; both are valid until the old goes.
+    std::fs::write(&secrets, format!("whsec-next\n{VECTOR_SECRET}\n")).unwrap();
+    assert_eq!(
+        post(VECTOR_BODY.to_vec(), Some(rotated), "w5")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(VECTOR_BODY.to_vec(), Some(VECTOR_SIG.into()), "w6")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // Content type and size are checked before anything else.
+    let r = c
+        .post(format!("{}/api/v1/pagerduty/webhook", b.url))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let big = vec![b' '; 300 * 1024];
+    assert_eq!(
+        post(big, Some(VECTOR_SIG.into()), "w7")
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    let m = metrics(&b.url).await;
+    assert!(
+        m.contains("bridge_web_webhook_verifications_total{outcome=\"valid\"} 3"),
+        "{m}"
+    );
+    assert!(m.contains("bridge_web_webhook_verifications_total{outcome=\"mismatch\"} 2"));
+    assert!(m.contains("bridge_web_webhook_verifications_total{outcome=\"missing\"} 1"));
+    assert!(m.contains("bridge_web_writebacks_total{outcome=\"written\"} 0"));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_writeback_is_visible_in_oneview_idempotent_and_never_echoes() {
+    let s = sims().await;
+    let mut r = raw(Some(&s));
+    r.sync.clear_on_resolve = true;
+    let b = start(r, Role::All).await;
+    let spec = |d: &str| AlertSpec {
+        severity: Some("Critical".into()),
+        description: Some(d.into()),
+        ..Default::default()
+    };
+    let uri_a = s.ov.handle.add_alert(spec("PSU 1 failed"));
+    let uri_b = s.ov.handle.add_alert(spec("Fan 3 failed"));
+    let (a, bb) = (id_of(&uri_a), id_of(&uri_b));
+    assert!(s.pd.wait_until(WAIT, |pd| pd.incidents().len() == 2).await);
+
+    // Acknowledged: one note naming who, what, the incident number and link.
+    let ack = serde_json::to_vec(&incident_event(
+        "EV-ACK-1",
+        "incident.acknowledged",
+        &dedup(&uri_a),
+        "user_reference",
+    ))
+    .unwrap();
+    let r = post_webhook(&b.url, &ack, WEBHOOK_SECRET, "wh-1").await;
+    assert_eq!(r.status(), 202);
+    assert!(
+        eventually(|| !notes(&s.ov, a).is_empty()).await,
+        "note written"
+    );
+    let n = notes(&s.ov, a);
+    assert_eq!(n.len(), 1);
+    assert!(n[0].contains("acknowledged by Ada Oncall"), "{n:?}");
+    assert!(n[0].contains("#42") && n[0].contains("https://acme.pagerduty.com/incidents/PINC042"));
+    // Redelivery (same X-Webhook-Id): answered, not processed again.
+    let r = post_webhook(&b.url, &ack, WEBHOOK_SECRET, "wh-1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    // The same event through another replica (unknown X-Webhook-Id): the change-log marker
+    // stops a second note.
+    assert_eq!(
+        post_webhook(&b.url, &ack, WEBHOOK_SECRET, "wh-1-other-replica")
+            .await
+            .status(),
+        202
+    );
+    let m = || async { metrics(&b.url).await };
+    assert!(
+        eventually_async(|| async {
+            m().await
+                .contains("bridge_web_writebacks_total{outcome=\"duplicate\"} 1")
+        })
+        .await
+    );
+    assert_eq!(notes(&s.ov, a).len(), 1, "no second note");
+
+    // Reassigned and annotated (the note event has no incident key: matched by incident id).
+    let re = serde_json::to_vec(&incident_event(
+        "EV-RE-1",
+        "incident.reassigned",
+        &dedup(&uri_a),
+        "user_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&b.url, &re, WEBHOOK_SECRET, "wh-2")
+            .await
+            .status(),
+        202
+    );
+    assert!(eventually(|| notes(&s.ov, a).len() == 2).await);
+    assert!(notes(&s.ov, a)[1].contains("reassigned to Grace Backup"));
+    let note = json!({"event": {"id": "EV-NOTE-1", "event_type": "incident.annotated", "resource_type": "incident",
+        "agent": {"summary": "Ada Oncall", "type": "user_reference"},
+        "data": {"type": "incident_note", "id": "PNOTE1", "content": "Swapping the PSU now",
+                 "incident": {"id": "PINC042", "html_url": "https://acme.pagerduty.com/incidents/PINC042", "type": "incident_reference"}}}});
+    assert_eq!(
+        post_webhook(
+            &b.url,
+            &serde_json::to_vec(&note).unwrap(),
+            WEBHOOK_SECRET,
+            "wh-3"
+        )
+        .await
+        .status(),
+        202
+    );
+    assert!(eventually(|| notes(&s.ov, a).len() == 3).await);
+    assert!(notes(&s.ov, a)[2].contains("Swapping the PSU now"));
+
+    // Resolved by a person: note + Cleared (clear_on_resolve = true).
+    let res = serde_json::to_vec(&incident_event(
+        "EV-RES-1",
+        "incident.resolved",
+        &dedup(&uri_a),
+        "user_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&b.url, &res, WEBHOOK_SECRET, "wh-4")
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually(|| s.ov.handle.alert(a).unwrap()["alertState"] == "Cleared").await,
+        "cleared in OneView"
+    );
+    assert_eq!(notes(&s.ov, a).len(), 4);
+    // Its redelivery through another replica neither clears again nor adds a note.
+    assert_eq!(
+        post_webhook(&b.url, &res, WEBHOOK_SECRET, "wh-4b")
+            .await
+            .status(),
+        202
+    );
+
+    // The bridge's own resolve (agent = the integration/service) is never echoed.
+    s.ov.handle.clear(bb).unwrap();
+    let bkey = dedup(&uri_b);
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd
+            .incidents()
+            .iter()
+            .any(|i| i.dedup_key == bkey && i.status == IncidentStatus::Resolved))
+            .await
+    );
+    let own = serde_json::to_vec(&incident_event(
+        "EV-RES-2",
+        "incident.resolved",
+        &bkey,
+        "service_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&b.url, &own, WEBHOOK_SECRET, "wh-5")
+            .await
+            .status(),
+        202
+    );
+    // An incident the bridge did not create is ignored.
+    let other = serde_json::to_vec(&incident_event(
+        "EV-X",
+        "incident.acknowledged",
+        "d3640fbd41094207a1c11e58e46b1662",
+        "user_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&b.url, &other, WEBHOOK_SECRET, "wh-6")
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually_async(|| async {
+            let t = m().await;
+            t.contains("bridge_web_writebacks_total{outcome=\"skipped\"} 1")
+                && t.contains("bridge_web_writebacks_total{outcome=\"ignored\"} 1")
+                && t.contains("bridge_web_writebacks_total{outcome=\"duplicate\"} 2")
+                && t.contains("bridge_web_writebacks_total{outcome=\"written\"} 4")
+        })
+        .await,
+        "{}",
+        m().await
+    );
+    assert!(
+        notes(&s.ov, bb).is_empty(),
+        "no write-back for the bridge's own resolve"
+    );
+    assert_eq!(
+        notes(&s.ov, a).len(),
+        4,
+        "redelivered resolve added nothing"
+    );
+    b.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_web_works_through_the_pollers_internal_api() {
+    let s = sims().await;
+    let poller = start(raw(Some(&s)), Role::Poller).await;
+    let mut r = raw(None);
+    r.web.poller_url = Some(poller.url.clone());
+    let web = start(r, Role::Web).await;
+    let c = client();
+
+    // The internal API wants the poller token.
+    let r = c
+        .get(format!("{}/internal/v1/status", poller.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The poller does not serve the public API.
+    assert_eq!(
+        c.get(format!("{}/api/v1/alerts", poller.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let uri = s.ov.handle.add_alert(AlertSpec {
+        severity: Some("Critical".into()),
+        description: Some("Blade 4 overheating".into()),
+        ..Default::default()
+    });
+    let r = c
+        .post(format!("{}/api/v1/alerts", web.url))
+        .bearer_auth(TOKEN)
+        .json(&alert("pushed-via-web", "Warning"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["accepted"][0],
+        dedup("/rest/alerts/pushed-via-web")
+    );
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.incidents().len() == 2).await,
+        "polled + pushed"
+    );
+    let v: Value = c
+        .get(format!("{}/api/v1/alerts", web.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total"], 2, "{v}");
+    let v: Value = c
+        .get(format!("{}/api/v1/deliveries/dead-letter", web.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["total"], 0);
+    assert_eq!(
+        c.post(format!("{}/api/v1/poll", web.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let page = c
+        .get(format!("{}/?token={TOKEN}", web.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Blade 4 overheating"),
+        "status page through the poller"
+    );
+
+    // A webhook on the web replica writes back through the poller.
+    let ack = serde_json::to_vec(&incident_event(
+        "EV-WEB-1",
+        "incident.acknowledged",
+        &dedup(&uri),
+        "user_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&web.url, &ack, WEBHOOK_SECRET, "wh-web-1")
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually(|| notes(&s.ov, id_of(&uri)).len() == 1).await,
+        "write-back via the poller"
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/ready", web.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A web replica with the wrong poller token gets 503, not the caller's fault.
+    let mut r = raw(None);
+    r.web.poller_url = Some(poller.url.clone());
+    r.web.poller_token = Some(secrecy::SecretString::from("wrong".to_owned()));
+    let bad = start(r, Role::Web).await;
+    let resp = c
+        .get(format!("{}/api/v1/alerts", bad.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    bad.stop().await;
+    web.stop().await;
+    poller.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_unreachable_is_503_json_and_web_stays_ready() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut r = raw(None);
+    r.web.poller_url = Some(format!("http://127.0.0.1:{port}"));
+    let b = start(r, Role::Web).await;
+    let c = client();
+    for (method, path) in [
+        ("POST", "/api/v1/alerts"),
+        ("GET", "/api/v1/alerts"),
+        ("GET", "/api/v1/deliveries/dead-letter"),
+        ("POST", "/api/v1/deliveries/dead-letter/k/retry"),
+        ("POST", "/api/v1/poll"),
+        ("POST", "/api/v1/test-event"),
+    ] {
+        let rb = if method == "POST" {
+            c.post(format!("{}{path}", b.url))
+                .json(&alert("1", "Critical"))
+        } else {
+            c.get(format!("{}{path}", b.url))
+        };
+        let r = rb.bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "poller_unavailable", "{method} {path}");
+        assert!(v["message"].as_str().unwrap().contains("web.poller_url"));
+        assert!(v["request_id"].is_string());
+    }
+    let page = c
+        .get(format!("{}/", b.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"poller-down\""));
+    let ready = reqwest::get(format!("{}/ready", b.url)).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "a web replica's readiness does not depend on the poller"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_needs_a_token_and_sets_a_nonce_csp() {
+    let s = sims().await;
+    let b = start(raw(Some(&s)), Role::All).await;
+    let c = client();
+    assert_eq!(
+        c.get(format!("{}/", b.url)).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        c.get(format!("{}/?token=nope", b.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = c
+        .get(format!("{}/?token={TOKEN}", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = r.text().await.unwrap();
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    assert!(html.contains(&format!("<script nonce=\"{nonce}\">")));
+    assert!(!csp.contains("unsafe-inline"));
+    assert!(html.contains("name=\"viewport\""));
+    b.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut r = raw(None);
+    r.web.poller_url = Some(format!("http://{addr}"));
+    r.server.request_timeout = std::time::Duration::from_millis(1500);
+    let b = start(r, Role::Web).await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(format!("{}/api/v1/alerts", b.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"] == "poller_unavailable" || v["error"] == "timeout",
+        "{v}"
+    );
+    hold.abort();
+    b.stop().await;
+}
