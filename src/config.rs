@@ -1239,16 +1239,19 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             );
         }
     }
-    if api_tokens.is_none() && !raw.server.status_public {
+    // The poller role serves only the internal API (web.poller_token), never the public one.
+    if api_tokens.is_none() && !raw.server.status_public && role != Role::Poller {
         c.warnings.push("no server.api_tokens_file: the status page, the read API and every mutating endpoint answer 401/403 (health, ready and metrics stay open)".to_owned());
     }
 
     // [web], webhook secrets, [sync]
-    let poller_url = raw
-        .web
-        .poller_url
-        .as_deref()
-        .and_then(|u| c.url("web.poller_url", u));
+    // In-cluster traffic to the poller is plain HTTP behind a NetworkPolicy; no warning.
+    let poller_url = raw.web.poller_url.as_deref().and_then(|u| {
+        let warnings = c.warnings.len();
+        let url = c.url("web.poller_url", u);
+        c.warnings.truncate(warnings);
+        url
+    });
     let poller_token = c.secret(
         "web.poller_token",
         &raw.web.poller_token,

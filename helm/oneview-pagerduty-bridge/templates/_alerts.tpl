@@ -127,7 +127,7 @@ groups:
           description: "{{ "{{ $value | humanize }}" }} webhook deliveries in 15 minutes were refused ({{ "{{ $labels.outcome }}" }}): acknowledges and resolves in PagerDuty are not written back to OneView. The webhook secret in the bridge and the PagerDuty subscription likely differ."
           runbook_url: {{ printf "%s#oneviewbridgewebhooksignaturefailures" $rb }}
       - alert: OneViewBridgeWritebackFailures
-        expr: sum by (job) (increase(bridge_web_writebacks_total{ {{- $any -}} , outcome="error"}[15m])) > 0
+        expr: sum by (job) (increase(bridge_web_writebacks_total{ {{- $any -}} , outcome=~"failed|unavailable"}[15m])) > 0
         for: 15m
         labels:
           severity: warning
