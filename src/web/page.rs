@@ -81,9 +81,9 @@ main{max-width:960px;margin:0 auto;padding:12px}h1{font-size:1.3rem;margin:8px 0
 .k{color:#5b6472;font-size:.8rem}.v{font-size:1.05rem;font-weight:600}\
 ul{list-style:none;padding:0;margin:0}li.alert{border-left:6px solid #888}\
 .sev{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.8rem;font-weight:700;color:#fff;background:#888}\
-.sev-critical{background:#b3261e}li.sev-critical{border-left-color:#b3261e}\
-.sev-warning{background:#b26a00}li.sev-warning{border-left-color:#e09000}\
-.sev-unknown{background:#5b6472}.sev-disabled{background:#8a8f98}\
+.sev.sev-critical{background:#b3261e}li.sev-critical{border-left-color:#b3261e}\
+.sev.sev-warning{background:#b26a00}li.sev-warning{border-left-color:#e09000}\
+.sev.sev-unknown{background:#5b6472}.sev.sev-disabled{background:#8a8f98}\
 .muted{color:#5b6472;font-size:.85rem}a{color:#0b57d0;word-break:break-all}\
 .ok{color:#1e7b34}.bad{color:#b3261e}";
 
