@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use bridge::config::{self, RawConfig, Role};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::promtool_accepts;
+
 const BIN: &str = env!("CARGO_BIN_EXE_oneview-pagerduty-bridge");
 const ROUTING_KEY: &str = "R0UTINGKEY0123456789abcdefABCDEF";
 const PASSWORD: &str = "s3cr3t-Passw0rd!";
@@ -79,42 +82,6 @@ async fn health_ready_and_metrics_have_their_shapes() {
 
     token.cancel();
     h.await.unwrap();
-}
-
-/// `promtool check metrics` must report nothing. CI installs promtool; elsewhere the check is
-/// skipped with a note rather than failing a developer's quick run.
-fn promtool_accepts(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not installed; skipping promtool check (CI runs it)");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI: {e}"),
-    };
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}"
-    );
 }
 
 #[tokio::test]
