@@ -59,4 +59,5 @@ pub fn id_of(uri: &str) -> u64 {
 
 #[path = "../common/mod.rs"]
 mod common;
+#[allow(unused_imports)] // not every test crate that includes this module checks metrics
 pub use common::promtool_accepts;
