@@ -35,6 +35,10 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error("{0}")]
     Component(String),
+    /// The state file cannot be used (corrupt, newer schema, locked, unreadable): the bridge
+    /// refuses to start rather than forget what PagerDuty was told.
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// An assembled, not yet running bridge.
@@ -66,15 +70,45 @@ impl App {
         let extra_routes = Router::new();
 
         if config.role.polls() {
-            let delivery =
-                crate::pagerduty::assemble(&config, &mut registry, readiness.clone(), work.clone())
-                    .map_err(|e| AppError::Component(e.to_string()))?;
-            let poller = crate::oneview::assemble(
+            let state_cfg = config.state.clone();
+            // Opening and loading read the whole file: off the async workers.
+            let (store, snapshot) = tokio::task::spawn_blocking(move || {
+                let store = crate::state::open(&state_cfg)?;
+                let snapshot = store.load()?;
+                Ok::<_, crate::state::StateError>((store, snapshot))
+            })
+            .await
+            .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))??;
+            let ledger_open = snapshot.open_keys();
+            tracing::info!(
+                store = store.kind(),
+                path = ?store.path(),
+                ledger = snapshot.ledger.len(),
+                outbox = snapshot.outbox.len(),
+                open_in_pagerduty = ledger_open.len(),
+                dead_letters = snapshot.dead_letters.len(),
+                "delivery state loaded"
+            );
+            let delivery = crate::pagerduty::assemble_durable(
+                &config,
+                &mut registry,
+                readiness.clone(),
+                work.clone(),
+                crate::pagerduty::Tuning::default(),
+                Some(crate::pagerduty::DurableState {
+                    store,
+                    snapshot,
+                    retention: config.state.retention,
+                }),
+            )
+            .map_err(|e| AppError::Component(e.to_string()))?;
+            let poller = crate::oneview::assemble_with_ledger(
                 &config,
                 &mut registry,
                 readiness.clone(),
                 delivery.changes.clone(),
                 work.clone(),
+                &ledger_open,
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
             tasks.push(poller.task);
