@@ -59,6 +59,10 @@ async fn sigkill_during_a_storm_never_duplicates_or_loses_an_incident() {
                 for i in (1..ids.len()).rev() {
                     ids.swap(i, rng.random_range(0..=i));
                 }
+                // Let this run page most of the storm first, however the earlier kills fell.
+                let want = raised.len() * 3 / 4;
+                pd.wait_until(Duration::from_secs(20), |pd| pd.incidents().len() >= want)
+                    .await;
                 let paged = incidents_by_key(&pd);
                 ids.sort_by_key(|id| !paged.contains_key(&dedup_key(*id)));
                 for id in ids.into_iter().take(raised.len() / 2) {
