@@ -50,8 +50,6 @@ impl BridgeEnv {
             .env("BRIDGE_ONEVIEW__URL", &self.ov_url)
             .env("BRIDGE_ONEVIEW__NAME", APPLIANCE)
             .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
-            .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password")
-            .env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)
             .env("BRIDGE_PAGERDUTY__EVENTS_URL", &self.events_url)
             .env("BRIDGE_PAGERDUTY__RETRY_INITIAL_DELAY", "50ms")
             .env("BRIDGE_PAGERDUTY__RETRY_MAX_DELAY", "500ms")
@@ -65,6 +63,13 @@ impl BridgeEnv {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        let has = |k: &str| self.extra.iter().any(|(kk, _)| kk == k);
+        if !has("BRIDGE_ONEVIEW__PASSWORD_FILE") {
+            cmd.env("BRIDGE_ONEVIEW__PASSWORD", "sim-password");
+        }
+        if !has("BRIDGE_PAGERDUTY__ROUTING_KEY_FILE") {
+            cmd.env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY);
+        }
         if let Some(p) = &self.state_path {
             cmd.env("BRIDGE_STATE__PATH", p);
         }

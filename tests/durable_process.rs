@@ -1,0 +1,161 @@
+//! The built binary with a state file and `*_file` secrets: rotation while it runs, a corrupt
+//! state file refused at startup, the `bridge_state_*` metrics.
+
+mod bridge_proc;
+
+use std::time::Duration;
+
+use bridge::sim::oneview::{self as ovsim, AlertSpec, SimConfig};
+use bridge::sim::pagerduty::{self as pdsim, Faults};
+use bridge_proc::{BridgeEnv, ROUTING_KEY, dedup_key, free_port, sigterm};
+
+const NEW_PASSWORD: &str = "rotated-sim-password-2";
+const NEW_ROUTING_KEY: &str = "ROTATEDROUTINGKEY000000000000002";
+
+async fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+fn id_of(uri: &str) -> u64 {
+    uri.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_password_and_routing_key_files_are_used_without_restart() {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("ov-password");
+    let rk_file = dir.path().join("routing-key");
+    std::fs::write(&pw_file, "sim-password\n").unwrap();
+    std::fs::write(&rk_file, format!("{ROUTING_KEY}\n")).unwrap();
+    let port = free_port();
+    let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    env.set(
+        "BRIDGE_ONEVIEW__PASSWORD_FILE",
+        pw_file.display().to_string(),
+    );
+    env.set(
+        "BRIDGE_PAGERDUTY__ROUTING_KEY_FILE",
+        rk_file.display().to_string(),
+    );
+    env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let mut child = env.spawn();
+
+    let first = ov.handle.add_alert(AlertSpec::default());
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| pd.incidents().iter().any(
+            |i| i.dedup_key == dedup_key(id_of(&first)) && i.routing_key == ROUTING_KEY
+        ))
+        .await,
+        "first alert paged with the first routing key:\n{}",
+        env.log()
+    );
+
+    // The state metrics exist (and the outbox has drained).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "bridge_state_writes_total{outcome=\"ok\"}",
+        "bridge_state_writes_total{outcome=\"error\"} 0",
+        "bridge_state_commit_duration_seconds_bucket",
+        "bridge_state_outbox_entries",
+        "bridge_state_ledger_entries 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+
+    // Rotate both, like a Vault agent: files rewritten in place, the appliance's password
+    // changed, and the session gone so the next request logs in again.
+    std::fs::write(&pw_file, format!("{NEW_PASSWORD}\n")).unwrap();
+    std::fs::write(&rk_file, format!("{NEW_ROUTING_KEY}\n")).unwrap();
+    ov.handle
+        .configure(|c| c.password = NEW_PASSWORD.to_owned());
+    ov.handle.expire_sessions();
+    let logins_before = ov.handle.counters().requests("login");
+
+    let second = ov.handle.add_alert(AlertSpec::default());
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| pd.incidents().iter().any(
+            |i| i.dedup_key == dedup_key(id_of(&second)) && i.routing_key == NEW_ROUTING_KEY
+        ))
+        .await,
+        "second alert paged with the rotated routing key after a login with the rotated password:\n{}",
+        env.log()
+    );
+    assert!(ov.handle.counters().requests("login") > logins_before);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let log = env.log();
+            log.contains("secret file changed")
+                && log.contains("\"oneview.password\"")
+                && log.contains("\"pagerduty.routing_key\"")
+        })
+        .await,
+        "a log line names each rotated secret:\n{}",
+        env.log()
+    );
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    let log = env.log();
+    for value in ["sim-password", NEW_PASSWORD, ROUTING_KEY, NEW_ROUTING_KEY] {
+        assert!(!log.contains(value), "a secret value reached the log");
+    }
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[test]
+fn a_corrupt_state_file_is_refused_with_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    std::fs::write(
+        &state,
+        b"this is not a redb file, just some bytes".repeat(200),
+    )
+    .unwrap();
+    // Nothing listens there: the bridge must refuse before it talks to anyone.
+    let env = BridgeEnv::new(
+        "http://127.0.0.1:9".into(),
+        "http://127.0.0.1:9/v2/enqueue".into(),
+        dir.path(),
+    );
+    let out = std::process::Command::new(bridge_proc::BIN)
+        .args(["run", "--role", "poller"])
+        .env("BRIDGE_ONEVIEW__URL", &env.ov_url)
+        .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
+        .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password")
+        .env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)
+        .env("BRIDGE_PAGERDUTY__EVENTS_URL", &env.events_url)
+        .env("BRIDGE_SERVER__LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_STATE__PATH", &state)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&state.display().to_string()), "{text}");
+    assert!(text.contains("corrupt"), "{text}");
+    assert!(text.contains("move it aside"), "{text}");
+    // Never silently replaced.
+    assert!(
+        std::fs::read(&state)
+            .unwrap()
+            .starts_with(b"this is not a redb file")
+    );
+}
