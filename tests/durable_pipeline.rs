@@ -3,7 +3,6 @@
 //! dead letters survive restarts, and a store that refuses writes (disk full, read-only) turns
 //! readiness 503 while delivery goes on.
 
-#[allow(dead_code)]
 mod pagerduty_support;
 
 use std::path::Path;

@@ -287,11 +287,7 @@ fn deltas(ops: &[Op], ledger_keys: &mut HashSet<String>) -> (i64, i64) {
                     ledger += 1;
                 }
             }
-            Op::ForgetKey { key } => {
-                if ledger_keys.remove(key) {
-                    ledger -= 1;
-                }
-            }
+            Op::ForgetKey { key } if ledger_keys.remove(key) => ledger -= 1,
             Op::Cancelled { .. } | Op::DeadLetter { .. } => outbox -= 1,
             _ => {}
         }
