@@ -159,3 +159,59 @@ fn a_corrupt_state_file_is_refused_with_exit_code_1() {
             .starts_with(b"this is not a redb file")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_cleared_or_deleted_while_the_bridge_was_down_get_their_resolve() {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    let ids: Vec<u64> = (0..4)
+        .map(|_| id_of(&ov.handle.add_alert(AlertSpec::default())))
+        .collect();
+    let mut child = env.spawn();
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| pd.incidents().len() == 4)
+            .await,
+        "{}",
+        env.log()
+    );
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    let accepted_before = pd.accepted().len();
+
+    // While the bridge is down: one alert cleared, one deleted, two unchanged.
+    ov.handle.clear(ids[0]).unwrap();
+    ov.handle.delete(ids[1]).unwrap();
+    let mut child = env.spawn();
+    let resolved = |pd: &pdsim::SimHandle, id: u64| {
+        pd.incidents()
+            .iter()
+            .any(|i| i.dedup_key == dedup_key(id) && i.status == pdsim::IncidentStatus::Resolved)
+    };
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| resolved(pd, ids[0])
+            && resolved(pd, ids[1]))
+            .await,
+        "{}",
+        env.log()
+    );
+    // A few poll cycles later, still nothing for the unchanged ones.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    let after: Vec<_> = pd.accepted().into_iter().skip(accepted_before).collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "only the two resolves went out after the restart: {:?}",
+        after
+            .iter()
+            .map(|e| (e.event_action.clone(), e.dedup_key.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(pd.counters().incidents_opened, 4);
+    pd.shutdown();
+    ov.stop().await;
+}
