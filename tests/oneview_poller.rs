@@ -643,3 +643,45 @@ async fn every_failure_mode_backs_off_and_recovers_on_its_own() {
     assert_eq!(faults_checked, 6);
     h.shutdown().await.stop().await;
 }
+
+/// Sessions that expire every 3 seconds while polling every 5: each poll logs in again and
+/// replays, no cycle fails, readiness stays up and changes keep flowing.
+#[tokio::test(start_paused = true)]
+async fn sessions_expiring_every_few_seconds_do_not_fail_polls() {
+    let mut h = harness(
+        SimConfig {
+            idle_timeout: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        |s| {
+            s.handle.add_alert(spec("Critical", "Active"));
+        },
+        |r| r.poller.interval = Duration::from_secs(5),
+        1000,
+    )
+    .await;
+    h.ready().await;
+    h.drain();
+    h.sim.handle.reset_counters();
+    let before = h.status.snapshot().cycles;
+    let mut raised = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        raised.push(h.sim.handle.add_alert(spec("Warning", "Active")));
+        assert!(h.readiness.report().ready, "{:?}", h.readiness.report());
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cycles = h.status.snapshot().cycles - before;
+    let logins = h.sim.handle.counters().requests("login");
+    assert!(cycles >= 50, "{cycles} cycles in 5 minutes");
+    assert!(logins >= 40, "sessions really expired: {logins} logins");
+    assert!(
+        logins <= cycles + 2,
+        "one login per expired session: {logins} for {cycles}"
+    );
+    let seen: Vec<String> = h.drain().iter().map(|c| c.alert.uri.clone()).collect();
+    for uri in &raised {
+        assert!(seen.contains(uri), "{uri} seen");
+    }
+    h.shutdown().await.stop().await;
+}
