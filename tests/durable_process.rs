@@ -215,3 +215,76 @@ async fn alerts_cleared_or_deleted_while_the_bridge_was_down_get_their_resolve()
     pd.shutdown();
     ov.stop().await;
 }
+
+/// PagerDuty answering 30% 5xx/429 (with Retry-After), then down for six times the backoff
+/// cap while the bridge is SIGKILLed and restarted, then back: every alert ends with exactly
+/// one incident, and the clears resolve theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_then_down_pagerduty_with_a_crash_loses_and_duplicates_nothing() {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let flaky = Faults {
+        error_rate: 0.3,
+        error_statuses: vec![429, 500, 502, 503],
+        retry_after_secs: Some(1),
+        ..Faults::default()
+    };
+    let pd = pdsim::start(loopback, flaky.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    let ids: Vec<u64> = ov
+        .handle
+        .generate(&bridge::sim::oneview::GenerateSpec {
+            count: 300,
+            ..Default::default()
+        })
+        .collect();
+    let mut child = env.spawn();
+    pd.wait_until(Duration::from_secs(20), |pd| pd.incidents().len() >= 100)
+        .await;
+    // Down for 3 s: six times pagerduty.retry_max_delay (500 ms); killed while down.
+    pd.set_faults(Faults {
+        outage: Some(pdsim::Outage::Status { code: 503 }),
+        ..Faults::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bridge_proc::sigkill(&mut child);
+    let mut child = env.spawn();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pd.set_faults(flaky);
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 300)
+            .await,
+        "{} incidents\n{}",
+        pd.incidents().len(),
+        env.log()
+    );
+    for id in &ids[..100] {
+        ov.handle.clear(*id).unwrap();
+    }
+    let resolved = |pd: &pdsim::SimHandle| {
+        pd.incidents()
+            .iter()
+            .filter(|i| i.status == pdsim::IncidentStatus::Resolved)
+            .count()
+    };
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| resolved(pd) == 100)
+            .await,
+        "{} resolved\n{}",
+        resolved(&pd),
+        env.log()
+    );
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()));
+    let c = pd.counters();
+    eprintln!(
+        "flaky PagerDuty: {} requests, {} accepted, {} injected errors, {} outage answers, 1 SIGKILL",
+        c.requests, c.accepted, c.injected_errors, c.outage
+    );
+    assert_eq!(c.incidents_opened, 300, "one incident per alert");
+    assert_eq!(pd.incidents().len(), 300);
+    assert!(c.injected_errors > 0 && c.outage > 0);
+    pd.shutdown();
+    ov.stop().await;
+}
