@@ -322,3 +322,92 @@ fn prune(
         *ledger_keys = s.ledger.into_keys().collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Action, MemoryStore, OutboxEntry, Snapshot, StateError};
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose every commit takes 20 ms, like an fsync on a slow volume.
+    struct Slow {
+        inner: MemoryStore,
+        commits: AtomicUsize,
+    }
+
+    impl StateStore for Slow {
+        fn load(&self) -> Result<Snapshot, StateError> {
+            self.inner.load()
+        }
+        fn apply(&self, batch: &[Op]) -> Result<(), StateError> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.inner.apply(batch)
+        }
+        fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
+            self.inner.prune(older_than)
+        }
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn path(&self) -> Option<&Path> {
+            None
+        }
+    }
+
+    fn enqueue(seq: u64) -> Op {
+        Op::Enqueue(OutboxEntry {
+            seq,
+            key: format!("k{seq}"),
+            action: Action::Trigger,
+            priority: 0,
+            enqueued_at: SystemTime::now(),
+            fingerprint: String::new(),
+            payload: String::new(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_submissions_share_few_commits_and_all_become_durable() {
+        let store = Arc::new(Slow {
+            inner: MemoryStore::new(),
+            commits: AtomicUsize::new(0),
+        });
+        let mut registry = Registry::default();
+        let j = Journal::start(
+            store.clone(),
+            &mut registry,
+            Arc::new(Readiness::new()),
+            0,
+            HashSet::new(),
+        )
+        .unwrap();
+        let mut last = 0;
+        for seq in 0..2000 {
+            last = j.submit(vec![enqueue(seq)]);
+        }
+        j.durable(last).await;
+        assert_eq!(store.load().unwrap().outbox.len(), 2000);
+        let commits = store.commits.load(Ordering::Relaxed);
+        assert!(commits <= 20, "2000 submissions took {commits} commits");
+        // Accepting them all (one op each) moves the gauges.
+        for seq in 0..2000 {
+            j.submit(vec![Op::Accepted {
+                seq,
+                key: format!("k{seq}"),
+                action: Action::Trigger,
+                fingerprint: String::new(),
+                at: SystemTime::now(),
+                route: "default".into(),
+            }]);
+        }
+        j.flush().await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("bridge_state_outbox_entries 0"), "{text}");
+        assert!(text.contains("bridge_state_ledger_entries 2000"), "{text}");
+        j.close();
+        assert_eq!(j.submit(vec![enqueue(5000)]), 0, "closed: nothing accepted");
+    }
+}
