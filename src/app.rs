@@ -72,13 +72,29 @@ impl App {
         if config.role.polls() {
             let state_cfg = config.state.clone();
             // Opening and loading read the whole file: off the async workers.
-            let (store, snapshot) = tokio::task::spawn_blocking(move || {
+            let opened = tokio::task::spawn_blocking(move || {
                 let store = crate::state::open(&state_cfg)?;
                 let snapshot = store.load()?;
                 Ok::<_, crate::state::StateError>((store, snapshot))
             })
             .await
-            .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))??;
+            .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))?;
+            let (store, snapshot) = match opened {
+                Ok(o) => o,
+                // The OS refused (read-only volume, full disk, permissions): the file itself
+                // is fine and is left as it is, so its outbox is resumed once the volume is
+                // fixed. Exiting would only crash-loop; paging goes on from memory meanwhile
+                // and readiness says why.
+                Err(e @ crate::state::StateError::Io { .. }) => {
+                    tracing::error!(error = %e, "cannot use the state file; delivering from memory (nothing is remembered across restarts) until the volume is fixed and the bridge restarted");
+                    readiness.set_unmet(crate::state::READY_STATE, e.to_string());
+                    let store: Arc<dyn crate::state::StateStore> =
+                        Arc::new(crate::state::MemoryStore::new());
+                    (store, crate::state::Snapshot::default())
+                }
+                // Corrupt, newer schema, locked by another poller: never start without it.
+                Err(e) => return Err(e.into()),
+            };
             let ledger_open = snapshot.open_keys();
             tracing::info!(
                 store = store.kind(),

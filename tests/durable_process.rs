@@ -288,3 +288,116 @@ async fn flaky_then_down_pagerduty_with_a_crash_loses_and_duplicates_nothing() {
     pd.shutdown();
     ov.stop().await;
 }
+
+/// A tmpfs mounted for one test (needs CAP_SYS_ADMIN, as in the dev container; elsewhere the
+/// tests that need it say so and return). Unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, opts: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (no CAP_SYS_ADMIN)");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+async fn ready_status(port: u16) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}/ready")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_state_volume_is_a_503_not_a_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_ro) = Tmpfs::mount(&dir.path().join("ro"), "ro,size=1m") else {
+        return;
+    };
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let port = free_port();
+    let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    env.state_path = Some(dir.path().join("ro").join("state.redb"));
+    env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let mut child = env.spawn();
+    let uri = ov.handle.add_alert(AlertSpec::default());
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| pd
+            .incidents()
+            .iter()
+            .any(|i| i.dedup_key == dedup_key(id_of(&uri))))
+            .await,
+        "paging goes on from memory:\n{}",
+        env.log()
+    );
+    let (code, body) = ready_status(port).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("state_store"), "{body}");
+    assert!(body.contains("state.redb"), "{body}");
+    assert!(env.log().contains("cannot use the state file"));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_volume_is_a_503_and_paging_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_small) = Tmpfs::mount(&dir.path().join("small"), "size=3m") else {
+        return;
+    };
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let port = free_port();
+    let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    env.state_path = Some(dir.path().join("small").join("state.redb"));
+    env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let mut child = env.spawn();
+    // Big descriptions make big outbox entries: the volume fills up mid-storm.
+    let specs: Vec<AlertSpec> = (0..3000)
+        .map(|i| AlertSpec {
+            description: Some(format!("{i} {}", "disk filler ".repeat(150))),
+            ..AlertSpec::default()
+        })
+        .collect();
+    ov.handle.add_alerts(&specs);
+    assert!(
+        pd.wait_until(Duration::from_secs(40), |pd| pd.incidents().len() == 3000)
+            .await,
+        "{} incidents\n{}",
+        pd.incidents().len(),
+        env.log()
+    );
+    let (code, body) = ready_status(port).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("state_store"), "{body}");
+    assert!(body.contains("free space"), "{body}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    pd.shutdown();
+    ov.stop().await;
+}

@@ -263,8 +263,12 @@ fn writer(
                     } else {
                         tracing::debug!(error = %e, ops = ops.len(), "state store write failed again");
                     }
+                    // After the first failure the store answers "poisoned"; readiness keeps
+                    // showing the cause (disk full, read-only) an operator can act on.
+                    if !failing || !matches!(e, super::StateError::Poisoned { .. }) {
+                        readiness.set_unmet(READY_STATE, e.to_string());
+                    }
                     failing = true;
-                    readiness.set_unmet(READY_STATE, e.to_string());
                 }
             }
         }
