@@ -298,3 +298,94 @@ async fn a_full_disk_turns_readiness_503_and_delivery_goes_on() {
         .unwrap();
     sim.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_entries_older_than_retention_are_pruned_at_start_and_open_ones_kept() {
+    let sim = pdsim::start("127.0.0.1:0".parse().unwrap(), Faults::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(dir.path());
+    let old = SystemTime::now() - Duration::from_secs(8 * 86_400);
+    let mut ops = Vec::new();
+    for (i, action) in [(0, state::Action::Resolve), (1, state::Action::Trigger)] {
+        ops.push(Op::Enqueue(state::OutboxEntry {
+            seq: i,
+            key: format!("k{i}"),
+            action,
+            priority: 0,
+            enqueued_at: old,
+            fingerprint: "0".into(),
+            payload: String::new(),
+        }));
+        ops.push(Op::Accepted {
+            seq: i,
+            key: format!("k{i}"),
+            action,
+            fingerprint: "0".into(),
+            at: old,
+            route: "default".into(),
+        });
+    }
+    store.apply(&ops).unwrap();
+    // `start` uses a one-hour retention; the first prune runs as the pipeline starts.
+    let r = start(&sim.events_url(), store.clone());
+    let task = tokio::spawn(r.d.task);
+    assert!(
+        wait(Duration::from_secs(10), || store
+            .load()
+            .unwrap()
+            .ledger
+            .len()
+            == 1)
+        .await
+    );
+    assert!(
+        store.load().unwrap().ledger.contains_key("k1"),
+        "an open incident is never pruned"
+    );
+    r.work.cancel();
+    task.await.unwrap();
+    sim.shutdown();
+}
+
+/// Not a benchmark (debug build, shared cores): shows that one commit covers many ops. Set
+/// `MEMSTORE=1` to compare with the in-memory store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_events_through_the_file_store() {
+    let sim = pdsim::start("127.0.0.1:0".parse().unwrap(), Faults::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = if std::env::var_os("MEMSTORE").is_some() {
+        Arc::new(state::MemoryStore::new())
+    } else {
+        file_store(dir.path())
+    };
+    let r = start(&sim.events_url(), store.clone());
+    let task = tokio::spawn(r.d.task);
+    let alerts = many_alerts(5000);
+    let t0 = std::time::Instant::now();
+    for a in &alerts {
+        r.d.changes
+            .send(change(ChangeKind::Raised, a))
+            .await
+            .unwrap();
+    }
+    assert!(
+        sim.wait_until(Duration::from_secs(60), |s| s.accepted().len() >= 5000)
+            .await
+    );
+    let rate = 5000.0 / t0.elapsed().as_secs_f64();
+    let m = bridge::metrics::encode_openmetrics(&r.registry);
+    let commits = sample(&m, "bridge_state_writes_total{outcome=\"ok\"}").unwrap_or(0.0);
+    eprintln!("5000 events with a file store: {rate:.0} events/s, {commits} commits");
+    assert!(
+        commits < 5000.0 * 2.0,
+        "group commit: {commits} commits for 10,000 ops"
+    );
+    r.work.cancel();
+    task.await.unwrap();
+    assert!(store.load().unwrap().outbox.is_empty());
+    sim.shutdown();
+}
