@@ -31,6 +31,8 @@ pub const READY_STATE: &str = "state_store";
 
 /// At most this many ops go into one transaction.
 const MAX_BATCH_OPS: usize = 20_000;
+/// How long the writer waits after the first op for more to join its commit.
+const GATHER: Duration = Duration::from_millis(2);
 /// How often ledger entries older than `state.retention` are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -217,6 +219,9 @@ fn writer(
             }
             Msg::Ops { ticket, ops } => (ops, ticket),
         };
+        // A moment for the ops of other events to arrive: one fsync then covers all of them.
+        // Short next to a PagerDuty round trip, long next to the dispatcher's turn.
+        std::thread::sleep(GATHER);
         while ops.len() < MAX_BATCH_OPS {
             match rx.try_recv() {
                 Ok(Msg::Ops { ticket, ops: more }) => {
