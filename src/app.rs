@@ -35,6 +35,10 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error("{0}")]
     Component(String),
+    /// The state file cannot be used (corrupt, newer schema, locked, unreadable): the bridge
+    /// refuses to start rather than forget what PagerDuty was told.
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// An assembled, not yet running bridge.
@@ -67,19 +71,65 @@ impl App {
         let mut local = None;
 
         if config.role.polls() {
-            let delivery =
-                crate::pagerduty::assemble(&config, &mut registry, readiness.clone(), work.clone())
-                    .map_err(|e| AppError::Component(e.to_string()))?;
+            let state_cfg = config.state.clone();
+            // Opening and loading read the whole file: off the async workers.
+            let opened = tokio::task::spawn_blocking(move || {
+                let store = crate::state::open(&state_cfg)?;
+                let snapshot = store.load()?;
+                Ok::<_, crate::state::StateError>((store, snapshot))
+            })
+            .await
+            .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))?;
+            let (store, snapshot) = match opened {
+                Ok(o) => o,
+                // The OS refused (read-only volume, full disk, permissions): the file itself
+                // is fine and is left as it is, so its outbox is resumed once the volume is
+                // fixed. Exiting would only crash-loop; paging goes on from memory meanwhile
+                // and readiness says why.
+                Err(e @ crate::state::StateError::Io { .. }) => {
+                    tracing::error!(error = %e, "cannot use the state file; delivering from memory (nothing is remembered across restarts) until the volume is fixed and the bridge restarted");
+                    readiness.set_unmet(crate::state::READY_STATE, e.to_string());
+                    let store: Arc<dyn crate::state::StateStore> =
+                        Arc::new(crate::state::MemoryStore::new());
+                    (store, crate::state::Snapshot::default())
+                }
+                // Corrupt, newer schema, locked by another poller: never start without it.
+                Err(e) => return Err(e.into()),
+            };
+            let ledger_open = snapshot.open_keys();
+            tracing::info!(
+                store = store.kind(),
+                path = ?store.path(),
+                ledger = snapshot.ledger.len(),
+                outbox = snapshot.outbox.len(),
+                open_in_pagerduty = ledger_open.len(),
+                dead_letters = snapshot.dead_letters.len(),
+                "delivery state loaded"
+            );
+            let delivery = crate::pagerduty::assemble_durable(
+                &config,
+                &mut registry,
+                readiness.clone(),
+                work.clone(),
+                crate::pagerduty::Tuning::default(),
+                Some(crate::pagerduty::DurableState {
+                    store,
+                    snapshot,
+                    retention: config.state.retention,
+                }),
+            )
+            .map_err(|e| AppError::Component(e.to_string()))?;
             // The tracker sees every change on its way to delivery (the API's list of alerts).
             let tracker = Arc::new(crate::web::control::Tracker::new());
             let (poller_changes, tee) =
                 crate::web::control::tee(delivery.changes.clone(), tracker.clone());
-            let poller = crate::oneview::assemble(
+            let poller = crate::oneview::assemble_with_ledger(
                 &config,
                 &mut registry,
                 readiness.clone(),
                 poller_changes,
                 work.clone(),
+                &ledger_open,
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
             if let Some(ov) = config.oneview.as_ref() {

@@ -546,3 +546,142 @@ async fn a_failed_first_sync_keeps_initial_sync_unmet_with_the_reason() {
     assert!(h.readiness.report().ready);
     h.shutdown().await.stop().await;
 }
+
+/// Each way an appliance can fail, one after the other on one running poller: while it fails,
+/// polling backs off (each failed cycle is one probe of a few requests, never a hammering loop)
+/// and readiness goes down; once the appliance is healthy the poller recovers on its own and
+/// sees what changed meanwhile.
+#[tokio::test(start_paused = true)]
+async fn every_failure_mode_backs_off_and_recovers_on_its_own() {
+    let mut h = harness(
+        SimConfig::default(),
+        |s| {
+            s.handle.add_alert(spec("Critical", "Active"));
+        },
+        |r| r.oneview.request_timeout = Duration::from_secs(5),
+        1000,
+    )
+    .await;
+    h.ready().await;
+    h.drain();
+    let many = 1_000_000;
+    let modes: Vec<(&str, Faults)> = vec![
+        (
+            "down (503)",
+            Faults {
+                fail_next: many,
+                ..Faults::default()
+            },
+        ),
+        (
+            "connections dropped",
+            Faults {
+                drop_next: many,
+                ..Faults::default()
+            },
+        ),
+        (
+            "garbage JSON",
+            Faults {
+                garbage_next: many,
+                ..Faults::default()
+            },
+        ),
+        (
+            "HTML error pages",
+            Faults {
+                html_next: many,
+                ..Faults::default()
+            },
+        ),
+        (
+            "JSON without members",
+            Faults {
+                bad_envelope_next: many,
+                ..Faults::default()
+            },
+        ),
+        (
+            "slow (10 s answers)",
+            Faults {
+                latency_ms: 10_000,
+                ..Faults::default()
+            },
+        ),
+    ];
+    let mut faults_checked = 0;
+    for (name, faults) in modes {
+        h.sim.handle.reset_counters();
+        h.sim.handle.set_faults(faults);
+        let before = h.status.snapshot().cycles;
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        let cycles = h.status.snapshot().cycles - before;
+        let requests = h.sim.handle.counters().requests("alerts");
+        // A 30 s interval without backoff would be 30 cycles; with backoff (30 s doubling to
+        // the 300 s cap, jittered) it is a handful.
+        assert!(
+            (2..=12).contains(&cycles),
+            "{name}: {cycles} cycles in 15 minutes"
+        );
+        assert!(
+            requests <= 3 * cycles.max(1),
+            "{name}: {requests} requests for {cycles} cycles"
+        );
+        assert!(!h.readiness.report().ready, "{name}: readiness stays down");
+        // Healthy again: recovers without help, within one backoff step, and sees the news.
+        h.sim.handle.set_faults(Faults::default());
+        let uri = h.sim.handle.add_alert(spec("Warning", "Active"));
+        let r = h.readiness.clone();
+        wait_for(name, Duration::from_secs(700), || r.report().ready).await;
+        let seen = h.drain().iter().any(|c| c.alert.uri == uri);
+        assert!(
+            seen,
+            "{name}: the alert raised during the failure is seen after recovery"
+        );
+        faults_checked += 1;
+    }
+    assert_eq!(faults_checked, 6);
+    h.shutdown().await.stop().await;
+}
+
+/// Sessions that expire every 3 seconds while polling every 5: each poll logs in again and
+/// replays, no cycle fails, readiness stays up and changes keep flowing.
+#[tokio::test(start_paused = true)]
+async fn sessions_expiring_every_few_seconds_do_not_fail_polls() {
+    let mut h = harness(
+        SimConfig {
+            idle_timeout: Duration::from_secs(3),
+            ..SimConfig::default()
+        },
+        |s| {
+            s.handle.add_alert(spec("Critical", "Active"));
+        },
+        |r| r.poller.interval = Duration::from_secs(5),
+        1000,
+    )
+    .await;
+    h.ready().await;
+    h.drain();
+    h.sim.handle.reset_counters();
+    let before = h.status.snapshot().cycles;
+    let mut raised = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        raised.push(h.sim.handle.add_alert(spec("Warning", "Active")));
+        assert!(h.readiness.report().ready, "{:?}", h.readiness.report());
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cycles = h.status.snapshot().cycles - before;
+    let logins = h.sim.handle.counters().requests("login");
+    assert!(cycles >= 50, "{cycles} cycles in 5 minutes");
+    assert!(logins >= 40, "sessions really expired: {logins} logins");
+    assert!(
+        logins <= cycles + 2,
+        "one login per expired session: {logins} for {cycles}"
+    );
+    let seen: Vec<String> = h.drain().iter().map(|c| c.alert.uri.clone()).collect();
+    for uri in &raised {
+        assert!(seen.contains(uri), "{uri} seen");
+    }
+    h.shutdown().await.stop().await;
+}

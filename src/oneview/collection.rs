@@ -76,6 +76,45 @@ struct RawPage {
     uri: Option<String>,
 }
 
+/// One collection page, decoded.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Members that are alerts with a uri.
+    pub alerts: Vec<Alert>,
+    /// Members that are not: `(index, uri if any, why)`.
+    pub malformed: Vec<(usize, Option<String>, String)>,
+    /// Members received, malformed ones included.
+    pub received: usize,
+    pub total: Option<u64>,
+    pub next_page_uri: Option<String>,
+    pub uri: Option<String>,
+}
+
+/// Decodes one page of an alert collection. An envelope that is not one (garbage, HTML, no
+/// `members`) is an error; a member that is not an alert is only counted as malformed, so one
+/// bad alert never hides the others.
+pub fn parse_page(body: &[u8]) -> Result<Page, serde_json::Error> {
+    let raw: RawPage = serde_json::from_slice(body)?;
+    let mut page = Page {
+        received: raw.members.len(),
+        total: raw.total,
+        next_page_uri: raw.next_page_uri,
+        uri: raw.uri,
+        ..Page::default()
+    };
+    for (i, m) in raw.members.into_iter().enumerate() {
+        let uri = m.get("uri").and_then(|u| u.as_str()).map(str::to_owned);
+        match serde_json::from_value::<Alert>(m) {
+            Ok(a) if !a.uri.is_empty() => page.alerts.push(a),
+            Ok(_) => page
+                .malformed
+                .push((i, None, "an alert without a uri".to_owned())),
+            Err(e) => page.malformed.push((i, uri, e.to_string())),
+        }
+    }
+    Ok(page)
+}
+
 /// The result of a walk.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -106,15 +145,14 @@ pub async fn fetch_all(
     let mut last_total: Option<u64>;
     loop {
         let reply = client.get_page(&path).await?;
-        let page: RawPage =
-            serde_json::from_slice(&reply.body).map_err(|e| OneViewError::BadResponse {
-                endpoint: "alerts",
-                url: reply.url.clone(),
-                detail: format!(
-                    "not an alert collection page: {e}; {}",
-                    snippet(&reply.body)
-                ),
-            })?;
+        let page = parse_page(&reply.body).map_err(|e| OneViewError::BadResponse {
+            endpoint: "alerts",
+            url: reply.url.clone(),
+            detail: format!(
+                "not an alert collection page: {e}; {}",
+                snippet(&reply.body)
+            ),
+        })?;
         if walk.pages == 0 {
             walk.appliance_clock_floor_ms = reply
                 .date_ms
@@ -125,23 +163,13 @@ pub async fn fetch_all(
             first_total = page.total;
         }
         last_total = page.total;
-        let received = page.members.len();
+        let received = page.received;
         walk.members += received;
-        for (i, m) in page.members.into_iter().enumerate() {
-            let uri = m.get("uri").and_then(|u| u.as_str()).map(str::to_owned);
-            match serde_json::from_value::<Alert>(m) {
-                Ok(a) if !a.uri.is_empty() => walk.alerts.push(a),
-                Ok(_) => {
-                    walk.malformed += 1;
-                    metrics.alerts_malformed.inc();
-                    tracing::warn!(page = %reply.url, index = i, "skipping an alert without a uri");
-                }
-                Err(e) => {
-                    walk.malformed += 1;
-                    metrics.alerts_malformed.inc();
-                    tracing::warn!(page = %reply.url, index = i, alert_uri = uri.as_deref().unwrap_or(""), error = %e, "skipping a malformed alert");
-                }
-            }
+        walk.alerts.extend(page.alerts);
+        for (i, uri, why) in &page.malformed {
+            walk.malformed += 1;
+            metrics.alerts_malformed.inc();
+            tracing::warn!(page = %reply.url, index = i, alert_uri = uri.as_deref().unwrap_or(""), error = %why, "skipping a malformed alert");
         }
         if received == 0 {
             break;

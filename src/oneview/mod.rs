@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod poller;
 pub(crate) mod session;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -59,6 +60,20 @@ pub fn assemble(
     changes: mpsc::Sender<AlertChange>,
     work: CancellationToken,
 ) -> Result<PollerHandle, OneViewError> {
+    assemble_with_ledger(cfg, registry, readiness, changes, work, &HashSet::new())
+}
+
+/// [`assemble`], with the dedup keys the state store says are open in PagerDuty
+/// ([`crate::state::Snapshot::open_keys`]): the first full sync resolves those OneView shows
+/// cleared or no longer has.
+pub fn assemble_with_ledger(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: Arc<Readiness>,
+    changes: mpsc::Sender<AlertChange>,
+    work: CancellationToken,
+    ledger_open: &HashSet<String>,
+) -> Result<PollerHandle, OneViewError> {
     let ov = cfg.oneview.as_ref().ok_or(OneViewError::Setup {
         key: "oneview",
         detail:
@@ -82,7 +97,8 @@ pub fn assemble(
         readiness,
         status.clone(),
         changes,
-    );
+    )
+    .with_ledger_open(ledger_open);
     let task: crate::app::Task = Box::pin(poller.run(work, poll_now.clone()));
     Ok(PollerHandle {
         task,

@@ -154,6 +154,40 @@ impl Poller {
         }
     }
 
+    /// Alerts the state store's ledger says PagerDuty has an open incident for (dedup keys).
+    /// Those of this appliance are remembered as open before the first full sync, so that one
+    /// resolves the ones OneView shows cleared or no longer has (the ordinary "gone" path) and
+    /// passes the others on as updates, which delivery drops when PagerDuty already has them.
+    pub(crate) fn with_ledger_open(mut self, keys: &std::collections::HashSet<String>) -> Self {
+        let prefix = crate::pagerduty::event::dedup_key(&self.appliance.id, "");
+        let mut seeded = 0usize;
+        let mut unknown = 0usize;
+        for k in keys {
+            // Keys too long for the plain form are hashed and cannot name their alert; the
+            // full sync then only re-raises them while they are open.
+            let Some(uri) = k.strip_prefix(prefix.as_str()) else {
+                unknown += 1;
+                continue;
+            };
+            let uri: Arc<str> = Arc::from(uri);
+            self.mem.open.entry(uri.clone()).or_insert_with(|| {
+                seeded += 1;
+                Arc::new(Alert {
+                    uri: uri.to_string(),
+                    ..Alert::default()
+                })
+            });
+        }
+        if seeded > 0 || unknown > 0 {
+            tracing::info!(
+                open_in_pagerduty = seeded,
+                not_of_this_appliance = unknown,
+                "the first full sync checks the alerts the state store says are open in PagerDuty"
+            );
+        }
+        self
+    }
+
     fn failure_backoff(&self) -> ExponentialBackoff {
         ExponentialBuilder::new()
             .with_jitter()

@@ -7,9 +7,10 @@
 //! reclaims the memory, while the logical expiry follows `tokio::time` (and so paused time in
 //! tests).
 //!
-//! The cache lives in memory: after a restart it is empty, and the first resync re-sends a
-//! trigger for every open alert (PagerDuty joins it to the open incident, so nobody is paged
-//! twice).
+//! The cache lives in memory and is seeded at startup from the state store's ledger (see
+//! `dispatcher::Dispatcher::resume`), so the first resync does not re-send unchanged open
+//! alerts. With the in-memory store (no `state.path`) it starts empty and the first resync
+//! re-sends a trigger for every open alert (PagerDuty joins it to the open incident).
 
 use std::time::Duration;
 

@@ -32,6 +32,14 @@
 //!   cleared while that trigger still waits in a long queue, keeps its incident open (someone
 //!   resolves it by hand); in exchange a storm of alerts that come and go never pages anyone.
 //!
+//! ## Durability
+//! Every queued event is written to the state store's outbox ([`crate::state::Journal`], group
+//! commit) and is sent only once that write is durable; PagerDuty's 202 removes it and records
+//! the ledger entry in one op, a 400 moves it to the dead letters, a cancellation drops it. At
+//! startup [`Dispatcher::resume`] queues the outbox again (per-key order is the seq order) before
+//! the first change is read, and the dedup cache is seeded from the ledger. A resumed trigger
+//! may have been accepted just before the crash, so cancelling it still sends the resolve.
+//!
 //! Delivery of one event retries (429, 408, 5xx, timeouts, connection errors) with exponential
 //! backoff and full jitter between `pagerduty.retry_initial_delay` and
 //! `pagerduty.retry_max_delay`, at least as long as `Retry-After` asks, for as long as the
@@ -59,7 +67,8 @@ use super::ratelimit::RateLimiter;
 use super::routing::{Router, Target};
 use super::sender::{Answer, Attempt, Sender};
 use super::status::{DeadLetter, Delivered, DeliveryStatus};
-use super::{Metrics, READINESS_WARNING};
+use super::{Metrics, READINESS_WARNING, durable};
+use crate::state::{Journal, Op, Snapshot};
 
 /// Settings of the delivery loop.
 #[derive(Debug, Clone)]
@@ -78,6 +87,7 @@ pub(crate) struct Shared {
     pub status: Arc<DeliveryStatus>,
     pub readiness: Arc<Readiness>,
     pub settings: Settings,
+    pub journal: Journal,
 }
 
 impl Shared {
@@ -108,6 +118,12 @@ impl Shared {
 /// One event waiting for (or in) delivery.
 struct Job {
     seq: u64,
+    /// The outbox entry's seq (differs from `seq` once a queued trigger was replaced).
+    store_seq: u64,
+    /// The journal ticket of the outbox write; the send waits until it is durable.
+    ticket: u64,
+    /// Read back from the outbox at startup: PagerDuty may already have accepted it.
+    resumed: bool,
     action: Action,
     event: Arc<Event>,
     target: Target,
@@ -242,6 +258,74 @@ impl Dispatcher {
         }
         self.update_queue_gauges();
         self.update_cache_gauge();
+        // Every op was submitted; make sure the last ones (the final 202s) are on disk.
+        self.shared.journal.flush().await;
+    }
+
+    /// Restores what the state store remembers, before the first change is read: the ledger
+    /// seeds the dedup cache (an unchanged open alert is not triggered again), stored dead
+    /// letters reappear in the status, and the outbox is queued again in its original order.
+    pub(crate) fn resume(&mut self, snap: Snapshot) {
+        for (key, e) in &snap.ledger {
+            if let Some(fingerprint) = durable::parse_fingerprint(&e.fingerprint) {
+                self.cache.put(
+                    key,
+                    Heard {
+                        action: durable::from_state(e.action),
+                        fingerprint,
+                    },
+                );
+            }
+        }
+        for d in snap.dead_letters.values() {
+            self.shared
+                .status
+                .dead_letter(durable::dead_letter_status(d));
+        }
+        self.shared
+            .metrics
+            .dead_letters
+            .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
+        self.next_seq = self.next_seq.max(snap.next_seq);
+        let resumed = snap.outbox.len();
+        for entry in snap.outbox {
+            let Some(stored) = durable::decode(&entry) else {
+                tracing::error!(dedup_key = %entry.key, seq = entry.seq, "an outbox entry of the state store cannot be decoded; dropped");
+                self.shared
+                    .journal
+                    .submit(vec![Op::Cancelled { seq: entry.seq }]);
+                continue;
+            };
+            let target = self.router.by_name(&stored.route).clone();
+            let now = Instant::now();
+            let seq = self.next_seq.max(entry.seq);
+            self.next_seq = seq + 1;
+            let job = Job {
+                seq,
+                store_seq: entry.seq,
+                ticket: 0,
+                resumed: true,
+                action: durable::from_state(entry.action),
+                event: Arc::new(stored.event),
+                target,
+                priority: entry.priority,
+                fingerprint: durable::parse_fingerprint(&entry.fingerprint).unwrap_or(0),
+                enqueued: now,
+            };
+            self.pending.insert(seq, now);
+            let key = entry.key;
+            let q = self.keys.entry(key.clone()).or_default();
+            q.jobs.push_back(job);
+            if q.jobs.len() == 1 && !q.in_flight {
+                self.mark_ready(&key);
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(
+                events = resumed,
+                "resuming the PagerDuty events of the state store's outbox"
+            );
+        }
     }
 
     /// Decides what PagerDuty must hear about one change, and queues it.
@@ -343,6 +427,19 @@ impl Dispatcher {
                 set.remove(&(job.priority, job.seq, key.to_owned()));
             }
         }
+        let store_seq = self.next_seq;
+        self.next_seq += 1;
+        let mut ops = vec![Op::Cancelled { seq: job.store_seq }];
+        ops.extend(durable::enqueue_op(
+            store_seq,
+            key,
+            &target.route,
+            priority(pd_severity),
+            fp,
+            &ev,
+        ));
+        job.ticket = self.shared.journal.submit(ops);
+        job.store_seq = store_seq;
         job.event = ev;
         job.fingerprint = fp;
         job.priority = priority(pd_severity);
@@ -367,19 +464,26 @@ impl Dispatcher {
                 set.remove(&(first.priority, first.seq, key.to_owned()));
             }
         }
+        let maybe_heard = dropped
+            .iter()
+            .any(|j| j.resumed && j.action == Action::Trigger);
+        let mut ops = Vec::with_capacity(dropped.len());
         for j in &dropped {
             self.pending.remove(&j.seq);
+            ops.push(Op::Cancelled { seq: j.store_seq });
         }
+        self.shared.journal.submit(ops);
         if q.jobs.is_empty() {
             self.keys.remove(key);
         }
-        match in_flight_action {
-            Some(a) => a == Action::Trigger,
-            None => self
-                .cache
-                .get(key)
-                .is_some_and(|h| h.action == Action::Trigger),
-        }
+        maybe_heard
+            || match in_flight_action {
+                Some(a) => a == Action::Trigger,
+                None => self
+                    .cache
+                    .get(key)
+                    .is_some_and(|h| h.action == Action::Trigger),
+            }
     }
 
     fn enqueue(
@@ -395,8 +499,16 @@ impl Dispatcher {
         let seq = self.next_seq;
         self.next_seq += 1;
         let now = Instant::now();
+        let ticket =
+            match durable::enqueue_op(seq, &key, &target.route, priority(pd_severity), fp, &ev) {
+                Some(op) => self.shared.journal.submit(vec![op]),
+                None => 0,
+            };
         let job = Job {
             seq,
+            store_seq: seq,
+            ticket,
+            resumed: false,
             action,
             event: Arc::new(ev),
             target,
@@ -474,10 +586,12 @@ impl Dispatcher {
         let shared = self.shared.clone();
         let event = job.event.clone();
         let target = job.target.clone();
+        let ticket = job.ticket;
         let k = key.clone();
-        let handle = self
-            .inflight
-            .spawn(async move { deliver(shared, k, event, target).await });
+        let handle = self.inflight.spawn(async move {
+            shared.journal.durable(ticket).await;
+            deliver(shared, k, event, target).await
+        });
         self.inflight_keys.insert(handle.id(), key);
     }
 
@@ -495,6 +609,13 @@ impl Dispatcher {
         let action = job.action.as_str();
         match done.outcome {
             Outcome::Accepted(answer) => {
+                self.shared.journal.submit(vec![durable::accepted_op(
+                    job.store_seq,
+                    &done.key,
+                    &job.target.route,
+                    job.fingerprint,
+                    &job.event,
+                )]);
                 m.event(action, "accepted").inc();
                 m.duration(action)
                     .observe(job.enqueued.elapsed().as_secs_f64());
@@ -533,7 +654,7 @@ impl Dispatcher {
                     errors = ?answer.errors,
                     "PagerDuty rejected the event; kept as a dead letter, not retried (check the event fields and the routing key)"
                 );
-                self.shared.status.dead_letter(DeadLetter {
+                let dead = DeadLetter {
                     dedup_key: done.key.clone(),
                     action: job.action,
                     route: job.target.route.to_string(),
@@ -541,7 +662,13 @@ impl Dispatcher {
                     message: answer.message.clone(),
                     errors: answer.errors.clone(),
                     time: chrono::Utc::now(),
-                });
+                };
+                self.shared.journal.submit(vec![durable::dead_letter_op(
+                    job.store_seq,
+                    &dead,
+                    &job.event,
+                )]);
+                self.shared.status.dead_letter(dead);
                 self.shared.status.delivered(Delivered {
                     dedup_key: done.key.clone(),
                     action: job.action,

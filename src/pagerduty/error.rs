@@ -14,5 +14,7 @@ pub enum PagerDutyError {
     )]
     Client(String),
     #[error("{0}")]
+    State(String),
+    #[error("{0}")]
     Secret(#[from] crate::secret::SecretError),
 }

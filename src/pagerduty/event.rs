@@ -19,6 +19,10 @@ use crate::model::{Alert, Appliance};
 
 /// PagerDuty truncates nothing for us: a summary above this many characters is a 400.
 pub const MAX_SUMMARY_CHARS: usize = 1024;
+/// Longest `source`, `component`, `group`, `class` and link `href` kept: the values come from
+/// OneView (and `oneview.name`) unchecked, and one huge field must not push the event over
+/// PagerDuty's body limit, which only `custom_details` can give way for.
+pub const MAX_FIELD_CHARS: usize = 1024;
 /// PagerDuty's limit on `dedup_key`, in characters.
 pub const MAX_DEDUP_KEY_CHARS: usize = 255;
 /// PagerDuty rejects request bodies of this many bytes or more.
@@ -243,8 +247,9 @@ pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventCo
     };
     let source = alert
         .resource_name()
-        .map(str::to_owned)
-        .unwrap_or_else(|| appliance.id.to_string());
+        .or(Some(&*appliance.id).filter(|s| !s.trim().is_empty()))
+        .map(|s| truncate_chars(s, MAX_FIELD_CHARS))
+        .unwrap_or_else(|| "oneview".to_owned());
     let mut details = Map::new();
     let mut put = |k: &str, v: Option<&str>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
@@ -273,6 +278,7 @@ pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventCo
         .map(Url::as_str)
         .unwrap_or(&appliance.ui_url);
     let links = ui_link(ui_base, &alert.uri)
+        .filter(|href| href.len() <= MAX_FIELD_CHARS)
         .map(|href| Link {
             href,
             text: "Alert in HPE OneView".to_owned(),
@@ -287,9 +293,15 @@ pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventCo
             source,
             severity,
             timestamp: alert.created.clone().filter(|t| is_rfc3339(t)),
-            component: alert.resource_category().map(str::to_owned),
-            group: Some(appliance.id.to_string()).filter(|g| !g.is_empty()),
-            class: alert.alert_type_id.clone().filter(|c| !c.is_empty()),
+            component: alert
+                .resource_category()
+                .map(|c| truncate_chars(c, MAX_FIELD_CHARS)),
+            group: Some(truncate_chars(&appliance.id, MAX_FIELD_CHARS)).filter(|g| !g.is_empty()),
+            class: alert
+                .alert_type_id
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(|c| truncate_chars(c, MAX_FIELD_CHARS)),
             custom_details: details,
         },
         client: ctx.client.clone(),

@@ -8,12 +8,14 @@
 //! - [`ratelimit`]: the client-side limit per routing key.
 //! - [`sender`]: one HTTP attempt and the status -> retry table.
 //! - [`status`]: the snapshot the API and status page show.
+//! - `durable`: what goes to the state store (outbox, ledger, dead letters) and back.
 //!
 //! [`assemble`] wires them; the app spawns [`Delivery::task`] and hands
 //! [`Delivery::changes`] to the poller.
 
 pub mod dedup;
 pub mod dispatcher;
+pub(crate) mod durable;
 pub mod error;
 pub mod event;
 pub mod ratelimit;
@@ -208,6 +210,14 @@ impl Default for Tuning {
     }
 }
 
+/// The state store the pipeline writes to, with what it held at startup.
+pub struct DurableState {
+    pub store: Arc<dyn crate::state::StateStore>,
+    pub snapshot: crate::state::Snapshot,
+    /// `state.retention`: resolved ledger entries older than this are pruned every hour.
+    pub retention: Duration,
+}
+
 /// Assembles the delivery pipeline from `cfg.pagerduty`, registering its metrics.
 pub fn assemble(
     cfg: &Config,
@@ -227,6 +237,25 @@ pub fn assemble_tuned(
     work: CancellationToken,
     tuning: Tuning,
 ) -> Result<Delivery, PagerDutyError> {
+    assemble_durable(cfg, registry, readiness, work, tuning, None)
+}
+
+/// [`assemble_tuned`] over a state store: resumes its outbox and seeds the dedup cache from its
+/// ledger before the first change is read. `None`: a fresh in-memory store.
+#[doc(hidden)]
+pub fn assemble_durable(
+    cfg: &Config,
+    registry: &mut Registry,
+    readiness: Arc<Readiness>,
+    work: CancellationToken,
+    tuning: Tuning,
+    state: Option<DurableState>,
+) -> Result<Delivery, PagerDutyError> {
+    let state = state.unwrap_or_else(|| DurableState {
+        store: Arc::new(crate::state::MemoryStore::new()),
+        snapshot: crate::state::Snapshot::default(),
+        retention: cfg.state.retention,
+    });
     let pd = cfg
         .pagerduty
         .as_ref()
@@ -235,6 +264,14 @@ pub fn assemble_tuned(
     let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?;
     let metrics = Metrics::register(registry);
     let status = Arc::new(DeliveryStatus::new());
+    let journal = crate::state::Journal::start(
+        state.store.clone(),
+        registry,
+        readiness.clone(),
+        state.snapshot.outbox.len(),
+        state.snapshot.ledger.keys().cloned().collect(),
+    )
+    .map_err(|e| PagerDutyError::State(format!("cannot start the state writer thread: {e}")))?;
     let settings = dispatcher::Settings {
         concurrency: pd.concurrency.max(1),
         capacity: pd.queue_capacity.max(1),
@@ -251,17 +288,36 @@ pub fn assemble_tuned(
         status: status.clone(),
         readiness,
         settings,
+        journal: journal.clone(),
     });
     let (tx, rx) = tokio::sync::mpsc::channel(pd.queue_capacity.max(1));
-    let d = dispatcher::Dispatcher::new(
+    let mut d = dispatcher::Dispatcher::new(
         shared,
         dedup::DedupCache::new(cfg.dedup_ttl),
         router,
         event::EventContext::from_config(pd),
     );
+    d.resume(state.snapshot);
+    let retention = state.retention;
+    let task = async move {
+        let prune = async {
+            let mut tick = tokio::time::interval(crate::state::journal::PRUNE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Some(t) = std::time::SystemTime::now().checked_sub(retention) {
+                    journal.prune(t);
+                }
+            }
+        };
+        tokio::select! {
+            _ = d.run(rx, work) => {}
+            _ = prune => {}
+        }
+    };
     Ok(Delivery {
         changes: tx,
-        task: Box::pin(d.run(rx, work)),
+        task: Box::pin(task),
         status,
     })
 }

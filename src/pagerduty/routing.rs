@@ -80,6 +80,16 @@ impl Router {
             .collect()
     }
 
+    /// The target of the route named `name` (events read back from the state store), else the
+    /// default one (the route was removed from the configuration since).
+    pub fn by_name(&self, name: &str) -> &Target {
+        self.routes
+            .iter()
+            .map(|r| &r.target)
+            .find(|t| &*t.route == name)
+            .unwrap_or(&self.default)
+    }
+
     pub fn route(&self, alert: &Alert) -> &Target {
         self.routes
             .iter()

@@ -274,6 +274,8 @@ impl FileStore {
                     Op::Accepted { seq, .. } => {
                         outbox.remove(*seq).map_err(|e| w(e.into()))?;
                         if let Some((key, entry)) = op.ledger_entry() {
+                            // PagerDuty took an event for this key: an older rejection is moot.
+                            dead.remove(key).map_err(|e| w(e.into()))?;
                             let bytes = encode("ledger entry", &entry)?;
                             ledger
                                 .insert(key, bytes.as_slice())

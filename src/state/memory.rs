@@ -63,6 +63,8 @@ impl StateStore for MemoryStore {
                 Op::Accepted { seq, .. } => {
                     s.outbox.remove(seq);
                     if let Some((key, entry)) = op.ledger_entry() {
+                        // PagerDuty took an event for this key: an older rejection is moot.
+                        s.dead_letters.remove(key);
                         s.ledger.insert(key.to_owned(), entry);
                     }
                 }

@@ -23,6 +23,7 @@
 //! payloads are opaque serialized JSON: the pipeline owns their shape.
 
 mod file;
+pub mod journal;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::StateConfig;
 
 pub use file::FileStore;
+pub use journal::{Journal, READY_STATE};
 pub use memory::MemoryStore;
 
 /// Version of the record layout this build writes. Bump it when a stored type changes shape;
@@ -55,6 +57,26 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, DeadLetter>,
     /// The first sequence number not used yet; the pipeline numbers new entries from here.
     pub next_seq: u64,
+}
+
+impl Snapshot {
+    /// Keys PagerDuty has, or may have, an open incident for: the last event written for them
+    /// (the outbox tail, else the ledger) is a trigger. An outbox trigger counts because it may
+    /// have been accepted just before a crash.
+    pub fn open_keys(&self) -> std::collections::HashSet<String> {
+        let mut last: BTreeMap<&str, Action> = self
+            .ledger
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.action))
+            .collect();
+        for e in &self.outbox {
+            last.insert(e.key.as_str(), e.action);
+        }
+        last.into_iter()
+            .filter(|(_, a)| *a == Action::Trigger)
+            .map(|(k, _)| k.to_owned())
+            .collect()
+    }
 }
 
 /// The Events API v2 `event_action`s that change an incident's state.
@@ -114,7 +136,8 @@ pub enum Op {
     /// Queue an event before sending it. Its `seq` must not be below [`Snapshot::next_seq`]
     /// (nor below any seq enqueued since): reusing a sequence number fails the whole batch.
     Enqueue(OutboxEntry),
-    /// PagerDuty answered 202: drop outbox entry `seq` and record the ledger entry for `key`.
+    /// PagerDuty answered 202: drop outbox entry `seq`, record the ledger entry for `key` and
+    /// forget a dead letter of `key` (the later event made it moot).
     Accepted {
         seq: u64,
         key: String,

@@ -1,0 +1,422 @@
+//! Group commit: the one writer of a [`StateStore`] in a running bridge.
+//!
+//! The delivery pipeline submits [`Op`]s without waiting (a submission returns a ticket); a
+//! dedicated OS thread takes everything queued since its last commit and applies it as one
+//! transaction, so one fsync covers the ops of many events and thousands of events per second
+//! stay possible while no async worker ever blocks on the disk. Whoever must not act before its
+//! ops are durable (a send must follow its outbox entry) awaits [`Journal::durable`].
+//!
+//! A failed commit is logged with the store's message (which names the file and the way out),
+//! turns the readiness condition [`READY_STATE`] unmet (503) and does not stop delivery: the
+//! outbox on disk keeps what the last good commit left, and the bridge goes on paging from memory
+//! rather than dying in a crash loop.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+use super::{Op, StateStore};
+use crate::readiness::Readiness;
+
+/// Readiness condition unmet while the state store refuses writes.
+pub const READY_STATE: &str = "state_store";
+
+/// At most this many ops go into one transaction.
+const MAX_BATCH_OPS: usize = 20_000;
+/// How long the writer waits after the first op for more to join its commit.
+const GATHER: Duration = Duration::from_millis(2);
+/// How often ledger entries older than `state.retention` are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// The `bridge_state_*` metric families.
+#[derive(Clone)]
+struct Metrics {
+    writes: Family<OutcomeLabels, Counter>,
+    commit: Histogram,
+    outbox: Gauge<i64, std::sync::atomic::AtomicI64>,
+    ledger: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            writes: Family::default(),
+            commit: crate::metrics::latency_histogram(),
+            outbox: Gauge::default(),
+            ledger: Gauge::default(),
+        };
+        for o in ["ok", "error"] {
+            let _ = m.writes.get_or_create(&OutcomeLabels { outcome: o });
+        }
+        registry.register(
+            "bridge_state_writes",
+            "Transactions committed to the state store (one per group of ops), by outcome",
+            m.writes.clone(),
+        );
+        registry.register(
+            "bridge_state_commit_duration_seconds",
+            "Time to commit one group of ops to the state store, fsync included",
+            m.commit.clone(),
+        );
+        registry.register(
+            "bridge_state_outbox_entries",
+            "Events in the durable outbox (written, not yet accepted by PagerDuty)",
+            m.outbox.clone(),
+        );
+        registry.register(
+            "bridge_state_ledger_entries",
+            "Alert keys in the ledger of what PagerDuty accepted",
+            m.ledger.clone(),
+        );
+        m
+    }
+}
+
+enum Msg {
+    Ops { ticket: u64, ops: Vec<Op> },
+    Prune { older_than: SystemTime },
+}
+
+struct Submit {
+    next_ticket: u64,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    submit: Arc<Mutex<Submit>>,
+    committed: watch::Receiver<u64>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("committed", &*self.committed.borrow())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Starts the writer thread over `store`. `outbox` and `ledger` are the entry counts of the
+    /// loaded snapshot (the gauges start there).
+    pub fn start(
+        store: Arc<dyn StateStore>,
+        registry: &mut Registry,
+        readiness: Arc<Readiness>,
+        outbox: usize,
+        ledger_keys: HashSet<String>,
+    ) -> Result<Self, std::io::Error> {
+        let metrics = Metrics::register(registry);
+        metrics
+            .outbox
+            .set(i64::try_from(outbox).unwrap_or(i64::MAX));
+        metrics
+            .ledger
+            .set(i64::try_from(ledger_keys.len()).unwrap_or(i64::MAX));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(0u64);
+        let thread = std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || writer(store, rx, done_tx, metrics, readiness, ledger_keys))?;
+        Ok(Self {
+            submit: Arc::new(Mutex::new(Submit {
+                next_ticket: 1,
+                tx: Some(tx),
+            })),
+            committed: done_rx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Submit> {
+        // A counter and a channel handle: nothing a panic could leave half-updated.
+        self.submit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `ops` for the next commit and returns their ticket (see [`Journal::durable`]).
+    /// Never blocks. Ops submitted after [`Journal::close`] are dropped (ticket 0).
+    pub fn submit(&self, ops: Vec<Op>) -> u64 {
+        let mut g = self.lock();
+        let ticket = g.next_ticket;
+        let Some(tx) = g.tx.as_ref() else { return 0 };
+        if tx.send(Msg::Ops { ticket, ops }).is_err() {
+            return 0;
+        }
+        g.next_ticket += 1;
+        ticket
+    }
+
+    /// Asks the writer to prune what is older than `older_than`.
+    pub fn prune(&self, older_than: SystemTime) {
+        let g = self.lock();
+        if let Some(tx) = g.tx.as_ref() {
+            let _ = tx.send(Msg::Prune { older_than });
+        }
+    }
+
+    /// Resolves once the commit holding `ticket` was attempted (whether it succeeded or not:
+    /// a failing store must not stop delivery; see the module docs). Returns at once when the
+    /// writer is gone.
+    pub async fn durable(&self, ticket: u64) {
+        let mut rx = self.committed.clone();
+        let _ = rx.wait_for(|c| *c >= ticket).await;
+    }
+
+    /// Waits until everything submitted so far was committed.
+    pub async fn flush(&self) {
+        let last = self.lock().next_ticket.saturating_sub(1);
+        self.durable(last).await;
+    }
+
+    /// Stops accepting ops, lets the writer commit what is queued and waits for it (blocking:
+    /// call from a blocking context or at the very end).
+    pub fn close(&self) {
+        self.lock().tx = None;
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn writer(
+    store: Arc<dyn StateStore>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    done: watch::Sender<u64>,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+    mut ledger_keys: HashSet<String>,
+) {
+    let mut failing = false;
+    let mut carry: Option<Msg> = None;
+    loop {
+        let first = match carry.take() {
+            Some(m) => m,
+            None => match rx.blocking_recv() {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let (mut ops, mut last) = match first {
+            Msg::Prune { older_than } => {
+                prune(&*store, older_than, &metrics, &mut ledger_keys);
+                continue;
+            }
+            Msg::Ops { ticket, ops } => (ops, ticket),
+        };
+        // A moment for the ops of other events to arrive: one fsync then covers all of them.
+        // Short next to a PagerDuty round trip, long next to the dispatcher's turn.
+        std::thread::sleep(GATHER);
+        while ops.len() < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(Msg::Ops { ticket, ops: more }) => {
+                    ops.extend(more);
+                    last = ticket;
+                }
+                Ok(p @ Msg::Prune { .. }) => {
+                    carry = Some(p);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !ops.is_empty() {
+            let t0 = Instant::now();
+            let res = store.apply(&ops);
+            metrics.commit.observe(t0.elapsed().as_secs_f64());
+            match res {
+                Ok(()) => {
+                    metrics
+                        .writes
+                        .get_or_create(&OutcomeLabels { outcome: "ok" })
+                        .inc();
+                    let (outbox, ledger) = deltas(&ops, &mut ledger_keys);
+                    metrics.outbox.inc_by(outbox);
+                    metrics.ledger.inc_by(ledger);
+                    if failing {
+                        failing = false;
+                        readiness.set_met(READY_STATE);
+                        tracing::info!("state store writes succeed again");
+                    }
+                }
+                Err(e) => {
+                    metrics
+                        .writes
+                        .get_or_create(&OutcomeLabels { outcome: "error" })
+                        .inc();
+                    if !failing {
+                        tracing::error!(
+                            error = %e,
+                            ops = ops.len(),
+                            "cannot write the delivery state; delivery goes on from memory, but a restart now would resend or miss what was not recorded"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, ops = ops.len(), "state store write failed again");
+                    }
+                    // After the first failure the store answers "poisoned"; readiness keeps
+                    // showing the cause (disk full, read-only) an operator can act on.
+                    if !failing || !matches!(e, super::StateError::Poisoned { .. }) {
+                        readiness.set_unmet(READY_STATE, e.to_string());
+                    }
+                    failing = true;
+                }
+            }
+        }
+        done.send_replace(last);
+    }
+}
+
+/// Gauge changes of a committed batch: the outbox count is approximate (removing an entry that
+/// is already gone is allowed) and corrected at each prune; ledger keys are tracked exactly.
+fn deltas(ops: &[Op], ledger_keys: &mut HashSet<String>) -> (i64, i64) {
+    let mut outbox = 0i64;
+    let mut ledger = 0i64;
+    for op in ops {
+        match op {
+            Op::Enqueue(_) => outbox += 1,
+            Op::Accepted { key, .. } => {
+                outbox -= 1;
+                if !ledger_keys.contains(key) {
+                    ledger_keys.insert(key.clone());
+                    ledger += 1;
+                }
+            }
+            Op::ForgetKey { key } if ledger_keys.remove(key) => ledger -= 1,
+            Op::Cancelled { .. } | Op::DeadLetter { .. } => outbox -= 1,
+            _ => {}
+        }
+    }
+    (outbox, ledger)
+}
+
+fn prune(
+    store: &dyn StateStore,
+    older_than: SystemTime,
+    metrics: &Metrics,
+    ledger_keys: &mut HashSet<String>,
+) {
+    match store.prune(older_than) {
+        Ok(n) => {
+            tracing::info!(
+                removed = n,
+                "pruned delivery state older than state.retention"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prune the delivery state");
+        }
+    }
+    if let Ok(s) = store.load() {
+        metrics
+            .outbox
+            .set(i64::try_from(s.outbox.len()).unwrap_or(i64::MAX));
+        metrics
+            .ledger
+            .set(i64::try_from(s.ledger.len()).unwrap_or(i64::MAX));
+        *ledger_keys = s.ledger.into_keys().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Action, MemoryStore, OutboxEntry, Snapshot, StateError};
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose every commit takes 20 ms, like an fsync on a slow volume.
+    struct Slow {
+        inner: MemoryStore,
+        commits: AtomicUsize,
+    }
+
+    impl StateStore for Slow {
+        fn load(&self) -> Result<Snapshot, StateError> {
+            self.inner.load()
+        }
+        fn apply(&self, batch: &[Op]) -> Result<(), StateError> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.inner.apply(batch)
+        }
+        fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
+            self.inner.prune(older_than)
+        }
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn path(&self) -> Option<&Path> {
+            None
+        }
+    }
+
+    fn enqueue(seq: u64) -> Op {
+        Op::Enqueue(OutboxEntry {
+            seq,
+            key: format!("k{seq}"),
+            action: Action::Trigger,
+            priority: 0,
+            enqueued_at: SystemTime::now(),
+            fingerprint: String::new(),
+            payload: String::new(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_submissions_share_few_commits_and_all_become_durable() {
+        let store = Arc::new(Slow {
+            inner: MemoryStore::new(),
+            commits: AtomicUsize::new(0),
+        });
+        let mut registry = Registry::default();
+        let j = Journal::start(
+            store.clone(),
+            &mut registry,
+            Arc::new(Readiness::new()),
+            0,
+            HashSet::new(),
+        )
+        .unwrap();
+        let mut last = 0;
+        for seq in 0..2000 {
+            last = j.submit(vec![enqueue(seq)]);
+        }
+        j.durable(last).await;
+        assert_eq!(store.load().unwrap().outbox.len(), 2000);
+        let commits = store.commits.load(Ordering::Relaxed);
+        assert!(commits <= 20, "2000 submissions took {commits} commits");
+        // Accepting them all (one op each) moves the gauges.
+        for seq in 0..2000 {
+            j.submit(vec![Op::Accepted {
+                seq,
+                key: format!("k{seq}"),
+                action: Action::Trigger,
+                fingerprint: String::new(),
+                at: SystemTime::now(),
+                route: "default".into(),
+            }]);
+        }
+        j.flush().await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("bridge_state_outbox_entries 0"), "{text}");
+        assert!(text.contains("bridge_state_ledger_entries 2000"), "{text}");
+        j.close();
+        assert_eq!(j.submit(vec![enqueue(5000)]), 0, "closed: nothing accepted");
+    }
+}
