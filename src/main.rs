@@ -31,8 +31,11 @@ fn main() -> ExitCode {
                 Err(e) => return config_failed(&e),
             };
             with_logging(&cfg.log.clone(), async move {
+                // Signals are caught from before the build, so a SIGTERM while the state file
+                // loads still ends in an orderly drain.
+                let shutdown = shutdown_on_signals();
                 let app = bridge::App::build(cfg).await?;
-                app.run(shutdown_on_signals()).await?;
+                app.run(shutdown).await?;
                 Ok(())
             })
         }
@@ -143,38 +146,64 @@ where
     }
 }
 
-/// A token cancelled on the first SIGTERM or SIGINT; a second one exits at once.
+/// A token cancelled on the first SIGTERM or SIGINT; a second one exits at once. The handlers
+/// are installed before this returns, so no signal is lost to the default action.
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         tracing::info!("signal received; shutting down (send it again to exit at once)");
         t.cancel();
-        wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("second signal; exiting immediately");
         std::process::exit(i32::from(EXIT_RUNTIME));
     });
     token
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+/// SIGTERM and SIGINT, listened to from the moment of installation.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Self {
+        Self {}
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
