@@ -575,7 +575,6 @@ async fn idle(stored: usize, cycles: u32, interval_ms: u64) -> R<Figures> {
         severity: Some("Critical".into()),
         state: Some("Active".into()),
         max_age_ms: 3_600_000,
-        ..Default::default()
     });
     let b = Bridge::spawn(&sims, &Opts::new(interval_ms)).await?;
     let startup = b.ready_after.as_secs_f64() * 1e3;
