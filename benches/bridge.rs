@@ -503,8 +503,13 @@ async fn rate_limited(
     let burst = (per_minute as usize).min(sev.len());
     let tail = &sev[burst..];
     let crit_in_first_burst = sev[..burst].iter().filter(|s| **s == "critical").count();
+    // Up to `pagerduty.concurrency` (8) requests race on the wire: a critical started just
+    // before a warning may arrive just after it.
     let crit_after_a_warning = tail.iter().position(|s| *s == "warning").map_or(0, |w| {
-        tail[w..].iter().filter(|s| **s == "critical").count()
+        tail[(w + 8).min(tail.len())..]
+            .iter()
+            .filter(|s| **s == "critical")
+            .count()
     });
     let crit_before_first_warning = tail
         .iter()
@@ -524,6 +529,11 @@ async fn rate_limited(
         settled.last().copied().unwrap_or(0.0),
     );
     let rss_max = settled.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  rate-limited: {} accepted, {} answers 429, max {max_window} in a sliding minute, {crit_in_first_burst} criticals in the first window, {crit_before_first_warning} queued criticals before the first queued warning, {crit_after_a_warning} criticals after it (beyond the 8 in flight), {queued} queued",
+        acc.len(),
+        c.rate_limited
+    );
     if c.rate_limited > 0 || max_window > per_minute as usize {
         return Err(format!(
             "limit exceeded: {} answers 429, {max_window} events in one sliding minute (limit {per_minute})",
