@@ -131,6 +131,9 @@ pub struct LoggedEvent {
     pub received_at: DateTime<Utc>,
     /// Milliseconds since the simulator started (monotonic).
     pub received_ms: u64,
+    /// The same in microseconds, for latency benchmarks ([`SimHandle::started`] is the origin).
+    #[serde(default)]
+    pub received_us: u64,
     /// The status answered.
     pub status: u16,
     pub routing_key: Option<String>,
@@ -223,6 +226,11 @@ impl std::fmt::Debug for SimHandle {
 impl SimHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// When the simulator started: the origin of [`LoggedEvent::received_ms`] and `received_us`.
+    pub fn started(&self) -> std::time::Instant {
+        self.sim.started.into_std()
     }
 
     /// `http://{addr}/v2/enqueue`, for `pagerduty.events_url`.
@@ -490,7 +498,9 @@ async fn enqueue(
     conn: Option<Extension<ConnKill>>,
     body: Bytes,
 ) -> Response {
-    let received_ms = u64::try_from(sim.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let received = sim.started.elapsed();
+    let received_ms = u64::try_from(received.as_millis()).unwrap_or(u64::MAX);
+    let received_us = u64::try_from(received.as_micros()).unwrap_or(u64::MAX);
     let (faults, roll, pick) = {
         let mut g = sim.lock();
         g.counters.requests += 1;
@@ -521,6 +531,7 @@ async fn enqueue(
         seq: 0,
         received_at: Utc::now(),
         received_ms,
+        received_us,
         status: 0,
         routing_key: field("routing_key"),
         event_action: field("event_action"),

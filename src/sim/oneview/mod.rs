@@ -133,6 +133,9 @@ pub enum SimError {
     Invalid(String),
 }
 
+/// Collection request times kept by [`SimHandle::alert_poll_instants`].
+pub const ALERT_POLLS_KEPT: usize = 100_000;
+
 struct SimSession {
     username: String,
     last_used: Instant,
@@ -144,6 +147,8 @@ pub(crate) struct Inner {
     sessions: Mutex<HashMap<String, SimSession>>,
     faults: Mutex<Faults>,
     counters: Mutex<Counters>,
+    /// Arrival times of `GET /rest/alerts` (collection) requests, for latency benchmarks.
+    alert_polls: Mutex<Vec<std::time::Instant>>,
     clock_base_ms: i64,
     clock_start: Instant,
 }
@@ -168,6 +173,7 @@ impl SimHandle {
                 sessions: Mutex::new(HashMap::new()),
                 faults: Mutex::new(Faults::default()),
                 counters: Mutex::new(Counters::default()),
+                alert_polls: Mutex::new(Vec::new()),
                 clock_base_ms: chrono::Utc::now().timestamp_millis(),
                 clock_start: Instant::now(),
             }),
@@ -329,7 +335,20 @@ impl SimHandle {
         *self.counters_mut() = Counters::default();
     }
 
+    /// Arrival times of the collection requests (`GET /rest/alerts`) so far (the latest
+    /// [`ALERT_POLLS_KEPT`]).
+    pub fn alert_poll_instants(&self) -> Vec<std::time::Instant> {
+        lock(&self.inner.alert_polls).clone()
+    }
+
     pub(crate) fn count(&self, endpoint: &str) {
+        if endpoint == "alerts" {
+            let mut p = lock(&self.inner.alert_polls);
+            if p.len() >= ALERT_POLLS_KEPT {
+                p.drain(..ALERT_POLLS_KEPT / 2);
+            }
+            p.push(std::time::Instant::now());
+        }
         *self
             .counters_mut()
             .requests

@@ -1,0 +1,1142 @@
+//! Benchmarks of the bridge (issue 8): both simulators run in this process, the bridge runs as
+//! the release binary in a child process so that its RSS and CPU (from `/proc/<pid>/status` and
+//! `/proc/<pid>/stat`) are its own. One subcommand per benchmark; see `bench/README.md`.
+//!
+//! `cargo build --release --bin oneview-pagerduty-bridge && cargo bench --bench bridge -- <name>`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bridge::sim::oneview::{self as ovsim, AlertSpec, GenerateSpec, SimConfig};
+use bridge::sim::pagerduty::{self as pdsim, Faults};
+use clap::{Parser, Subcommand};
+use rand::Rng;
+
+const ROUTING_KEY: &str = "BENCHROUTINGKEY00000000000000001";
+const APPLIANCE: &str = "synergy-bench";
+
+#[derive(Parser)]
+#[command(about = "oneview-pagerduty-bridge benchmarks (issue 8)")]
+struct Cli {
+    /// Repetitions; figures are printed as median [min..max].
+    #[arg(long, default_value_t = 3, global = true)]
+    runs: usize,
+    /// Keep the bridge's state in a redb file in this directory (`state.path`): the durable
+    /// variants (benchmark 7).
+    #[arg(long, global = true)]
+    state_path: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Clone)]
+enum Cmd {
+    /// 1: alert-to-page latency, overhead beyond the poll wait.
+    Latency {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Alerts raised per second (at random offsets).
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// 2 (and 7 with --state-path): storm of N new alerts, then all cleared.
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        alerts: usize,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// 3 (and 7 with --state-path): storm under PagerDuty's 120/min per routing key.
+    RateLimited {
+        #[arg(long, default_value_t = 9_000)]
+        warnings: usize,
+        #[arg(long, default_value_t = 100)]
+        criticals: usize,
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        #[arg(long, default_value_t = 120)]
+        per_minute: u32,
+    },
+    /// 4: idle poll cost with N stored (historical) alerts.
+    Idle {
+        #[arg(long, default_value_t = 50_000)]
+        stored: usize,
+        #[arg(long, default_value_t = 10)]
+        cycles: u32,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// 5: footprint: startup to ready, idle RSS and CPU.
+    Footprint {
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+    },
+    /// 6: web endpoints with wrk (Debian `wrk`) on loopback.
+    Web {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Paths to load, comma-separated.
+        #[arg(long, default_value = "/health,/ready,/metrics")]
+        paths: String,
+    },
+    /// The simulators alone (they must not be the bottleneck).
+    Sims {
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        #[arg(long, default_value_t = 100_000)]
+        stored: usize,
+    },
+    /// Every benchmark at a tiny size; fails when one breaks (not when it is slow).
+    Smoke,
+}
+
+type R<T> = Result<T, String>;
+
+fn main() {
+    // `cargo bench` appends `--bench`; it means nothing here.
+    let cli = Cli::parse_from(std::env::args().filter(|a| a != "--bench"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let res = rt.block_on(run(cli));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if let Err(e) = res {
+        eprintln!("BENCHMARK FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> R<()> {
+    println!("# machine: {}", machine());
+    let sp = cli.state_path.clone();
+    match cli.cmd.clone() {
+        Cmd::Smoke => smoke().await,
+        cmd => {
+            let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for i in 0..cli.runs {
+                println!("## run {}/{} load {}", i + 1, cli.runs, loadavg());
+                let figs = one(&cmd, sp.as_deref()).await?;
+                for (k, v) in &figs {
+                    println!("  {k:<40} {v:>14.3}");
+                    all.entry(k.clone()).or_default().push(*v);
+                }
+            }
+            println!("## summary over {} runs: median [min .. max]", cli.runs);
+            for (k, v) in all {
+                let (med, min, max) = stats(&v);
+                println!("  {k:<40} {med:>14.3} [{min:.3} .. {max:.3}]");
+            }
+            println!("# load after: {}", loadavg());
+            Ok(())
+        }
+    }
+}
+
+type Figures = Vec<(String, f64)>;
+
+async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
+    match *cmd {
+        Cmd::Latency {
+            interval_ms,
+            rate,
+            seconds,
+        } => latency(interval_ms, rate, seconds).await,
+        Cmd::Storm {
+            alerts,
+            interval_ms,
+        } => storm(alerts, interval_ms, state).await,
+        Cmd::RateLimited {
+            warnings,
+            criticals,
+            seconds,
+            per_minute,
+        } => rate_limited(warnings, criticals, seconds, per_minute, state).await,
+        Cmd::Idle {
+            stored,
+            cycles,
+            interval_ms,
+        } => idle(stored, cycles, interval_ms).await,
+        Cmd::Footprint { idle_seconds } => footprint(idle_seconds).await,
+        Cmd::Web {
+            seconds,
+            connections,
+            ref paths,
+        } => web(seconds, connections, paths).await,
+        Cmd::Sims { events, stored } => sims(events, stored).await,
+        Cmd::Smoke => Err("smoke is not repeatable".into()),
+    }
+}
+
+async fn smoke() -> R<()> {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let steps: Vec<(&str, Cmd, bool)> = vec![
+        (
+            "sims",
+            Cmd::Sims {
+                events: 500,
+                stored: 2_000,
+            },
+            false,
+        ),
+        (
+            "latency",
+            Cmd::Latency {
+                interval_ms: 1000,
+                rate: 20.0,
+                seconds: 2,
+            },
+            false,
+        ),
+        (
+            "storm",
+            Cmd::Storm {
+                alerts: 300,
+                interval_ms: 1000,
+            },
+            false,
+        ),
+        (
+            "storm durable",
+            Cmd::Storm {
+                alerts: 300,
+                interval_ms: 1000,
+            },
+            true,
+        ),
+        (
+            "rate-limited",
+            Cmd::RateLimited {
+                warnings: 60,
+                criticals: 10,
+                seconds: 4,
+                per_minute: 20,
+            },
+            false,
+        ),
+        (
+            "rate-limited durable",
+            Cmd::RateLimited {
+                warnings: 60,
+                criticals: 10,
+                seconds: 4,
+                per_minute: 20,
+            },
+            true,
+        ),
+        (
+            "idle",
+            Cmd::Idle {
+                stored: 2_000,
+                cycles: 3,
+                interval_ms: 1000,
+            },
+            false,
+        ),
+        ("footprint", Cmd::Footprint { idle_seconds: 1 }, false),
+    ];
+    let mut steps = steps;
+    if which("wrk") {
+        steps.push((
+            "web",
+            Cmd::Web {
+                seconds: 1,
+                connections: 4,
+                paths: "/health,/ready,/metrics".into(),
+            },
+            false,
+        ));
+    } else {
+        println!("smoke: web skipped (no wrk on PATH)");
+    }
+    for (name, cmd, durable) in steps {
+        let s = Instant::now();
+        let figs = one(&cmd, durable.then(|| dir.path()))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        println!(
+            "smoke: {name} ok in {:.1}s ({} figures)",
+            s.elapsed().as_secs_f64(),
+            figs.len()
+        );
+    }
+    println!("smoke: all ok in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// ---- benchmarks --------------------------------------------------------------------------
+
+async fn latency(interval_ms: u64, rate: f64, seconds: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let b = Bridge::spawn(&sims, &Opts::new(interval_ms)).await?;
+    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    let n = ((rate * seconds as f64).round() as usize).max(1);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut raised: Vec<(u64, Instant)> = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        // Random offsets so that alerts land at every phase of the poll tick.
+        let jitter = rand::rng().random_range(0.0..1.0) * period.as_secs_f64();
+        let at = start + period.mul_f64(i as f64) + Duration::from_secs_f64(jitter);
+        tokio::time::sleep_until(at.into()).await;
+        let uri = sims.ov.handle.add_alert(AlertSpec {
+            severity: Some("Critical".into()),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        raised.push((id_of(&uri)?, t));
+    }
+    wait_for(Duration::from_secs(30), || {
+        sims.pd.counters().incidents_opened >= n as u64
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "only {} of {n} alerts paged",
+            sims.pd.counters().incidents_opened
+        )
+    })?;
+    let origin = sims.pd.started();
+    let mut received: BTreeMap<u64, Instant> = BTreeMap::new();
+    for e in sims.pd.accepted() {
+        if let Some(id) = e.dedup_key.as_deref().and_then(|k| k.rsplit('/').next()) {
+            if let Ok(id) = id.parse::<u64>() {
+                received
+                    .entry(id)
+                    .or_insert(origin + Duration::from_micros(e.received_us));
+            }
+        }
+    }
+    let polls = sims.ov.handle.alert_poll_instants();
+    let (mut overhead, mut e2e) = (Vec::new(), Vec::new());
+    for (id, visible) in &raised {
+        let got = *received
+            .get(id)
+            .ok_or_else(|| format!("alert {id} never paged"))?;
+        // The poll that fetched it: the last collection request that arrived before the page.
+        let poll = polls
+            .iter()
+            .rev()
+            .find(|p| **p <= got)
+            .ok_or("no poll before a page")?;
+        overhead.push(got.duration_since(*poll).as_secs_f64() * 1e3);
+        e2e.push(got.duration_since(*visible).as_secs_f64() * 1e3);
+    }
+    let proc = b.proc_stat();
+    b.stop();
+    let mut f = vec![("alerts".into(), n as f64)];
+    push_dist(&mut f, "overhead_ms", &mut overhead);
+    push_dist(&mut f, "end_to_end_ms", &mut e2e);
+    f.push(("bridge_cpu_s".into(), proc.cpu_s));
+    Ok(f)
+}
+
+async fn storm(alerts: usize, interval_ms: u64, state: Option<&Path>) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let mut o = Opts::new(interval_ms);
+    o.state = state.map(fresh_state_file).transpose()?;
+    let b = Bridge::spawn(&sims, &o).await?;
+    let sampler = b.sampler(Duration::from_millis(20));
+    let cpu0 = b.proc_stat().cpu_s;
+    let n = alerts as u64;
+    let t0 = Instant::now();
+    let crit = sims.ov.handle.generate(&GenerateSpec {
+        count: alerts / 2,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let warn = sims.ov.handle.generate(&GenerateSpec {
+        count: alerts - alerts / 2,
+        severity: Some("Warning".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let visible = Instant::now();
+    let limit = Duration::from_secs(60 + alerts as u64 / 200);
+    wait_for(limit, || sims.pd.counters().incidents_opened >= n)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {n} triggers accepted in {limit:?}",
+                sims.pd.counters().incidents_opened
+            )
+        })?;
+    let t1 = Instant::now();
+    let trigger_cpu = b.proc_stat().cpu_s - cpu0;
+    // Let the queue settle, then the RSS of the tracked open alerts.
+    tokio::time::sleep(Duration::from_millis(interval_ms * 2)).await;
+    let open_rss = b.proc_stat().rss_kb;
+    let cpu1 = b.proc_stat().cpu_s;
+    let t2 = Instant::now();
+    for id in crit.chain(warn) {
+        sims.ov
+            .handle
+            .clear(id)
+            .map_err(|e| format!("clear {id}: {e}"))?;
+    }
+    let cleared = Instant::now();
+    wait_for(limit, || sims.pd.counters().incidents_resolved >= n)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {n} resolves accepted in {limit:?}",
+                sims.pd.counters().incidents_resolved
+            )
+        })?;
+    let t3 = Instant::now();
+    let resolve_cpu = b.proc_stat().cpu_s - cpu1;
+    let peak = sampler.stop();
+    let c = sims.pd.counters();
+    if c.accepted != 2 * n {
+        return Err(format!(
+            "PagerDuty simulator accepted {} events for {n} alerts (want {})",
+            c.accepted,
+            2 * n
+        ));
+    }
+    let proc = b.proc_stat();
+    let state_bytes = o
+        .state
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0.0, |m| m.len() as f64);
+    b.stop();
+    let trig = t1.duration_since(t0).as_secs_f64();
+    let res = t3.duration_since(t2).as_secs_f64();
+    Ok(vec![
+        ("alerts".into(), n as f64),
+        (
+            "generate_s".into(),
+            visible.duration_since(t0).as_secs_f64(),
+        ),
+        ("clear_s".into(), cleared.duration_since(t2).as_secs_f64()),
+        ("trigger_phase_s".into(), trig),
+        ("trigger_events_per_s".into(), n as f64 / trig),
+        ("resolve_phase_s".into(), res),
+        ("resolve_events_per_s".into(), n as f64 / res),
+        ("events_per_s".into(), 2.0 * n as f64 / (trig + res)),
+        (
+            "events_per_s_excl_poll_wait".into(),
+            2.0 * n as f64 / (trig + res - 2.0 * interval_ms as f64 / 1e3 / 2.0).max(1e-3),
+        ),
+        ("peak_rss_mb".into(), peak.max(proc.hwm_kb) as f64 / 1024.0),
+        ("rss_open_alerts_mb".into(), open_rss as f64 / 1024.0),
+        ("cpu_trigger_s".into(), trigger_cpu),
+        ("cpu_resolve_s".into(), resolve_cpu),
+        ("cpu_total_s".into(), proc.cpu_s),
+        ("state_file_mb".into(), state_bytes / 1024.0 / 1024.0),
+    ])
+}
+
+async fn rate_limited(
+    warnings: usize,
+    criticals: usize,
+    seconds: u64,
+    per_minute: u32,
+    state: Option<&Path>,
+) -> R<Figures> {
+    let sims = Sims::start(Faults {
+        rate_limit_per_minute: Some(per_minute),
+        ..Default::default()
+    })
+    .await?;
+    let mut o = Opts::new(1000);
+    o.rate_limit = per_minute;
+    o.state = state.map(fresh_state_file).transpose()?;
+    let b = Bridge::spawn(&sims, &o).await?;
+    // Warnings first in the appliance, criticals after: the bridge must still page criticals
+    // first.
+    sims.ov.handle.generate(&GenerateSpec {
+        count: warnings,
+        severity: Some("Warning".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    sims.ov.handle.generate(&GenerateSpec {
+        count: criticals,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    let mut rss: Vec<(f64, f64)> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss.push((
+            t0.elapsed().as_secs_f64(),
+            b.proc_stat().rss_kb as f64 / 1024.0,
+        ));
+    }
+    let metrics = b.metrics().await?;
+    let queued = metric(&metrics, "bridge_pagerduty_queue_depth").unwrap_or(f64::NAN);
+    let proc = b.proc_stat();
+    b.stop();
+    let acc = sims.pd.accepted();
+    let c = sims.pd.counters();
+    // The limit over every sliding minute, as the simulator counts it.
+    let times: Vec<u64> = acc.iter().map(|e| e.received_ms).collect();
+    let mut max_window = 0usize;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= 60_000 {
+            lo += 1;
+        }
+        max_window = max_window.max(hi - lo + 1);
+    }
+    let sev: Vec<&str> = acc
+        .iter()
+        .map(|e| e.severity.as_deref().unwrap_or(""))
+        .collect();
+    // The first window's worth goes out as the alerts arrive, before anything queues; after
+    // that, no warning may go while a critical waits.
+    let burst = (per_minute as usize).min(sev.len());
+    let tail = &sev[burst..];
+    let crit_in_first_burst = sev[..burst].iter().filter(|s| **s == "critical").count();
+    // Up to `pagerduty.concurrency` (8) requests race on the wire: a critical started just
+    // before a warning may arrive just after it.
+    let crit_after_a_warning = tail.iter().position(|s| *s == "warning").map_or(0, |w| {
+        tail[(w + 8).min(tail.len())..]
+            .iter()
+            .filter(|s| **s == "critical")
+            .count()
+    });
+    let crit_before_first_warning = tail
+        .iter()
+        .position(|s| *s == "warning")
+        .map_or(tail.len(), |w| w);
+    let criticals_first = crit_after_a_warning == 0;
+    let total = warnings + criticals;
+    let lost = total as f64 - acc.len() as f64 - queued;
+    // Memory flatness: RSS once the queue is full (after 5 s) against the end.
+    let settled: Vec<f64> = rss
+        .iter()
+        .filter(|(t, _)| *t >= 5.0_f64.min(seconds as f64 / 2.0))
+        .map(|(_, r)| *r)
+        .collect();
+    let (rss_first, rss_last) = (
+        settled.first().copied().unwrap_or(0.0),
+        settled.last().copied().unwrap_or(0.0),
+    );
+    let rss_max = settled.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  rate-limited: {} accepted, {} answers 429, max {max_window} in a sliding minute, {crit_in_first_burst} criticals in the first window, {crit_before_first_warning} queued criticals before the first queued warning, {crit_after_a_warning} criticals after it (beyond the 8 in flight), {queued} queued",
+        acc.len(),
+        c.rate_limited
+    );
+    if c.rate_limited > 0 || max_window > per_minute as usize {
+        return Err(format!(
+            "limit exceeded: {} answers 429, {max_window} events in one sliding minute (limit {per_minute})",
+            c.rate_limited
+        ));
+    }
+    if !criticals_first {
+        return Err(format!(
+            "criticals not first: {crit_after_a_warning} criticals sent after a queued warning"
+        ));
+    }
+    if lost.abs() > 0.5 {
+        return Err(format!(
+            "{total} alerts, {} accepted + {queued} queued: {lost} missing",
+            acc.len()
+        ));
+    }
+    Ok(vec![
+        ("alerts".into(), total as f64),
+        ("accepted".into(), acc.len() as f64),
+        ("queued_at_end".into(), queued),
+        ("max_events_in_sliding_minute".into(), max_window as f64),
+        ("answers_429".into(), c.rate_limited as f64),
+        (
+            "criticals_in_first_window".into(),
+            crit_in_first_burst as f64,
+        ),
+        (
+            "queued_criticals_before_first_queued_warning".into(),
+            crit_before_first_warning as f64,
+        ),
+        (
+            "criticals_after_a_queued_warning".into(),
+            crit_after_a_warning as f64,
+        ),
+        ("lost".into(), lost),
+        ("rss_after_5s_mb".into(), rss_first),
+        ("rss_end_mb".into(), rss_last),
+        ("rss_max_mb".into(), rss_max),
+        (
+            "rss_growth_mb_per_min".into(),
+            (rss_last - rss_first) / ((seconds as f64 - 5.0).max(1.0) / 60.0),
+        ),
+        ("cpu_total_s".into(), proc.cpu_s),
+        (
+            "drain_minutes_at_limit".into(),
+            total as f64 / per_minute as f64,
+        ),
+    ])
+}
+
+async fn idle(stored: usize, cycles: u32, interval_ms: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    // Historical alerts: cleared, spread over the last 30 days; plus a few open ones that the
+    // bridge tracks.
+    sims.ov.handle.generate(&GenerateSpec {
+        count: stored,
+        state: Some("Cleared".into()),
+        max_age_ms: 30 * 86_400_000,
+        ..Default::default()
+    });
+    sims.ov.handle.generate(&GenerateSpec {
+        count: 20,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        max_age_ms: 3_600_000,
+    });
+    let b = Bridge::spawn(&sims, &Opts::new(interval_ms)).await?;
+    let startup = b.ready_after.as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(interval_ms * 2)).await;
+    sims.ov.handle.reset_counters();
+    let cpu0 = b.proc_stat().cpu_s;
+    let polls0 = sims.ov.handle.alert_poll_instants().len();
+    tokio::time::sleep(Duration::from_millis(interval_ms * u64::from(cycles))).await;
+    let c = sims.ov.handle.counters();
+    let cpu = b.proc_stat().cpu_s - cpu0;
+    let polls = (sims.ov.handle.alert_poll_instants().len() - polls0).max(1) as f64;
+    let proc = b.proc_stat();
+    b.stop();
+    let total_requests: u64 = c.requests.values().sum();
+    let response_bytes: u64 = c.response_bytes.values().sum();
+    Ok(vec![
+        ("stored_alerts".into(), stored as f64),
+        ("startup_to_ready_ms".into(), startup),
+        ("cycles".into(), polls),
+        ("requests_per_cycle".into(), total_requests as f64 / polls),
+        ("members_per_cycle".into(), c.members_sent as f64 / polls),
+        (
+            "member_bytes_per_cycle".into(),
+            c.member_bytes as f64 / polls,
+        ),
+        (
+            "response_bytes_per_cycle".into(),
+            response_bytes as f64 / polls,
+        ),
+        ("cpu_ms_per_cycle".into(), cpu * 1e3 / polls),
+        ("rss_mb".into(), proc.rss_kb as f64 / 1024.0),
+    ])
+}
+
+async fn footprint(idle_seconds: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    // Default interval (30 s): the idle cost a deployment sees.
+    let b = Bridge::spawn(&sims, &Opts::new(30_000)).await?;
+    let startup = b.ready_after.as_secs_f64() * 1e3;
+    let rss_ready = b.proc_stat().rss_kb;
+    let cpu0 = b.proc_stat().cpu_s;
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let p = b.proc_stat();
+    b.stop();
+    Ok(vec![
+        ("startup_to_ready_ms".into(), startup),
+        ("rss_at_ready_mb".into(), rss_ready as f64 / 1024.0),
+        ("rss_idle_mb".into(), p.rss_kb as f64 / 1024.0),
+        ("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0),
+        (
+            "idle_cpu_percent".into(),
+            (p.cpu_s - cpu0) / idle_seconds as f64 * 100.0,
+        ),
+    ])
+}
+
+async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
+    if !which("wrk") {
+        return Err("wrk not found: apt-get install wrk".into());
+    }
+    let sims = Sims::start(Faults::default()).await?;
+    let b = Bridge::spawn(&sims, &Opts::new(30_000)).await?;
+    let mut f = Vec::new();
+    for path in paths.split(',').filter(|p| !p.is_empty()) {
+        let url = format!("{}{path}", b.url);
+        let cpu0 = b.proc_stat().cpu_s;
+        let out = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || {
+                Command::new("wrk")
+                    .args([
+                        "-t2",
+                        &format!("-c{connections}"),
+                        &format!("-d{seconds}s"),
+                        "--latency",
+                        &url,
+                    ])
+                    .output()
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("wrk: {e}"))?;
+        let cpu = b.proc_stat().cpu_s - cpu0;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("wrk output without Requests/sec:\n{text}"))?;
+        let p99 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .map(|v| parse_wrk_time(v.trim()))
+            .unwrap_or(f64::NAN);
+        let non2xx = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if non2xx > 0.0 {
+            return Err(format!("{path}: {non2xx} non-2xx answers"));
+        }
+        let name = path.trim_start_matches('/').replace('/', "_");
+        f.push((format!("{name}_requests_per_s"), rps));
+        f.push((format!("{name}_p99_ms"), p99));
+        f.push((format!("{name}_bridge_cpu_s"), cpu));
+    }
+    let p = b.proc_stat();
+    b.stop();
+    f.push(("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0));
+    Ok(f)
+}
+
+/// The simulators alone: PagerDuty events per second from a client as concurrent as the
+/// bridge, OneView pages per second of a full listing.
+async fn sims(events: usize, stored: usize) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let client = reqwest::Client::new();
+    let url = sims.pd.events_url();
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= events as u64 {
+                    return Ok::<(), String>(());
+                }
+                let body = serde_json::json!({
+                    "routing_key": ROUTING_KEY,
+                    "event_action": "trigger",
+                    "dedup_key": format!("oneview:{APPLIANCE}:/rest/alerts/{i}"),
+                    "payload": {"summary": "Fan failure", "source": "enc1", "severity": "critical"},
+                });
+                let r = client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status().as_u16() != 202 {
+                    return Err(format!("PagerDuty simulator answered {}", r.status()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let pd_rate = events as f64 / t.elapsed().as_secs_f64();
+
+    sims.ov.handle.generate(&GenerateSpec {
+        count: stored,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let base = sims.ov.url();
+    let login: serde_json::Value = client
+        .post(format!("{base}/rest/login-sessions"))
+        .header("X-API-Version", "4600")
+        .json(&serde_json::json!({"userName": "administrator", "password": "sim-password", "loginMsgAck": true}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = login["sessionID"]
+        .as_str()
+        .ok_or("no sessionID from the OneView simulator")?
+        .to_owned();
+    let t = Instant::now();
+    let (mut start, mut pages, mut members) = (0usize, 0u64, 0usize);
+    loop {
+        let page: serde_json::Value = client
+            .get(format!("{base}/rest/alerts?start={start}&count=500"))
+            .header("X-API-Version", "4600")
+            .header("Auth", &session)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = page["members"].as_array().map_or(0, Vec::len);
+        pages += 1;
+        members += n;
+        start += n;
+        if n == 0 || page["nextPageUri"].as_str().is_none_or(str::is_empty) {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    if members != stored {
+        return Err(format!(
+            "OneView simulator listed {members} of {stored} alerts"
+        ));
+    }
+    Ok(vec![
+        ("pagerduty_sim_events_per_s".into(), pd_rate),
+        ("oneview_sim_pages_per_s".into(), pages as f64 / secs),
+        ("oneview_sim_alerts_per_s".into(), members as f64 / secs),
+    ])
+}
+
+// ---- harness -----------------------------------------------------------------------------
+
+struct Sims {
+    ov: ovsim::RunningSim,
+    pd: pdsim::SimHandle,
+}
+
+impl Sims {
+    async fn start(pd_faults: Faults) -> R<Sims> {
+        let lo = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+        let ov = ovsim::start(SimConfig::default(), lo)
+            .await
+            .map_err(|e| format!("OneView simulator: {e}"))?;
+        let pd = pdsim::start(lo, pd_faults)
+            .await
+            .map_err(|e| format!("PagerDuty simulator: {e}"))?;
+        Ok(Sims { ov, pd })
+    }
+}
+
+struct Opts {
+    interval_ms: u64,
+    rate_limit: u32,
+    state: Option<PathBuf>,
+}
+
+impl Opts {
+    fn new(interval_ms: u64) -> Opts {
+        Opts {
+            interval_ms,
+            rate_limit: 10_000_000,
+            state: None,
+        }
+    }
+}
+
+fn fresh_state_file(dir: &Path) -> R<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let p = dir.join("bench-state.redb");
+    let _ = std::fs::remove_file(&p);
+    Ok(p)
+}
+
+struct Bridge {
+    child: Child,
+    url: String,
+    pid: u32,
+    ready_after: Duration,
+    client: reqwest::Client,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ProcStat {
+    rss_kb: u64,
+    hwm_kb: u64,
+    cpu_s: f64,
+}
+
+fn bridge_bin() -> PathBuf {
+    std::env::var_os("BRIDGE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/oneview-pagerduty-bridge"),
+        PathBuf::from,
+    )
+}
+
+impl Bridge {
+    async fn spawn(sims: &Sims, o: &Opts) -> R<Bridge> {
+        let bin = bridge_bin();
+        if !bin.exists() {
+            return Err(format!(
+                "{} missing: cargo build --release --bin oneview-pagerduty-bridge (or set BRIDGE_BIN)",
+                bin.display()
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--role", "all"])
+            .env_clear()
+            .env("BRIDGE_ONEVIEW__URL", sims.ov.url())
+            .env("BRIDGE_ONEVIEW__NAME", APPLIANCE)
+            .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
+            .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password")
+            .env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)
+            .env("BRIDGE_PAGERDUTY__EVENTS_URL", sims.pd.events_url())
+            .env(
+                "BRIDGE_PAGERDUTY__RATE_LIMIT_PER_MINUTE",
+                o.rate_limit.to_string(),
+            )
+            .env("BRIDGE_PAGERDUTY__RETRY_INITIAL_DELAY", "100ms")
+            .env("BRIDGE_PAGERDUTY__RETRY_MAX_DELAY", "2s")
+            .env("BRIDGE_POLLER__INTERVAL", format!("{}ms", o.interval_ms))
+            .env(
+                "BRIDGE_POLLER__WATERMARK_OVERLAP",
+                format!("{}ms", (o.interval_ms / 2).min(2000)),
+            )
+            .env("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("BRIDGE_SERVER__SHUTDOWN_TIMEOUT", "2s")
+            .env("BRIDGE_LOG__LEVEL", "warn")
+            .env("BRIDGE_LOG__FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(p) = &o.state {
+            cmd.env("BRIDGE_STATE__PATH", p);
+        }
+        let t = Instant::now();
+        let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        let pid = child.id();
+        let mut b = Bridge {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            pid,
+            ready_after: Duration::ZERO,
+            client: reqwest::Client::new(),
+        };
+        let ready = format!("{}/ready", b.url);
+        loop {
+            if let Ok(r) = b.client.get(&ready).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if let Ok(Some(st)) = b.child.try_wait() {
+                return Err(format!("bridge exited before ready: {st}"));
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("bridge not ready within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        b.ready_after = t.elapsed();
+        Ok(b)
+    }
+
+    fn proc_stat(&self) -> ProcStat {
+        proc_stat(self.pid)
+    }
+
+    async fn metrics(&self) -> R<String> {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// RSS sampled in a thread until `stop`; returns the maximum in kB.
+    fn sampler(&self, every: Duration) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(Mutex::new(0u64));
+        let (s, m, pid) = (stop.clone(), max.clone(), self.pid);
+        let h = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let r = proc_stat(pid).rss_kb;
+                let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+                *g = (*g).max(r);
+                drop(g);
+                std::thread::sleep(every);
+            }
+        });
+        Sampler { stop, max, h }
+    }
+
+    fn stop(mut self) {
+        // SIGTERM through kill(1): the bridge drains and exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<Mutex<u64>>,
+    h: std::thread::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.h.join();
+        *self.max.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn proc_stat(pid: u32) -> ProcStat {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the state field.
+    let ticks: u64 = [11usize, 12]
+        .iter()
+        .filter_map(|i| rest.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ProcStat {
+        rss_kb: kb("VmRSS:"),
+        hwm_kb: kb("VmHWM:"),
+        cpu_s: ticks as f64 / clk_tck(),
+    }
+}
+
+fn clk_tck() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > limit {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+fn id_of(uri: &str) -> R<u64> {
+    uri.rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad alert URI {uri}"))
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+fn push_dist(f: &mut Figures, name: &str, v: &mut [f64]) {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    if v.is_empty() {
+        return;
+    }
+    f.push((format!("{name}_p50"), q(0.5)));
+    f.push((format!("{name}_p90"), q(0.9)));
+    f.push((format!("{name}_p99"), q(0.99)));
+    f.push((format!("{name}_max"), v[v.len() - 1]));
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn parse_wrk_time(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.trim().parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1e3,
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        _ => f64::NAN,
+    }
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "{cpus} cores ({model}), {:.1} GiB RAM, load {}",
+        mem as f64 / 1024.0 / 1024.0,
+        loadavg()
+    )
+}
