@@ -96,7 +96,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     let bridge = app.local_addr();
 
     println!("oneview-pagerduty-bridge demo");
-    println!("  bridge      http://{bridge}/health  /ready  /metrics");
+    println!("  status page http://{bridge}/");
+    println!("  bridge      http://{bridge}/health  /ready  /metrics  /api/v1/alerts");
     println!(
         "  OneView     {} (simulator; {} open alerts to start with)",
         oneview.url(),
