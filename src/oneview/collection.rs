@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::client::OneViewClient;
 use super::error::{OneViewError, snippet};
@@ -66,8 +67,11 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawPage {
-    members: Vec<serde_json::Value>,
+struct RawPage<'a> {
+    /// Kept raw so that one malformed member is skipped alone; each is then decoded straight
+    /// into an [`Alert`] (going through `serde_json::Value` cost most of a storm's CPU).
+    #[serde(borrow)]
+    members: Vec<&'a RawValue>,
     #[serde(default)]
     total: Option<u64>,
     #[serde(default)]
@@ -94,6 +98,24 @@ pub struct Page {
 /// `members`) is an error; a member that is not an alert is only counted as malformed, so one
 /// bad alert never hides the others.
 pub fn parse_page(body: &[u8]) -> Result<Page, serde_json::Error> {
+    parse_page_skipping(body, &|_, _| false)
+}
+
+/// The two fields an incremental poll looks at before it decodes a whole alert.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    uri: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    modified: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// [`parse_page`], leaving out the members for which `skip(uri, modified)` is true without
+/// decoding them (an incremental poll sees every alert of its overlap window again).
+pub fn parse_page_skipping(
+    body: &[u8],
+    skip: &dyn Fn(&str, Option<&str>) -> bool,
+) -> Result<Page, serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
     let mut page = Page {
         received: raw.members.len(),
@@ -102,17 +124,38 @@ pub fn parse_page(body: &[u8]) -> Result<Page, serde_json::Error> {
         uri: raw.uri,
         ..Page::default()
     };
+    page.alerts.reserve(raw.members.len());
     for (i, m) in raw.members.into_iter().enumerate() {
-        let uri = m.get("uri").and_then(|u| u.as_str()).map(str::to_owned);
-        match serde_json::from_value::<Alert>(m) {
+        if let Ok(Head {
+            uri: Some(uri),
+            modified,
+        }) = serde_json::from_str::<Head>(m.get())
+        {
+            if skip(&uri, modified.as_deref()) {
+                continue;
+            }
+        }
+        match serde_json::from_str::<Alert>(m.get()) {
             Ok(a) if !a.uri.is_empty() => page.alerts.push(a),
             Ok(_) => page
                 .malformed
                 .push((i, None, "an alert without a uri".to_owned())),
-            Err(e) => page.malformed.push((i, uri, e.to_string())),
+            Err(e) => page.malformed.push((i, member_uri(m), e.to_string())),
         }
     }
     Ok(page)
+}
+
+/// The `uri` of a member that is not a valid alert, when it has one (for the log line).
+fn member_uri(m: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct UriOnly {
+        uri: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<UriOnly>(m.get())
+        .ok()
+        .and_then(|u| u.uri)
+        .and_then(|u| u.as_str().map(str::to_owned))
 }
 
 /// The result of a walk.
@@ -131,86 +174,162 @@ pub struct Walk {
     pub shifted: bool,
 }
 
-/// Fetches every page of `query`.
+/// Reads the pages of `query` one at a time, so that a caller can act on each page and let it
+/// go: a storm of 100,000 new alerts never sits in memory as a whole.
+pub struct Walker<'a> {
+    client: &'a OneViewClient,
+    query: &'a AlertQuery,
+    metrics: &'a OneViewMetrics,
+    path: String,
+    visited: HashSet<String>,
+    first_total: Option<u64>,
+    last_total: Option<u64>,
+    done: bool,
+    /// Members received, malformed ones included.
+    pub members: usize,
+    pub malformed: usize,
+    pub pages: usize,
+    /// A lower bound of the appliance's clock when the first page was evaluated (its `Date`
+    /// header minus the round trip), unix millis.
+    pub appliance_clock_floor_ms: Option<i64>,
+}
+
+impl<'a> Walker<'a> {
+    pub fn new(
+        client: &'a OneViewClient,
+        query: &'a AlertQuery,
+        metrics: &'a OneViewMetrics,
+    ) -> Self {
+        let path = query.path(0);
+        let mut visited = HashSet::new();
+        visited.insert(path.clone());
+        Self {
+            client,
+            query,
+            metrics,
+            path,
+            visited,
+            first_total: None,
+            last_total: None,
+            done: false,
+            members: 0,
+            malformed: 0,
+            pages: 0,
+            appliance_clock_floor_ms: None,
+        }
+    }
+
+    /// The valid alerts of the next page; `None` once the walk is over.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Alert>>, OneViewError> {
+        self.next_page_skipping(&|_, _| false).await
+    }
+
+    /// [`Walker::next_page`] without the members for which `skip(uri, modified)` is true
+    /// (they still count as received).
+    pub async fn next_page_skipping(
+        &mut self,
+        skip: &(dyn Fn(&str, Option<&str>) -> bool + Sync),
+    ) -> Result<Option<Vec<Alert>>, OneViewError> {
+        if self.done {
+            return Ok(None);
+        }
+        let reply = self.client.get_page(&self.path).await?;
+        let page =
+            parse_page_skipping(&reply.body, skip).map_err(|e| OneViewError::BadResponse {
+                endpoint: "alerts",
+                url: reply.url.clone(),
+                detail: format!(
+                    "not an alert collection page: {e}; {}",
+                    snippet(&reply.body)
+                ),
+            })?;
+        drop(reply.body);
+        if self.pages == 0 {
+            self.appliance_clock_floor_ms = reply
+                .date_ms
+                .map(|d| d - i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX / 2) - 1);
+            self.first_total = page.total;
+        }
+        self.pages += 1;
+        self.last_total = page.total;
+        let received = page.received;
+        self.members += received;
+        for (i, uri, why) in &page.malformed {
+            self.malformed += 1;
+            self.metrics.alerts_malformed.inc();
+            tracing::warn!(page = %reply.url, index = i, alert_uri = uri.as_deref().unwrap_or(""), error = %why, "skipping a malformed alert");
+        }
+        self.done = self.advance(received, &page, &reply.url)?;
+        Ok(Some(page.alerts))
+    }
+
+    /// Picks the next page; `true` when this one was the last.
+    fn advance(&mut self, received: usize, page: &Page, url: &str) -> Result<bool, OneViewError> {
+        if received == 0 {
+            return Ok(true);
+        }
+        if page.total.is_some_and(|t| self.members as u64 >= t) {
+            return Ok(true);
+        }
+        match page.next_page_uri.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let current = page.uri.as_deref().unwrap_or(&self.path);
+                if n == current || n == self.path || !self.visited.insert(n.to_owned()) {
+                    tracing::debug!(page = %url, "nextPageUri repeats a page; the walk ends here");
+                    return Ok(true);
+                }
+                self.path = n.to_owned();
+            }
+            None => match page.total {
+                // No next page although `total` is not reached: continue by offset once more;
+                // an empty page ends it.
+                Some(t) if (self.members as u64) < t => {
+                    let p = self.query.path(self.members as u64);
+                    if !self.visited.insert(p.clone()) {
+                        return Ok(true);
+                    }
+                    self.path = p;
+                }
+                _ => return Ok(true),
+            },
+        }
+        if self.pages >= MAX_PAGES {
+            return Err(OneViewError::BadResponse {
+                endpoint: "alerts",
+                url: url.to_owned(),
+                detail: format!("paging did not end after {MAX_PAGES} pages"),
+            });
+        }
+        Ok(false)
+    }
+
+    /// The collection changed while it was walked (`total` moved, or fewer members than
+    /// `total` arrived): offset paging may have skipped members. Meaningful once the walk ended.
+    pub fn shifted(&self) -> bool {
+        self.first_total != self.last_total
+            || self.last_total.is_some_and(|t| (self.members as u64) < t)
+    }
+}
+
+/// Fetches every page of `query` into one [`Walk`].
 pub async fn fetch_all(
     client: &OneViewClient,
     query: &AlertQuery,
     metrics: &OneViewMetrics,
 ) -> Result<Walk, OneViewError> {
-    let mut walk = Walk::default();
-    let mut path = query.path(0);
-    let mut visited: HashSet<String> = HashSet::new();
-    visited.insert(path.clone());
-    let mut first_total: Option<u64> = None;
-    let mut last_total: Option<u64>;
-    loop {
-        let reply = client.get_page(&path).await?;
-        let page = parse_page(&reply.body).map_err(|e| OneViewError::BadResponse {
-            endpoint: "alerts",
-            url: reply.url.clone(),
-            detail: format!(
-                "not an alert collection page: {e}; {}",
-                snippet(&reply.body)
-            ),
-        })?;
-        if walk.pages == 0 {
-            walk.appliance_clock_floor_ms = reply
-                .date_ms
-                .map(|d| d - i64::try_from(reply.elapsed.as_millis()).unwrap_or(i64::MAX / 2) - 1);
-        }
-        walk.pages += 1;
-        if walk.pages == 1 {
-            first_total = page.total;
-        }
-        last_total = page.total;
-        let received = page.received;
-        walk.members += received;
-        walk.alerts.extend(page.alerts);
-        for (i, uri, why) in &page.malformed {
-            walk.malformed += 1;
-            metrics.alerts_malformed.inc();
-            tracing::warn!(page = %reply.url, index = i, alert_uri = uri.as_deref().unwrap_or(""), error = %why, "skipping a malformed alert");
-        }
-        if received == 0 {
-            break;
-        }
-        if page.total.is_some_and(|t| walk.members as u64 >= t) {
-            break;
-        }
-        let next = page.next_page_uri.filter(|n| !n.is_empty());
-        match next {
-            Some(n) => {
-                let current = page.uri.as_deref().unwrap_or(&path);
-                if n == current || n == path || !visited.insert(n.clone()) {
-                    tracing::debug!(page = %reply.url, "nextPageUri repeats a page; the walk ends here");
-                    break;
-                }
-                path = n;
-            }
-            None => match page.total {
-                // No next page although `total` is not reached: continue by offset once more;
-                // an empty page ends it.
-                Some(t) if (walk.members as u64) < t => {
-                    let p = query.path(walk.members as u64);
-                    if !visited.insert(p.clone()) {
-                        break;
-                    }
-                    path = p;
-                }
-                _ => break,
-            },
-        }
-        if walk.pages >= MAX_PAGES {
-            return Err(OneViewError::BadResponse {
-                endpoint: "alerts",
-                url: reply.url,
-                detail: format!("paging did not end after {MAX_PAGES} pages"),
-            });
-        }
+    let mut w = Walker::new(client, query, metrics);
+    let mut alerts = Vec::new();
+    while let Some(page) = w.next_page().await? {
+        alerts.extend(page);
     }
-    walk.shifted =
-        first_total != last_total || last_total.is_some_and(|t| (walk.members as u64) < t);
-    Ok(walk)
+    Ok(Walk {
+        alerts,
+        members: w.members,
+        malformed: w.malformed,
+        pages: w.pages,
+        appliance_clock_floor_ms: w.appliance_clock_floor_ms,
+        shifted: w.shifted(),
+    })
 }
 
 #[cfg(test)]
@@ -247,6 +366,30 @@ mod tests {
             assert!(p.next_page_uri.filter(|n| !n.is_empty()).is_none());
             assert!(p.uri.is_some());
         }
+    }
+
+    #[test]
+    fn skipped_members_are_counted_but_not_decoded() {
+        let body = br#"{"members":[
+            {"uri":"/rest/alerts/1","modified":"2024-05-01T10:00:00.000Z","severity":"Critical","alertState":"Active"},
+            {"uri":"/rest/alerts/2","modified":"2024-05-01T10:00:01.000Z","severity":"Warning","alertState":"Active"},
+            {"uri":"/rest/alerts/3","severity":{"not":"a string"}},
+            42
+        ],"total":4}"#;
+        let p = parse_page_skipping(body, &|uri, m| {
+            uri == "/rest/alerts/1" && m == Some("2024-05-01T10:00:00.000Z")
+        })
+        .unwrap();
+        assert_eq!(p.received, 4);
+        assert_eq!(p.alerts.len(), 1);
+        assert_eq!(p.alerts[0].uri, "/rest/alerts/2");
+        let bad: Vec<_> = p
+            .malformed
+            .iter()
+            .map(|(i, u, _)| (*i, u.clone()))
+            .collect();
+        assert_eq!(bad, vec![(2, Some("/rest/alerts/3".to_owned())), (3, None)]);
+        assert_eq!(parse_page(body).unwrap().alerts.len(), 2);
     }
 
     #[test]

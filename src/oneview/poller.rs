@@ -12,7 +12,7 @@
 //! (its `Date` header minus the round trip) when that is later: an idle appliance then answers
 //! an incremental poll with zero members instead of re-sending its newest alert every time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::OneViewClient;
-use super::collection::{AlertQuery, fetch_all, format_timestamp, parse_timestamp};
+use super::collection::{AlertQuery, Walker, format_timestamp, parse_timestamp};
 use super::error::OneViewError;
 use super::metrics::{KindLabels, OneViewMetrics, PollLabels};
 use crate::config::PollerConfig;
@@ -397,29 +397,61 @@ impl Poller {
 
     async fn full_sync(&mut self) -> Result<(), OneViewError> {
         let query = self.full_query();
-        let mut walk = fetch_all(&self.client, &query, &self.metrics).await?;
-        let mut members = walk.members;
+        // Pages are acted on as they arrive (memory stays flat however many alerts are open):
+        // new and changed open alerts are passed on at once, and `seen` collects what is open
+        // so that the known alerts missing from it can be settled at the end.
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        // The walker borrows these while `self` changes under it.
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
+        let mut members = 0usize;
+        let mut pages = 0usize;
+        let mut malformed = 0usize;
+        let mut max_modified: Option<i64> = None;
         // Alerts cleared while the pages were read shift later pages; read again (twice at
-        // most) rather than miss open alerts.
-        for _ in 0..2 {
-            if !walk.shifted {
+        // most) rather than miss open alerts. The union of the walks counts as open: a page
+        // shift can then never make an open alert look gone.
+        for walk_no in 0..3 {
+            if walk_no > 0 {
+                tracing::debug!(
+                    "the open alert set changed during the full sync; reading it again"
+                );
+            }
+            let mut w = Walker::new(&client, &query, &metrics);
+            while let Some(page) = w.next_page().await? {
+                for a in page {
+                    if let Some(m) = a.modified.as_deref().and_then(parse_timestamp) {
+                        max_modified = max_modified.max(Some(m));
+                    }
+                    if !self.is_open_watched(&a) {
+                        continue;
+                    }
+                    let uri: Arc<str> = Arc::from(a.uri.as_str());
+                    if !seen.insert(uri.clone()) {
+                        continue;
+                    }
+                    let a = Arc::new(a);
+                    let kind = match self.mem.open.get(&uri) {
+                        None => Some(ChangeKind::Raised),
+                        Some(t) if differs(t, &a) => Some(ChangeKind::Updated),
+                        Some(_) => None,
+                    };
+                    if let Some(k) = kind {
+                        self.emit(k, a.clone()).await?;
+                    }
+                    self.mem.open.insert(uri, a);
+                }
+            }
+            if walk_no == 0 {
+                max_modified = max_modified.max(w.appliance_clock_floor_ms);
+            }
+            members += w.members;
+            pages += w.pages;
+            malformed += w.malformed;
+            if !w.shifted() {
                 break;
             }
-            tracing::debug!("the open alert set changed during the full sync; reading it again");
-            walk = fetch_all(&self.client, &query, &self.metrics).await?;
-            members += walk.members;
         }
         self.metrics.alerts_in_last_poll.set(members as i64);
-        let mut max_modified = walk.appliance_clock_floor_ms;
-        let mut now_open: HashMap<Arc<str>, Arc<Alert>> = HashMap::with_capacity(walk.alerts.len());
-        for a in walk.alerts {
-            if let Some(m) = a.modified.as_deref().and_then(parse_timestamp) {
-                max_modified = max_modified.max(Some(m));
-            }
-            if self.is_open_watched(&a) {
-                now_open.insert(Arc::from(a.uri.as_str()), Arc::new(a));
-            }
-        }
         // Known open alerts that are not in the open set any more: cleared, deleted, or moved
         // to an unwatched severity. A few are checked one by one, so that a page shift can
         // never resolve an incident that is still open; a mass clear is taken as it is.
@@ -427,9 +459,10 @@ impl Poller {
             .mem
             .open
             .keys()
-            .filter(|u| !now_open.contains_key(*u))
+            .filter(|u| !seen.contains(*u))
             .cloned()
             .collect();
+        drop(seen);
         gone.sort();
         let verify = gone.len() <= VERIFY_ABSENT_MAX;
         for uri in gone {
@@ -447,7 +480,10 @@ impl Poller {
             };
             match current {
                 Some(a) if self.is_open_watched(&a) => {
-                    now_open.insert(uri.clone(), a);
+                    if differs(&last, &a) {
+                        self.emit(ChangeKind::Updated, a.clone()).await?;
+                    }
+                    self.mem.open.insert(uri, a);
                 }
                 Some(a) => {
                     self.emit(ChangeKind::Cleared, a).await?;
@@ -459,22 +495,6 @@ impl Poller {
                 }
             }
         }
-        let mut uris: Vec<Arc<str>> = now_open.keys().cloned().collect();
-        uris.sort();
-        for uri in uris {
-            let Some(a) = now_open.remove(&uri) else {
-                continue;
-            };
-            let kind = match self.mem.open.get(&uri) {
-                None => Some(ChangeKind::Raised),
-                Some(t) if differs(t, &a) => Some(ChangeKind::Updated),
-                Some(_) => None,
-            };
-            if let Some(k) = kind {
-                self.emit(k, a.clone()).await?;
-            }
-            self.mem.open.insert(uri, a);
-        }
         self.advance_watermark(max_modified);
         if self.mem.synced_from.is_none() {
             self.mem.synced_from = self.mem.watermark;
@@ -482,8 +502,8 @@ impl Poller {
         tracing::info!(
             open = self.mem.open.len(),
             members,
-            pages = walk.pages,
-            malformed = walk.malformed,
+            pages,
+            malformed,
             "OneView full sync finished"
         );
         Ok(())
@@ -500,69 +520,96 @@ impl Poller {
             sort: None,
             page_size: self.cfg.page_size,
         };
-        let walk = fetch_all(&self.client, &query, &self.metrics).await?;
-        self.metrics.alerts_in_last_poll.set(walk.members as i64);
-        let mut max_modified = walk.appliance_clock_floor_ms;
-        let mut alerts: Vec<(Option<i64>, Alert)> = walk
-            .alerts
-            .into_iter()
-            .map(|a| (a.modified.as_deref().and_then(parse_timestamp), a))
-            .collect();
-        alerts.sort_by_key(|(m, _)| *m);
-        for (modified, a) in alerts {
-            max_modified = max_modified.max(modified);
-            let uri: Arc<str> = Arc::from(a.uri.as_str());
-            if let Some(m) = modified {
-                if self.mem.recent.get(&uri) == Some(&m) {
-                    continue;
-                }
-                self.mem.recent.insert(uri.clone(), m);
-            }
-            let open_watched = self.is_open_watched(&a);
-            let known = self.mem.open.get(&uri).cloned();
-            let a = Arc::new(a);
-            match (known, open_watched) {
-                (None, true) => {
-                    self.emit(ChangeKind::Raised, a.clone()).await?;
-                    self.mem.open.insert(uri, a);
-                }
-                (None, false) => {
-                    // A cleared alert this run never saw open may still have an incident from
-                    // an earlier run (memory is lost on restart), so its resolve goes out,
-                    // unless the alert was created after this run's first full sync: then it
-                    // was raised and cleared between two polls and nobody was paged.
-                    let created = a.created.as_deref().and_then(parse_timestamp);
-                    let born_after_sync = matches!(
-                        (created, self.mem.synced_from),
-                        (Some(c), Some(f)) if c >= f
-                    );
-                    if a.is_cleared() && !born_after_sync {
-                        self.emit(ChangeKind::Cleared, a).await?;
-                    }
-                }
-                (Some(t), true) => {
-                    if differs(&t, &a) {
-                        self.emit(ChangeKind::Updated, a.clone()).await?;
-                    }
-                    self.mem.open.insert(uri, a);
-                }
-                (Some(_), false) => {
-                    self.emit(ChangeKind::Cleared, a).await?;
-                    self.mem.open.remove(&uri);
-                }
+        // The walker borrows these while `self` changes under it.
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
+        let mut w = Walker::new(&client, &query, &metrics);
+        let mut max_modified: Option<i64> = None;
+        // Page by page (see `full_sync`); the watermark moves only once the walk is complete,
+        // so a failed poll is read again from the same point and `recent` skips what was done.
+        loop {
+            // Versions already processed (the overlap window) are not even decoded.
+            let recent = &self.mem.recent;
+            let done = |uri: &str, modified: Option<&str>| {
+                modified
+                    .and_then(parse_timestamp)
+                    .is_some_and(|m| recent.get(uri).is_some_and(|seen| *seen >= m))
+            };
+            let Some(page) = w.next_page_skipping(&done).await? else {
+                break;
+            };
+            let mut alerts: Vec<(Option<i64>, Alert)> = page
+                .into_iter()
+                .map(|a| (a.modified.as_deref().and_then(parse_timestamp), a))
+                .collect();
+            alerts.sort_by_key(|(m, _)| *m);
+            for (modified, a) in alerts {
+                max_modified = max_modified.max(modified);
+                self.apply_incremental(modified, a).await?;
             }
         }
-        self.advance_watermark(max_modified);
+        self.metrics.alerts_in_last_poll.set(w.members as i64);
+        self.advance_watermark(max_modified.max(w.appliance_clock_floor_ms));
         if let Some(new_wm) = self.mem.watermark {
             let floor = new_wm - overlap;
             self.mem.recent.retain(|_, m| *m >= floor);
         }
         tracing::debug!(
-            members = walk.members,
-            pages = walk.pages,
+            members = w.members,
+            pages = w.pages,
             since = %format_timestamp(since),
             "OneView incremental poll finished"
         );
+        Ok(())
+    }
+
+    /// One alert of an incremental poll.
+    async fn apply_incremental(
+        &mut self,
+        modified: Option<i64>,
+        a: Alert,
+    ) -> Result<(), OneViewError> {
+        let uri: Arc<str> = Arc::from(a.uri.as_str());
+        if let Some(m) = modified {
+            // The same version again (overlap window), or an older one (a page shift showed
+            // it twice): nothing new.
+            if self.mem.recent.get(&uri).is_some_and(|seen| *seen >= m) {
+                return Ok(());
+            }
+            self.mem.recent.insert(uri.clone(), m);
+        }
+        let open_watched = self.is_open_watched(&a);
+        let known = self.mem.open.get(&uri).cloned();
+        let a = Arc::new(a);
+        match (known, open_watched) {
+            (None, true) => {
+                self.emit(ChangeKind::Raised, a.clone()).await?;
+                self.mem.open.insert(uri, a);
+            }
+            (None, false) => {
+                // A cleared alert this run never saw open may still have an incident from
+                // an earlier run (memory is lost on restart), so its resolve goes out,
+                // unless the alert was created after this run's first full sync: then it
+                // was raised and cleared between two polls and nobody was paged.
+                let created = a.created.as_deref().and_then(parse_timestamp);
+                let born_after_sync = matches!(
+                    (created, self.mem.synced_from),
+                    (Some(c), Some(f)) if c >= f
+                );
+                if a.is_cleared() && !born_after_sync {
+                    self.emit(ChangeKind::Cleared, a).await?;
+                }
+            }
+            (Some(t), true) => {
+                if differs(&t, &a) {
+                    self.emit(ChangeKind::Updated, a.clone()).await?;
+                }
+                self.mem.open.insert(uri, a);
+            }
+            (Some(_), false) => {
+                self.emit(ChangeKind::Cleared, a).await?;
+                self.mem.open.remove(&uri);
+            }
+        }
         Ok(())
     }
 

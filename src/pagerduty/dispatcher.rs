@@ -62,7 +62,7 @@ use crate::model::{AlertChange, ChangeKind};
 use crate::readiness::Readiness;
 
 use super::dedup::{DedupCache, Heard};
-use super::event::{self, Action, Event, EventContext};
+use super::event::{self, Action, Encoded, EventContext};
 use super::ratelimit::RateLimiter;
 use super::routing::{Router, Target};
 use super::sender::{Answer, Attempt, Sender};
@@ -125,7 +125,7 @@ struct Job {
     /// Read back from the outbox at startup: PagerDuty may already have accepted it.
     resumed: bool,
     action: Action,
-    event: Arc<Event>,
+    event: Arc<Encoded>,
     target: Target,
     priority: u8,
     fingerprint: u64,
@@ -306,7 +306,7 @@ impl Dispatcher {
                 ticket: 0,
                 resumed: true,
                 action: durable::from_state(entry.action),
-                event: Arc::new(stored.event),
+                event: Arc::new(Encoded::new(&stored.event)),
                 target,
                 priority: entry.priority,
                 fingerprint: durable::parse_fingerprint(&entry.fingerprint).unwrap_or(0),
@@ -411,12 +411,12 @@ impl Dispatcher {
     /// its place in the queue (and its age).
     fn replace_tail(&mut self, key: &str, change: &AlertChange, pd_severity: &str, fp: u64) {
         let target = self.router.route(&change.alert).clone();
-        let ev = Arc::new(event::build(
+        let ev = Arc::new(Encoded::new(&event::build(
             Action::Trigger,
             &change.alert,
             &change.appliance,
             &self.ctx,
-        ));
+        )));
         let Some(q) = self.keys.get_mut(key) else {
             return;
         };
@@ -495,7 +495,12 @@ impl Dispatcher {
         fp: u64,
     ) {
         let target = self.router.route(&change.alert).clone();
-        let ev = event::build(action, &change.alert, &change.appliance, &self.ctx);
+        let ev = Encoded::new(&event::build(
+            action,
+            &change.alert,
+            &change.appliance,
+            &self.ctx,
+        ));
         let seq = self.next_seq;
         self.next_seq += 1;
         let now = Instant::now();
@@ -614,7 +619,7 @@ impl Dispatcher {
                     &done.key,
                     &job.target.route,
                     job.fingerprint,
-                    &job.event,
+                    job.action,
                 )]);
                 m.event(action, "accepted").inc();
                 m.duration(action)
@@ -637,8 +642,8 @@ impl Dispatcher {
                     dedup_key: done.key.clone(),
                     action: job.action,
                     route: job.target.route.to_string(),
-                    summary: job.event.payload.summary.clone(),
-                    severity: job.event.payload.severity.clone(),
+                    summary: job.event.summary.to_string(),
+                    severity: job.event.severity.to_string(),
                     accepted: true,
                     latency: job.enqueued.elapsed(),
                 });
@@ -673,8 +678,8 @@ impl Dispatcher {
                     dedup_key: done.key.clone(),
                     action: job.action,
                     route: job.target.route.to_string(),
-                    summary: job.event.payload.summary.clone(),
-                    severity: job.event.payload.severity.clone(),
+                    summary: job.event.summary.to_string(),
+                    severity: job.event.severity.to_string(),
                     accepted: false,
                     latency: job.enqueued.elapsed(),
                 });
@@ -740,14 +745,14 @@ fn jittered(envelope: Duration, retry_after: Option<Duration>) -> Duration {
 }
 
 /// Delivers one event: retries until PagerDuty accepts or rejects it.
-async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Event>, target: Target) -> Done {
+async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Encoded>, target: Target) -> Done {
     let attempts = AtomicU32::new(0);
     let backoff = ExponentialBuilder::new()
         .with_min_delay(shared.settings.retry_initial_delay)
         .with_max_delay(shared.settings.retry_max_delay)
         .with_factor(2.0)
         .without_max_times();
-    let action = event.event_action.as_str();
+    let action = event.action.as_str();
     let attempt = || async {
         let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
         if n > 1 {
@@ -768,7 +773,7 @@ async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Event>, target: Ta
                 m.http("2xx").inc();
                 shared
                     .status
-                    .key_attempt(&key, event.event_action, n, "accepted", None);
+                    .key_attempt(&key, event.action, n, "accepted", None);
                 Ok(Outcome::Accepted(answer))
             }
             Attempt::Rejected { status, answer } => {
@@ -780,7 +785,7 @@ async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Event>, target: Ta
                 );
                 shared
                     .status
-                    .key_attempt(&key, event.event_action, n, "rejected", Some(err));
+                    .key_attempt(&key, event.action, n, "rejected", Some(err));
                 Ok(Outcome::Rejected { status, answer })
             }
             Attempt::Retry {
@@ -791,13 +796,9 @@ async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Event>, target: Ta
             } => {
                 m.http(code).inc();
                 m.event(action, "retried").inc();
-                shared.status.key_attempt(
-                    &key,
-                    event.event_action,
-                    n,
-                    "retrying",
-                    Some(reason.clone()),
-                );
+                shared
+                    .status
+                    .key_attempt(&key, event.action, n, "retrying", Some(reason.clone()));
                 Err(RetryLater {
                     retry_after,
                     reason,

@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{self, Event};
+use serde_json::value::RawValue;
+
+use super::event::{self, Encoded, Event};
 use super::status;
 use crate::state::{self, Op, OutboxEntry};
 
@@ -22,6 +24,17 @@ pub(crate) struct StoredEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub event: Event,
+}
+
+/// [`StoredEvent`] as written: the event's JSON is copied as is rather than serialized again.
+#[derive(Serialize)]
+struct StoredEventOut<'a> {
+    route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    event: &'a RawValue,
 }
 
 /// The pipeline's action as the store spells it; `None` for acknowledge (never persisted).
@@ -55,14 +68,14 @@ pub(crate) fn enqueue_op(
     route: &str,
     priority: u8,
     fingerprint: u64,
-    ev: &Event,
+    ev: &Encoded,
 ) -> Option<Op> {
-    let action = to_state(ev.event_action)?;
-    let payload = serde_json::to_string(&StoredEvent {
-        route: route.to_owned(),
+    let action = to_state(ev.action)?;
+    let payload = serde_json::to_string(&StoredEventOut {
+        route,
         status: None,
         message: None,
-        event: ev.clone(),
+        event: ev.json(),
     })
     .ok()?;
     Some(Op::Enqueue(OutboxEntry {
@@ -77,8 +90,14 @@ pub(crate) fn enqueue_op(
 }
 
 /// The `Accepted` op after PagerDuty's 202.
-pub(crate) fn accepted_op(seq: u64, key: &str, route: &str, fingerprint: u64, ev: &Event) -> Op {
-    match to_state(ev.event_action) {
+pub(crate) fn accepted_op(
+    seq: u64,
+    key: &str,
+    route: &str,
+    fingerprint: u64,
+    action: event::Action,
+) -> Op {
+    match to_state(action) {
         Some(action) => Op::Accepted {
             seq,
             key: key.to_owned(),
@@ -92,12 +111,12 @@ pub(crate) fn accepted_op(seq: u64, key: &str, route: &str, fingerprint: u64, ev
 }
 
 /// The `DeadLetter` op for a rejected event.
-pub(crate) fn dead_letter_op(seq: u64, d: &status::DeadLetter, ev: &Event) -> Op {
-    let payload = serde_json::to_string(&StoredEvent {
-        route: d.route.clone(),
+pub(crate) fn dead_letter_op(seq: u64, d: &status::DeadLetter, ev: &Encoded) -> Op {
+    let payload = serde_json::to_string(&StoredEventOut {
+        route: &d.route,
         status: Some(d.status),
-        message: d.message.clone(),
-        event: ev.clone(),
+        message: d.message.as_deref(),
+        event: ev.json(),
     })
     .unwrap_or_default();
     match to_state(d.action) {
@@ -147,6 +166,35 @@ pub(crate) fn decode(e: &OutboxEntry) -> Option<StoredEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_events_read_back() {
+        let ev = event::Event {
+            event_action: event::Action::Trigger,
+            dedup_key: "oneview:ov1:/rest/alerts/1".into(),
+            payload: event::Payload {
+                summary: "Critical: x - y".into(),
+                source: "x".into(),
+                severity: "critical".into(),
+                timestamp: None,
+                component: None,
+                group: None,
+                class: None,
+                custom_details: serde_json::Map::new(),
+            },
+            client: None,
+            client_url: None,
+            links: vec![],
+        };
+        let Some(Op::Enqueue(entry)) = enqueue_op(3, "k", "default", 0, 42, &Encoded::new(&ev))
+        else {
+            panic!("a trigger is persisted");
+        };
+        let back = decode(&entry).unwrap();
+        assert_eq!(back.route, "default");
+        assert_eq!(back.event, ev);
+        assert_eq!(parse_fingerprint(&entry.fingerprint), Some(42));
+    }
 
     #[test]
     fn fingerprints_round_trip() {

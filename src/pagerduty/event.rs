@@ -3,7 +3,7 @@
 //! payload fields PagerDuty event rules route on, and the 512,000-byte request cap.
 //!
 //! The routing key is not part of [`Event`]: it is a secret, read from its [`Secret`] at send
-//! time and only ever written into the request body (see [`Event::to_body`]).
+//! time and only ever written into the request body (see [`Encoded::to_body`]).
 //!
 //! [`Secret`]: crate::secret::Secret
 
@@ -96,27 +96,97 @@ pub struct Event {
     pub links: Vec<Link>,
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    routing_key: &'a str,
-    #[serde(flatten)]
-    event: &'a Event,
-}
-
 impl Event {
     /// The request body: the event with `routing_key` added.
     pub fn to_body(&self, routing_key: &str) -> Vec<u8> {
-        // Serializing plain strings and maps cannot fail.
-        serde_json::to_vec(&Wire {
-            routing_key,
-            event: self,
-        })
-        .unwrap_or_default()
+        Encoded::new(self).to_body(routing_key)
     }
 
-    /// Size of the body once a routing key of ordinary length is added.
+    /// Exact size of the body once a routing key of ordinary length is added.
     fn estimated_size(&self) -> usize {
         serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0) + ROUTING_KEY_ALLOWANCE
+    }
+
+    /// A bound the body size cannot exceed, without serializing: a JSON string takes at most
+    /// six bytes per input byte (`\u00XX`) plus its quotes. `None` when a detail is not a
+    /// plain string (only resumed events from an older outbox can have one).
+    fn size_upper_bound(&self) -> Option<usize> {
+        fn s(x: &str) -> usize {
+            2 + 6 * x.len()
+        }
+        fn o(x: &Option<String>) -> usize {
+            x.as_deref().map_or(0, s)
+        }
+        let p = &self.payload;
+        // Field names, punctuation and the action: under 400 bytes in all.
+        let mut n = STRUCTURE_ALLOWANCE + ROUTING_KEY_ALLOWANCE;
+        n += s(&self.dedup_key) + s(&p.summary) + s(&p.source) + s(&p.severity);
+        n += o(&p.timestamp) + o(&p.component) + o(&p.group) + o(&p.class);
+        n += o(&self.client) + o(&self.client_url);
+        for l in &self.links {
+            n += 32 + s(&l.href) + s(&l.text);
+        }
+        for (k, v) in &p.custom_details {
+            let Value::String(v) = v else { return None };
+            n += 2 + s(k) + s(v);
+        }
+        Some(n)
+    }
+}
+
+/// Bytes of field names and punctuation an event can have besides its string values.
+const STRUCTURE_ALLOWANCE: usize = 512;
+
+/// An event serialized once, when it is queued: the same JSON goes to the state store's outbox
+/// and, with the routing key spliced in front, to PagerDuty. Keeping the bytes rather than the
+/// [`Event`] also makes a long queue cheaper in memory.
+#[derive(Debug)]
+pub struct Encoded {
+    pub action: Action,
+    /// For the status page and the delivery log.
+    pub summary: Box<str>,
+    pub severity: Box<str>,
+    /// The event without its routing key: a JSON object with at least `event_action`.
+    json: Box<serde_json::value::RawValue>,
+}
+
+impl Encoded {
+    pub fn new(ev: &Event) -> Self {
+        // Plain strings and string maps always serialize; the fallback keeps the object shape
+        // `to_body` relies on.
+        let json = serde_json::value::to_raw_value(ev).unwrap_or_else(|_| {
+            serde_json::value::to_raw_value(&serde_json::json!({"event_action": ev.event_action}))
+                .unwrap_or_default()
+        });
+        Self {
+            action: ev.event_action,
+            summary: ev.payload.summary.as_str().into(),
+            severity: ev.payload.severity.as_str().into(),
+            json,
+        }
+    }
+
+    /// The event as stored (no routing key).
+    pub fn json(&self) -> &serde_json::value::RawValue {
+        &self.json
+    }
+
+    /// The request body: `{"routing_key":"…",` followed by the event's fields.
+    pub fn to_body(&self, routing_key: &str) -> Vec<u8> {
+        let event = self.json.get().as_bytes();
+        let mut out = Vec::with_capacity(event.len() + routing_key.len() + 20);
+        out.extend_from_slice(b"{\"routing_key\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, routing_key);
+        match event.get(1..) {
+            // `event` is an object with at least one field: `{"event_action":…}`.
+            Some(rest) if event.first() == Some(&b'{') && rest.first() != Some(&b'}') => {
+                out.push(b',');
+                out.extend_from_slice(rest);
+            }
+            _ => out.push(b'}'),
+        }
+        out
     }
 }
 
@@ -315,7 +385,10 @@ pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventCo
 /// Keeps the request under [`MAX_BODY_BYTES`]: long `custom_details` strings are cut first,
 /// then `custom_details` is replaced by a note. The key and the summary are never touched.
 pub fn fit_size(event: &mut Event) {
-    if event.estimated_size() < MAX_BODY_BYTES {
+    // The bound spares the serialization for every ordinary event.
+    if event.size_upper_bound().is_some_and(|n| n < MAX_BODY_BYTES)
+        || event.estimated_size() < MAX_BODY_BYTES
+    {
         return;
     }
     for v in event.payload.custom_details.values_mut() {
@@ -409,6 +482,42 @@ mod tests {
             e.links[0].href,
             "https://ov1.example.com/#/activity/r/rest/alerts/1"
         );
+    }
+
+    #[test]
+    fn spliced_body_is_the_event_plus_the_routing_key() {
+        let a = Alert {
+            uri: "/rest/alerts/7".into(),
+            severity: Severity::Critical,
+            description: Some("quote \" backslash \\ and é".into()),
+            ..Default::default()
+        };
+        let e = build(Action::Trigger, &a, &appliance(), &ctx());
+        let body: Value = serde_json::from_slice(&e.to_body("key\"1")).unwrap();
+        let mut want = serde_json::to_value(&e).unwrap();
+        want["routing_key"] = Value::String("key\"1".into());
+        assert_eq!(body, want);
+        let enc = Encoded::new(&e);
+        assert_eq!(enc.action, Action::Trigger);
+        assert_eq!(&*enc.summary, e.payload.summary);
+        let back: Event = serde_json::from_str(enc.json().get()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn size_bound_is_never_below_the_real_size() {
+        for text in ["plain", "\u{1}\u{2}\u{1f}", "é\"\\\n", ""] {
+            let a = Alert {
+                uri: format!("/rest/alerts/{text}"),
+                severity: Severity::Warning,
+                description: Some(text.repeat(100)),
+                corrective_action: Some(text.repeat(50)),
+                ..Default::default()
+            };
+            let e = build(Action::Resolve, &a, &appliance(), &ctx());
+            let bound = e.size_upper_bound().unwrap();
+            assert!(bound >= e.to_body(&"k".repeat(32)).len(), "{text:?}");
+        }
     }
 
     #[test]

@@ -111,6 +111,9 @@ impl Sender {
             .timeout(request_timeout)
             .connect_timeout(request_timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(90))
+            // The Events API does not redirect; a 3xx is classified like any unexpected answer
+            // (and not following it spares a URL parse per request).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "oneview-pagerduty-bridge/",
                 env!("CARGO_PKG_VERSION")
