@@ -511,17 +511,18 @@ async fn enqueue(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    // Parsed once and shared with the event log (no deep copy per request).
+    let parsed: Option<Arc<Value>> = serde_json::from_slice(&body).ok().map(Arc::new);
     let field = |k: &str| {
         parsed
-            .as_ref()
+            .as_deref()
             .and_then(|v| v.get(k))
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
     let payload_field = |k: &str| {
         parsed
-            .as_ref()
+            .as_deref()
             .and_then(|v| v.get("payload"))
             .and_then(|p| p.get(k))
             .and_then(Value::as_str)
@@ -539,7 +540,7 @@ async fn enqueue(
         severity: payload_field("severity"),
         summary: payload_field("summary"),
         incident: None,
-        body: parsed.clone().map(Arc::new),
+        body: parsed.clone(),
     };
 
     // Faults first: a real outage or throttle does not look at the body.

@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, patch, post, put};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::filter::{self, Pred};
@@ -421,13 +422,16 @@ async fn list_alerts(
     let (total, members) = {
         let store = h.store();
         let page = store.query(pred.as_ref(), sort, start, count);
-        let members: Vec<Value> = page.members.iter().map(|a| a.to_json()).collect();
+        // Each member is serialized once: its bytes are counted and copied into the page as
+        // they are (the simulator must never be what a benchmark measures).
+        let members: Vec<Box<RawValue>> = page
+            .members
+            .iter()
+            .filter_map(|a| serde_json::value::to_raw_value(&a.to_json()).ok())
+            .collect();
         (page.total, members)
     };
-    let member_bytes: usize = members
-        .iter()
-        .map(|m| serde_json::to_vec(m).map(|v| v.len()).unwrap_or(0))
-        .sum();
+    let member_bytes: usize = members.iter().map(|m| m.get().len()).sum();
     {
         let mut c = h.counters_mut();
         c.members_sent += members.len() as u64;
@@ -444,22 +448,40 @@ async fn list_alerts(
         absent
     };
     let now = format_timestamp(h.now_ms());
-    let n = members.len();
-    axum::Json(json!({
-        "type": "AlertResourceCollectionV3",
-        "members": members,
-        "count": n,
-        "total": total,
-        "start": start,
-        "prevPageUri": prev,
-        "nextPageUri": next,
-        "uri": page_uri(start),
-        "category": "alerts",
-        "eTag": now.clone(),
-        "created": now.clone(),
-        "modified": now,
-    }))
+    axum::Json(Envelope {
+        kind: "AlertResourceCollectionV3",
+        count: members.len(),
+        members,
+        total,
+        start,
+        prev_page_uri: prev,
+        next_page_uri: next,
+        uri: page_uri(start),
+        category: "alerts",
+        e_tag: now.clone(),
+        created: now.clone(),
+        modified: now,
+    })
     .into_response()
+}
+
+/// A collection page as OneView shapes it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    members: Vec<Box<RawValue>>,
+    count: usize,
+    total: usize,
+    start: usize,
+    prev_page_uri: Value,
+    next_page_uri: Value,
+    uri: String,
+    category: &'static str,
+    e_tag: String,
+    created: String,
+    modified: String,
 }
 
 fn parse_id(h: &SimHandle, raw: &str) -> Result<u64, Response> {
