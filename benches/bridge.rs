@@ -18,6 +18,8 @@ use rand::Rng;
 
 const ROUTING_KEY: &str = "BENCHROUTINGKEY00000000000000001";
 const APPLIANCE: &str = "synergy-bench";
+/// What `web` loads by default (and `smoke` runs).
+const WEB_PATHS: &str = "/health,/ready,/metrics,/api/v1/alerts,/api/v1/pagerduty/webhook";
 
 #[derive(Parser)]
 #[command(about = "oneview-pagerduty-bridge benchmarks (issue 8)")]
@@ -83,8 +85,10 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 64)]
         connections: u32,
-        /// Paths to load, comma-separated.
-        #[arg(long, default_value = "/health,/ready,/metrics")]
+        /// Paths to load, comma-separated. `/api/v1/alerts` and `/api/v1/pagerduty/webhook`
+        /// are POSTed (bearer token; signed PagerDuty deliveries, unique X-Webhook-Id) through
+        /// bench/wrk/post.lua; the others are GETs.
+        #[arg(long, default_value = WEB_PATHS)]
         paths: String,
     },
     /// The simulators alone (they must not be the bottleneck).
@@ -252,7 +256,943 @@ async fn smoke() -> R<()> {
             Cmd::Web {
                 seconds: 1,
                 connections: 4,
-                paths: "/health,/ready,/metrics".into(),
+                paths: WEB_PATHS.into(),
+            },
+            false,
+        ));
+    } else {
+        println!("smoke: web skipped (no wrk on PATH)");
+    }
+    for (name, cmd, durable) in steps {
+        let s = Instant::now();
+        let figs = one(&cmd, durable.then(|| dir.path()))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        println!(
+            "smoke: {name} ok in {:.1}s ({} figures)",
+            s.elapsed().as_secs_f64(),
+            figs.len()
+        );
+    }
+    println!("smoke: all ok in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+// ---- benchmarks --------------------------------------------------------------------------
+
+async fn latency(interval_ms: u64, rate: f64, seconds: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let b = Bridge::spawn(&sims, &Opts::new(interval_ms)).await?;
+    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    let n = ((rate * seconds as f64).round() as usize).max(1);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut raised: Vec<(u64, Instant)> = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        // Random offsets so that alerts land at every phase of the poll tick.
+        let jitter = rand::rng().random_range(0.0..1.0) * period.as_secs_f64();
+        let at = start + period.mul_f64(i as f64) + Duration::from_secs_f64(jitter);
+        tokio::time::sleep_until(at.into()).await;
+        let uri = sims.ov.handle.add_alert(AlertSpec {
+            severity: Some("Critical".into()),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        raised.push((id_of(&uri)?, t));
+    }
+    wait_for(Duration::from_secs(30), || {
+        sims.pd.counters().incidents_opened >= n as u64
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "only {} of {n} alerts paged",
+            sims.pd.counters().incidents_opened
+        )
+    })?;
+    let origin = sims.pd.started();
+    let mut received: BTreeMap<u64, Instant> = BTreeMap::new();
+    for e in sims.pd.accepted() {
+        if let Some(id) = e.dedup_key.as_deref().and_then(|k| k.rsplit('/').next()) {
+            if let Ok(id) = id.parse::<u64>() {
+                received
+                    .entry(id)
+                    .or_insert(origin + Duration::from_micros(e.received_us));
+            }
+        }
+    }
+    let polls = sims.ov.handle.alert_poll_instants();
+    let (mut overhead, mut e2e) = (Vec::new(), Vec::new());
+    for (id, visible) in &raised {
+        let got = *received
+            .get(id)
+            .ok_or_else(|| format!("alert {id} never paged"))?;
+        // The poll that fetched it: the last collection request that arrived before the page.
+        let poll = polls
+            .iter()
+            .rev()
+            .find(|p| **p <= got)
+            .ok_or("no poll before a page")?;
+        overhead.push(got.duration_since(*poll).as_secs_f64() * 1e3);
+        e2e.push(got.duration_since(*visible).as_secs_f64() * 1e3);
+    }
+    let proc = b.proc_stat();
+    b.stop();
+    let mut f = vec![("alerts".into(), n as f64)];
+    push_dist(&mut f, "overhead_ms", &mut overhead);
+    push_dist(&mut f, "end_to_end_ms", &mut e2e);
+    f.push(("bridge_cpu_s".into(), proc.cpu_s));
+    Ok(f)
+}
+
+async fn storm(alerts: usize, interval_ms: u64, state: Option<&Path>) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let mut o = Opts::new(interval_ms);
+    o.state = state.map(fresh_state_file).transpose()?;
+    let b = Bridge::spawn(&sims, &o).await?;
+    let sampler = b.sampler(Duration::from_millis(20));
+    let cpu0 = b.proc_stat().cpu_s;
+    let n = alerts as u64;
+    let t0 = Instant::now();
+    let crit = sims.ov.handle.generate(&GenerateSpec {
+        count: alerts / 2,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let warn = sims.ov.handle.generate(&GenerateSpec {
+        count: alerts - alerts / 2,
+        severity: Some("Warning".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let visible = Instant::now();
+    let limit = Duration::from_secs(60 + alerts as u64 / 200);
+    wait_for(limit, || sims.pd.counters().incidents_opened >= n)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {n} triggers accepted in {limit:?}",
+                sims.pd.counters().incidents_opened
+            )
+        })?;
+    let t1 = Instant::now();
+    let trigger_cpu = b.proc_stat().cpu_s - cpu0;
+    // Let the queue settle, then the RSS of the tracked open alerts.
+    tokio::time::sleep(Duration::from_millis(interval_ms * 2)).await;
+    let open_rss = b.proc_stat().rss_kb;
+    let cpu1 = b.proc_stat().cpu_s;
+    let t2 = Instant::now();
+    for id in crit.chain(warn) {
+        sims.ov
+            .handle
+            .clear(id)
+            .map_err(|e| format!("clear {id}: {e}"))?;
+    }
+    let cleared = Instant::now();
+    wait_for(limit, || sims.pd.counters().incidents_resolved >= n)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {n} resolves accepted in {limit:?}",
+                sims.pd.counters().incidents_resolved
+            )
+        })?;
+    let t3 = Instant::now();
+    let resolve_cpu = b.proc_stat().cpu_s - cpu1;
+    let peak = sampler.stop();
+    let c = sims.pd.counters();
+    if c.accepted != 2 * n {
+        return Err(format!(
+            "PagerDuty simulator accepted {} events for {n} alerts (want {})",
+            c.accepted,
+            2 * n
+        ));
+    }
+    let proc = b.proc_stat();
+    let state_bytes = o
+        .state
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0.0, |m| m.len() as f64);
+    b.stop();
+    let trig = t1.duration_since(t0).as_secs_f64();
+    let res = t3.duration_since(t2).as_secs_f64();
+    Ok(vec![
+        ("alerts".into(), n as f64),
+        (
+            "generate_s".into(),
+            visible.duration_since(t0).as_secs_f64(),
+        ),
+        ("clear_s".into(), cleared.duration_since(t2).as_secs_f64()),
+        ("trigger_phase_s".into(), trig),
+        ("trigger_events_per_s".into(), n as f64 / trig),
+        ("resolve_phase_s".into(), res),
+        ("resolve_events_per_s".into(), n as f64 / res),
+        ("events_per_s".into(), 2.0 * n as f64 / (trig + res)),
+        (
+            "events_per_s_excl_poll_wait".into(),
+            2.0 * n as f64 / (trig + res - 2.0 * interval_ms as f64 / 1e3 / 2.0).max(1e-3),
+        ),
+        ("peak_rss_mb".into(), peak.max(proc.hwm_kb) as f64 / 1024.0),
+        ("rss_open_alerts_mb".into(), open_rss as f64 / 1024.0),
+        ("cpu_trigger_s".into(), trigger_cpu),
+        ("cpu_resolve_s".into(), resolve_cpu),
+        ("cpu_total_s".into(), proc.cpu_s),
+        ("state_file_mb".into(), state_bytes / 1024.0 / 1024.0),
+    ])
+}
+
+async fn rate_limited(
+    warnings: usize,
+    criticals: usize,
+    seconds: u64,
+    per_minute: u32,
+    state: Option<&Path>,
+) -> R<Figures> {
+    let sims = Sims::start(Faults {
+        rate_limit_per_minute: Some(per_minute),
+        ..Default::default()
+    })
+    .await?;
+    let mut o = Opts::new(1000);
+    o.rate_limit = per_minute;
+    o.state = state.map(fresh_state_file).transpose()?;
+    let b = Bridge::spawn(&sims, &o).await?;
+    // Warnings first in the appliance, criticals after: the bridge must still page criticals
+    // first.
+    sims.ov.handle.generate(&GenerateSpec {
+        count: warnings,
+        severity: Some("Warning".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    sims.ov.handle.generate(&GenerateSpec {
+        count: criticals,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    let mut rss: Vec<(f64, f64)> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss.push((
+            t0.elapsed().as_secs_f64(),
+            b.proc_stat().rss_kb as f64 / 1024.0,
+        ));
+    }
+    let metrics = b.metrics().await?;
+    let queued = metric(&metrics, "bridge_pagerduty_queue_depth").unwrap_or(f64::NAN);
+    let proc = b.proc_stat();
+    b.stop();
+    let acc = sims.pd.accepted();
+    let c = sims.pd.counters();
+    // The limit over every sliding minute, as the simulator counts it.
+    let times: Vec<u64> = acc.iter().map(|e| e.received_ms).collect();
+    let mut max_window = 0usize;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= 60_000 {
+            lo += 1;
+        }
+        max_window = max_window.max(hi - lo + 1);
+    }
+    let sev: Vec<&str> = acc
+        .iter()
+        .map(|e| e.severity.as_deref().unwrap_or(""))
+        .collect();
+    // The first window's worth goes out as the alerts arrive, before anything queues; after
+    // that, no warning may go while a critical waits.
+    let burst = (per_minute as usize).min(sev.len());
+    let tail = &sev[burst..];
+    let crit_in_first_burst = sev[..burst].iter().filter(|s| **s == "critical").count();
+    // Up to `pagerduty.concurrency` (8) requests race on the wire: a critical started just
+    // before a warning may arrive just after it.
+    let crit_after_a_warning = tail.iter().position(|s| *s == "warning").map_or(0, |w| {
+        tail[(w + 8).min(tail.len())..]
+            .iter()
+            .filter(|s| **s == "critical")
+            .count()
+    });
+    let crit_before_first_warning = tail
+        .iter()
+        .position(|s| *s == "warning")
+        .map_or(tail.len(), |w| w);
+    let criticals_first = crit_after_a_warning == 0;
+    let total = warnings + criticals;
+    let lost = total as f64 - acc.len() as f64 - queued;
+    // Memory flatness: RSS once the queue is full (after 5 s) against the end.
+    let settled: Vec<f64> = rss
+        .iter()
+        .filter(|(t, _)| *t >= 5.0_f64.min(seconds as f64 / 2.0))
+        .map(|(_, r)| *r)
+        .collect();
+    let (rss_first, rss_last) = (
+        settled.first().copied().unwrap_or(0.0),
+        settled.last().copied().unwrap_or(0.0),
+    );
+    let rss_max = settled.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  rate-limited: {} accepted, {} answers 429, max {max_window} in a sliding minute, {crit_in_first_burst} criticals in the first window, {crit_before_first_warning} queued criticals before the first queued warning, {crit_after_a_warning} criticals after it (beyond the 8 in flight), {queued} queued",
+        acc.len(),
+        c.rate_limited
+    );
+    if c.rate_limited > 0 || max_window > per_minute as usize {
+        return Err(format!(
+            "limit exceeded: {} answers 429, {max_window} events in one sliding minute (limit {per_minute})",
+            c.rate_limited
+        ));
+    }
+    if !criticals_first {
+        return Err(format!(
+            "criticals not first: {crit_after_a_warning} criticals sent after a queued warning"
+        ));
+    }
+    if lost.abs() > 0.5 {
+        return Err(format!(
+            "{total} alerts, {} accepted + {queued} queued: {lost} missing",
+            acc.len()
+        ));
+    }
+    Ok(vec![
+        ("alerts".into(), total as f64),
+        ("accepted".into(), acc.len() as f64),
+        ("queued_at_end".into(), queued),
+        ("max_events_in_sliding_minute".into(), max_window as f64),
+        ("answers_429".into(), c.rate_limited as f64),
+        (
+            "criticals_in_first_window".into(),
+            crit_in_first_burst as f64,
+        ),
+        (
+            "queued_criticals_before_first_queued_warning".into(),
+            crit_before_first_warning as f64,
+        ),
+        (
+            "criticals_after_a_queued_warning".into(),
+            crit_after_a_warning as f64,
+        ),
+        ("lost".into(), lost),
+        ("rss_after_5s_mb".into(), rss_first),
+        ("rss_end_mb".into(), rss_last),
+        ("rss_max_mb".into(), rss_max),
+        (
+            "rss_growth_mb_per_min".into(),
+            (rss_last - rss_first) / ((seconds as f64 - 5.0).max(1.0) / 60.0),
+        ),
+        ("cpu_total_s".into(), proc.cpu_s),
+        (
+            "drain_minutes_at_limit".into(),
+            total as f64 / per_minute as f64,
+        ),
+    ])
+}
+
+async fn idle(stored: usize, cycles: u32, interval_ms: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    // Historical alerts: cleared, spread over the last 30 days; plus a few open ones that the
+    // bridge tracks.
+    sims.ov.handle.generate(&GenerateSpec {
+        count: stored,
+        state: Some("Cleared".into()),
+        max_age_ms: 30 * 86_400_000,
+        ..Default::default()
+    });
+    sims.ov.handle.generate(&GenerateSpec {
+        count: 20,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        max_age_ms: 3_600_000,
+    });
+    let b = Bridge::spawn(&sims, &Opts::new(interval_ms)).await?;
+    let startup = b.ready_after.as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(interval_ms * 2)).await;
+    sims.ov.handle.reset_counters();
+    let cpu0 = b.proc_stat().cpu_s;
+    let polls0 = sims.ov.handle.alert_poll_instants().len();
+    tokio::time::sleep(Duration::from_millis(interval_ms * u64::from(cycles))).await;
+    let c = sims.ov.handle.counters();
+    let cpu = b.proc_stat().cpu_s - cpu0;
+    let polls = (sims.ov.handle.alert_poll_instants().len() - polls0).max(1) as f64;
+    let proc = b.proc_stat();
+    b.stop();
+    let total_requests: u64 = c.requests.values().sum();
+    let response_bytes: u64 = c.response_bytes.values().sum();
+    Ok(vec![
+        ("stored_alerts".into(), stored as f64),
+        ("startup_to_ready_ms".into(), startup),
+        ("cycles".into(), polls),
+        ("requests_per_cycle".into(), total_requests as f64 / polls),
+        ("members_per_cycle".into(), c.members_sent as f64 / polls),
+        (
+            "member_bytes_per_cycle".into(),
+            c.member_bytes as f64 / polls,
+        ),
+        (
+            "response_bytes_per_cycle".into(),
+            response_bytes as f64 / polls,
+        ),
+        ("cpu_ms_per_cycle".into(), cpu * 1e3 / polls),
+        ("rss_mb".into(), proc.rss_kb as f64 / 1024.0),
+    ])
+}
+
+async fn footprint(idle_seconds: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    // Default interval (30 s): the idle cost a deployment sees.
+    let b = Bridge::spawn(&sims, &Opts::new(30_000)).await?;
+    let startup = b.ready_after.as_secs_f64() * 1e3;
+    let rss_ready = b.proc_stat().rss_kb;
+    let cpu0 = b.proc_stat().cpu_s;
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let p = b.proc_stat();
+    b.stop();
+    Ok(vec![
+        ("startup_to_ready_ms".into(), startup),
+        ("rss_at_ready_mb".into(), rss_ready as f64 / 1024.0),
+        ("rss_idle_mb".into(), p.rss_kb as f64 / 1024.0),
+        ("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0),
+        (
+            "idle_cpu_percent".into(),
+            (p.cpu_s - cpu0) / idle_seconds as f64 * 100.0,
+        ),
+    ])
+}
+
+/// `--paths` entries that are POSTed with bodies the harness builds (`bench/wrk/post.lua`);
+/// every other path is a plain GET.
+const POST_ALERTS: &str = "/api/v1/alerts";
+const WEBHOOK: &str = "/api/v1/pagerduty/webhook";
+/// Distinct alert URIs that the `POST /api/v1/alerts` requests cycle through: each is paged
+/// once, every later push of the same unchanged open alert ends in the delivery queue's dedup
+/// cache (what a client re-pushing its alerts does).
+const PUSH_URIS: u64 = 16;
+/// Open alerts in the appliance that the webhooks acknowledge (paged before the run, so their
+/// incident keys are the bridge's own), and the distinct webhook events (each its own
+/// `event.id`, body and signature) spread over them.
+const WEBHOOK_ALERTS: usize = 64;
+const WEBHOOK_EVENTS: usize = 1024;
+
+/// Alert texts of a real Synergy appliance (`tests/fixtures/oneview/real_appliance_alerts_syslog.txt`):
+/// physical resource type, resource name, health category, description.
+const REAL_ALERTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "server-hardware",
+        "SGH817YECA, bay 5",
+        "ServerBlade",
+        "The iLO for the server hardware in bay 5 is reporting that the server hardware has a warning internal health status.",
+    ),
+    (
+        "server-hardware",
+        "SGH817YECA, bay 5",
+        "BIOS",
+        "The BIOS/Hardware is in the error state.",
+    ),
+    (
+        "logical-enclosures",
+        "LE_01",
+        "Operational",
+        "The actual IPv4 address (172.168.101.239) does not match the expected configuration (172.168.100.212).",
+    ),
+    (
+        "sas-interconnects",
+        "SGH817YECA, interconnect 4",
+        "sas-interconnects",
+        "Unable to fully discover and configure the interconnect. Unable to setup management account on SAS interconnect.",
+    ),
+];
+
+async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
+    if !which("wrk") {
+        return Err("wrk not found: apt-get install wrk".into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/wrk/post.lua");
+    let sims = Sims::start(Faults::default()).await?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = |name: &str, content: &str| -> R<PathBuf> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let token = random_hex(32);
+    let secret = random_hex(32);
+    let tokens_file = file("api-tokens", &format!("# benchmark\n{token}\n"))?;
+    let secrets_file = file("webhook-secrets", &format!("# benchmark\n{secret}\n"))?;
+    let acked = sims.ov.handle.generate(&GenerateSpec {
+        count: WEBHOOK_ALERTS,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let mut o = Opts::new(30_000);
+    o.env = vec![
+        (
+            "BRIDGE_SERVER__API_TOKENS_FILE".into(),
+            tokens_file.display().to_string(),
+        ),
+        (
+            "BRIDGE_PAGERDUTY__WEBHOOK_SECRETS_FILE".into(),
+            secrets_file.display().to_string(),
+        ),
+        // Every wrk connection comes from 127.0.0.1: the per-client limit on /api/* (20/s,
+        // burst 40 by default) would answer nearly everything 429. The limiter still runs.
+        (
+            "BRIDGE_SERVER__RATE_LIMIT_PER_SECOND".into(),
+            "1000000".into(),
+        ),
+        ("BRIDGE_SERVER__RATE_LIMIT_BURST".into(), "1000000".into()),
+    ];
+    let log = dir.path().join("bridge.log");
+    o.log = Some(log.clone());
+    let b = Bridge::spawn(&sims, &o).await?;
+    wait_for(Duration::from_secs(30), || {
+        sims.pd.counters().incidents_opened >= WEBHOOK_ALERTS as u64
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "the bridge paged {} of the {WEBHOOK_ALERTS} alerts the webhooks acknowledge",
+            sims.pd.counters().incidents_opened
+        )
+    })?;
+    let alerts_file = file("alerts.tsv", &push_requests(&token)?)?;
+    let webhooks_file = file("webhooks.tsv", &webhook_requests(&secret, acked)?)?;
+    let run_id = random_hex(4);
+    let mut f = Vec::new();
+    for path in paths.split(',').filter(|p| !p.is_empty()) {
+        let url = format!("{}{path}", b.url);
+        let (name, post) = match path {
+            POST_ALERTS => ("post_alerts".to_owned(), Some((&alerts_file, false))),
+            WEBHOOK => ("webhook".to_owned(), Some((&webhooks_file, true))),
+            p => (p.trim_start_matches('/').replace('/', "_"), None),
+        };
+        let m0 = b.metrics().await?;
+        let pd0 = sims.pd.counters();
+        let hwm_reset = reset_hwm(b.pid);
+        let sampler = b.sampler(Duration::from_millis(20));
+        let cpu0 = b.proc_stat().cpu_s;
+        let mut args: Vec<String> = vec![
+            "-t2".into(),
+            format!("-c{connections}"),
+            format!("-d{seconds}s"),
+            "--latency".into(),
+        ];
+        if let Some((requests, unique)) = post {
+            args.extend(["-s".into(), script.display().to_string(), url.clone()]);
+            args.extend(["--".into(), requests.display().to_string()]);
+            if unique {
+                args.extend(["X-Webhook-Id".into(), run_id.clone()]);
+            }
+        } else {
+            args.push(url.clone());
+        }
+        let out = tokio::task::spawn_blocking(move || Command::new("wrk").args(&args).output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("wrk: {e}"))?;
+        let cpu = b.proc_stat().cpu_s - cpu0;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "{path}: wrk failed ({}): {}{text}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("wrk output without Requests/sec:\n{text}"))?;
+        let p99 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .map(|v| parse_wrk_time(v.trim()))
+            .unwrap_or(f64::NAN);
+        let non2xx = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if non2xx > 0.0 {
+            return Err(format!("{path}: {non2xx} non-2xx answers"));
+        }
+        // "Socket errors: connect 0, read 0, write 0, timeout 3": a request without an answer.
+        if let Some(l) = text.lines().find(|l| l.trim().starts_with("Socket errors:")) {
+            return Err(format!("{path}: wrk {}", l.trim()));
+        }
+        let requests = if post.is_some() {
+            // post.lua counts every answer by status: all must be 202 Accepted (a 200 from the
+            // webhook would be a "duplicate": the harness's X-Webhook-Ids collided).
+            let statuses: BTreeMap<u16, f64> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.strip_prefix("status ")?.split_whitespace();
+                    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+                })
+                .collect();
+            let accepted = statuses.get(&202).copied().unwrap_or(0.0);
+            if accepted == 0.0 || statuses.len() != 1 {
+                return Err(format!(
+                    "{path}: answers by status {statuses:?}; want 202 only\n{text}"
+                ));
+            }
+            accepted
+        } else {
+            0.0
+        };
+        f.push((format!("{name}_requests_per_s"), rps));
+        f.push((format!("{name}_p99_ms"), p99));
+        f.push((format!("{name}_bridge_cpu_s"), cpu));
+        if path == POST_ALERTS {
+            // PagerDuty hears each distinct alert once (the first push; later pushes of the
+            // unchanged alert end in the dedup cache).
+            let want = PUSH_URIS.min(requests as u64);
+            let got = || sims.pd.counters().accepted - pd0.accepted;
+            let _ = wait_for(Duration::from_secs(10), || got() >= want).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = got();
+            if events < want {
+                return Err(format!(
+                    "{path}: PagerDuty accepted {events} events for {want} distinct pushed alerts"
+                ));
+            }
+            f.push(("post_alerts_accepted".into(), requests));
+            f.push(("post_alerts_pagerduty_events".into(), events as f64));
+            f.push((
+                "post_alerts_deduplicated".into(),
+                requests - events as f64,
+            ));
+        }
+        if path == WEBHOOK {
+            // The 202 goes out before the write-back to OneView, which runs in a task of its
+            // own per delivery: wait until every verified delivery has an outcome.
+            const V: &str = "bridge_web_webhook_verifications";
+            let done0 = metric_where(&m0, "bridge_web_writebacks", &[]);
+            let mut m = b.metrics().await?;
+            let verified =
+                metric_where(&m, V, &["\"valid\""]) - metric_where(&m0, V, &["\"valid\""]);
+            let refused = metric_where(&m, V, &[]) - metric_where(&m0, V, &[]) - verified;
+            if refused > 0.0 {
+                return Err(format!("{path}: {refused} deliveries failed verification"));
+            }
+            let t = Instant::now();
+            let cpu1 = b.proc_stat().cpu_s;
+            let limit = Duration::from_secs(120);
+            while metric_where(&m, "bridge_web_writebacks", &[]) - done0 < verified
+                && t.elapsed() < limit
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                m = b.metrics().await?;
+            }
+            let drain = t.elapsed().as_secs_f64();
+            let drain_cpu = b.proc_stat().cpu_s - cpu1;
+            let done = metric_where(&m, "bridge_web_writebacks", &[]) - done0;
+            f.push(("webhook_accepted".into(), requests));
+            f.push(("webhook_verified".into(), verified));
+            for o in [
+                "written",
+                "duplicate",
+                "skipped",
+                "ignored",
+                "failed",
+                "unavailable",
+            ] {
+                let q = format!("\"{o}\"");
+                let n = metric_where(&m, "bridge_web_writebacks", &[&q])
+                    - metric_where(&m0, "bridge_web_writebacks", &[&q]);
+                f.push((format!("webhook_writeback_{o}"), n));
+            }
+            f.push(("webhook_writeback_pending".into(), verified - done));
+            f.push(("webhook_writeback_drain_s".into(), drain));
+            f.push(("webhook_writeback_drain_cpu_s".into(), drain_cpu));
+            println!(
+                "  webhook: {requests} answered 202, {verified} verified, {done} write-backs finished {drain:.1} s after wrk ended, {} pending",
+                verified - done
+            );
+        }
+        let peak = sampler.stop();
+        let hwm = if hwm_reset { b.proc_stat().hwm_kb } else { 0 };
+        f.push((
+            format!("{name}_peak_rss_mb"),
+            peak.max(hwm) as f64 / 1024.0,
+        ));
+    }
+    let p = b.proc_stat();
+    b.stop();
+    f.push(("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0));
+    // Warnings and errors the bridge logged (write-backs that failed, say).
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = logged.lines().collect();
+    for l in lines.iter().take(3) {
+        println!("  bridge log: {}", l.chars().take(300).collect::<String>());
+    }
+    f.push(("bridge_log_lines".into(), lines.len() as f64));
+    Ok(f)
+}
+
+/// `POST /api/v1/alerts` requests (post.lua's format): `PUSH_URIS` open alerts in the shape of
+/// a OneView alert member (the fixture's SCMB `resource`), with real alert texts.
+fn push_requests(token: &str) -> R<String> {
+    let msg: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/oneview/scmb_alert_message.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for k in 0..PUSH_URIS {
+        let (kind, resource, category, text) = REAL_ALERTS[k as usize % REAL_ALERTS.len()];
+        let mut a = msg["resource"].clone();
+        let id = 900_000 + k;
+        let stamp = format!("2026-01-15T10:{:02}:00.000Z", k % 60);
+        a["uri"] = format!("/rest/alerts/{id}").into();
+        a["severity"] = if k % 4 == 3 { "Warning" } else { "Critical" }.into();
+        a["alertState"] = "Active".into();
+        a["description"] = text.into();
+        a["correctiveAction"] =
+            "Check the iLO System Information - Health Summary and Integrated Management Log for more information.".into();
+        a["healthCategory"] = category.into();
+        a["physicalResourceType"] = kind.into();
+        a["associatedResource"]["resourceCategory"] = kind.into();
+        a["associatedResource"]["resourceName"] = resource.into();
+        a["alertTypeID"] = format!("Trap.{category}").into();
+        a["urgency"] = "High".into();
+        a["lifeCycle"] = false.into();
+        a["clearedByUser"] = serde_json::Value::Null;
+        a["clearedTime"] = serde_json::Value::Null;
+        a["changeLog"] = serde_json::json!([]);
+        a["created"] = stamp.clone().into();
+        a["modified"] = stamp.clone().into();
+        a["eTag"] = stamp.into();
+        out.push_str(&format!(
+            "Authorization: Bearer {token}\tContent-Type: application/json\t{a}\n"
+        ));
+    }
+    Ok(out)
+}
+
+/// Signed PagerDuty Webhooks v3 deliveries (post.lua's format): `incident.acknowledged` of the
+/// incidents of `alerts`, in the shape of PagerDuty's sample envelope and incident, each with its
+/// own `event.id`. The signature is PagerDuty's: `v1=` hex HMAC-SHA256 of the raw body under the
+/// subscription secret, computed here independently of the bridge's code.
+fn webhook_requests(secret: &str, alerts: std::ops::Range<u64>) -> R<String> {
+    use hmac::Mac;
+    let incident: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/pagerduty/webhook-v3-data-incident.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let envelope: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/pagerduty/webhook-v3-envelope-incident.priority_updated.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let ids: Vec<u64> = alerts.collect();
+    let mut out = String::new();
+    for k in 0..WEBHOOK_EVENTS {
+        let alert = ids[k % ids.len()];
+        let n = k % ids.len() + 1;
+        let incident_id = format!("PBENCH{n:04}");
+        let mut d = incident.clone();
+        d["id"] = incident_id.clone().into();
+        d["self"] = format!("https://api.pagerduty.com/incidents/{incident_id}").into();
+        d["html_url"] = format!("https://acme.pagerduty.com/incidents/{incident_id}").into();
+        d["number"] = n.into();
+        d["status"] = "acknowledged".into();
+        d["incident_key"] = format!("oneview:{APPLIANCE}:/rest/alerts/{alert}").into();
+        d["title"] = format!("Critical: {}", REAL_ALERTS[k % REAL_ALERTS.len()].3).into();
+        let mut e = envelope.clone();
+        e["event"]["id"] = format!("01BENCH{:019}", k).into();
+        e["event"]["event_type"] = "incident.acknowledged".into();
+        e["event"]["occurred_at"] = format!("2026-01-15T10:{:02}:00.000Z", k % 60).into();
+        e["event"]["data"] = d;
+        let body = e.to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
+        mac.update(body.as_bytes());
+        let sig = hex::encode(mac.finalize().into_bytes());
+        out.push_str(&format!(
+            "Content-Type: application/json\tUser-Agent: PagerDuty-Webhook/V3.0\tX-PagerDuty-Signature: v1={sig}\t{body}\n"
+        ));
+    }
+    Ok(out)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// Resets the process's peak RSS (`VmHWM`), so that it covers only what follows.
+fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The simulators alone (they must not be the bottleneck).
+    Sims {
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        #[arg(long, default_value_t = 100_000)]
+        stored: usize,
+    },
+    /// Every benchmark at a tiny size; fails when one breaks (not when it is slow).
+    Smoke,
+}
+
+type R<T> = Result<T, String>;
+
+fn main() {
+    // `cargo bench` appends `--bench`; it means nothing here.
+    let cli = Cli::parse_from(std::env::args().filter(|a| a != "--bench"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let res = rt.block_on(run(cli));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if let Err(e) = res {
+        eprintln!("BENCHMARK FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> R<()> {
+    println!("# machine: {}", machine());
+    let sp = cli.state_path.clone();
+    match cli.cmd.clone() {
+        Cmd::Smoke => smoke().await,
+        cmd => {
+            let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for i in 0..cli.runs {
+                println!("## run {}/{} load {}", i + 1, cli.runs, loadavg());
+                let figs = one(&cmd, sp.as_deref()).await?;
+                for (k, v) in &figs {
+                    println!("  {k:<40} {v:>14.3}");
+                    all.entry(k.clone()).or_default().push(*v);
+                }
+            }
+            println!("## summary over {} runs: median [min .. max]", cli.runs);
+            for (k, v) in all {
+                let (med, min, max) = stats(&v);
+                println!("  {k:<40} {med:>14.3} [{min:.3} .. {max:.3}]");
+            }
+            println!("# load after: {}", loadavg());
+            Ok(())
+        }
+    }
+}
+
+type Figures = Vec<(String, f64)>;
+
+async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
+    match *cmd {
+        Cmd::Latency {
+            interval_ms,
+            rate,
+            seconds,
+        } => latency(interval_ms, rate, seconds).await,
+        Cmd::Storm {
+            alerts,
+            interval_ms,
+        } => storm(alerts, interval_ms, state).await,
+        Cmd::RateLimited {
+            warnings,
+            criticals,
+            seconds,
+            per_minute,
+        } => rate_limited(warnings, criticals, seconds, per_minute, state).await,
+        Cmd::Idle {
+            stored,
+            cycles,
+            interval_ms,
+        } => idle(stored, cycles, interval_ms).await,
+        Cmd::Footprint { idle_seconds } => footprint(idle_seconds).await,
+        Cmd::Web {
+            seconds,
+            connections,
+            ref paths,
+        } => web(seconds, connections, paths).await,
+        Cmd::Sims { events, stored } => sims(events, stored).await,
+        Cmd::Smoke => Err("smoke is not repeatable".into()),
+    }
+}
+
+async fn smoke() -> R<()> {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let steps: Vec<(&str, Cmd, bool)> = vec![
+        (
+            "sims",
+            Cmd::Sims {
+                events: 500,
+                stored: 2_000,
+            },
+            false,
+        ),
+        (
+            "latency",
+            Cmd::Latency {
+                interval_ms: 1000,
+                rate: 20.0,
+                seconds: 2,
+            },
+            false,
+        ),
+        (
+            "storm",
+            Cmd::Storm {
+                alerts: 300,
+                interval_ms: 1000,
+            },
+            false,
+        ),
+        (
+            "storm durable",
+            Cmd::Storm {
+                alerts: 300,
+                interval_ms: 1000,
+            },
+            true,
+        ),
+        (
+            "rate-limited",
+            Cmd::RateLimited {
+                warnings: 60,
+                criticals: 10,
+                seconds: 4,
+                per_minute: 20,
+            },
+            false,
+        ),
+        (
+            "rate-limited durable",
+            Cmd::RateLimited {
+                warnings: 60,
+                criticals: 10,
+                seconds: 4,
+                per_minute: 20,
+            },
+            true,
+        ),
+        (
+            "idle",
+            Cmd::Idle {
+                stored: 2_000,
+                cycles: 3,
+                interval_ms: 1000,
+            },
+            false,
+        ),
+        ("footprint", Cmd::Footprint { idle_seconds: 1 }, false),
+    ];
+    let mut steps = steps;
+    if which("wrk") {
+        steps.push((
+            "web",
+            Cmd::Web {
+                seconds: 1,
+                connections: 4,
+                paths: WEB_PATHS.into(),
             },
             false,
         ));
@@ -833,6 +1773,10 @@ struct Opts {
     interval_ms: u64,
     rate_limit: u32,
     state: Option<PathBuf>,
+    /// More `BRIDGE_*` settings.
+    env: Vec<(String, String)>,
+    /// The bridge's log (stderr) goes to this file instead of the harness's stderr.
+    log: Option<PathBuf>,
 }
 
 impl Opts {
@@ -841,6 +1785,8 @@ impl Opts {
             interval_ms,
             rate_limit: 10_000_000,
             state: None,
+            env: Vec::new(),
+            log: None,
         }
     }
 }
@@ -916,6 +1862,11 @@ impl Bridge {
             .stderr(Stdio::inherit());
         if let Some(p) = &o.state {
             cmd.env("BRIDGE_STATE__PATH", p);
+        }
+        cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
+        if let Some(p) = &o.log {
+            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            cmd.stderr(f);
         }
         let t = Instant::now();
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
@@ -1066,6 +2017,14 @@ fn id_of(uri: &str) -> R<u64> {
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad alert URI {uri}"))
+}
+
+/// The sum of the series of `name` whose line holds every one of `labels` (`"valid"`, say).
+fn metric_where(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
