@@ -90,6 +90,17 @@ enum Cmd {
         /// bench/wrk/post.lua; the others are GETs.
         #[arg(long, default_value = WEB_PATHS)]
         paths: String,
+        /// Latency the OneView simulator adds to every answer once the bridge is ready (a real
+        /// appliance answers in tens to hundreds of ms): shows what the webhook write-backs do
+        /// when OneView is slower than the deliveries arrive.
+        #[arg(long, default_value_t = 0)]
+        oneview_latency_ms: u64,
+        /// `own`: the webhooks are for the bridge's own incidents, and every delivery is
+        /// written back to OneView. `foreign`: for incidents of another appliance, which the
+        /// bridge verifies, parses and answers but does not write back (the receiving path
+        /// alone).
+        #[arg(long, default_value = "own", value_parser = ["own", "foreign"])]
+        webhook_incidents: String,
     },
     /// The simulators alone (they must not be the bottleneck).
     Sims {
@@ -175,7 +186,18 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
             seconds,
             connections,
             ref paths,
-        } => web(seconds, connections, paths).await,
+            oneview_latency_ms,
+            ref webhook_incidents,
+        } => {
+            web(
+                seconds,
+                connections,
+                paths,
+                oneview_latency_ms,
+                webhook_incidents == "foreign",
+            )
+            .await
+        }
         Cmd::Sims { events, stored } => sims(events, stored).await,
         Cmd::Smoke => Err("smoke is not repeatable".into()),
     }
@@ -257,6 +279,8 @@ async fn smoke() -> R<()> {
                 seconds: 1,
                 connections: 4,
                 paths: WEB_PATHS.into(),
+                oneview_latency_ms: 0,
+                webhook_incidents: "own".into(),
             },
             false,
         ));
@@ -703,7 +727,13 @@ const REAL_ALERTS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
+async fn web(
+    seconds: u64,
+    connections: u32,
+    paths: &str,
+    oneview_latency_ms: u64,
+    foreign: bool,
+) -> R<Figures> {
     if !which("wrk") {
         return Err("wrk not found: apt-get install wrk".into());
     }
@@ -756,8 +786,11 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
             sims.pd.counters().incidents_opened
         )
     })?;
+    sims.ov
+        .handle
+        .update_faults(|f| f.latency_ms = oneview_latency_ms);
     let alerts_file = file("alerts.tsv", &push_requests(&token)?)?;
-    let webhooks_file = file("webhooks.tsv", &webhook_requests(&secret, acked)?)?;
+    let webhooks_file = file("webhooks.tsv", &webhook_requests(&secret, acked, foreign)?)?;
     let run_id = random_hex(4);
     let mut f = Vec::new();
     for path in paths.split(',').filter(|p| !p.is_empty()) {
@@ -819,7 +852,10 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
             return Err(format!("{path}: {non2xx} non-2xx answers"));
         }
         // "Socket errors: connect 0, read 0, write 0, timeout 3": a request without an answer.
-        if let Some(l) = text.lines().find(|l| l.trim().starts_with("Socket errors:")) {
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.trim().starts_with("Socket errors:"))
+        {
             return Err(format!("{path}: wrk {}", l.trim()));
         }
         let requests = if post.is_some() {
@@ -860,10 +896,7 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
             }
             f.push(("post_alerts_accepted".into(), requests));
             f.push(("post_alerts_pagerduty_events".into(), events as f64));
-            f.push((
-                "post_alerts_deduplicated".into(),
-                requests - events as f64,
-            ));
+            f.push(("post_alerts_deduplicated".into(), requests - events as f64));
         }
         if path == WEBHOOK {
             // The 202 goes out before the write-back to OneView, which runs in a task of its
@@ -880,15 +913,18 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
             let t = Instant::now();
             let cpu1 = b.proc_stat().cpu_s;
             let limit = Duration::from_secs(120);
-            while metric_where(&m, "bridge_web_writebacks", &[]) - done0 < verified
-                && t.elapsed() < limit
-            {
+            // Deliveries wrk gave up on at the end may still be verified after the first read.
+            let (verified, done) = loop {
+                let v = metric_where(&m, V, &["\"valid\""]) - metric_where(&m0, V, &["\"valid\""]);
+                let d = metric_where(&m, "bridge_web_writebacks", &[]) - done0;
+                if d >= v || t.elapsed() > limit {
+                    break (v, d);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 m = b.metrics().await?;
-            }
+            };
             let drain = t.elapsed().as_secs_f64();
             let drain_cpu = b.proc_stat().cpu_s - cpu1;
-            let done = metric_where(&m, "bridge_web_writebacks", &[]) - done0;
             f.push(("webhook_accepted".into(), requests));
             f.push(("webhook_verified".into(), verified));
             for o in [
@@ -912,12 +948,10 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
                 verified - done
             );
         }
-        let peak = sampler.stop();
+        let (peak, fds) = sampler.stop_with_fds();
         let hwm = if hwm_reset { b.proc_stat().hwm_kb } else { 0 };
-        f.push((
-            format!("{name}_peak_rss_mb"),
-            peak.max(hwm) as f64 / 1024.0,
-        ));
+        f.push((format!("{name}_peak_rss_mb"), peak.max(hwm) as f64 / 1024.0));
+        f.push((format!("{name}_peak_open_fds"), fds as f64));
     }
     let p = b.proc_stat();
     b.stop();
@@ -975,7 +1009,7 @@ fn push_requests(token: &str) -> R<String> {
 /// incidents of `alerts`, in the shape of PagerDuty's sample envelope and incident, each with its
 /// own `event.id`. The signature is PagerDuty's: `v1=` hex HMAC-SHA256 of the raw body under the
 /// subscription secret, computed here independently of the bridge's code.
-fn webhook_requests(secret: &str, alerts: std::ops::Range<u64>) -> R<String> {
+fn webhook_requests(secret: &str, alerts: std::ops::Range<u64>, foreign: bool) -> R<String> {
     use hmac::Mac;
     let incident: serde_json::Value = serde_json::from_str(include_str!(
         "../tests/fixtures/pagerduty/webhook-v3-data-incident.json"
@@ -997,7 +1031,12 @@ fn webhook_requests(secret: &str, alerts: std::ops::Range<u64>) -> R<String> {
         d["html_url"] = format!("https://acme.pagerduty.com/incidents/{incident_id}").into();
         d["number"] = n.into();
         d["status"] = "acknowledged".into();
-        d["incident_key"] = format!("oneview:{APPLIANCE}:/rest/alerts/{alert}").into();
+        let appliance = if foreign {
+            "another-appliance"
+        } else {
+            APPLIANCE
+        };
+        d["incident_key"] = format!("oneview:{appliance}:/rest/alerts/{alert}").into();
         d["title"] = format!("Critical: {}", REAL_ALERTS[k % REAL_ALERTS.len()].3).into();
         let mut e = envelope.clone();
         e["event"]["id"] = format!("01BENCH{:019}", k).into();
@@ -1285,21 +1324,26 @@ impl Bridge {
             .map_err(|e| e.to_string())
     }
 
-    /// RSS sampled in a thread until `stop`; returns the maximum in kB.
+    /// RSS (and open file descriptors: sockets) sampled in a thread until `stop`; returns the
+    /// maximum in kB.
     fn sampler(&self, every: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(Mutex::new(0u64));
-        let (s, m, pid) = (stop.clone(), max.clone(), self.pid);
+        let fds = Arc::new(AtomicU64::new(0));
+        let (s, m, f, pid) = (stop.clone(), max.clone(), fds.clone(), self.pid);
         let h = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let r = proc_stat(pid).rss_kb;
                 let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
                 *g = (*g).max(r);
                 drop(g);
+                if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    f.fetch_max(d.count() as u64, Ordering::Relaxed);
+                }
                 std::thread::sleep(every);
             }
         });
-        Sampler { stop, max, h }
+        Sampler { stop, max, fds, h }
     }
 
     fn stop(mut self) {
@@ -1322,14 +1366,23 @@ impl Bridge {
 struct Sampler {
     stop: Arc<AtomicBool>,
     max: Arc<Mutex<u64>>,
+    fds: Arc<AtomicU64>,
     h: std::thread::JoinHandle<()>,
 }
 
 impl Sampler {
     fn stop(self) -> u64 {
+        self.stop_with_fds().0
+    }
+
+    /// The peak RSS in kB and the peak number of open file descriptors.
+    fn stop_with_fds(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.h.join();
-        *self.max.lock().unwrap_or_else(|e| e.into_inner())
+        (
+            *self.max.lock().unwrap_or_else(|e| e.into_inner()),
+            self.fds.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -136,6 +136,8 @@ pub struct WebState {
     pub webhook_secrets: Option<Arc<Secret>>,
     /// `X-Webhook-Id`s this replica already took (PagerDuty redelivers on timeouts).
     pub seen_webhooks: Cache<String, ()>,
+    /// The queue of webhook write-backs ([`crate::web::webhook::dispatcher`]).
+    pub writebacks: tokio::sync::mpsc::UnboundedSender<crate::web::webhook::WritebackJob>,
 }
 
 impl WebState {
