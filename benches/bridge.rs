@@ -18,6 +18,8 @@ use rand::Rng;
 
 const ROUTING_KEY: &str = "BENCHROUTINGKEY00000000000000001";
 const APPLIANCE: &str = "synergy-bench";
+/// What `web` loads by default (and `smoke` runs).
+const WEB_PATHS: &str = "/health,/ready,/metrics,/api/v1/alerts,/api/v1/pagerduty/webhook";
 
 #[derive(Parser)]
 #[command(about = "oneview-pagerduty-bridge benchmarks (issue 8)")]
@@ -83,9 +85,22 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 64)]
         connections: u32,
-        /// Paths to load, comma-separated.
-        #[arg(long, default_value = "/health,/ready,/metrics")]
+        /// Paths to load, comma-separated. `/api/v1/alerts` and `/api/v1/pagerduty/webhook`
+        /// are POSTed (bearer token; signed PagerDuty deliveries, unique X-Webhook-Id) through
+        /// bench/wrk/post.lua; the others are GETs.
+        #[arg(long, default_value = WEB_PATHS)]
         paths: String,
+        /// Latency the OneView simulator adds to every answer once the bridge is ready (a real
+        /// appliance answers in tens to hundreds of ms): shows what the webhook write-backs do
+        /// when OneView is slower than the deliveries arrive.
+        #[arg(long, default_value_t = 0)]
+        oneview_latency_ms: u64,
+        /// `own`: the webhooks are for the bridge's own incidents, and every delivery is
+        /// written back to OneView. `foreign`: for incidents of another appliance, which the
+        /// bridge verifies, parses and answers but does not write back (the receiving path
+        /// alone).
+        #[arg(long, default_value = "own", value_parser = ["own", "foreign"])]
+        webhook_incidents: String,
     },
     /// The simulators alone (they must not be the bottleneck).
     Sims {
@@ -171,7 +186,18 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
             seconds,
             connections,
             ref paths,
-        } => web(seconds, connections, paths).await,
+            oneview_latency_ms,
+            ref webhook_incidents,
+        } => {
+            web(
+                seconds,
+                connections,
+                paths,
+                oneview_latency_ms,
+                webhook_incidents == "foreign",
+            )
+            .await
+        }
         Cmd::Sims { events, stored } => sims(events, stored).await,
         Cmd::Smoke => Err("smoke is not repeatable".into()),
     }
@@ -252,7 +278,9 @@ async fn smoke() -> R<()> {
             Cmd::Web {
                 seconds: 1,
                 connections: 4,
-                paths: "/health,/ready,/metrics".into(),
+                paths: WEB_PATHS.into(),
+                oneview_latency_ms: 0,
+                webhook_incidents: "own".into(),
             },
             false,
         ));
@@ -656,35 +684,155 @@ async fn footprint(idle_seconds: u64) -> R<Figures> {
     ])
 }
 
-async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
+/// `--paths` entries that are POSTed with bodies the harness builds (`bench/wrk/post.lua`);
+/// every other path is a plain GET.
+const POST_ALERTS: &str = "/api/v1/alerts";
+const WEBHOOK: &str = "/api/v1/pagerduty/webhook";
+/// Distinct alert URIs that the `POST /api/v1/alerts` requests cycle through: each is paged
+/// once, every later push of the same unchanged open alert ends in the delivery queue's dedup
+/// cache (what a client re-pushing its alerts does).
+const PUSH_URIS: u64 = 16;
+/// Open alerts in the appliance that the webhooks acknowledge (paged before the run, so their
+/// incident keys are the bridge's own), and the distinct webhook events (each its own
+/// `event.id`, body and signature) spread over them.
+const WEBHOOK_ALERTS: usize = 64;
+const WEBHOOK_EVENTS: usize = 1024;
+
+/// Alert texts of a real Synergy appliance (`tests/fixtures/oneview/real_appliance_alerts_syslog.txt`):
+/// physical resource type, resource name, health category, description.
+const REAL_ALERTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "server-hardware",
+        "SGH817YECA, bay 5",
+        "ServerBlade",
+        "The iLO for the server hardware in bay 5 is reporting that the server hardware has a warning internal health status.",
+    ),
+    (
+        "server-hardware",
+        "SGH817YECA, bay 5",
+        "BIOS",
+        "The BIOS/Hardware is in the error state.",
+    ),
+    (
+        "logical-enclosures",
+        "LE_01",
+        "Operational",
+        "The actual IPv4 address (172.168.101.239) does not match the expected configuration (172.168.100.212).",
+    ),
+    (
+        "sas-interconnects",
+        "SGH817YECA, interconnect 4",
+        "sas-interconnects",
+        "Unable to fully discover and configure the interconnect. Unable to setup management account on SAS interconnect.",
+    ),
+];
+
+async fn web(
+    seconds: u64,
+    connections: u32,
+    paths: &str,
+    oneview_latency_ms: u64,
+    foreign: bool,
+) -> R<Figures> {
     if !which("wrk") {
         return Err("wrk not found: apt-get install wrk".into());
     }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/wrk/post.lua");
     let sims = Sims::start(Faults::default()).await?;
-    let b = Bridge::spawn(&sims, &Opts::new(30_000)).await?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = |name: &str, content: &str| -> R<PathBuf> {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let token = random_hex(32);
+    let secret = random_hex(32);
+    let tokens_file = file("api-tokens", &format!("# benchmark\n{token}\n"))?;
+    let secrets_file = file("webhook-secrets", &format!("# benchmark\n{secret}\n"))?;
+    let acked = sims.ov.handle.generate(&GenerateSpec {
+        count: WEBHOOK_ALERTS,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let mut o = Opts::new(30_000);
+    o.env = vec![
+        (
+            "BRIDGE_SERVER__API_TOKENS_FILE".into(),
+            tokens_file.display().to_string(),
+        ),
+        (
+            "BRIDGE_PAGERDUTY__WEBHOOK_SECRETS_FILE".into(),
+            secrets_file.display().to_string(),
+        ),
+        // Every wrk connection comes from 127.0.0.1: the per-client limit on /api/* (20/s,
+        // burst 40 by default) would answer nearly everything 429. The limiter still runs.
+        (
+            "BRIDGE_SERVER__RATE_LIMIT_PER_SECOND".into(),
+            "1000000".into(),
+        ),
+        ("BRIDGE_SERVER__RATE_LIMIT_BURST".into(), "1000000".into()),
+    ];
+    let log = dir.path().join("bridge.log");
+    o.log = Some(log.clone());
+    let b = Bridge::spawn(&sims, &o).await?;
+    wait_for(Duration::from_secs(30), || {
+        sims.pd.counters().incidents_opened >= WEBHOOK_ALERTS as u64
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "the bridge paged {} of the {WEBHOOK_ALERTS} alerts the webhooks acknowledge",
+            sims.pd.counters().incidents_opened
+        )
+    })?;
+    sims.ov
+        .handle
+        .update_faults(|f| f.latency_ms = oneview_latency_ms);
+    let alerts_file = file("alerts.tsv", &push_requests(&token)?)?;
+    let webhooks_file = file("webhooks.tsv", &webhook_requests(&secret, acked, foreign)?)?;
+    let run_id = random_hex(4);
     let mut f = Vec::new();
     for path in paths.split(',').filter(|p| !p.is_empty()) {
         let url = format!("{}{path}", b.url);
+        let (name, post) = match path {
+            POST_ALERTS => ("post_alerts".to_owned(), Some((&alerts_file, false))),
+            WEBHOOK => ("webhook".to_owned(), Some((&webhooks_file, true))),
+            p => (p.trim_start_matches('/').replace('/', "_"), None),
+        };
+        let m0 = b.metrics().await?;
+        let pd0 = sims.pd.counters();
+        let hwm_reset = reset_hwm(b.pid);
+        let sampler = b.sampler(Duration::from_millis(20));
         let cpu0 = b.proc_stat().cpu_s;
-        let out = tokio::task::spawn_blocking({
-            let url = url.clone();
-            move || {
-                Command::new("wrk")
-                    .args([
-                        "-t2",
-                        &format!("-c{connections}"),
-                        &format!("-d{seconds}s"),
-                        "--latency",
-                        &url,
-                    ])
-                    .output()
+        let mut args: Vec<String> = vec![
+            "-t2".into(),
+            format!("-c{connections}"),
+            format!("-d{seconds}s"),
+            "--latency".into(),
+        ];
+        if let Some((requests, unique)) = post {
+            args.extend(["-s".into(), script.display().to_string(), url.clone()]);
+            args.extend(["--".into(), requests.display().to_string()]);
+            if unique {
+                args.extend(["X-Webhook-Id".into(), run_id.clone()]);
             }
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("wrk: {e}"))?;
+        } else {
+            args.push(url.clone());
+        }
+        let out = tokio::task::spawn_blocking(move || Command::new("wrk").args(&args).output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("wrk: {e}"))?;
         let cpu = b.proc_stat().cpu_s - cpu0;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "{path}: wrk failed ({}): {}{text}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let rps = text
             .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -703,15 +851,219 @@ async fn web(seconds: u64, connections: u32, paths: &str) -> R<Figures> {
         if non2xx > 0.0 {
             return Err(format!("{path}: {non2xx} non-2xx answers"));
         }
-        let name = path.trim_start_matches('/').replace('/', "_");
+        // "Socket errors: connect 0, read 0, write 0, timeout 3": a request without an answer.
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.trim().starts_with("Socket errors:"))
+        {
+            return Err(format!("{path}: wrk {}", l.trim()));
+        }
+        let requests = if post.is_some() {
+            // post.lua counts every answer by status: all must be 202 Accepted (a 200 from the
+            // webhook would be a "duplicate": the harness's X-Webhook-Ids collided).
+            let statuses: BTreeMap<u16, f64> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.strip_prefix("status ")?.split_whitespace();
+                    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+                })
+                .collect();
+            let accepted = statuses.get(&202).copied().unwrap_or(0.0);
+            if accepted == 0.0 || statuses.len() != 1 {
+                return Err(format!(
+                    "{path}: answers by status {statuses:?}; want 202 only\n{text}"
+                ));
+            }
+            accepted
+        } else {
+            0.0
+        };
         f.push((format!("{name}_requests_per_s"), rps));
         f.push((format!("{name}_p99_ms"), p99));
         f.push((format!("{name}_bridge_cpu_s"), cpu));
+        if path == POST_ALERTS {
+            // PagerDuty hears each distinct alert once (the first push; later pushes of the
+            // unchanged alert end in the dedup cache).
+            let want = PUSH_URIS.min(requests as u64);
+            let got = || sims.pd.counters().accepted - pd0.accepted;
+            let _ = wait_for(Duration::from_secs(10), || got() >= want).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = got();
+            if events < want {
+                return Err(format!(
+                    "{path}: PagerDuty accepted {events} events for {want} distinct pushed alerts"
+                ));
+            }
+            f.push(("post_alerts_accepted".into(), requests));
+            f.push(("post_alerts_pagerduty_events".into(), events as f64));
+            f.push(("post_alerts_deduplicated".into(), requests - events as f64));
+        }
+        if path == WEBHOOK {
+            // The 202 goes out before the write-back to OneView, which runs in a task of its
+            // own per delivery: wait until every verified delivery has an outcome.
+            const V: &str = "bridge_web_webhook_verifications";
+            let done0 = metric_where(&m0, "bridge_web_writebacks", &[]);
+            let mut m = b.metrics().await?;
+            let verified =
+                metric_where(&m, V, &["\"valid\""]) - metric_where(&m0, V, &["\"valid\""]);
+            let refused = metric_where(&m, V, &[]) - metric_where(&m0, V, &[]) - verified;
+            if refused > 0.0 {
+                return Err(format!("{path}: {refused} deliveries failed verification"));
+            }
+            let t = Instant::now();
+            let cpu1 = b.proc_stat().cpu_s;
+            let limit = Duration::from_secs(120);
+            // Deliveries wrk gave up on at the end may still be verified after the first read.
+            let (verified, done) = loop {
+                let v = metric_where(&m, V, &["\"valid\""]) - metric_where(&m0, V, &["\"valid\""]);
+                let d = metric_where(&m, "bridge_web_writebacks", &[]) - done0;
+                if d >= v || t.elapsed() > limit {
+                    break (v, d);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                m = b.metrics().await?;
+            };
+            let drain = t.elapsed().as_secs_f64();
+            let drain_cpu = b.proc_stat().cpu_s - cpu1;
+            f.push(("webhook_accepted".into(), requests));
+            f.push(("webhook_verified".into(), verified));
+            for o in [
+                "written",
+                "duplicate",
+                "skipped",
+                "ignored",
+                "failed",
+                "unavailable",
+            ] {
+                let q = format!("\"{o}\"");
+                let n = metric_where(&m, "bridge_web_writebacks", &[&q])
+                    - metric_where(&m0, "bridge_web_writebacks", &[&q]);
+                f.push((format!("webhook_writeback_{o}"), n));
+            }
+            f.push(("webhook_writeback_pending".into(), verified - done));
+            f.push(("webhook_writeback_drain_s".into(), drain));
+            f.push(("webhook_writeback_drain_cpu_s".into(), drain_cpu));
+            println!(
+                "  webhook: {requests} answered 202, {verified} verified, {done} write-backs finished {drain:.1} s after wrk ended, {} pending",
+                verified - done
+            );
+        }
+        let (peak, fds) = sampler.stop_with_fds();
+        let hwm = if hwm_reset { b.proc_stat().hwm_kb } else { 0 };
+        f.push((format!("{name}_peak_rss_mb"), peak.max(hwm) as f64 / 1024.0));
+        f.push((format!("{name}_peak_open_fds"), fds as f64));
     }
     let p = b.proc_stat();
     b.stop();
     f.push(("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0));
+    // Warnings and errors the bridge logged (write-backs that failed, say).
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = logged.lines().collect();
+    for l in lines.iter().take(3) {
+        println!("  bridge log: {}", l.chars().take(300).collect::<String>());
+    }
+    f.push(("bridge_log_lines".into(), lines.len() as f64));
     Ok(f)
+}
+
+/// `POST /api/v1/alerts` requests (post.lua's format): `PUSH_URIS` open alerts in the shape of
+/// a OneView alert member (the fixture's SCMB `resource`), with real alert texts.
+fn push_requests(token: &str) -> R<String> {
+    let msg: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/oneview/scmb_alert_message.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for k in 0..PUSH_URIS {
+        let (kind, resource, category, text) = REAL_ALERTS[k as usize % REAL_ALERTS.len()];
+        let mut a = msg["resource"].clone();
+        let id = 900_000 + k;
+        let stamp = format!("2026-01-15T10:{:02}:00.000Z", k % 60);
+        a["uri"] = format!("/rest/alerts/{id}").into();
+        a["severity"] = if k % 4 == 3 { "Warning" } else { "Critical" }.into();
+        a["alertState"] = "Active".into();
+        a["description"] = text.into();
+        a["correctiveAction"] =
+            "Check the iLO System Information - Health Summary and Integrated Management Log for more information.".into();
+        a["healthCategory"] = category.into();
+        a["physicalResourceType"] = kind.into();
+        a["associatedResource"]["resourceCategory"] = kind.into();
+        a["associatedResource"]["resourceName"] = resource.into();
+        a["alertTypeID"] = format!("Trap.{category}").into();
+        a["urgency"] = "High".into();
+        a["lifeCycle"] = false.into();
+        a["clearedByUser"] = serde_json::Value::Null;
+        a["clearedTime"] = serde_json::Value::Null;
+        a["changeLog"] = serde_json::json!([]);
+        a["created"] = stamp.clone().into();
+        a["modified"] = stamp.clone().into();
+        a["eTag"] = stamp.into();
+        out.push_str(&format!(
+            "Authorization: Bearer {token}\tContent-Type: application/json\t{a}\n"
+        ));
+    }
+    Ok(out)
+}
+
+/// Signed PagerDuty Webhooks v3 deliveries (post.lua's format): `incident.acknowledged` of the
+/// incidents of `alerts`, in the shape of PagerDuty's sample envelope and incident, each with its
+/// own `event.id`. The signature is PagerDuty's: `v1=` hex HMAC-SHA256 of the raw body under the
+/// subscription secret, computed here independently of the bridge's code.
+fn webhook_requests(secret: &str, alerts: std::ops::Range<u64>, foreign: bool) -> R<String> {
+    use hmac::Mac;
+    let incident: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/pagerduty/webhook-v3-data-incident.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let envelope: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/pagerduty/webhook-v3-envelope-incident.priority_updated.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    let ids: Vec<u64> = alerts.collect();
+    let mut out = String::new();
+    for k in 0..WEBHOOK_EVENTS {
+        let alert = ids[k % ids.len()];
+        let n = k % ids.len() + 1;
+        let incident_id = format!("PBENCH{n:04}");
+        let mut d = incident.clone();
+        d["id"] = incident_id.clone().into();
+        d["self"] = format!("https://api.pagerduty.com/incidents/{incident_id}").into();
+        d["html_url"] = format!("https://acme.pagerduty.com/incidents/{incident_id}").into();
+        d["number"] = n.into();
+        d["status"] = "acknowledged".into();
+        let appliance = if foreign {
+            "another-appliance"
+        } else {
+            APPLIANCE
+        };
+        d["incident_key"] = format!("oneview:{appliance}:/rest/alerts/{alert}").into();
+        d["title"] = format!("Critical: {}", REAL_ALERTS[k % REAL_ALERTS.len()].3).into();
+        let mut e = envelope.clone();
+        e["event"]["id"] = format!("01BENCH{:019}", k).into();
+        e["event"]["event_type"] = "incident.acknowledged".into();
+        e["event"]["occurred_at"] = format!("2026-01-15T10:{:02}:00.000Z", k % 60).into();
+        e["event"]["data"] = d;
+        let body = e.to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|e| e.to_string())?;
+        mac.update(body.as_bytes());
+        let sig = hex::encode(mac.finalize().into_bytes());
+        out.push_str(&format!(
+            "Content-Type: application/json\tUser-Agent: PagerDuty-Webhook/V3.0\tX-PagerDuty-Signature: v1={sig}\t{body}\n"
+        ));
+    }
+    Ok(out)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// Resets the process's peak RSS (`VmHWM`), so that it covers only what follows.
+fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// The simulators alone: PagerDuty events per second from a client as concurrent as the
@@ -833,6 +1185,10 @@ struct Opts {
     interval_ms: u64,
     rate_limit: u32,
     state: Option<PathBuf>,
+    /// More `BRIDGE_*` settings.
+    env: Vec<(String, String)>,
+    /// The bridge's log (stderr) goes to this file instead of the harness's stderr.
+    log: Option<PathBuf>,
 }
 
 impl Opts {
@@ -841,6 +1197,8 @@ impl Opts {
             interval_ms,
             rate_limit: 10_000_000,
             state: None,
+            env: Vec::new(),
+            log: None,
         }
     }
 }
@@ -917,6 +1275,11 @@ impl Bridge {
         if let Some(p) = &o.state {
             cmd.env("BRIDGE_STATE__PATH", p);
         }
+        cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
+        if let Some(p) = &o.log {
+            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            cmd.stderr(f);
+        }
         let t = Instant::now();
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
         let pid = child.id();
@@ -961,21 +1324,26 @@ impl Bridge {
             .map_err(|e| e.to_string())
     }
 
-    /// RSS sampled in a thread until `stop`; returns the maximum in kB.
+    /// RSS (and open file descriptors: sockets) sampled in a thread until `stop`; returns the
+    /// maximum in kB.
     fn sampler(&self, every: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(Mutex::new(0u64));
-        let (s, m, pid) = (stop.clone(), max.clone(), self.pid);
+        let fds = Arc::new(AtomicU64::new(0));
+        let (s, m, f, pid) = (stop.clone(), max.clone(), fds.clone(), self.pid);
         let h = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let r = proc_stat(pid).rss_kb;
                 let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
                 *g = (*g).max(r);
                 drop(g);
+                if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    f.fetch_max(d.count() as u64, Ordering::Relaxed);
+                }
                 std::thread::sleep(every);
             }
         });
-        Sampler { stop, max, h }
+        Sampler { stop, max, fds, h }
     }
 
     fn stop(mut self) {
@@ -998,14 +1366,23 @@ impl Bridge {
 struct Sampler {
     stop: Arc<AtomicBool>,
     max: Arc<Mutex<u64>>,
+    fds: Arc<AtomicU64>,
     h: std::thread::JoinHandle<()>,
 }
 
 impl Sampler {
     fn stop(self) -> u64 {
+        self.stop_with_fds().0
+    }
+
+    /// The peak RSS in kB and the peak number of open file descriptors.
+    fn stop_with_fds(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.h.join();
-        *self.max.lock().unwrap_or_else(|e| e.into_inner())
+        (
+            *self.max.lock().unwrap_or_else(|e| e.into_inner()),
+            self.fds.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -1066,6 +1443,14 @@ fn id_of(uri: &str) -> R<u64> {
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad alert URI {uri}"))
+}
+
+/// The sum of the series of `name` whose line holds every one of `labels` (`"valid"`, say).
+fn metric_where(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

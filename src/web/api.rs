@@ -136,6 +136,8 @@ pub struct WebState {
     pub webhook_secrets: Option<Arc<Secret>>,
     /// `X-Webhook-Id`s this replica already took (PagerDuty redelivers on timeouts).
     pub seen_webhooks: Cache<String, ()>,
+    /// The queue of webhook write-backs ([`crate::web::webhook::dispatcher`]).
+    pub writebacks: tokio::sync::mpsc::UnboundedSender<crate::web::webhook::WritebackJob>,
 }
 
 impl WebState {
@@ -415,14 +417,12 @@ fn governor_error(e: GovernorError) -> Response {
 }
 
 async fn count_throttled(State(m): State<WebMetrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
+    // A cheap clone (shared string): only a throttled answer needs the route.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
     if resp.extensions().get::<Throttled>().is_some() {
-        m.rate_limited(&route);
+        let route = route.as_ref().map_or("", MatchedPath::as_str);
+        m.rate_limited(route);
         tracing::info!(route, "request rate-limited");
     }
     resp

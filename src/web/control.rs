@@ -591,10 +591,14 @@ impl Local {
         (appliance == &*self.appliance.id).then(|| uri.to_owned())
     }
 
-    async fn writeback(&self, req: WritebackRequest) -> WritebackReport {
+    async fn writeback(&self, req: &WritebackRequest) -> WritebackReport {
         let report = |outcome, detail: String| WritebackReport { outcome, detail };
         if let (Some(id), Some(key)) = (&req.incident_id, &req.incident_key) {
-            self.incidents.insert(id.clone(), key.clone());
+            // Every event of an incident carries the same pair; a cache insert costs far more
+            // than a lookup, so only learn what is new.
+            if self.incidents.get(id).as_ref() != Some(key) {
+                self.incidents.insert(id.clone(), key.clone());
+            }
         }
         let key = req.incident_key.clone().or_else(|| {
             req.incident_id
@@ -906,14 +910,16 @@ impl Control {
         }
     }
 
-    pub async fn writeback(&self, req: WritebackRequest) -> WritebackReport {
+    /// Borrows the request: the webhook retries it, and a clone per attempt is a dozen
+    /// allocations on the path of every delivery.
+    pub async fn writeback(&self, req: &WritebackRequest) -> WritebackReport {
         match self {
             Control::Local(l) => l.writeback(req).await,
             Control::Remote(r) => match r
                 .call::<WritebackReport>(
                     reqwest::Method::POST,
                     "/internal/v1/writeback",
-                    Some(serde_json::to_value(&req).unwrap_or_default()),
+                    Some(serde_json::to_value(req).unwrap_or_default()),
                 )
                 .await
             {
@@ -1009,7 +1015,7 @@ async fn i_writeback(
     axum::Json(req): axum::Json<WritebackRequest>,
 ) -> Result<Response, ApiError> {
     guard(&s, &h)?;
-    Ok(axum::Json(s.local.writeback(req).await).into_response())
+    Ok(axum::Json(s.local.writeback(&req).await).into_response())
 }
 
 /// The poller's internal API for web replicas, behind `web.poller_token` (403 when unset).

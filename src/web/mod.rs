@@ -63,6 +63,7 @@ pub fn assemble(
         )),
     };
     let metrics = api::WebMetrics::register(registry);
+    let (writebacks, queue) = tokio::sync::mpsc::unbounded_channel();
     let state = api::WebState {
         config: config.clone(),
         control,
@@ -73,10 +74,12 @@ pub fn assemble(
             .max_capacity(100_000)
             .time_to_live(Duration::from_secs(24 * 3600))
             .build(),
+        writebacks,
     };
+    let dispatcher = webhook::dispatcher(state.clone(), queue, work.clone());
     let (router, task) = api::routes(state, work);
     WebParts {
         router,
-        tasks: vec![task],
+        tasks: vec![task, dispatcher],
     }
 }
