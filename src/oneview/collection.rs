@@ -98,8 +98,11 @@ pub struct Page {
 /// `members`) is an error; a member that is not an alert is only counted as malformed, so one
 /// bad alert never hides the others.
 pub fn parse_page(body: &[u8]) -> Result<Page, serde_json::Error> {
-    parse_page_skipping(body, &|_, _| false)
+    decode_page(body, None)
 }
+
+/// `skip(uri, modified)`: true for a member not worth decoding.
+pub type Skip<'a> = &'a (dyn Fn(&str, Option<&str>) -> bool + Sync);
 
 /// The two fields an incremental poll looks at before it decodes a whole alert.
 #[derive(Deserialize)]
@@ -112,10 +115,12 @@ struct Head<'a> {
 
 /// [`parse_page`], leaving out the members for which `skip(uri, modified)` is true without
 /// decoding them (an incremental poll sees every alert of its overlap window again).
-pub fn parse_page_skipping(
-    body: &[u8],
-    skip: &dyn Fn(&str, Option<&str>) -> bool,
-) -> Result<Page, serde_json::Error> {
+pub fn parse_page_skipping(body: &[u8], skip: Skip<'_>) -> Result<Page, serde_json::Error> {
+    decode_page(body, Some(skip))
+}
+
+/// Without `skip` (full syncs) no member is read twice.
+fn decode_page(body: &[u8], skip: Option<Skip<'_>>) -> Result<Page, serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
     let mut page = Page {
         received: raw.members.len(),
@@ -126,13 +131,15 @@ pub fn parse_page_skipping(
     };
     page.alerts.reserve(raw.members.len());
     for (i, m) in raw.members.into_iter().enumerate() {
-        if let Ok(Head {
-            uri: Some(uri),
-            modified,
-        }) = serde_json::from_str::<Head>(m.get())
-        {
-            if skip(&uri, modified.as_deref()) {
-                continue;
+        if let Some(skip) = skip {
+            if let Ok(Head {
+                uri: Some(uri),
+                modified,
+            }) = serde_json::from_str::<Head>(m.get())
+            {
+                if skip(&uri, modified.as_deref()) {
+                    continue;
+                }
             }
         }
         match serde_json::from_str::<Alert>(m.get()) {
@@ -221,28 +228,31 @@ impl<'a> Walker<'a> {
 
     /// The valid alerts of the next page; `None` once the walk is over.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Alert>>, OneViewError> {
-        self.next_page_skipping(&|_, _| false).await
+        self.next(None).await
     }
 
     /// [`Walker::next_page`] without the members for which `skip(uri, modified)` is true
     /// (they still count as received).
     pub async fn next_page_skipping(
         &mut self,
-        skip: &(dyn Fn(&str, Option<&str>) -> bool + Sync),
+        skip: Skip<'_>,
     ) -> Result<Option<Vec<Alert>>, OneViewError> {
+        self.next(Some(skip)).await
+    }
+
+    async fn next(&mut self, skip: Option<Skip<'_>>) -> Result<Option<Vec<Alert>>, OneViewError> {
         if self.done {
             return Ok(None);
         }
         let reply = self.client.get_page(&self.path).await?;
-        let page =
-            parse_page_skipping(&reply.body, skip).map_err(|e| OneViewError::BadResponse {
-                endpoint: "alerts",
-                url: reply.url.clone(),
-                detail: format!(
-                    "not an alert collection page: {e}; {}",
-                    snippet(&reply.body)
-                ),
-            })?;
+        let page = decode_page(&reply.body, skip).map_err(|e| OneViewError::BadResponse {
+            endpoint: "alerts",
+            url: reply.url.clone(),
+            detail: format!(
+                "not an alert collection page: {e}; {}",
+                snippet(&reply.body)
+            ),
+        })?;
         drop(reply.body);
         if self.pages == 0 {
             self.appliance_clock_floor_ms = reply
