@@ -956,10 +956,23 @@ async fn web(
     let p = b.proc_stat();
     b.stop();
     f.push(("peak_rss_mb".into(), p.hwm_kb as f64 / 1024.0));
-    // Warnings and errors the bridge logged (write-backs that failed, say).
+    // Warnings and errors the bridge logged (write-backs that failed, say), without the
+    // configuration warnings every run has (plain http to the simulators).
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    let lines: Vec<&str> = logged.lines().collect();
-    for l in lines.iter().take(3) {
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| !l.contains("\"configuration warning\""))
+        .collect();
+    let shown: Vec<&&str> = if lines.len() <= 5 {
+        lines.iter().collect()
+    } else {
+        lines
+            .iter()
+            .take(3)
+            .chain(lines.iter().skip(lines.len() - 2))
+            .collect()
+    };
+    for l in shown {
         println!("  bridge log: {}", l.chars().take(300).collect::<String>());
     }
     f.push(("bridge_log_lines".into(), lines.len() as f64));
@@ -1187,7 +1200,8 @@ struct Opts {
     state: Option<PathBuf>,
     /// More `BRIDGE_*` settings.
     env: Vec<(String, String)>,
-    /// The bridge's log (stderr) goes to this file instead of the harness's stderr.
+    /// The bridge's log (stdout and stderr) goes to this file instead of nowhere (stdout) and
+    /// the harness's stderr.
     log: Option<PathBuf>,
 }
 
@@ -1277,8 +1291,10 @@ impl Bridge {
         }
         cmd.envs(o.env.iter().map(|(k, v)| (k, v)));
         if let Some(p) = &o.log {
+            // The bridge logs to stdout; stderr carries what happens before logging starts.
             let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            cmd.stderr(f);
+            let g = f.try_clone().map_err(|e| format!("{}: {e}", p.display()))?;
+            cmd.stdout(f).stderr(g);
         }
         let t = Instant::now();
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
