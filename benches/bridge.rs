@@ -1379,6 +1379,16 @@ impl Bridge {
     }
 }
 
+/// A benchmark that fails returns before `stop`: the bridge must not outlive it.
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 struct Sampler {
     stop: Arc<AtomicBool>,
     max: Arc<Mutex<u64>>,
