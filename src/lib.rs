@@ -27,6 +27,7 @@ pub mod model;
 pub mod oneview;
 pub mod pagerduty;
 pub mod readiness;
+pub mod recent;
 pub mod secret;
 pub mod sim;
 pub mod state;

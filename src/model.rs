@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod intern;
+
 macro_rules! open_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -51,8 +53,18 @@ macro_rules! open_enum {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Ok($name::parse(&s))
+                // Read borrowed where the format allows: a known value allocates nothing.
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        Ok($name::parse(s))
+                    }
+                }
+                d.deserialize_str(V)
             }
         }
     };
@@ -84,10 +96,14 @@ open_enum!(
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AssociatedResource {
-    pub resource_uri: Option<String>,
-    pub resource_name: Option<String>,
-    pub resource_category: Option<String>,
-    pub association_type: Option<String>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub resource_uri: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub resource_name: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub resource_category: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub association_type: Option<Arc<str>>,
 }
 
 /// One entry of an alert's change log (notes, clears).
@@ -110,20 +126,28 @@ pub struct Alert {
     pub uri: String,
     pub severity: Severity,
     pub alert_state: AlertState,
-    pub description: Option<String>,
-    pub corrective_action: Option<String>,
-    #[serde(rename = "alertTypeID")]
-    pub alert_type_id: Option<String>,
-    pub urgency: Option<String>,
-    pub health_category: Option<String>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub description: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub corrective_action: Option<Arc<str>>,
+    #[serde(rename = "alertTypeID", deserialize_with = "intern::deserialize")]
+    pub alert_type_id: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub urgency: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub health_category: Option<Arc<str>>,
     pub created: Option<String>,
     pub modified: Option<String>,
     pub e_tag: Option<String>,
-    pub resource_uri: Option<String>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub resource_uri: Option<Arc<str>>,
     pub associated_resource: Option<AssociatedResource>,
-    pub physical_resource_type: Option<String>,
-    pub assigned_to_user: Option<String>,
-    pub cleared_by_user: Option<String>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub physical_resource_type: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub assigned_to_user: Option<Arc<str>>,
+    #[serde(deserialize_with = "intern::deserialize")]
+    pub cleared_by_user: Option<Arc<str>>,
     pub cleared_time: Option<String>,
     pub life_cycle: Option<bool>,
     pub change_log: Option<Vec<ChangeLogEntry>>,

@@ -284,10 +284,8 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
     for a in &alerts {
         let mut b = a.clone();
         b.severity = Severity::Critical;
-        b.description = Some(format!(
-            "{} (worse)",
-            a.description.clone().unwrap_or_default()
-        ));
+        b.description =
+            Some(format!("{} (worse)", a.description.as_deref().unwrap_or_default()).into());
         h.send(ChangeKind::Updated, &b).await;
     }
     for a in &alerts[..4] {
@@ -508,7 +506,7 @@ async fn long_multibyte_description_is_cut_to_1024_characters() {
     while d.chars().count() < 5000 {
         d.push_str(unit);
     }
-    a.description = Some(d.chars().take(5000).collect());
+    a.description = Some(d.chars().take(5000).collect::<String>().into());
     h.send(ChangeKind::Raised, &a).await;
     h.wait_accepted(1).await;
     let e = &h.sim.accepted()[0];

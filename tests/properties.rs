@@ -95,17 +95,17 @@ fn arb_alert() -> impl Strategy<Value = Alert> {
                 let mut a = Alert {
                     uri,
                     severity: Severity::parse(sev),
-                    description,
-                    corrective_action: corrective,
-                    alert_type_id: type_id,
-                    health_category: category.clone(),
-                    resource_uri,
+                    description: description.map(Into::into),
+                    corrective_action: corrective.map(Into::into),
+                    alert_type_id: type_id.map(Into::into),
+                    health_category: category.clone().map(Into::into),
+                    resource_uri: resource_uri.map(Into::into),
                     created,
                     ..Alert::default()
                 };
                 a.associated_resource = Some(AssociatedResource {
-                    resource_name: name,
-                    resource_category: category,
+                    resource_name: name.map(Into::into),
+                    resource_category: category.map(Into::into),
                     ..Default::default()
                 });
                 a

@@ -429,7 +429,7 @@ impl Poller {
                     if !seen.insert(uri.clone()) {
                         continue;
                     }
-                    let a = Arc::new(a);
+                    let a = kept(a);
                     let kind = match self.mem.open.get(&uri) {
                         None => Some(ChangeKind::Raised),
                         Some(t) if differs(t, &a) => Some(ChangeKind::Updated),
@@ -471,7 +471,7 @@ impl Poller {
             };
             let current = if verify {
                 match self.client.get_alert(&uri).await {
-                    Ok(a) => Some(Arc::new(a)),
+                    Ok(a) => Some(kept(a)),
                     Err(e) if e.status() == Some(404) => None,
                     Err(e) => return Err(e),
                 }
@@ -495,6 +495,7 @@ impl Poller {
                 }
             }
         }
+        shrink_if_sparse(&mut self.mem.open);
         self.advance_watermark(max_modified);
         if self.mem.synced_from.is_none() {
             self.mem.synced_from = self.mem.watermark;
@@ -552,7 +553,9 @@ impl Poller {
         if let Some(new_wm) = self.mem.watermark {
             let floor = new_wm - overlap;
             self.mem.recent.retain(|_, m| *m >= floor);
+            shrink_if_sparse(&mut self.mem.recent);
         }
+        shrink_if_sparse(&mut self.mem.open);
         tracing::debug!(
             members = w.members,
             pages = w.pages,
@@ -579,7 +582,7 @@ impl Poller {
         }
         let open_watched = self.is_open_watched(&a);
         let known = self.mem.open.get(&uri).cloned();
-        let a = Arc::new(a);
+        let a = kept(a);
         match (known, open_watched) {
             (None, true) => {
                 self.emit(ChangeKind::Raised, a.clone()).await?;
@@ -636,6 +639,21 @@ impl Poller {
             })
             .await
             .map_err(|_| OneViewError::ChannelClosed)
+    }
+}
+
+/// The alert as the poller keeps and passes it on: without its change log, which nothing
+/// downstream reads (a write-back reads the alert afresh) and which grows with every note.
+fn kept(mut a: Alert) -> Arc<Alert> {
+    a.change_log = None;
+    Arc::new(a)
+}
+
+/// Gives back the capacity a map kept from its largest moment (a storm) once it is mostly
+/// empty.
+fn shrink_if_sparse<V>(m: &mut HashMap<Arc<str>, V>) {
+    if m.capacity() > 1024 && m.len() * 8 < m.capacity() {
+        m.shrink_to(m.len() * 2);
     }
 }
 

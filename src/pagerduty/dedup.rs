@@ -1,20 +1,22 @@
 //! What PagerDuty already heard, per `dedup_key`: the last accepted action and a fingerprint of
-//! the fields that matter (PagerDuty severity and description). A `moka` cache with a TTL of
-//! `dedup.ttl`; an open alert seen again re-inserts its entry, which restarts its TTL, so an
-//! alert that stays open is not re-paged when its entry would otherwise expire.
+//! the fields that matter (PagerDuty severity and description), for `dedup.ttl`. An open alert
+//! seen again re-inserts its entry, which restarts its TTL, so an alert that stays open is not
+//! re-paged when its entry would otherwise expire.
 //!
-//! Each entry also carries its expiry on tokio's clock, checked on read: moka's own TTL
-//! reclaims the memory, while the logical expiry follows `tokio::time` (and so paused time in
-//! tests).
+//! A plain map owned by the dispatcher task (nothing else reads it, so no lock and no
+//! concurrent cache): every open alert has an entry, so its size per entry is most of what it
+//! costs (≈ 100 bytes; a concurrent TTL cache took ≈ 3× that and its housekeeping showed in
+//! storm profiles). Expiry follows tokio's clock (and so paused time in tests): an expired
+//! entry is dead on read at once, and swept from memory at most every `ttl / 16` (1 s .. 5 min).
 //!
 //! The cache lives in memory and is seeded at startup from the state store's ledger (see
 //! `dispatcher::Dispatcher::resume`), so the first resync does not re-send unchanged open
 //! alerts. With the in-memory store (no `state.path`) it starts empty and the first resync
 //! re-sends a trigger for every open alert (PagerDuty joins it to the open incident).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use moka::sync::Cache;
 use tokio::time::Instant;
 
 use super::event::Action;
@@ -33,10 +35,10 @@ struct Entry {
 }
 
 /// The TTL cache.
-#[derive(Clone)]
 pub struct DedupCache {
     ttl: Duration,
-    cache: Cache<String, Entry>,
+    entries: HashMap<Box<str>, Entry>,
+    next_sweep: Instant,
 }
 
 impl DedupCache {
@@ -44,37 +46,60 @@ impl DedupCache {
         let ttl = ttl.max(Duration::from_secs(1));
         Self {
             ttl,
-            cache: Cache::builder().time_to_live(ttl).build(),
+            entries: HashMap::new(),
+            next_sweep: Instant::now() + Self::sweep_every(ttl),
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<Heard> {
-        let e = self.cache.get(key)?;
+    fn sweep_every(ttl: Duration) -> Duration {
+        (ttl / 16).clamp(Duration::from_secs(1), Duration::from_secs(300))
+    }
+
+    pub fn get(&mut self, key: &str) -> Option<Heard> {
+        let e = self.entries.get(key)?;
         if e.expires <= Instant::now() {
-            self.cache.invalidate(key);
+            self.entries.remove(key);
             return None;
         }
         Some(e.heard)
     }
 
     /// Records (or refreshes) what PagerDuty heard for `key`; the TTL starts again.
-    pub fn put(&self, key: &str, heard: Heard) {
-        self.cache.insert(
-            key.to_owned(),
-            Entry {
-                heard,
-                expires: Instant::now() + self.ttl,
-            },
-        );
+    pub fn put(&mut self, key: &str, heard: Heard) {
+        let now = Instant::now();
+        let e = Entry {
+            heard,
+            expires: now + self.ttl,
+        };
+        match self.entries.get_mut(key) {
+            Some(old) => *old = e,
+            None => {
+                self.entries.insert(Box::from(key), e);
+            }
+        }
+        self.sweep(now);
     }
 
-    /// Number of entries (settles pending evictions first).
-    pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+    /// Drops expired entries, when the last sweep is old enough; gives back the capacity of
+    /// a storm once the map is mostly empty.
+    fn sweep(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + Self::sweep_every(self.ttl);
+        self.entries.retain(|_, e| e.expires > now);
+        if self.entries.capacity() > 1024 && self.entries.len() * 8 < self.entries.capacity() {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Number of live entries (sweeps first when a sweep is due).
+    pub fn len(&mut self) -> usize {
+        self.sweep(Instant::now());
+        self.entries.len()
+    }
+
+    pub fn is_empty(&mut self) -> bool {
         self.len() == 0
     }
 }
@@ -90,7 +115,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_ttl_unless_refreshed() {
-        let c = DedupCache::new(Duration::from_secs(3600));
+        let mut c = DedupCache::new(Duration::from_secs(3600));
         c.put("a", H);
         c.put("b", H);
         assert_eq!(c.len(), 2);
@@ -101,5 +126,22 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1000)).await;
         assert_eq!(c.get("a"), Some(H), "refreshed entry lives on");
         assert_eq!(c.get("b"), None, "unrefreshed entry expired");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_leave_memory_without_being_read() {
+        let mut c = DedupCache::new(Duration::from_secs(60));
+        for i in 0..5000 {
+            c.put(&format!("k{i}"), H);
+        }
+        assert_eq!(c.len(), 5000);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        c.put("fresh", H);
+        assert_eq!(c.len(), 1, "the sweep drops what expired");
+        assert!(
+            c.entries.capacity() < 1024,
+            "and gives the storm's capacity back"
+        );
+        assert_eq!(c.get("fresh"), Some(H));
     }
 }

@@ -510,8 +510,8 @@ mod tests {
             let a = Alert {
                 uri: format!("/rest/alerts/{text}"),
                 severity: Severity::Warning,
-                description: Some(text.repeat(100)),
-                corrective_action: Some(text.repeat(50)),
+                description: Some(text.repeat(100).into()),
+                corrective_action: Some(text.repeat(50).into()),
                 ..Default::default()
             };
             let e = build(Action::Resolve, &a, &appliance(), &ctx());
@@ -530,8 +530,8 @@ mod tests {
         let a = Alert {
             uri: "/rest/alerts/1".into(),
             severity: Severity::Warning,
-            description: Some("d".repeat(600_000)),
-            corrective_action: Some("c".repeat(600_000)),
+            description: Some("d".repeat(600_000).into()),
+            corrective_action: Some("c".repeat(600_000).into()),
             ..Default::default()
         };
         let e = build(Action::Trigger, &a, &appliance(), &ctx());

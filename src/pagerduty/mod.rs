@@ -271,7 +271,7 @@ pub fn assemble_durable(
         registry,
         readiness.clone(),
         state.snapshot.outbox.len(),
-        state.snapshot.ledger.keys().cloned().collect(),
+        state.snapshot.ledger.len(),
     )
     .map_err(|e| PagerDutyError::State(format!("cannot start the state writer thread: {e}")))?;
     let settings = dispatcher::Settings {

@@ -6,15 +6,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
-use moka::sync::Cache;
 use serde::Serialize;
 
 use super::event::Action;
 
 /// Dead letters kept for display; older ones are only counted.
 pub const DEAD_LETTERS_KEPT: usize = 1000;
-/// Keys whose last attempt is kept for display (least recently used ones go first).
-pub const KEYS_KEPT: u64 = 10_000;
+/// Keys whose last attempt is kept for display: the last 5,000 to 10,000 keys attempted.
+pub const KEYS_KEPT: usize = 10_000;
 
 /// An event PagerDuty rejected (400): never retried.
 #[derive(Debug, Clone, Serialize)]
@@ -85,7 +84,7 @@ pub struct DeliveryStatus {
     events: tokio::sync::broadcast::Sender<Delivered>,
     depth: AtomicUsize,
     inner: Mutex<Inner>,
-    keys: Cache<String, KeyStatus>,
+    keys: crate::recent::Recent<KeyStatus>,
 }
 
 impl std::fmt::Debug for DeliveryStatus {
@@ -108,7 +107,7 @@ impl DeliveryStatus {
             events: tokio::sync::broadcast::channel(1024).0,
             depth: AtomicUsize::new(0),
             inner: Mutex::new(Inner::default()),
-            keys: Cache::builder().max_capacity(KEYS_KEPT).build(),
+            keys: crate::recent::Recent::new(KEYS_KEPT),
         }
     }
 
@@ -170,7 +169,7 @@ impl DeliveryStatus {
         last_error: Option<String>,
     ) {
         self.keys.insert(
-            key.to_owned(),
+            key,
             KeyStatus {
                 dedup_key: key.to_owned(),
                 last_action: action,
@@ -188,7 +187,7 @@ impl DeliveryStatus {
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
-        let mut keys: Vec<KeyStatus> = self.keys.iter().map(|(_, v)| v).collect();
+        let mut keys: Vec<KeyStatus> = self.keys.values();
         keys.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
         let g = self.lock();
         StatusSnapshot {

@@ -31,14 +31,15 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use redb::{
-    Database, DatabaseError, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+    Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    DeadLetter, LedgerEntry, Op, OutboxEntry, SCHEMA_VERSION, Snapshot, StateError, StateStore,
-    check_seqs,
+    Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, SCHEMA_VERSION, Snapshot, StateError,
+    StateStore, check_seqs,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -405,6 +406,22 @@ impl StateStore for FileStore {
 
     fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
         guard(&self.path, false, || self.prune_inner(older_than))
+    }
+
+    fn counts(&self) -> Result<Counts, StateError> {
+        guard(&self.path, true, || {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let read = |e: redb::Error| redb_error(&self.path, "read", e);
+            // redb keeps each table's length in its header: O(1).
+            let ledger = txn.open_table(LEDGER).map_err(|e| read(e.into()))?;
+            let outbox = txn.open_table(OUTBOX).map_err(|e| read(e.into()))?;
+            Ok(Counts {
+                outbox: usize::try_from(outbox.len().map_err(|e| read(e.into()))?)
+                    .unwrap_or(usize::MAX),
+                ledger: usize::try_from(ledger.len().map_err(|e| read(e.into()))?)
+                    .unwrap_or(usize::MAX),
+            })
+        })
     }
 
     fn kind(&self) -> &'static str {

@@ -11,7 +11,6 @@
 //! outbox on disk keeps what the last good commit left, and the bridge goes on paging from memory
 //! rather than dying in a crash loop.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -119,7 +118,7 @@ impl Journal {
         registry: &mut Registry,
         readiness: Arc<Readiness>,
         outbox: usize,
-        ledger_keys: HashSet<String>,
+        ledger: usize,
     ) -> Result<Self, std::io::Error> {
         let metrics = Metrics::register(registry);
         metrics
@@ -127,12 +126,12 @@ impl Journal {
             .set(i64::try_from(outbox).unwrap_or(i64::MAX));
         metrics
             .ledger
-            .set(i64::try_from(ledger_keys.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(ledger).unwrap_or(i64::MAX));
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
-            .spawn(move || writer(store, rx, done_tx, metrics, readiness, ledger_keys))?;
+            .spawn(move || writer(store, rx, done_tx, metrics, readiness))?;
         Ok(Self {
             submit: Arc::new(Mutex::new(Submit {
                 next_ticket: 1,
@@ -200,7 +199,6 @@ fn writer(
     done: watch::Sender<u64>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
-    mut ledger_keys: HashSet<String>,
 ) {
     let mut failing = false;
     let mut carry: Option<Msg> = None;
@@ -214,7 +212,7 @@ fn writer(
         };
         let (mut ops, mut last) = match first {
             Msg::Prune { older_than } => {
-                prune(&*store, older_than, &metrics, &mut ledger_keys);
+                prune(&*store, older_than, &metrics);
                 continue;
             }
             Msg::Ops { ticket, ops } => (ops, ticket),
@@ -245,9 +243,7 @@ fn writer(
                         .writes
                         .get_or_create(&OutcomeLabels { outcome: "ok" })
                         .inc();
-                    let (outbox, ledger) = deltas(&ops, &mut ledger_keys);
-                    metrics.outbox.inc_by(outbox);
-                    metrics.ledger.inc_by(ledger);
+                    set_counts(&*store, &metrics);
                     if failing {
                         failing = false;
                         readiness.set_met(READY_STATE);
@@ -281,35 +277,19 @@ fn writer(
     }
 }
 
-/// Gauge changes of a committed batch: the outbox count is approximate (removing an entry that
-/// is already gone is allowed) and corrected at each prune; ledger keys are tracked exactly.
-fn deltas(ops: &[Op], ledger_keys: &mut HashSet<String>) -> (i64, i64) {
-    let mut outbox = 0i64;
-    let mut ledger = 0i64;
-    for op in ops {
-        match op {
-            Op::Enqueue(_) => outbox += 1,
-            Op::Accepted { key, .. } => {
-                outbox -= 1;
-                if !ledger_keys.contains(key) {
-                    ledger_keys.insert(key.clone());
-                    ledger += 1;
-                }
-            }
-            Op::ForgetKey { key } if ledger_keys.remove(key) => ledger -= 1,
-            Op::Cancelled { .. } | Op::DeadLetter { .. } => outbox -= 1,
-            _ => {}
-        }
+/// The outbox and ledger gauges, from the store's own counts (O(1) for both stores).
+fn set_counts(store: &dyn StateStore, metrics: &Metrics) {
+    if let Ok(c) = store.counts() {
+        metrics
+            .outbox
+            .set(i64::try_from(c.outbox).unwrap_or(i64::MAX));
+        metrics
+            .ledger
+            .set(i64::try_from(c.ledger).unwrap_or(i64::MAX));
     }
-    (outbox, ledger)
 }
 
-fn prune(
-    store: &dyn StateStore,
-    older_than: SystemTime,
-    metrics: &Metrics,
-    ledger_keys: &mut HashSet<String>,
-) {
+fn prune(store: &dyn StateStore, older_than: SystemTime, metrics: &Metrics) {
     match store.prune(older_than) {
         Ok(n) => {
             tracing::info!(
@@ -321,15 +301,7 @@ fn prune(
             tracing::error!(error = %e, "cannot prune the delivery state");
         }
     }
-    if let Ok(s) = store.load() {
-        metrics
-            .outbox
-            .set(i64::try_from(s.outbox.len()).unwrap_or(i64::MAX));
-        metrics
-            .ledger
-            .set(i64::try_from(s.ledger.len()).unwrap_or(i64::MAX));
-        *ledger_keys = s.ledger.into_keys().collect();
-    }
+    set_counts(store, metrics);
 }
 
 #[cfg(test)]
@@ -389,7 +361,7 @@ mod tests {
             &mut registry,
             Arc::new(Readiness::new()),
             0,
-            HashSet::new(),
+            0,
         )
         .unwrap();
         let mut last = 0;

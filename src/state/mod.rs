@@ -158,6 +158,13 @@ pub enum Op {
     ForgetKey { key: String },
 }
 
+/// Entry counts of a store, see [`StateStore::counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub outbox: usize,
+    pub ledger: usize,
+}
+
 /// The delivery state, shared by the poller and the sender. Methods block on disk I/O: call them
 /// from `tokio::task::spawn_blocking` (or a dedicated writer thread) in async code.
 ///
@@ -172,6 +179,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes ledger entries whose last accepted action is a resolve older than `older_than`,
     /// and dead letters older than it. Returns how many records were removed.
     fn prune(&self, older_than: SystemTime) -> Result<usize, StateError>;
+    /// How many outbox and ledger entries there are (the gauges). Stores answer from their
+    /// own bookkeeping; this default loads everything.
+    fn counts(&self) -> Result<Counts, StateError> {
+        self.load().map(|s| Counts {
+            outbox: s.outbox.len(),
+            ledger: s.ledger.len(),
+        })
+    }
     /// `"memory"` or `"file"`, for logs.
     fn kind(&self) -> &'static str;
     /// The state file, when there is one.

@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use moka::sync::Cache;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
@@ -261,8 +260,10 @@ pub fn writeback_marker(event_id: &str) -> String {
 /// Open alerts the poller (and the push API) handed to delivery, and the last change of
 /// recently seen keys (what a dead-letter retry re-sends).
 pub struct Tracker {
-    open: Mutex<BTreeMap<String, AlertChange>>,
-    last: Cache<String, AlertChange>,
+    /// By dedup key. Every open alert has an entry, so it holds only what an [`AlertChange`]
+    /// cannot be rebuilt without (the alert itself is shared with the poller).
+    open: Mutex<BTreeMap<Box<str>, Tracked>>,
+    last: crate::recent::Recent<AlertChange>,
 }
 
 impl Default for Tracker {
@@ -275,13 +276,11 @@ impl Tracker {
     pub fn new() -> Self {
         Self {
             open: Mutex::new(BTreeMap::new()),
-            last: Cache::builder()
-                .max_capacity(crate::pagerduty::status::KEYS_KEPT)
-                .build(),
+            last: crate::recent::Recent::new(crate::pagerduty::status::KEYS_KEPT),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AlertChange>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Tracked>> {
         // Plain map; a panic elsewhere cannot leave it half-updated.
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -290,13 +289,20 @@ impl Tracker {
         let key = dedup_key(&c.key.appliance, &c.key.uri);
         match c.kind {
             ChangeKind::Raised | ChangeKind::Updated => {
-                self.lock().insert(key.clone(), c.clone());
+                self.lock().insert(
+                    Box::from(key.as_str()),
+                    Tracked {
+                        kind: c.kind,
+                        appliance: c.appliance.clone(),
+                        alert: c.alert.clone(),
+                    },
+                );
             }
             ChangeKind::Cleared => {
-                self.lock().remove(&key);
+                self.lock().remove(key.as_str());
             }
         }
-        self.last.insert(key, c.clone());
+        self.last.insert(&key, c.clone());
     }
 
     pub fn last_change(&self, key: &str) -> Option<AlertChange> {
@@ -304,8 +310,23 @@ impl Tracker {
     }
 
     pub fn open(&self) -> Vec<AlertChange> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .values()
+            .map(|t| AlertChange {
+                kind: t.kind,
+                key: AlertKey::new(&t.appliance, &t.alert.uri),
+                appliance: t.appliance.clone(),
+                alert: t.alert.clone(),
+            })
+            .collect()
     }
+}
+
+/// An open alert in the [`Tracker`].
+struct Tracked {
+    kind: ChangeKind,
+    appliance: Appliance,
+    alert: Arc<Alert>,
 }
 
 /// Puts a [`Tracker`] between the poller and delivery: returns the sender the poller writes to
@@ -341,7 +362,7 @@ pub struct Local {
     pub client: Arc<OneViewClient>,
     /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
     /// `incident.annotated` (whose payload has no key) can be matched.
-    incidents: Cache<String, String>,
+    incidents: moka::sync::Cache<String, String>,
     recent_errors: Mutex<std::collections::VecDeque<RecentError>>,
 }
 
@@ -366,7 +387,7 @@ impl Local {
             poll_now,
             poller,
             client,
-            incidents: Cache::builder().max_capacity(10_000).build(),
+            incidents: moka::sync::Cache::builder().max_capacity(10_000).build(),
             recent_errors: Mutex::new(Default::default()),
         }
     }
@@ -398,7 +419,7 @@ impl Local {
             uri: c.key.uri.to_string(),
             severity: a.severity.as_str().to_owned(),
             state: a.alert_state.as_str().to_owned(),
-            description: a.description.clone(),
+            description: a.description.as_deref().map(str::to_owned),
             resource_name: a.resource_name().map(str::to_owned),
             // Behind a proxy the UI may live elsewhere (`pagerduty.oneview_ui_url`, as in
             // the incident's link).

@@ -63,15 +63,15 @@ pub fn fixture_alerts() -> Vec<Alert> {
                     Severity::Warning
                 },
                 alert_state: AlertState::parse(fields[2]),
-                description: Some(brackets[2].to_owned()),
-                alert_type_id: Some(format!("Trap.{}", fields[1])),
+                description: Some(brackets[2].into()),
+                alert_type_id: Some(format!("Trap.{}", fields[1]).into()),
                 urgency: Some("High".into()),
-                health_category: Some(fields[1].to_owned()),
+                health_category: Some(fields[1].into()),
                 created: Some(created),
                 associated_resource: Some(AssociatedResource {
-                    resource_name: Some(brackets[0].to_owned()),
-                    resource_category: Some(category),
-                    resource_uri: Some(format!("/rest/resources/{}", fields[0])),
+                    resource_name: Some(brackets[0].into()),
+                    resource_category: Some(category.into()),
+                    resource_uri: Some(format!("/rest/resources/{}", fields[0]).into()),
                     association_type: Some("HAS_A".into()),
                 }),
                 ..Default::default()
