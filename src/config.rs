@@ -1579,7 +1579,10 @@ mod tests {
         let c = validate(RawConfig::default(), Role::Web).unwrap();
         assert_eq!(c.web.writeback_queue, 10_000);
         assert_eq!(c.web.writeback_concurrency, 8);
-        assert_eq!(c.web.webhook_rate_limit, None, "the webhook is exempt by default");
+        assert_eq!(
+            c.web.webhook_rate_limit, None,
+            "the webhook is exempt by default"
+        );
 
         let fig = figment(None).merge(figment::providers::Toml::string(
             "[web]\nwriteback_queue = 3\nwriteback_concurrency = 64\nwebhook_rate_limit_per_second = 500\n",
@@ -1587,7 +1590,11 @@ mod tests {
         let c = validate(extract(&fig).unwrap(), Role::Web).unwrap();
         assert_eq!(c.web.writeback_queue, 3);
         assert_eq!(c.web.writeback_concurrency, 64);
-        assert_eq!(c.web.webhook_rate_limit, Some((500, 1000)), "burst defaults to 2x");
+        assert_eq!(
+            c.web.webhook_rate_limit,
+            Some((500, 1000)),
+            "burst defaults to 2x"
+        );
 
         let bad = |f: &dyn Fn(&mut RawWeb)| {
             let mut r = RawConfig::default();

@@ -936,8 +936,13 @@ async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
 
 /// One metric sample of the classic text format, `None` when the series is absent.
 fn sample(m: &str, series: &str) -> Option<f64> {
-    m.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    m.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,7 +953,11 @@ async fn full_writeback_queue_is_503_with_retry_after_and_the_redelivery_is_take
     r.web.writeback_queue = 2;
     let b = start(r, Role::All).await;
     let m = metrics(&b.url).await;
-    assert_eq!(sample(&m, "bridge_web_writeback_queue_depth"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(&m, "bridge_web_writeback_queue_depth"),
+        Some(0.0),
+        "{m}"
+    );
     assert_eq!(
         sample(&m, "bridge_web_writebacks_total{outcome=\"queue_full\"}"),
         Some(0.0)
@@ -988,7 +997,11 @@ async fn full_writeback_queue_is_503_with_retry_after_and_the_redelivery_is_take
         assert_eq!(r.json::<Value>().await.unwrap()["status"], "accepted");
     }
     let m = metrics(&b.url).await;
-    assert_eq!(sample(&m, "bridge_web_writeback_queue_depth"), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "bridge_web_writeback_queue_depth"),
+        Some(2.0),
+        "{m}"
+    );
     // ... and the fifth is refused before it is acknowledged, twice: a refused delivery is not
     // recorded as seen (a redelivery is not a "duplicate").
     for _ in 0..2 {
@@ -1007,12 +1020,15 @@ async fn full_writeback_queue_is_503_with_retry_after_and_the_redelivery_is_take
         Some(2.0),
         "{m}"
     );
-    assert_eq!(s.ov.handle.held_requests(), 2, "nothing else reached OneView");
+    assert_eq!(
+        s.ov.handle.held_requests(),
+        2,
+        "nothing else reached OneView"
+    );
 
     // Released: the four taken ones are written, the queue empties, and PagerDuty's next
     // delivery of the refused one is taken.
-    s.ov.handle
-        .update_faults(|f| f.hold_alert_requests = false);
+    s.ov.handle.update_faults(|f| f.hold_alert_requests = false);
     for (i, uri) in uris.iter().enumerate().take(4) {
         let id = id_of(uri);
         assert!(
