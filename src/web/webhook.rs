@@ -408,12 +408,17 @@ pub async fn receive(
         Ok(p) => p,
         Err(mpsc::error::TrySendError::Full(())) => {
             s.metrics.writeback_queue_full();
-            tracing::warn!(
-                event_id = %req.event_id,
-                webhook_id = webhook_id.as_deref().unwrap_or(""),
-                queue = s.config.web.writeback_queue,
-                "PagerDuty webhook refused: the write-back queue is full"
-            );
+            let id = webhook_id.as_deref().unwrap_or("");
+            if warn_now() {
+                tracing::warn!(
+                    event_id = %req.event_id,
+                    webhook_id = id,
+                    queue = s.config.web.writeback_queue,
+                    "PagerDuty webhooks refused with 503: the write-back queue is full (bridge_web_writebacks_total{{outcome=\"queue_full\"}} counts them)"
+                );
+            } else {
+                tracing::debug!(event_id = %req.event_id, webhook_id = id, "PagerDuty webhook refused: the write-back queue is full");
+            }
             return Ok(queue_full(&s));
         }
         Err(mpsc::error::TrySendError::Closed(())) => {
@@ -439,6 +444,21 @@ pub async fn receive(
         axum::Json(json!({"status": "accepted"})),
     )
         .into_response())
+}
+
+/// At most one warning every 10 s for a full queue: a flood of refused deliveries must not
+/// become a flood of log lines (the metric counts every one).
+fn warn_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 10)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// 503 with `Retry-After`: PagerDuty treats any non-2xx as a failed delivery and delivers again.
