@@ -329,8 +329,8 @@ impl Default for RawServer {
     }
 }
 
-/// How a web replica reaches the poller.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How a web replica reaches the poller, and how it paces PagerDuty webhook write-backs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawWeb {
     /// The poller's internal API, `http://bridge-poller:8080`.
@@ -339,6 +339,42 @@ pub struct RawWeb {
     #[serde(serialize_with = "redact")]
     pub poller_token: Option<SecretString>,
     pub poller_token_file: Option<PathBuf>,
+    /// Verified webhook deliveries waiting for a write-back slot; beyond it the webhook answers
+    /// 503 with `Retry-After` and PagerDuty delivers again later.
+    pub writeback_queue: usize,
+    /// Write-backs in progress at once (requests to OneView, or to the poller from a replica).
+    pub writeback_concurrency: usize,
+    /// Per-client-IP limit of the webhook route alone; 0 = no limit (the default: the
+    /// signature is the gate, see `web::api::routes`).
+    pub webhook_rate_limit_per_second: u32,
+    /// Burst of that limit; 0 = twice `webhook_rate_limit_per_second`.
+    pub webhook_rate_limit_burst: u32,
+}
+
+/// Default of `web.writeback_queue`.
+pub const DEFAULT_WRITEBACK_QUEUE: usize = 10_000;
+/// Largest `web.writeback_queue`: a waiting job is a few hundred bytes, so this bounds the
+/// queue's memory to some hundreds of MB.
+pub const MAX_WRITEBACK_QUEUE: usize = 1_000_000;
+/// Default of `web.writeback_concurrency`.
+pub const DEFAULT_WRITEBACK_CONCURRENCY: usize = 8;
+/// Largest `web.writeback_concurrency`: more would be a flood for one appliance.
+pub const MAX_WRITEBACK_CONCURRENCY: usize = 64;
+/// Largest `web.webhook_rate_limit_per_second` (the limiter's period is 1 s / rate, in ns).
+pub const MAX_RATE_LIMIT_PER_SECOND: u32 = 1_000_000;
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        Self {
+            poller_url: None,
+            poller_token: None,
+            poller_token_file: None,
+            writeback_queue: DEFAULT_WRITEBACK_QUEUE,
+            writeback_concurrency: DEFAULT_WRITEBACK_CONCURRENCY,
+            webhook_rate_limit_per_second: 0,
+            webhook_rate_limit_burst: 0,
+        }
+    }
 }
 
 /// Two-way sync: what PagerDuty webhooks write back to OneView.
@@ -558,6 +594,10 @@ pub struct WebConfig {
     pub webhook_secrets: Option<Arc<Secret>>,
     pub sync_notes: bool,
     pub clear_on_resolve: bool,
+    pub writeback_queue: usize,
+    pub writeback_concurrency: usize,
+    /// Per-client limit of the webhook route: `(per second, burst)`, `None` = no limit.
+    pub webhook_rate_limit: Option<(u32, u32)>,
 }
 
 /// OneView severities a user may watch. `OK` is not one: an OK alert is a cleared alert.
@@ -1265,6 +1305,46 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     if role == Role::Poller && poller_token.is_none() {
         c.warnings.push("web.poller_token_file is not set: the poller's internal API is disabled, so web replicas cannot reach it".to_owned());
     }
+    let w = &raw.web;
+    if !(1..=MAX_WRITEBACK_QUEUE).contains(&w.writeback_queue) {
+        c.problem(
+            "web.writeback_queue",
+            Some(&w.writeback_queue.to_string()),
+            &format!("must be between 1 and {MAX_WRITEBACK_QUEUE}"),
+            "the default 10000 rides out a bulk action in PagerDuty; when it is full the webhook answers 503 and PagerDuty delivers again",
+        );
+    }
+    if !(1..=MAX_WRITEBACK_CONCURRENCY).contains(&w.writeback_concurrency) {
+        c.problem(
+            "web.writeback_concurrency",
+            Some(&w.writeback_concurrency.to_string()),
+            &format!("must be between 1 and {MAX_WRITEBACK_CONCURRENCY}"),
+            "the default 8 keeps a burst of webhooks from flooding the appliance",
+        );
+    }
+    if w.webhook_rate_limit_per_second > MAX_RATE_LIMIT_PER_SECOND {
+        c.problem(
+            "web.webhook_rate_limit_per_second",
+            Some(&w.webhook_rate_limit_per_second.to_string()),
+            &format!("must be at most {MAX_RATE_LIMIT_PER_SECOND}"),
+            "use 0 for no per-client limit on the webhook (the default)",
+        );
+    }
+    if w.webhook_rate_limit_per_second == 0 && w.webhook_rate_limit_burst != 0 {
+        c.problem(
+            "web.webhook_rate_limit_burst",
+            Some(&w.webhook_rate_limit_burst.to_string()),
+            "has no effect without web.webhook_rate_limit_per_second",
+            "set web.webhook_rate_limit_per_second too, or remove the burst (no limit)",
+        );
+    }
+    let webhook_rate_limit = (w.webhook_rate_limit_per_second > 0).then(|| {
+        let burst = match w.webhook_rate_limit_burst {
+            0 => w.webhook_rate_limit_per_second.saturating_mul(2),
+            b => b,
+        };
+        (w.webhook_rate_limit_per_second, burst)
+    });
     let webhook_secrets = c.secret(
         "pagerduty.webhook_secrets",
         &raw.pagerduty.webhook_secrets,
@@ -1320,6 +1400,9 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         webhook_secrets,
         sync_notes: raw.sync.notes,
         clear_on_resolve: raw.sync.clear_on_resolve,
+        writeback_queue: raw.web.writeback_queue,
+        writeback_concurrency: raw.web.writeback_concurrency,
+        webhook_rate_limit,
     };
     Ok(Config {
         role,
@@ -1489,5 +1572,59 @@ mod tests {
             panic!("1s retention should be refused")
         };
         assert_eq!(p[0].key, "state.retention");
+    }
+
+    #[test]
+    fn writeback_queue_concurrency_and_webhook_rate_limit() {
+        let c = validate(RawConfig::default(), Role::Web).unwrap();
+        assert_eq!(c.web.writeback_queue, 10_000);
+        assert_eq!(c.web.writeback_concurrency, 8);
+        assert_eq!(
+            c.web.webhook_rate_limit, None,
+            "the webhook is exempt by default"
+        );
+
+        let fig = figment(None).merge(figment::providers::Toml::string(
+            "[web]\nwriteback_queue = 3\nwriteback_concurrency = 64\nwebhook_rate_limit_per_second = 500\n",
+        ));
+        let c = validate(extract(&fig).unwrap(), Role::Web).unwrap();
+        assert_eq!(c.web.writeback_queue, 3);
+        assert_eq!(c.web.writeback_concurrency, 64);
+        assert_eq!(
+            c.web.webhook_rate_limit,
+            Some((500, 1000)),
+            "burst defaults to 2x"
+        );
+
+        let bad = |f: &dyn Fn(&mut RawWeb)| {
+            let mut r = RawConfig::default();
+            f(&mut r.web);
+            let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+                panic!("should be refused")
+            };
+            assert_eq!(p.len(), 1, "{p:?}");
+            p[0].key.clone()
+        };
+        assert_eq!(bad(&|w| w.writeback_queue = 0), "web.writeback_queue");
+        assert_eq!(
+            bad(&|w| w.writeback_queue = MAX_WRITEBACK_QUEUE + 1),
+            "web.writeback_queue"
+        );
+        assert_eq!(
+            bad(&|w| w.writeback_concurrency = 0),
+            "web.writeback_concurrency"
+        );
+        assert_eq!(
+            bad(&|w| w.writeback_concurrency = 65),
+            "web.writeback_concurrency"
+        );
+        assert_eq!(
+            bad(&|w| w.webhook_rate_limit_burst = 10),
+            "web.webhook_rate_limit_burst"
+        );
+        assert_eq!(
+            bad(&|w| w.webhook_rate_limit_per_second = MAX_RATE_LIMIT_PER_SECOND + 1),
+            "web.webhook_rate_limit_per_second"
+        );
     }
 }

@@ -933,3 +933,232 @@ async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
     hold.abort();
     b.stop().await;
 }
+
+/// One metric sample of the classic text format, `None` when the series is absent.
+fn sample(m: &str, series: &str) -> Option<f64> {
+    m.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_writeback_queue_is_503_with_retry_after_and_the_redelivery_is_taken_later() {
+    let s = sims().await;
+    let mut r = raw(Some(&s));
+    r.web.writeback_concurrency = 2;
+    r.web.writeback_queue = 2;
+    let b = start(r, Role::All).await;
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(&m, "bridge_web_writeback_queue_depth"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "bridge_web_writebacks_total{outcome=\"queue_full\"}"),
+        Some(0.0)
+    );
+    let uris: Vec<String> = (0..5)
+        .map(|i| {
+            s.ov.handle.add_alert(AlertSpec {
+                severity: Some("Critical".into()),
+                description: Some(format!("PSU {i} failed")),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let ack = |i: usize| {
+        serde_json::to_vec(&incident_event(
+            &format!("EV-Q-{i}"),
+            "incident.acknowledged",
+            &dedup(&uris[i]),
+            "user_reference",
+        ))
+        .unwrap()
+    };
+    // The appliance holds every write-back's first request: two take the two slots ...
+    s.ov.handle.update_faults(|f| f.hold_alert_requests = true);
+    for i in 0..2 {
+        let r = post_webhook(&b.url, &ack(i), WEBHOOK_SECRET, &format!("wh-q-{i}")).await;
+        assert_eq!(r.status(), 202);
+    }
+    assert!(
+        eventually(|| s.ov.handle.held_requests() == 2).await,
+        "both slots busy"
+    );
+    // ... two wait in the queue ...
+    for i in 2..4 {
+        let r = post_webhook(&b.url, &ack(i), WEBHOOK_SECRET, &format!("wh-q-{i}")).await;
+        assert_eq!(r.status(), 202);
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], "accepted");
+    }
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(&m, "bridge_web_writeback_queue_depth"),
+        Some(2.0),
+        "{m}"
+    );
+    // ... and the fifth is refused before it is acknowledged, twice: a refused delivery is not
+    // recorded as seen (a redelivery is not a "duplicate").
+    for _ in 0..2 {
+        let r = post_webhook(&b.url, &ack(4), WEBHOOK_SECRET, "wh-q-4").await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "5");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "queue_full", "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains("web.writeback_queue"), "{msg}");
+        assert!(v["request_id"].is_string(), "{v}");
+    }
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(&m, "bridge_web_writebacks_total{outcome=\"queue_full\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        s.ov.handle.held_requests(),
+        2,
+        "nothing else reached OneView"
+    );
+
+    // Released: the four taken ones are written, the queue empties, and PagerDuty's next
+    // delivery of the refused one is taken.
+    s.ov.handle.update_faults(|f| f.hold_alert_requests = false);
+    for (i, uri) in uris.iter().enumerate().take(4) {
+        let id = id_of(uri);
+        assert!(
+            eventually(|| notes(&s.ov, id).len() == 1).await,
+            "note of delivery {i}"
+        );
+    }
+    assert!(
+        eventually_async(|| async {
+            sample(&metrics(&b.url).await, "bridge_web_writeback_queue_depth") == Some(0.0)
+        })
+        .await
+    );
+    let r = post_webhook(&b.url, &ack(4), WEBHOOK_SECRET, "wh-q-4").await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "accepted");
+    let last = id_of(&uris[4]);
+    assert!(eventually(|| notes(&s.ov, last).len() == 1).await);
+    assert!(notes(&s.ov, last)[0].contains("[pagerduty-event EV-Q-4]"));
+    // Now it is seen: the next redelivery is a duplicate.
+    let r = post_webhook(&b.url, &ack(4), WEBHOOK_SECRET, "wh-q-4").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually_async(|| async {
+            sample(
+                &metrics(&b.url).await,
+                "bridge_web_writebacks_total{outcome=\"written\"}",
+            ) == Some(5.0)
+        })
+        .await
+    );
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(&m, "bridge_web_writebacks_total{outcome=\"queue_full\"}"),
+        Some(2.0)
+    );
+    b.stop().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_are_not_under_the_api_rate_limit_unless_given_their_own() {
+    // The rest of /api/* at 1/s burst 2: 300 webhooks from one client would take about 300 s
+    // under it, so none being refused does not depend on how fast this machine is.
+    let mut r = raw(None);
+    r.server.rate_limit_per_second = 1;
+    r.server.rate_limit_burst = 2;
+    r.web.poller_url = Some("http://127.0.0.1:9".into());
+    let b = start(r.clone(), Role::Web).await;
+    // An event type the bridge does not act on: answered 202 without a write-back.
+    let body = VECTOR_BODY.to_vec();
+    let c = client();
+    let post = |url: &str, id: String| {
+        c.post(format!("{url}/api/v1/pagerduty/webhook"))
+            .header("content-type", "application/json")
+            .header(
+                "x-pagerduty-signature",
+                bridge::web::signature::sign(WEBHOOK_SECRET, &body),
+            )
+            .header("x-webhook-id", id)
+            .body(body.clone())
+            .send()
+    };
+    for i in 0..300 {
+        let resp = post(&b.url, format!("wh-rl-{i}")).await.unwrap();
+        assert_eq!(resp.status(), 202, "delivery {i}");
+    }
+    // The other routes keep their limit.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let resp = c
+            .get(format!("{}/api/v1/alerts", b.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(
+            &m,
+            "bridge_web_rate_limited_total{route=\"/api/v1/pagerduty/webhook\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "bridge_web_webhook_verifications_total{outcome=\"valid\"}"
+        ),
+        Some(300.0)
+    );
+    b.stop().await;
+
+    // With a limit of its own (web.webhook_rate_limit_*), the webhook is limited by that one.
+    r.web.webhook_rate_limit_per_second = 1;
+    r.web.webhook_rate_limit_burst = 3;
+    r.server.rate_limit_per_second = 1000;
+    r.server.rate_limit_burst = 1000;
+    let b = start(r, Role::Web).await;
+    let mut refused = None;
+    for i in 0..6 {
+        let resp = post(&b.url, format!("wh-own-{i}")).await.unwrap();
+        if resp.status() == 429 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 202);
+    }
+    let resp = refused.expect("the webhook's own limit answers 429");
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("web.webhook_rate_limit_per_second"),
+        "{v}"
+    );
+    let m = metrics(&b.url).await;
+    assert_eq!(
+        sample(
+            &m,
+            "bridge_web_rate_limited_total{route=\"/api/v1/pagerduty/webhook\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    b.stop().await;
+}

@@ -17,6 +17,7 @@ use moka::sync::Cache;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tower_governor::GovernorLayer;
@@ -42,10 +43,11 @@ struct RouteLabels {
     route: &'static str,
 }
 
-/// Routes under the rate limit; the metric's `route` label is one of these.
+/// Routes under a rate limit (the webhook only with `web.webhook_rate_limit_per_second`); the
+/// metric's `route` label is one of these.
 const API_ROUTES: &[&str] = &[
     "/api/v1/alerts",
-    "/api/v1/pagerduty/webhook",
+    WEBHOOK_ROUTE,
     "/api/v1/deliveries/dead-letter",
     "/api/v1/deliveries/dead-letter/{key}/retry",
     "/api/v1/poll",
@@ -54,12 +56,18 @@ const API_ROUTES: &[&str] = &[
 
 const VERIFY_OUTCOMES: &[&str] = &["valid", "missing", "malformed", "mismatch", "no_secrets"];
 
+/// The `bridge_web_writebacks` outcome of a verified delivery refused with 503 because the
+/// write-back queue was full (no write-back was attempted; PagerDuty delivers it again).
+pub const QUEUE_FULL: &str = "queue_full";
+
 /// The `bridge_web_*` metric families.
 #[derive(Clone)]
 pub struct WebMetrics {
     verifications: Family<OutcomeLabels, Counter>,
     writebacks: Family<OutcomeLabels, Counter>,
     rate_limited: Family<RouteLabels, Counter>,
+    /// Verified deliveries waiting for a write-back slot.
+    pub(crate) writeback_queue_depth: Gauge,
 }
 
 impl WebMetrics {
@@ -68,14 +76,17 @@ impl WebMetrics {
             verifications: Family::default(),
             writebacks: Family::default(),
             rate_limited: Family::default(),
+            writeback_queue_depth: Gauge::default(),
         };
         for o in VERIFY_OUTCOMES {
             let _ = m.verifications.get_or_create(&OutcomeLabels { outcome: o });
         }
-        for o in WritebackOutcome::ALL {
-            let _ = m
-                .writebacks
-                .get_or_create(&OutcomeLabels { outcome: o.label() });
+        for o in WritebackOutcome::ALL
+            .iter()
+            .map(|o| o.label())
+            .chain([QUEUE_FULL])
+        {
+            let _ = m.writebacks.get_or_create(&OutcomeLabels { outcome: o });
         }
         for r in API_ROUTES {
             let _ = m.rate_limited.get_or_create(&RouteLabels { route: r });
@@ -87,8 +98,13 @@ impl WebMetrics {
         );
         registry.register(
             "bridge_web_writebacks",
-            "PagerDuty incident changes written back to OneView, by outcome",
+            "PagerDuty incident changes written back to OneView, by outcome (queue_full: refused with 503 before any write-back, PagerDuty delivers again)",
             m.writebacks.clone(),
+        );
+        registry.register(
+            "bridge_web_writeback_queue_depth",
+            "Verified PagerDuty webhook deliveries waiting for a write-back slot (web.writeback_queue bounds it)",
+            m.writeback_queue_depth.clone(),
         );
         registry.register(
             "bridge_web_rate_limited",
@@ -114,6 +130,14 @@ impl WebMetrics {
             .inc();
     }
 
+    pub(crate) fn writeback_queue_full(&self) {
+        self.writebacks
+            .get_or_create(&OutcomeLabels {
+                outcome: QUEUE_FULL,
+            })
+            .inc();
+    }
+
     fn rate_limited(&self, route: &str) {
         let route = API_ROUTES
             .iter()
@@ -136,8 +160,9 @@ pub struct WebState {
     pub webhook_secrets: Option<Arc<Secret>>,
     /// `X-Webhook-Id`s this replica already took (PagerDuty redelivers on timeouts).
     pub seen_webhooks: Cache<String, ()>,
-    /// The queue of webhook write-backs ([`crate::web::webhook::dispatcher`]).
-    pub writebacks: tokio::sync::mpsc::UnboundedSender<crate::web::webhook::WritebackJob>,
+    /// The queue of webhook write-backs ([`crate::web::webhook::dispatcher`]), bounded by
+    /// `web.writeback_queue`.
+    pub writebacks: tokio::sync::mpsc::Sender<crate::web::webhook::WritebackJob>,
 }
 
 impl WebState {
@@ -383,16 +408,15 @@ impl KeyExtractor for ClientIp {
 #[derive(Clone)]
 struct Throttled;
 
-fn governor_error(e: GovernorError) -> Response {
+/// The 429 (or error) answer of a limiter whose settings are the config keys `keys`.
+fn governor_error(e: GovernorError, keys: &str) -> Response {
     match e {
         GovernorError::TooManyRequests { wait_time, .. } => {
             let wait = wait_time.max(1);
             let mut r = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!(
-                    "too many requests from this client; retry after {wait} s (server.rate_limit_per_second / server.rate_limit_burst)"
-                ),
+                format!("too many requests from this client; retry after {wait} s ({keys})"),
             )
             .into_response();
             if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
@@ -445,27 +469,54 @@ async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Res
     }
 }
 
+const WEBHOOK_ROUTE: &str = "/api/v1/pagerduty/webhook";
+
 /// The public routes plus a task that forgets idle rate-limit buckets.
 pub fn routes(
     state: WebState,
     work: tokio_util::sync::CancellationToken,
 ) -> (Router, crate::app::Task) {
     let cfg = &state.config.server;
-    let per_second = u64::from(cfg.rate_limit_per_second.max(1));
-    let mut builder =
-        GovernorConfigBuilder::default().key_extractor(ClientIp::new(cfg.trusted_proxies.clone()));
-    builder
-        .period(Duration::from_nanos(1_000_000_000 / per_second))
-        .burst_size(cfg.rate_limit_burst.max(1));
-    let governor = builder.finish().map(Arc::new);
-    let limiter = governor.as_ref().map(|g| g.limiter().clone());
+    // A per-client-IP limiter: `per_second` sustained, `burst` at once.
+    let limiter = |per_second: u32, burst: u32| {
+        let per_second = u64::from(per_second.max(1));
+        let mut builder = GovernorConfigBuilder::default()
+            .key_extractor(ClientIp::new(cfg.trusted_proxies.clone()));
+        builder
+            .period(Duration::from_nanos((1_000_000_000 / per_second).max(1)))
+            .burst_size(burst.max(1));
+        builder.finish().map(Arc::new)
+    };
+    let governor = limiter(cfg.rate_limit_per_second, cfg.rate_limit_burst);
+    // The webhook route is not under the per-client limit of the rest of /api/*, and by default
+    // under none at all (`web.webhook_rate_limit_per_second` = 0): PagerDuty sends every
+    // delivery from a few published addresses (one, behind an ingress without trusted proxies),
+    // so a bulk action of an operator (resolving 300 incidents) is hundreds of deliveries from
+    // one "client", which 20/s burst 40 answered 429. Signature verification is the real gate:
+    // nothing but the HMAC of a body of at most server.webhook_body_limit runs before it
+    // (~15,000 verifications/s on one core, about the cost of serving the request at all), and
+    // what a verified delivery costs downstream is bounded by web.writeback_queue (503 when
+    // full) and web.writeback_concurrency. Where the endpoint is exposed without an ingress
+    // limit, web.webhook_rate_limit_per_second / _burst give it a limit of its own.
+    let webhook_governor = state
+        .config
+        .web
+        .webhook_rate_limit
+        .and_then(|(per_second, burst)| limiter(per_second, burst));
+    let limiters: Vec<_> = governor
+        .iter()
+        .chain(webhook_governor.iter())
+        .map(|g| g.limiter().clone())
+        .collect();
     let task: crate::app::Task = Box::pin(async move {
-        let Some(limiter) = limiter else { return };
+        if limiters.is_empty() {
+            return;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = work.cancelled() => return,
-                _ = tick.tick() => limiter.retain_recent(),
+                _ = tick.tick() => limiters.iter().for_each(|l| l.retain_recent()),
             }
         }
     });
@@ -473,10 +524,6 @@ pub fn routes(
     let metrics = state.metrics.clone();
     let mut api = Router::new()
         .route("/api/v1/alerts", post(push_alerts).get(list_alerts))
-        .route(
-            "/api/v1/pagerduty/webhook",
-            post(crate::web::webhook::receive),
-        )
         .route("/api/v1/deliveries/dead-letter", get(dead_letters))
         .route(
             "/api/v1/deliveries/dead-letter/{key}/retry",
@@ -485,9 +532,21 @@ pub fn routes(
         .route("/api/v1/poll", post(poll))
         .route("/api/v1/test-event", post(test_event));
     if let Some(g) = governor {
-        api = api.route_layer(GovernorLayer::new(g).error_handler(governor_error));
+        api = api.route_layer(GovernorLayer::new(g).error_handler(|e| {
+            governor_error(e, "server.rate_limit_per_second / server.rate_limit_burst")
+        }));
+    }
+    let mut webhook = Router::new().route(WEBHOOK_ROUTE, post(crate::web::webhook::receive));
+    if let Some(g) = webhook_governor {
+        webhook = webhook.route_layer(GovernorLayer::new(g).error_handler(|e| {
+            governor_error(
+                e,
+                "web.webhook_rate_limit_per_second / web.webhook_rate_limit_burst",
+            )
+        }));
     }
     let api = api
+        .merge(webhook)
         .route_layer(middleware::from_fn_with_state(metrics, count_throttled))
         .with_state(state.clone());
     let page = Router::new()

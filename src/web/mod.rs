@@ -63,7 +63,9 @@ pub fn assemble(
         )),
     };
     let metrics = api::WebMetrics::register(registry);
-    let (writebacks, queue) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: a full queue answers 503 (PagerDuty delivers again) instead of growing memory.
+    // Validation keeps the size within 1..=MAX_WRITEBACK_QUEUE; `max` guards `channel`'s panic.
+    let (writebacks, queue) = tokio::sync::mpsc::channel(config.web.writeback_queue.max(1));
     let state = api::WebState {
         config: config.clone(),
         control,

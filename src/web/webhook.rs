@@ -4,16 +4,18 @@
 //! out at once; the write-back runs in the background, because PagerDuty gives a delivery 5 s
 //! and OneView may be slower. Deliveries are de-duplicated by `X-Webhook-Id` on this replica;
 //! across replicas and restarts the write-back itself is idempotent (it looks for the event's
-//! marker in the alert's change log before adding a note). Write-backs wait in a queue (in
-//! memory, unbounded) for one of [`WRITEBACK_CONCURRENCY`] slots, so that a burst of deliveries
-//! does not become a burst of requests to the appliance.
+//! marker in the alert's change log before adding a note). Write-backs wait in a bounded queue
+//! (`web.writeback_queue`) for one of `web.writeback_concurrency` slots, so that a burst of
+//! deliveries does not become a burst of requests to the appliance, nor unbounded memory: when
+//! the queue is full the delivery is answered 503 with `Retry-After` and not recorded as seen,
+//! so PagerDuty's redelivery is taken once there is room.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Value, json};
@@ -25,11 +27,9 @@ use crate::web::api::{WebState, read_json_body};
 use crate::web::control::{WritebackOutcome, WritebackReport, WritebackRequest};
 use crate::web::signature::{self, SignatureError};
 
-/// Write-backs in progress (with their retries) at once, talking to OneView or, on a web
-/// replica, to the poller; the others wait in the queue. A task per delivery, unbounded, turned a
-/// burst of deliveries into as many concurrent requests, each on a connection of its own (1,400
-/// open sockets at 3,000 deliveries/s in the web benchmark): a flood for a real appliance.
-pub const WRITEBACK_CONCURRENCY: usize = 8;
+/// `Retry-After` of a delivery refused because the write-back queue is full. PagerDuty retries
+/// on its own schedule; other senders get a hint that is short next to a write-back's seconds.
+pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
 
 /// A verified delivery waiting for its write-back: small (a few hundred bytes), unlike the task
 /// that runs it, so a long queue costs little memory.
@@ -38,17 +38,22 @@ pub struct WritebackJob {
     webhook_id: Option<String>,
 }
 
-/// Runs the queued write-backs, [`WRITEBACK_CONCURRENCY`] at a time, in arrival order, until
-/// `work` is cancelled (write-backs still queued then are dropped and logged: PagerDuty's next
-/// change of those incidents is written back as usual).
+/// Runs the queued write-backs, `web.writeback_concurrency` at a time (a task per delivery,
+/// unbounded, turned a burst of deliveries into as many concurrent requests, each on a
+/// connection of its own: 1,400 open sockets at 3,000 deliveries/s in the web benchmark, a flood
+/// for a real appliance), in arrival order, until `work` is cancelled (write-backs still queued
+/// then are dropped and logged: PagerDuty's next change of those incidents is written back as
+/// usual).
 pub fn dispatcher(
     s: WebState,
-    mut queue: mpsc::UnboundedReceiver<WritebackJob>,
+    mut queue: mpsc::Receiver<WritebackJob>,
     work: CancellationToken,
 ) -> crate::app::Task {
     Box::pin(async move {
-        let slots = Arc::new(Semaphore::new(WRITEBACK_CONCURRENCY));
+        let slots = Arc::new(Semaphore::new(s.config.web.writeback_concurrency.max(1)));
         loop {
+            // A slot first, then a job: a job stays in the queue (and counts in its depth and
+            // its bound) until a slot is free for it.
             let slot = tokio::select! {
                 _ = work.cancelled() => break,
                 slot = slots.clone().acquire_owned() => match slot {
@@ -63,15 +68,22 @@ pub fn dispatcher(
                     None => break,
                 },
             };
+            s.metrics.writeback_queue_depth.dec();
             let s = s.clone();
             tokio::spawn(async move {
                 write_back(&s, job).await;
                 drop(slot);
             });
         }
-        if !queue.is_empty() {
+        queue.close();
+        let mut dropped = 0_usize;
+        while queue.try_recv().is_ok() {
+            s.metrics.writeback_queue_depth.dec();
+            dropped += 1;
+        }
+        if dropped > 0 {
             tracing::warn!(
-                queued = queue.len(),
+                queued = dropped,
                 "stopping with PagerDuty write-backs still queued; they are not written to OneView"
             );
         }
@@ -369,14 +381,19 @@ pub async fn receive(
         .get("x-webhook-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let duplicate = |id: &str| {
+        tracing::info!(webhook_id = %id, "PagerDuty webhook redelivered; already taken");
+        Ok((StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response())
+    };
     if let Some(id) = &webhook_id {
         if s.seen_webhooks.contains_key(id) {
-            tracing::info!(webhook_id = %id, "PagerDuty webhook redelivered; already taken");
-            return Ok((StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response());
+            return duplicate(id);
         }
-        s.seen_webhooks.insert(id.clone(), ());
     }
     let Some(req) = req else {
+        if let Some(id) = webhook_id {
+            s.seen_webhooks.insert(id, ());
+        }
         let t = event_type.as_str();
         tracing::debug!(event_type = t, "PagerDuty webhook event not handled");
         return Ok((
@@ -385,22 +402,81 @@ pub async fn receive(
         )
             .into_response());
     };
-    if let Err(mpsc::error::SendError(job)) = s.writebacks.send(WritebackJob { req, webhook_id }) {
-        // The dispatcher stopped: the bridge is shutting down. PagerDuty retries elsewhere.
-        if let Some(id) = &job.webhook_id {
-            s.seen_webhooks.invalidate(id);
+    // A place in the queue before the id is recorded: a delivery refused for want of room must
+    // not be taken for a duplicate when PagerDuty delivers it again.
+    let permit = match s.writebacks.try_reserve() {
+        Ok(p) => p,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            s.metrics.writeback_queue_full();
+            let id = webhook_id.as_deref().unwrap_or("");
+            if warn_now() {
+                tracing::warn!(
+                    event_id = %req.event_id,
+                    webhook_id = id,
+                    queue = s.config.web.writeback_queue,
+                    "PagerDuty webhooks refused with 503: the write-back queue is full (bridge_web_writebacks_total{{outcome=\"queue_full\"}} counts them)"
+                );
+            } else {
+                tracing::debug!(event_id = %req.event_id, webhook_id = id, "PagerDuty webhook refused: the write-back queue is full");
+            }
+            return Ok(queue_full(&s));
         }
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "the bridge is stopping; PagerDuty delivers the webhook again",
-        ));
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            // The dispatcher stopped: the bridge is shutting down. PagerDuty retries elsewhere.
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the bridge is stopping; PagerDuty delivers the webhook again",
+            ));
+        }
+    };
+    if let Some(id) = &webhook_id {
+        // Atomic: of two concurrent deliveries of one id, one is queued, the other a duplicate.
+        if !s.seen_webhooks.entry(id.clone()).or_insert(()).is_fresh() {
+            return duplicate(id);
+        }
     }
+    // Counted before the send, so that the dispatcher's decrement never comes first.
+    s.metrics.writeback_queue_depth.inc();
+    permit.send(WritebackJob { req, webhook_id });
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"status": "accepted"})),
     )
         .into_response())
+}
+
+/// At most one warning every 10 s for a full queue: a flood of refused deliveries must not
+/// become a flood of log lines (the metric counts every one).
+fn warn_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 10)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// 503 with `Retry-After`: PagerDuty treats any non-2xx as a failed delivery and delivers again.
+fn queue_full(s: &WebState) -> Response {
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "queue_full",
+        format!(
+            "{} PagerDuty write-backs are already waiting (web.writeback_queue) for the {} in progress (web.writeback_concurrency); retry after {QUEUE_FULL_RETRY_AFTER_SECS} s, PagerDuty delivers the webhook again on its own",
+            s.config.web.writeback_queue, s.config.web.writeback_concurrency
+        ),
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(QUEUE_FULL_RETRY_AFTER_SECS),
+    );
+    r
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ Usage: include "bridge.tomlCommon" (list . "web") */}}
 {{- $web = printf "%s%s" $web (include "bridge.secretFileLine" (list $ctx "pollerToken" "poller_token_file")) -}}
 {{ include "bridge.tomlTable" (list "server" ($v.config.server | default dict) $server) }}
 
-{{ include "bridge.tomlTable" (list "web" dict $web) }}
+{{ include "bridge.tomlTable" (list "web" ($v.config.web | default dict) $web) }}
 
 {{ include "bridge.tomlTable" (list "sync" ($v.config.sync | default dict)) }}
 

@@ -97,6 +97,10 @@ pub struct Faults {
     pub html_next: u32,
     /// The next N alert collection pages are JSON without `members`.
     pub bad_envelope_next: u32,
+    /// While true, requests on one alert (`/rest/alerts/{id}`: reads and write-backs) wait,
+    /// unanswered, until it is set back to false: keeps a client's requests in flight for as long
+    /// as a test needs, without timing. [`SimHandle::held_requests`] counts the waiting ones.
+    pub hold_alert_requests: bool,
 }
 
 /// Request and traffic counters, for assertions and benchmarks.
@@ -146,6 +150,9 @@ pub(crate) struct Inner {
     store: Mutex<Store>,
     sessions: Mutex<HashMap<String, SimSession>>,
     faults: Mutex<Faults>,
+    /// Wakes held requests when the faults change.
+    faults_changed: tokio::sync::Notify,
+    held: std::sync::atomic::AtomicUsize,
     counters: Mutex<Counters>,
     /// Arrival times of `GET /rest/alerts` (collection) requests, for latency benchmarks.
     alert_polls: Mutex<Vec<std::time::Instant>>,
@@ -172,6 +179,8 @@ impl SimHandle {
                 store: Mutex::new(Store::default()),
                 sessions: Mutex::new(HashMap::new()),
                 faults: Mutex::new(Faults::default()),
+                faults_changed: tokio::sync::Notify::new(),
+                held: std::sync::atomic::AtomicUsize::new(0),
                 counters: Mutex::new(Counters::default()),
                 alert_polls: Mutex::new(Vec::new()),
                 clock_base_ms: chrono::Utc::now().timestamp_millis(),
@@ -321,10 +330,44 @@ impl SimHandle {
 
     pub fn set_faults(&self, f: Faults) {
         *self.faults_mut() = f;
+        self.inner.faults_changed.notify_waiters();
     }
 
     pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.faults_mut());
+        self.inner.faults_changed.notify_waiters();
+    }
+
+    /// Requests waiting because of [`Faults::hold_alert_requests`].
+    pub fn held_requests(&self) -> usize {
+        self.inner.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits while [`Faults::hold_alert_requests`] is set.
+    pub(crate) async fn wait_while_held(&self) {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        /// Counts a held request until it goes on or its client gives up (the future drops).
+        struct Held<'a>(&'a AtomicUsize);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        let mut held = None;
+        loop {
+            let changed = self.inner.faults_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a release between the check and the wait wakes it.
+            changed.as_mut().enable();
+            if !self.faults_mut().hold_alert_requests {
+                return;
+            }
+            if held.is_none() {
+                self.inner.held.fetch_add(1, SeqCst);
+                held = Some(Held(&self.inner.held));
+            }
+            changed.await;
+        }
     }
 
     pub fn counters(&self) -> Counters {

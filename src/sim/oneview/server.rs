@@ -98,6 +98,9 @@ fn endpoint_of(method: &Method, path: &str) -> &'static str {
 async fn rest_layer(State(h): State<SimHandle>, req: Request, next: Next) -> Response {
     let endpoint = endpoint_of(req.method(), req.uri().path());
     h.count(endpoint);
+    if endpoint == "alert" {
+        h.wait_while_held().await;
+    }
     let (latency, fail, drop) = {
         let mut f = h.faults_mut();
         let fail = if f.fail_next > 0 {
