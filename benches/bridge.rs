@@ -53,6 +53,9 @@ enum Cmd {
         alerts: usize,
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// `pagerduty.concurrency` (requests in flight; the bridge's default is 8).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
     },
     /// 3 (and 7 with --state-path): storm under PagerDuty's 120/min per routing key.
     RateLimited {
@@ -169,7 +172,8 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
         Cmd::Storm {
             alerts,
             interval_ms,
-        } => storm(alerts, interval_ms, state).await,
+            concurrency,
+        } => storm(alerts, interval_ms, concurrency, state).await,
         Cmd::RateLimited {
             warnings,
             criticals,
@@ -229,6 +233,7 @@ async fn smoke() -> R<()> {
             Cmd::Storm {
                 alerts: 300,
                 interval_ms: 1000,
+                concurrency: 8,
             },
             false,
         ),
@@ -237,6 +242,7 @@ async fn smoke() -> R<()> {
             Cmd::Storm {
                 alerts: 300,
                 interval_ms: 1000,
+                concurrency: 8,
             },
             true,
         ),
@@ -369,10 +375,19 @@ async fn latency(interval_ms: u64, rate: f64, seconds: u64) -> R<Figures> {
     Ok(f)
 }
 
-async fn storm(alerts: usize, interval_ms: u64, state: Option<&Path>) -> R<Figures> {
+async fn storm(
+    alerts: usize,
+    interval_ms: u64,
+    concurrency: usize,
+    state: Option<&Path>,
+) -> R<Figures> {
     let sims = Sims::start(Faults::default()).await?;
     let mut o = Opts::new(interval_ms);
     o.state = state.map(fresh_state_file).transpose()?;
+    o.env.push((
+        "BRIDGE_PAGERDUTY__CONCURRENCY".into(),
+        concurrency.to_string(),
+    ));
     let b = Bridge::spawn(&sims, &o).await?;
     let sampler = b.sampler(Duration::from_millis(20));
     let cpu0 = b.proc_stat().cpu_s;
@@ -805,6 +820,11 @@ async fn web(
             "1000000".into(),
         ),
         ("BRIDGE_SERVER__RATE_LIMIT_BURST".into(), "1000000".into()),
+        // wrk sends deliveries faster than write-backs to OneView drain (≈ 13,000/s against
+        // 3,000–5,500/s); past `web.writeback_queue` (10,000) the bridge answers 503 +
+        // Retry-After, which is right for PagerDuty (it redelivers) but would end the
+        // measurement of the receiving path after ≈ 1 s. The queue is lifted for the run.
+        ("BRIDGE_WEB__WRITEBACK_QUEUE".into(), "1000000".into()),
     ];
     let log = dir.path().join("bridge.log");
     o.log = Some(log.clone());
