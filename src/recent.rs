@@ -8,7 +8,16 @@
 //! per event; the concurrent LRU cache this replaces cost more than that in storm profiles).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Gives back the capacity a hash map kept from its largest moment (a storm of 100,000 keys is
+/// megabytes) once it is mostly empty. Amortized O(1): it shrinks only below 1/8 full.
+pub fn shrink_if_sparse<K: Eq + Hash, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 1024 && m.len() * 8 < m.capacity() {
+        m.shrink_to(m.len() * 2);
+    }
+}
 
 struct Gens<V> {
     current: HashMap<Box<str>, V>,

@@ -30,6 +30,7 @@ use super::metrics::{KindLabels, OneViewMetrics, PollLabels};
 use crate::config::PollerConfig;
 use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
 use crate::readiness::Readiness;
+use crate::recent::shrink_if_sparse;
 
 /// Readiness condition: a OneView session exists.
 pub const READY_SESSION: &str = "oneview_session";
@@ -663,14 +664,6 @@ fn next_watermark(walk_start: Option<i64>, max_modified: Option<i64>) -> Option<
 fn kept(mut a: Alert) -> Arc<Alert> {
     a.change_log = None;
     Arc::new(a)
-}
-
-/// Gives back the capacity a map kept from its largest moment (a storm) once it is mostly
-/// empty.
-fn shrink_if_sparse<V>(m: &mut HashMap<Arc<str>, V>) {
-    if m.capacity() > 1024 && m.len() * 8 < m.capacity() {
-        m.shrink_to(m.len() * 2);
-    }
 }
 
 /// A change worth an `Updated`: severity or description.

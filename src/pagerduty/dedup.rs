@@ -88,9 +88,7 @@ impl DedupCache {
         }
         self.next_sweep = now + Self::sweep_every(self.ttl);
         self.entries.retain(|_, e| e.expires > now);
-        if self.entries.capacity() > 1024 && self.entries.len() * 8 < self.entries.capacity() {
-            self.entries.shrink_to(self.entries.len() * 2);
-        }
+        crate::recent::shrink_if_sparse(&mut self.entries);
     }
 
     /// Number of live entries (sweeps first when a sweep is due).

@@ -207,13 +207,10 @@ impl Dispatcher {
         }
     }
 
-    /// Drops an idle key. A hash map keeps the capacity of its largest moment; after a storm
-    /// of 100,000 keys that is megabytes, so it is given back once the map is mostly empty.
+    /// Drops an idle key, and the capacity a storm of keys left behind.
     fn forget(&mut self, key: &str) {
         self.keys.remove(key);
-        if self.keys.capacity() > 1024 && self.keys.len() * 8 < self.keys.capacity() {
-            self.keys.shrink_to(self.keys.len() * 2);
-        }
+        crate::recent::shrink_if_sparse(&mut self.keys);
     }
 
     /// Runs until `work` is cancelled and everything queued is delivered (or the caller drops
