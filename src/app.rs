@@ -2,9 +2,7 @@
 //! the background tasks of the chosen role; [`App::run`] serves until the shutdown token fires
 //! and then drains. `main`, the `demo` command and the tests all go through this one path.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +16,7 @@ use crate::http::{self, CoreState};
 use crate::metrics::{self, HttpMetrics};
 use crate::readiness::Readiness;
 
-/// A background task of a role. It must return soon after its token is cancelled.
-pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub use crate::task::Task;
 
 /// Starting or running the application failed.
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,7 @@ pub mod recent;
 pub mod secret;
 pub mod sim;
 pub mod state;
+pub mod task;
 pub mod telemetry;
 pub mod web;
 

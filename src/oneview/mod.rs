@@ -34,7 +34,7 @@ use crate::readiness::Readiness;
 /// The running parts of the OneView side, handed to `App::build`.
 pub struct PollerHandle {
     /// Runs until `work` is cancelled, then logs out (bounded by a short timeout) and returns.
-    pub task: crate::app::Task,
+    pub task: crate::task::Task,
     /// `notify_one()` runs a poll cycle now.
     pub poll_now: Arc<Notify>,
     /// Cheap snapshot for a status page.
@@ -99,7 +99,7 @@ pub fn assemble_with_ledger(
         changes,
     )
     .with_ledger_open(ledger_open);
-    let task: crate::app::Task = Box::pin(poller.run(work, poll_now.clone()));
+    let task: crate::task::Task = Box::pin(poller.run(work, poll_now.clone()));
     Ok(PollerHandle {
         task,
         poll_now,

@@ -55,7 +55,7 @@ pub struct Delivery {
     pub changes: tokio::sync::mpsc::Sender<AlertChange>,
     /// Runs until `work` is cancelled; then keeps delivering what is queued until the app's
     /// shutdown timeout drops it.
-    pub task: crate::app::Task,
+    pub task: crate::task::Task,
     pub status: Arc<DeliveryStatus>,
 }
 

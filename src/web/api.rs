@@ -475,7 +475,7 @@ const WEBHOOK_ROUTE: &str = "/api/v1/pagerduty/webhook";
 pub fn routes(
     state: WebState,
     work: tokio_util::sync::CancellationToken,
-) -> (Router, crate::app::Task) {
+) -> (Router, crate::task::Task) {
     let cfg = &state.config.server;
     // A per-client-IP limiter: `per_second` sustained, `burst` at once.
     let limiter = |per_second: u32, burst: u32| {
@@ -508,7 +508,7 @@ pub fn routes(
         .chain(webhook_governor.iter())
         .map(|g| g.limiter().clone())
         .collect();
-    let task: crate::app::Task = Box::pin(async move {
+    let task: crate::task::Task = Box::pin(async move {
         if limiters.is_empty() {
             return;
         }

@@ -335,9 +335,9 @@ struct Tracked {
 pub fn tee(
     delivery: mpsc::Sender<AlertChange>,
     tracker: Arc<Tracker>,
-) -> (mpsc::Sender<AlertChange>, crate::app::Task) {
+) -> (mpsc::Sender<AlertChange>, crate::task::Task) {
     let (tx, mut rx) = mpsc::channel::<AlertChange>(1);
-    let task: crate::app::Task = Box::pin(async move {
+    let task: crate::task::Task = Box::pin(async move {
         while let Some(c) = rx.recv().await {
             tracker.record(&c);
             if delivery.send(c).await.is_err() {

@@ -26,7 +26,7 @@ use control::{Control, Local, Remote};
 /// The routes and background tasks of the web side for one role.
 pub struct WebParts {
     pub router: Router,
-    pub tasks: Vec<crate::app::Task>,
+    pub tasks: Vec<crate::task::Task>,
 }
 
 /// Builds the web side: role `all` serves the public API on `local`; role `poller` serves only

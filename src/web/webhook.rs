@@ -48,7 +48,7 @@ pub fn dispatcher(
     s: WebState,
     mut queue: mpsc::Receiver<WritebackJob>,
     work: CancellationToken,
-) -> crate::app::Task {
+) -> crate::task::Task {
     Box::pin(async move {
         let slots = Arc::new(Semaphore::new(s.config.web.writeback_concurrency.max(1)));
         loop {
