@@ -401,3 +401,101 @@ async fn a_full_state_volume_is_a_503_and_paging_goes_on() {
     pd.shutdown();
     ov.stop().await;
 }
+
+/// Writes zeros into `path` until the volume is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_volume_recovers_on_its_own_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_vol) = Tmpfs::mount(&dir.path().join("vol"), "size=16m") else {
+        return;
+    };
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let port = free_port();
+    let state = dir.path().join("vol").join("state.redb");
+    let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+    env.state_path = Some(state.clone());
+    env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let mut child = env.spawn();
+    let specs = |from: usize, n: usize| -> Vec<AlertSpec> {
+        (from..from + n)
+            .map(|i| AlertSpec {
+                description: Some(format!("{i} {}", "fan failure ".repeat(20))),
+                ..AlertSpec::default()
+            })
+            .collect()
+    };
+    ov.handle.add_alerts(&specs(0, 100));
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 100)
+            .await
+    );
+    let (code, body) = ready_status(port).await;
+    assert_eq!(code, 200, "{body}");
+    // The volume fills up (another writer); the next 200 alerts page from memory.
+    let filler = dir.path().join("vol").join("filler");
+    fill(&filler);
+    ov.handle.add_alerts(&specs(100, 200));
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 300)
+            .await,
+        "paging goes on with a full volume:\n{}",
+        env.log()
+    );
+    let mut failing = false;
+    for _ in 0..100 {
+        let (code, body) = ready_status(port).await;
+        if code == 503 && body.contains("state_store") {
+            failing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failing, "a full volume is a 503:\n{}", env.log());
+    // Space returns: no restart, the store reopens and catches up.
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..200 {
+        if ready_status(port).await.0 == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "ready again without a restart:\n{}", env.log());
+    assert!(env.log().contains("state file reopened"), "{}", env.log());
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    // What was accepted during the failure is on disk: a new bridge on the file knows all 300
+    // incidents and re-sends none of them.
+    let accepted = pd.counters().accepted;
+    let mut child = env.spawn();
+    let mut synced = false;
+    for _ in 0..200 {
+        if ready_status(port).await.0 == 200 {
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(synced, "{}", env.log());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        pd.counters().accepted,
+        accepted,
+        "no trigger re-sent after the restart: the ledger caught up"
+    );
+    let status = sigterm(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", env.log());
+    pd.shutdown();
+    ov.stop().await;
+}

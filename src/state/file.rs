@@ -24,11 +24,15 @@
 //! redb needs no file upgrade.
 //!
 //! After a failed write (disk full, I/O error) redb refuses further writes until the file is
-//! reopened ([`StateError::Poisoned`]); what was committed before stays intact.
+//! reopened; what was committed before stays intact. So a failed write marks the store for a
+//! reopen, which the next write attempts (at most every [`REOPEN_EVERY`]): once the volume has
+//! room again the store recovers on its own, and the journal writes what it kept meanwhile
+//! (see `journal`). Until then writes answer [`StateError::Poisoned`].
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
 
 use redb::{
     Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
@@ -56,10 +60,17 @@ const NEXT_SEQ_KEY: &str = "next_seq";
 /// delivery state in a pod with a memory limit.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// How often a store whose write failed tries to reopen its file.
+pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The redb file at `state.path`. Every `apply` is one durable (fsync'd) transaction.
 pub struct FileStore {
-    db: Database,
+    /// `None` between closing a database that failed a write and reopening it.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// Set after a failed write: the database must be reopened before the next write; holds
+    /// when the last attempt was.
+    reopen: Mutex<Option<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -75,21 +86,73 @@ impl FileStore {
     /// checks that it is a bridge state file this version can read.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let path = path.to_owned();
-        let db = guard(&path, true, || {
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create_with_file_format_v3(true)
-                .create(&path)
-                .map_err(|e| open_error(&path, e))
-        })?;
-        let store = Self { db, path };
+        let db = guard(&path, true, || open_db(&path))?;
+        let store = Self {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            reopen: Mutex::new(None),
+        };
         guard(&store.path, true, || store.init())?;
         Ok(store)
     }
 
+    /// The open database, or `Poisoned` while it is closed for a reopen.
+    fn db(&self) -> Result<Arc<Database>, StateError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StateError::Poisoned {
+                path: self.path.clone(),
+            })
+    }
+
+    /// After a failed write: closes and reopens the file (redb takes no write after an I/O
+    /// error until then), at most every [`REOPEN_EVERY`].
+    fn reopen_if_needed(&self) -> Result<(), StateError> {
+        let mut pending = self.reopen.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(last) = *pending else {
+            return Ok(());
+        };
+        if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return Err(StateError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        *pending = Some(Some(Instant::now()));
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Close first: the file lock must be released before the file can be opened again.
+        // Every user of the database is on this (the writer's) thread, so ours is the last
+        // handle once taken out of the slot.
+        if let Some(old) = slot.take() {
+            if let Err(still_used) = Arc::try_unwrap(old) {
+                *slot = Some(still_used);
+                return Err(StateError::Poisoned {
+                    path: self.path.clone(),
+                });
+            }
+        }
+        let db = guard(&self.path, false, || open_db(&self.path))?;
+        *slot = Some(Arc::new(db));
+        *pending = None;
+        tracing::info!(path = %self.path.display(), "state file reopened after a failed write");
+        Ok(())
+    }
+
+    /// Marks the store for a reopen when a write failed for the file's sake.
+    fn note_write_error(&self, e: Option<&StateError>) {
+        if matches!(e, Some(StateError::Io { .. } | StateError::Poisoned { .. })) {
+            let mut pending = self.reopen.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.is_none() {
+                *pending = Some(None);
+            }
+        }
+    }
+
     /// Stamps a new file with the schema version, or checks an existing file's.
     fn init(&self) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("open", e))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.err("open", e))?;
         let version = {
             let meta = txn.open_table(META).map_err(|e| self.err("open", e))?;
             meta.get(SCHEMA_KEY)
@@ -193,7 +256,8 @@ impl FileStore {
     }
 
     fn load_inner(&self) -> Result<Snapshot, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.err("read", e))?;
         let read = |e: redb::Error| redb_error(&self.path, "read", e);
         let mut snap = Snapshot::default();
 
@@ -251,7 +315,8 @@ impl FileStore {
     }
 
     fn apply_inner(&self, batch: &[Op]) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.err("write", e))?;
         let w = |e: redb::Error| redb_error(&self.path, "write", e);
         {
             let mut meta = txn.open_table(META).map_err(|e| w(e.into()))?;
@@ -318,8 +383,9 @@ impl FileStore {
     fn prune_inner(&self, older_than: SystemTime) -> Result<usize, StateError> {
         // Find candidates in a read transaction so the writer is not blocked during the scan;
         // each is checked again under the write transaction, as it may have changed since.
+        let db = self.db()?;
         let (ledger_keys, dead_keys) = {
-            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let txn = db.begin_read().map_err(|e| self.err("read", e))?;
             let read = |e: redb::Error| redb_error(&self.path, "read", e);
             let mut ledger_keys = Vec::new();
             let ledger = txn.open_table(LEDGER).map_err(|e| read(e.into()))?;
@@ -350,7 +416,7 @@ impl FileStore {
             return Ok(0);
         }
 
-        let txn = self.db.begin_write().map_err(|e| self.err("write", e))?;
+        let txn = db.begin_write().map_err(|e| self.err("write", e))?;
         let w = |e: redb::Error| redb_error(&self.path, "write", e);
         let mut removed = 0;
         {
@@ -401,16 +467,23 @@ impl StateStore for FileStore {
         if batch.is_empty() {
             return Ok(());
         }
-        guard(&self.path, false, || self.apply_inner(batch))
+        self.reopen_if_needed()?;
+        let r = guard(&self.path, false, || self.apply_inner(batch));
+        self.note_write_error(r.as_ref().err());
+        r
     }
 
     fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
-        guard(&self.path, false, || self.prune_inner(older_than))
+        self.reopen_if_needed()?;
+        let r = guard(&self.path, false, || self.prune_inner(older_than));
+        self.note_write_error(r.as_ref().err());
+        r
     }
 
     fn counts(&self) -> Result<Counts, StateError> {
         guard(&self.path, true, || {
-            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let db = self.db()?;
+            let txn = db.begin_read().map_err(|e| self.err("read", e))?;
             let read = |e: redb::Error| redb_error(&self.path, "read", e);
             // redb keeps each table's length in its header: O(1).
             let ledger = txn.open_table(LEDGER).map_err(|e| read(e.into()))?;
@@ -514,6 +587,14 @@ fn guard<T>(
             }
         }
     }
+}
+
+fn open_db(path: &Path) -> Result<Database, StateError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_file_format_v3(true)
+        .create(path)
+        .map_err(|e| open_error(path, e))
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> StateError {

@@ -9,7 +9,11 @@
 //! A failed commit is logged with the store's message (which names the file and the way out),
 //! turns the readiness condition [`READY_STATE`] unmet (503) and does not stop delivery: the
 //! outbox on disk keeps what the last good commit left, and the bridge goes on paging from memory
-//! rather than dying in a crash loop.
+//! rather than dying in a crash loop. The ops of failed commits are kept (compacted: an outbox
+//! entry written and removed meanwhile is dropped, only the last ledger entry of a key stays)
+//! and tried again with the next commit, and every [`RETRY_EVERY`] while nothing new comes, so
+//! when the volume has room again the store catches up with what PagerDuty accepted meanwhile and
+//! readiness recovers, without a restart.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +24,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, watch};
+use std::sync::mpsc;
+
+use tokio::sync::watch;
 
 use super::{Op, StateStore};
 use crate::readiness::Readiness;
@@ -32,6 +38,11 @@ pub const READY_STATE: &str = "state_store";
 const MAX_BATCH_OPS: usize = 20_000;
 /// How long the writer waits after the first op for more to join its commit.
 const GATHER: Duration = Duration::from_millis(2);
+/// How often kept ops are tried again while the store fails and nothing new arrives.
+pub const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// Ops kept across failed commits before the oldest are given up (each is a few hundred bytes,
+/// an outbox entry a few KB): memory stays bounded through a long outage of the volume.
+const MAX_KEPT_OPS: usize = 200_000;
 /// How often ledger entries older than `state.retention` are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -91,7 +102,7 @@ enum Msg {
 
 struct Submit {
     next_ticket: u64,
-    tx: Option<mpsc::UnboundedSender<Msg>>,
+    tx: Option<mpsc::Sender<Msg>>,
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -127,7 +138,7 @@ impl Journal {
         metrics
             .ledger
             .set(i64::try_from(ledger).unwrap_or(i64::MAX));
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = watch::channel(0u64);
         let thread = std::thread::Builder::new()
             .name("state-writer".into())
@@ -195,43 +206,81 @@ impl Journal {
 
 fn writer(
     store: Arc<dyn StateStore>,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    rx: mpsc::Receiver<Msg>,
     done: watch::Sender<u64>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
 ) {
     let mut failing = false;
     let mut carry: Option<Msg> = None;
+    // Ops of failed commits, applied before the next ones.
+    let mut kept: Vec<Op> = Vec::new();
+    // While failing, commits are tried at most every RETRY_EVERY: a storm of events must not
+    // become a storm of doomed commits, each re-reading what is kept.
+    let mut next_try = Instant::now();
+    let mut compacted_len = 0usize;
+    let mut closed = false;
     loop {
         let first = match carry.take() {
-            Some(m) => m,
-            None => match rx.blocking_recv() {
-                Some(m) => m,
-                None => break,
+            Some(m) => Some(m),
+            None if kept.is_empty() => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+            // Failing with ops kept: try again even when nothing new comes, so the store
+            // recovers as soon as the volume does.
+            None => match rx.recv_timeout(RETRY_EVERY) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    None
+                }
             },
         };
         let (mut ops, mut last) = match first {
-            Msg::Prune { older_than } => {
-                prune(&*store, older_than, &metrics);
+            Some(Msg::Prune { older_than }) => {
+                if kept.is_empty() {
+                    prune(&*store, older_than, &metrics);
+                }
                 continue;
             }
-            Msg::Ops { ticket, ops } => (ops, ticket),
+            Some(Msg::Ops { ticket, ops }) => (ops, ticket),
+            None => (Vec::new(), 0),
         };
-        // A moment for the ops of other events to arrive: one fsync then covers all of them.
-        // Short next to a PagerDuty round trip, long next to the dispatcher's turn.
-        std::thread::sleep(GATHER);
-        while ops.len() < MAX_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(Msg::Ops { ticket, ops: more }) => {
-                    ops.extend(more);
-                    last = ticket;
+        if last > 0 {
+            // A moment for the ops of other events to arrive: one fsync then covers all of
+            // them. Short next to a PagerDuty round trip, long next to the dispatcher's turn.
+            std::thread::sleep(GATHER);
+            while ops.len() < MAX_BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(Msg::Ops { ticket, ops: more }) => {
+                        ops.extend(more);
+                        last = ticket;
+                    }
+                    Ok(p @ Msg::Prune { .. }) => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                Ok(p @ Msg::Prune { .. }) => {
-                    carry = Some(p);
-                    break;
-                }
-                Err(_) => break,
             }
+        }
+        if failing && Instant::now() < next_try && !closed {
+            kept.extend(ops);
+            if kept.len() > 2 * compacted_len.max(1024) {
+                kept = compact(std::mem::take(&mut kept));
+                compacted_len = kept.len();
+            }
+            if last > 0 {
+                done.send_replace(last);
+            }
+            continue;
+        }
+        if !kept.is_empty() {
+            let mut all = std::mem::take(&mut kept);
+            all.extend(ops);
+            ops = all;
         }
         if !ops.is_empty() {
             let t0 = Instant::now();
@@ -247,7 +296,10 @@ fn writer(
                     if failing {
                         failing = false;
                         readiness.set_met(READY_STATE);
-                        tracing::info!("state store writes succeed again");
+                        tracing::info!(
+                            ops = ops.len(),
+                            "state store writes succeed again; what was kept during the failure is written"
+                        );
                     }
                 }
                 Err(e) => {
@@ -255,17 +307,29 @@ fn writer(
                         .writes
                         .get_or_create(&OutcomeLabels { outcome: "error" })
                         .inc();
+                    kept = compact(ops);
+                    compacted_len = kept.len();
+                    next_try = Instant::now() + RETRY_EVERY;
+                    if kept.len() > MAX_KEPT_OPS {
+                        let over = kept.len() - MAX_KEPT_OPS;
+                        kept.drain(..over);
+                        tracing::error!(
+                            dropped = over,
+                            "the state store has failed for so long that the oldest kept ops are given up; the state file will miss some of what PagerDuty accepted (a full sync repairs it after a restart)"
+                        );
+                    }
                     if !failing {
                         tracing::error!(
                             error = %e,
-                            ops = ops.len(),
-                            "cannot write the delivery state; delivery goes on from memory, but a restart now would resend or miss what was not recorded"
+                            kept = kept.len(),
+                            "cannot write the delivery state; delivery goes on from memory and the writes are kept and tried again until the volume recovers"
                         );
                     } else {
-                        tracing::debug!(error = %e, ops = ops.len(), "state store write failed again");
+                        tracing::debug!(error = %e, kept = kept.len(), "state store write failed again");
                     }
-                    // After the first failure the store answers "poisoned"; readiness keeps
-                    // showing the cause (disk full, read-only) an operator can act on.
+                    // Once failing, the store may answer "poisoned" until it could reopen the
+                    // file; readiness keeps showing the cause (disk full, read-only) an
+                    // operator can act on.
                     if !failing || !matches!(e, super::StateError::Poisoned { .. }) {
                         readiness.set_unmet(READY_STATE, e.to_string());
                     }
@@ -273,8 +337,71 @@ fn writer(
                 }
             }
         }
-        done.send_replace(last);
+        if last > 0 {
+            done.send_replace(last);
+        }
+        if closed {
+            break;
+        }
     }
+}
+
+/// The ops of failed commits, without what has become moot: an outbox entry enqueued and
+/// removed (accepted, cancelled, dead-lettered) within them, and all but the last ledger
+/// entry of a key. Order is kept.
+fn compact(ops: Vec<Op>) -> Vec<Op> {
+    use std::collections::{HashMap, HashSet};
+    let enqueued: HashSet<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Enqueue(e) => Some(e.seq),
+            _ => None,
+        })
+        .collect();
+    let removed: HashSet<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Accepted { seq, .. } | Op::Cancelled { seq } | Op::DeadLetter { seq, .. } => {
+                Some(*seq)
+            }
+            _ => None,
+        })
+        .collect();
+    // Ops that change a key's ledger or dead letter otherwise make the order of its accepts
+    // matter; then nothing of theirs is merged.
+    let keyed_elsewhere = ops
+        .iter()
+        .any(|o| matches!(o, Op::ForgetKey { .. } | Op::RemoveDeadLetter { .. }));
+    let mut last_accept: HashMap<&str, usize> = HashMap::new();
+    if !keyed_elsewhere {
+        for (i, o) in ops.iter().enumerate() {
+            if let Op::Accepted { key, .. } = o {
+                last_accept.insert(key.as_str(), i);
+            }
+        }
+    }
+    let superseded: HashSet<usize> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Op::Accepted { key, .. } if last_accept.get(key.as_str()).is_some_and(|l| *l != i) => {
+                Some(i)
+            }
+            _ => None,
+        })
+        .collect();
+    ops.into_iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Op::Enqueue(e) if removed.contains(&e.seq) => None,
+            Op::Cancelled { seq } if enqueued.contains(&seq) => None,
+            // An earlier accept of a key: only its outbox removal still matters.
+            Op::Accepted { seq, .. } if superseded.contains(&i) => {
+                (!enqueued.contains(&seq)).then_some(Op::Cancelled { seq })
+            }
+            o => Some(o),
+        })
+        .collect()
 }
 
 /// The outbox and ledger gauges, from the store's own counts (O(1) for both stores).
@@ -347,6 +474,118 @@ mod tests {
             fingerprint: String::new(),
             payload: String::new(),
         })
+    }
+
+    fn accepted(seq: u64, key: &str) -> Op {
+        Op::Accepted {
+            seq,
+            key: key.to_owned(),
+            action: Action::Trigger,
+            fingerprint: String::new(),
+            at: SystemTime::UNIX_EPOCH,
+            route: "default".into(),
+        }
+    }
+
+    #[test]
+    fn kept_ops_drop_what_became_moot() {
+        let fourth = enqueue(4);
+        let ops = vec![
+            enqueue(1),
+            enqueue(2),
+            accepted(1, "k1"),
+            Op::Cancelled { seq: 2 },
+            // An entry committed before the failure, accepted twice meanwhile.
+            accepted(0, "k0"),
+            enqueue(3),
+            accepted(3, "k0"),
+            fourth.clone(),
+        ];
+        let kept = compact(ops);
+        assert_eq!(
+            kept,
+            vec![
+                accepted(1, "k1"),
+                Op::Cancelled { seq: 0 },
+                accepted(3, "k0"),
+                fourth,
+            ]
+        );
+    }
+
+    /// Fails every commit while `full` is set, like a full volume.
+    struct Flaky {
+        inner: MemoryStore,
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl StateStore for Flaky {
+        fn load(&self) -> Result<Snapshot, StateError> {
+            self.inner.load()
+        }
+        fn apply(&self, batch: &[Op]) -> Result<(), StateError> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(StateError::Io {
+                    path: "/state/bridge.redb".into(),
+                    op: "commit",
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                });
+            }
+            self.inner.apply(batch)
+        }
+        fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
+            self.inner.prune(older_than)
+        }
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn path(&self) -> Option<&Path> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ops_of_failed_commits_are_written_once_the_store_recovers() {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(),
+            full: std::sync::atomic::AtomicBool::new(true),
+        });
+        let readiness = Arc::new(Readiness::new());
+        let mut registry = Registry::default();
+        let j = Journal::start(store.clone(), &mut registry, readiness.clone(), 0, 0).unwrap();
+        for seq in 0..100 {
+            let t = j.submit(vec![enqueue(seq)]);
+            j.durable(t).await;
+        }
+        for seq in 0..50 {
+            j.submit(vec![accepted(seq, &format!("k{seq}"))]);
+        }
+        j.flush().await;
+        assert!(!readiness.report().ready, "a failing store is a 503");
+        assert!(store.inner.load().unwrap().outbox.is_empty());
+        // Space comes back; nothing new is submitted: the kept ops are written on their own.
+        store.full.store(false, Ordering::SeqCst);
+        let mut recovered = false;
+        for _ in 0..100 {
+            if readiness.report().ready {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(recovered, "readiness recovers without a restart");
+        let snap = store.inner.load().unwrap();
+        assert_eq!(
+            snap.outbox.len(),
+            50,
+            "the 50 events not accepted are in the outbox"
+        );
+        assert_eq!(
+            snap.ledger.len(),
+            50,
+            "the 50 accepted ones are in the ledger"
+        );
+        j.close();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
