@@ -556,6 +556,76 @@ async fn periodic_resync_clears_alerts_deleted_on_the_appliance() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_empty_answer_at_a_resync_clears_nothing_and_a_confirmed_mass_clear_clears_all() {
+    let mut h = harness(
+        SimConfig::default(),
+        |s| {
+            s.handle.generate(&GenerateSpec {
+                count: 120,
+                severity: Some("Critical".into()),
+                ..Default::default()
+            });
+        },
+        |r| {
+            r.poller.interval = Duration::from_secs(10);
+            r.poller.resync_interval = Duration::from_secs(10);
+        },
+        1000,
+    )
+    .await;
+    h.ready().await;
+    assert_eq!(h.drain().len(), 120);
+    // The appliance restarts its services: one collection answer is 200 with total 0.
+    h.sim.handle.update_faults(|f| f.empty_next = 1);
+    // Every cycle is a full sync (resync_interval = interval).
+    let status = h.status.clone();
+    let cycle = |n: u64| {
+        let s = status.clone();
+        wait_for("a full sync", Duration::from_secs(120), move || {
+            s.snapshot().cycles >= n
+        })
+    };
+    cycle(2).await;
+    let m = h.metrics();
+    assert!(
+        m.contains("bridge_oneview_implausible_snapshots_total 1"),
+        "{m}"
+    );
+    assert!(
+        h.status
+            .snapshot()
+            .last_error
+            .is_some_and(|e| e.starts_with("implausible_snapshot")),
+        "{:?}",
+        h.status.snapshot()
+    );
+    let sampled = h.sim.handle.counters().requests("alert");
+    assert!(
+        (1..=20).contains(&sampled),
+        "a sample is read one by one, not all 120: {sampled}"
+    );
+    cycle(3).await;
+    assert!(
+        h.drain().is_empty(),
+        "nothing cleared, nothing raised again by the next sync"
+    );
+    assert_eq!(h.status.snapshot().open_alerts, 120);
+    // A real mass clear: every alert is deleted, the sample confirms it, all clear at once.
+    for id in 1..=120 {
+        h.sim.handle.delete(id).unwrap();
+    }
+    cycle(4).await;
+    let changes = h.drain();
+    assert_eq!(changes.len(), 120);
+    assert!(changes.iter().all(|c| c.kind == ChangeKind::Cleared));
+    assert!(
+        h.metrics()
+            .contains("bridge_oneview_implausible_snapshots_total 1")
+    );
+    h.shutdown().await.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_channel_makes_the_poller_wait() {
     let mut h = harness(
         SimConfig::default(),

@@ -77,6 +77,20 @@ pub enum OneViewError {
     #[error("not logging in to OneView again for {}: the last login failed: {last}", humantime::format_duration(*.retry_in))]
     LoginBackoff { retry_in: Duration, last: String },
 
+    /// A full sync would have resolved many open alerts, and a sample of them checked one by
+    /// one is still open: the collection answer was a glitch (appliances answer `total: 0`
+    /// while their services restart). Nothing was resolved; the next cycle reads it again.
+    #[error(
+        "implausible_snapshot: OneView's alert collection left out {missing} of {open} open alerts, but {still_open} of {sampled} sampled ones are still open (for example {example}); nothing was resolved, the next cycle syncs again"
+    )]
+    ImplausibleSnapshot {
+        missing: usize,
+        open: usize,
+        sampled: usize,
+        still_open: usize,
+        example: String,
+    },
+
     /// The consumer of alert changes went away.
     #[error("the alert change channel is closed: the delivery side stopped")]
     ChannelClosed,

@@ -77,6 +77,8 @@ pub struct OneViewMetrics {
     pub session_age: Gauge<f64, AtomicU64>,
     pub last_successful_poll: Gauge<f64, AtomicU64>,
     pub open_alerts: Gauge,
+    /// Full syncs discarded because a sample of the alerts they left out was still open.
+    pub implausible_snapshots: Counter,
 }
 
 impl OneViewMetrics {
@@ -128,6 +130,11 @@ impl OneViewMetrics {
             "Watched open alerts the poller currently tracks",
             m.open_alerts.clone(),
         );
+        registry.register(
+            "bridge_oneview_implausible_snapshots",
+            "Full syncs discarded (nothing resolved) because alerts they left out were still open when checked one by one",
+            m.implausible_snapshots.clone(),
+        );
         m
     }
 
@@ -143,6 +150,7 @@ impl OneViewMetrics {
             session_age: Gauge::default(),
             last_successful_poll: Gauge::default(),
             open_alerts: Gauge::default(),
+            implausible_snapshots: Counter::default(),
         };
         for kind in ["full", "incremental"] {
             let _ = m.poll_duration.get_or_create(&KindLabels { kind });

@@ -8,9 +8,17 @@
 //! open (the delivery side deduplicates) and clears seen in later windows are passed on even
 //! for alerts the poller never knew.
 //!
-//! The watermark is the newest `modified` seen, or the appliance's own clock at the last poll
-//! (its `Date` header minus the round trip) when that is later: an idle appliance then answers
-//! an incremental poll with zero members instead of re-sending its newest alert every time.
+//! The watermark is the appliance's own clock when a walk's first page was served (its `Date`
+//! header minus the round trip), falling back to the newest `modified` seen when the appliance
+//! sends no `Date` (see [`next_watermark`]): an idle appliance then answers an incremental poll
+//! with zero members, and changes behind a slow walk are read by the next poll.
+//!
+//! A full sync settles the tracked alerts it did not see. Up to [`VERIFY_ABSENT_MAX`] are
+//! checked one by one; more than that is either a real mass clear or a glitch (appliances
+//! answer `200` with `total: 0` while their services restart), so a random sample of
+//! [`PLAUSIBILITY_SAMPLE`] is checked: if any is still open the snapshot is discarded (the
+//! cycle fails with `implausible_snapshot`, nothing is resolved) and read again next cycle; a
+//! mass clear the sample confirms resolves at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,7 +48,12 @@ pub const READY_SYNC: &str = "initial_sync";
 
 /// Tracked alerts missing from a full sync that are checked one by one before they count as
 /// cleared.
-const VERIFY_ABSENT_MAX: usize = 50;
+pub const VERIFY_ABSENT_MAX: usize = 50;
+
+/// Alerts checked one by one when more than [`VERIFY_ABSENT_MAX`] are missing from a full
+/// sync. If the snapshot is a glitch that left out most open alerts, one look finds it; if it
+/// left out a third of them wrongly, 20 looks miss that with a chance of 0.03 %.
+pub const PLAUSIBILITY_SAMPLE: usize = 20;
 
 /// Time the logout on shutdown may take.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -467,6 +480,9 @@ impl Poller {
         drop(seen);
         gone.sort();
         let verify = gone.len() <= VERIFY_ABSENT_MAX;
+        if !verify {
+            self.check_plausible(&gone).await?;
+        }
         for uri in gone {
             let Some(last) = self.mem.open.get(&uri).cloned() else {
                 continue;
@@ -510,6 +526,43 @@ impl Poller {
             "OneView full sync finished"
         );
         Ok(())
+    }
+
+    /// Checks a random sample of the alerts a full sync left out; any still open makes the
+    /// snapshot implausible (see the module docs).
+    async fn check_plausible(&self, gone: &[Arc<str>]) -> Result<(), OneViewError> {
+        let sample: Vec<&Arc<str>> = {
+            let mut rng = rand::rng();
+            rand::seq::IndexedRandom::choose_multiple(gone, &mut rng, PLAUSIBILITY_SAMPLE).collect()
+        };
+        let mut still_open = Vec::new();
+        for uri in &sample {
+            match self.client.get_alert(uri).await {
+                Ok(a) if self.is_open_watched(&a) => still_open.push(uri.to_string()),
+                Ok(_) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if still_open.is_empty() {
+            tracing::info!(
+                missing = gone.len(),
+                open = self.mem.open.len(),
+                sampled = sample.len(),
+                "a full sync left out many open alerts and every sampled one is cleared or gone: a mass clear, resolving them"
+            );
+            return Ok(());
+        }
+        self.metrics.implausible_snapshots.inc();
+        let e = OneViewError::ImplausibleSnapshot {
+            missing: gone.len(),
+            open: self.mem.open.len(),
+            sampled: sample.len(),
+            still_open: still_open.len(),
+            example: still_open[0].clone(),
+        };
+        tracing::warn!(alert_uri = %still_open[0], error = %e, "OneView full sync discarded");
+        Err(e)
     }
 
     async fn incremental(&mut self) -> Result<(), OneViewError> {

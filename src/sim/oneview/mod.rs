@@ -58,6 +58,9 @@ pub struct SimConfig {
     /// Members per page without `count`.
     pub default_page_size: usize,
     pub page_uri_style: PageUriStyle,
+    /// Whether alert updates check their `eTag` (412 on a mismatch). Off: the last writer
+    /// wins, as with appliances that ignore it; a client must not rely on it for idempotency.
+    pub check_etag: bool,
 }
 
 impl Default for SimConfig {
@@ -72,6 +75,7 @@ impl Default for SimConfig {
             max_page_size: 1000,
             default_page_size: 25,
             page_uri_style: PageUriStyle::Null,
+            check_etag: true,
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct Faults {
     pub html_next: u32,
     /// The next N alert collection pages are JSON without `members`.
     pub bad_envelope_next: u32,
+    /// The next N alert collection pages are a well-formed, empty answer (`total: 0`, no
+    /// members), as appliances give while their services restart.
+    pub empty_next: u32,
     /// While true, requests on one alert (`/rest/alerts/{id}`: reads and write-backs) wait,
     /// unanswered, until it is set back to false: keeps a client's requests in flight for as long
     /// as a test needs, without timing. [`SimHandle::held_requests`] counts the waiting ones.
@@ -282,6 +289,18 @@ impl SimHandle {
         } else {
             Err(SimError::NoSuchAlert(id))
         }
+    }
+
+    /// Clears an alert the way appliances usually report a recovery: severity `OK` and state
+    /// `Cleared` in one change.
+    pub fn clear_ok(&self, id: u64) -> Result<(), SimError> {
+        let now = self.now_ms();
+        self.modify(id, |a| {
+            a.severity = Severity::Ok;
+            a.state = AlertState::Cleared;
+            a.cleared_by_user = Some("System".to_owned());
+            a.cleared_time_ms = Some(now);
+        })
     }
 
     /// Makes the alert serve a field of the wrong type (a malformed member).

@@ -385,6 +385,9 @@ async fn list_alerts(
         } else if f.bad_envelope_next > 0 {
             f.bad_envelope_next -= 1;
             Some(3)
+        } else if f.empty_next > 0 {
+            f.empty_next -= 1;
+            Some(4)
         } else {
             None
         };
@@ -402,8 +405,14 @@ async fn list_alerts(
                     "<html><head><title>502 Proxy Error</title></head><body><h1>Proxy Error</h1></body></html>",
                 )
                     .into_response(),
-                _ => axum::Json(json!({"type": "AlertResourceCollectionV3", "total": 1}))
+                3 => axum::Json(json!({"type": "AlertResourceCollectionV3", "total": 1}))
                     .into_response(),
+                _ => axum::Json(json!({
+                    "type": "AlertResourceCollectionV3", "category": "alerts",
+                    "count": 0, "total": 0, "start": start, "members": [],
+                    "nextPageUri": null, "prevPageUri": null, "uri": "/rest/alerts",
+                }))
+                .into_response(),
             };
         }
     }
@@ -567,7 +576,8 @@ async fn put_alert(
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if let Some(tag) = upd.e_tag.clone().or(if_match) {
+    let check_etag = h.config().check_etag;
+    if let Some(tag) = upd.e_tag.clone().or(if_match).filter(|_| check_etag) {
         let tag = tag.trim_matches('"');
         if !tag.is_empty() && tag != "*" && tag != current.etag.to_string() {
             return ov_error(
