@@ -116,15 +116,11 @@ impl App {
                 }),
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
-            // The tracker sees every change on its way to delivery (the API's list of alerts).
-            let tracker = Arc::new(crate::web::control::Tracker::new());
-            let (poller_changes, tee) =
-                crate::web::control::tee(delivery.changes.clone(), tracker.clone());
             let poller = crate::oneview::assemble_with_ledger(
                 &config,
                 &mut registry,
                 readiness.clone(),
-                poller_changes,
+                delivery.changes.clone(),
                 work.clone(),
                 &ledger_open,
             )
@@ -133,8 +129,9 @@ impl App {
                 local = Some(Arc::new(crate::web::control::Local::new(
                     config.clone(),
                     crate::oneview::appliance(ov),
-                    tracker,
+                    delivery.incidents.clone(),
                     delivery.changes.clone(),
+                    delivery.pushes.clone(),
                     delivery.status.clone(),
                     poller.poll_now.clone(),
                     poller.status.clone(),
@@ -142,7 +139,6 @@ impl App {
                 )));
             }
             tasks.push(poller.task);
-            tasks.push(tee);
             tasks.push(delivery.task);
         }
         let web = crate::web::assemble(&config, local, &mut registry, work.clone());

@@ -349,6 +349,9 @@ pub struct RawWeb {
     pub webhook_rate_limit_per_second: u32,
     /// Burst of that limit; 0 = twice `webhook_rate_limit_per_second`.
     pub webhook_rate_limit_burst: u32,
+    /// Pushed alerts (`POST /api/v1/alerts`) waiting for the delivery pipeline, apart from the
+    /// poller's; beyond it a push is answered 429 with `Retry-After` for what did not fit.
+    pub push_queue: usize,
 }
 
 /// Default of `web.writeback_queue`.
@@ -360,6 +363,10 @@ pub const MAX_WRITEBACK_QUEUE: usize = 1_000_000;
 pub const DEFAULT_WRITEBACK_CONCURRENCY: usize = 8;
 /// Largest `web.writeback_concurrency`: more would be a flood for one appliance.
 pub const MAX_WRITEBACK_CONCURRENCY: usize = 64;
+/// Default of `web.push_queue`.
+pub const DEFAULT_PUSH_QUEUE: usize = 1_000;
+/// Largest `web.push_queue`.
+pub const MAX_PUSH_QUEUE: usize = 100_000;
 /// Largest `web.webhook_rate_limit_per_second` (the limiter's period is 1 s / rate, in ns).
 pub const MAX_RATE_LIMIT_PER_SECOND: u32 = 1_000_000;
 
@@ -373,6 +380,7 @@ impl Default for RawWeb {
             writeback_concurrency: DEFAULT_WRITEBACK_CONCURRENCY,
             webhook_rate_limit_per_second: 0,
             webhook_rate_limit_burst: 0,
+            push_queue: DEFAULT_PUSH_QUEUE,
         }
     }
 }
@@ -598,6 +606,8 @@ pub struct WebConfig {
     pub writeback_concurrency: usize,
     /// Per-client limit of the webhook route: `(per second, burst)`, `None` = no limit.
     pub webhook_rate_limit: Option<(u32, u32)>,
+    /// Admission of pushed alerts into the pipeline (see [`RawWeb::push_queue`]).
+    pub push_queue: usize,
 }
 
 /// OneView severities a user may watch. `OK` is not one: an OK alert is a cleared alert.
@@ -1077,8 +1087,38 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         {
             c.problem(&format!("pagerduty.routes[{i}]"), None, "has no matcher, so it would catch every alert", "add severities, resource_categories, alert_types or resource_name, or set pagerduty.routing_key instead");
         }
+        let name = match r.name.as_deref().map(str::trim) {
+            Some(n)
+                if n.is_empty()
+                    || n.eq_ignore_ascii_case(crate::pagerduty::routing::DEFAULT_ROUTE) =>
+            {
+                c.problem(
+                    &format!("pagerduty.routes[{i}].name"),
+                    Some(n),
+                    "must be a non-empty name other than `default` (the name of pagerduty.routing_key)",
+                    "name the route after its service, such as `critical-hardware`",
+                );
+                continue;
+            }
+            Some(n) => n.to_owned(),
+            None => {
+                c.warnings.push(format!(
+                    "pagerduty.routes[{i}] has no `name`, so it is called `route-{i}`: the bridge records which route holds each open incident, and reordering the routes would then orphan those incidents (their resolves are kept as dead letters); give every route a stable name"
+                ));
+                format!("route-{i}")
+            }
+        };
+        if routes.iter().any(|x: &RouteConfig| x.name == name) {
+            c.problem(
+                &format!("pagerduty.routes[{i}].name"),
+                Some(&name),
+                "is used by an earlier route",
+                "give every route its own name (the ledger records which route holds each incident)",
+            );
+            continue;
+        }
         routes.push(RouteConfig {
-            name: r.name.clone().unwrap_or_else(|| format!("route-{i}")),
+            name,
             severities: r.severities.clone(),
             resource_categories: r.resource_categories.clone(),
             alert_types: r.alert_types.clone(),
@@ -1314,6 +1354,14 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             "the default 10000 rides out a bulk action in PagerDuty; when it is full the webhook answers 503 and PagerDuty delivers again",
         );
     }
+    if !(1..=MAX_PUSH_QUEUE).contains(&w.push_queue) {
+        c.problem(
+            "web.push_queue",
+            Some(&w.push_queue.to_string()),
+            &format!("must be between 1 and {MAX_PUSH_QUEUE}"),
+            "the default 1000 takes a burst of pushes; beyond it a push is answered 429 with Retry-After for the alerts that did not fit",
+        );
+    }
     if !(1..=MAX_WRITEBACK_CONCURRENCY).contains(&w.writeback_concurrency) {
         c.problem(
             "web.writeback_concurrency",
@@ -1403,6 +1451,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         writeback_queue: raw.web.writeback_queue,
         writeback_concurrency: raw.web.writeback_concurrency,
         webhook_rate_limit,
+        push_queue: raw.web.push_queue,
     };
     Ok(Config {
         role,

@@ -153,6 +153,19 @@ pub struct Alert {
     pub change_log: Option<Vec<ChangeLogEntry>>,
 }
 
+/// Whether `uri` is an alert's canonical URI, `/rest/alerts/{id}` with one plain id segment
+/// (OneView's ids are numbers; letters, digits and `-` are accepted): no `..`, no further
+/// segment, no query, no percent-encoding, nothing that could name another resource when the
+/// bridge writes to it with its own session.
+pub fn is_canonical_alert_uri(uri: &str) -> bool {
+    let Some(id) = uri.strip_prefix("/rest/alerts/") else {
+        return false;
+    };
+    (1..=64).contains(&id.len())
+        && id != "schema"
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 impl Alert {
     /// True when OneView considers the alert over: state `Cleared`, or severity `OK` (which
     /// OneView auto-clears).
@@ -244,6 +257,31 @@ mod tests {
         assert_eq!(a.severity, Severity::Other("Catastrophic".into()));
         assert_eq!(a.alert_state.as_str(), "Pending");
         assert_eq!(a.alert_type_id.as_deref(), Some("Trap.x"));
+    }
+
+    #[test]
+    fn canonical_alert_uris() {
+        for ok in [
+            "/rest/alerts/49",
+            "/rest/alerts/12345",
+            "/rest/alerts/a1-b2",
+        ] {
+            assert!(is_canonical_alert_uri(ok), "{ok}");
+        }
+        for bad in [
+            "/rest/alerts/",
+            "/rest/alerts/1/../../../rest/server-hardware/ABC",
+            "/rest/alerts/1/",
+            "/rest/alerts/1?x=1",
+            "/rest/alerts/%2e%2e",
+            "/rest/alerts/schema",
+            "/rest/alerts/AlertChangeLog/3",
+            "/rest/server-hardware/1",
+            "https://evil/rest/alerts/1",
+            "rest/alerts/1",
+        ] {
+            assert!(!is_canonical_alert_uri(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -498,6 +498,54 @@ async fn routes_send_to_their_routing_keys() {
 }
 
 #[tokio::test]
+async fn routes_sharing_a_routing_key_share_its_rate_limit() {
+    use bridge::config::RawRoute;
+    use secrecy::SecretString;
+    // Two routes, one PagerDuty integration: PagerDuty's limit is per key, so is ours.
+    let h = Harness::start(Faults::default(), |r| {
+        r.pagerduty.rate_limit_per_minute = 5;
+        r.pagerduty.routing_key = Some(SecretString::from(STORAGE_KEY.to_owned()));
+        r.pagerduty.routes = vec![RawRoute {
+            name: Some("critical".into()),
+            severities: vec!["Critical".into()],
+            routing_key: Some(SecretString::from(STORAGE_KEY.to_owned())),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let alerts = many_alerts(12);
+    for (i, a) in alerts.iter().enumerate() {
+        let mut a = a.clone();
+        a.severity = if i % 2 == 0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        h.send(ChangeKind::Raised, &a).await;
+    }
+    h.wait_accepted(5).await;
+    // The window is a real minute: whatever else would go now has had every chance to.
+    let more = h
+        .sim
+        .wait_until(Duration::from_millis(700), |s| s.accepted().len() > 5)
+        .await;
+    assert!(
+        !more,
+        "5 per minute for the key, not 5 per route: {} sent",
+        h.sim.accepted().len()
+    );
+    assert_eq!(
+        h.status.queue_depth(),
+        7,
+        "the rest waits for the key's window"
+    );
+    let m = h.metrics();
+    assert!(sample(&m, "bridge_pagerduty_rate_limit_waits_total").unwrap() >= 1.0);
+    h.work.cancel();
+    h.task.abort();
+}
+
+#[tokio::test]
 async fn long_multibyte_description_is_cut_to_1024_characters() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     let mut a = fixture_alerts()[0].clone();

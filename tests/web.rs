@@ -971,6 +971,8 @@ async fn full_writeback_queue_is_503_with_retry_after_and_the_redelivery_is_take
             })
         })
         .collect();
+    // PagerDuty only sends events of incidents the bridge opened.
+    assert!(eventually(|| s.pd.incidents().len() == 5).await);
     let ack = |i: usize| {
         serde_json::to_vec(&incident_event(
             &format!("EV-Q-{i}"),

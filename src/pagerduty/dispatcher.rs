@@ -1,44 +1,35 @@
-//! The delivery queue: turns [`AlertChange`]s into events, decides what PagerDuty still needs
-//! to hear, and sends it.
+//! The delivery queue: applies the intake policy ([`crate::pipeline::decide`]) to every
+//! [`AlertChange`], keeps what PagerDuty must hear in a durable outbox, and sends it.
 //!
-//! One task owns all queue state (no locks on the hot path):
+//! One task owns all queue state (no locks on the hot path but the short one of
+//! [`Incidents`], which the web side reads):
 //!
-//! - **Intake** pulls from the bounded channel only while fewer than `pagerduty.queue_capacity`
-//!   events are pending, so a full queue makes the poller's `send().await` wait (backpressure).
+//! - **Intake** pulls from two bounded channels (the poller's, and the push API's own, so a big
+//!   push cannot hold polled alerts back) only while fewer than `pagerduty.queue_capacity`
+//!   events are pending, so a full queue makes the poller's `send().await` wait (backpressure)
+//!   and a push answer 429.
+//! - **Policy**: what PagerDuty holds for the key ([`Incidents::holding`], folded with the event
+//!   in flight) and the events not sent yet go to [`decide`], which says what the not-yet-sent
+//!   part of the key's queue must be; this module keeps what already matches, replaces a queued
+//!   trigger in place (keeping its age), cancels the rest and queues the new. New incidents open
+//!   on the route the alert's fields pick; every later event of an open incident goes to the
+//!   route that holds it; an update that moves an alert to another route resolves the old
+//!   incident before the new trigger. An event for a route no longer configured is a dead
+//!   letter (`bridge_pagerduty_route_missing_total`), never sent to another route.
 //! - **Per-key order**: each `dedup_key` has its own FIFO; only its head is ever in flight, so a
 //!   resolve can never overtake its trigger. Different keys run concurrently, up to
 //!   `pagerduty.concurrency`, over one pooled keep-alive client.
 //! - **Priority**: among keys whose head is ready, critical goes before warning before the
 //!   rest, then oldest first.
-//! - **Rate limit**: a key is picked only when its route's window has room; retries take a slot
-//!   too (see [`super::ratelimit`]).
-//! - **Cancellation**: a clear for an alert whose trigger is still queued (not in flight) drops
-//!   the queued events of that key; a resolve is still queued when PagerDuty is known to have
-//!   heard a trigger (dedup cache, or the trigger in flight right now).
-//!
-//! ## What a change becomes
-//! - `Raised` / `Updated`: a trigger, unless the last thing PagerDuty heard or will hear for the
-//!   key (queue tail, else dedup cache) is a trigger with the same fingerprint (PagerDuty
-//!   severity + description); in that case the cache entry is refreshed and nothing is sent.
-//!   A trigger still waiting in the queue is replaced by the newer state rather than followed
-//!   by a second one, so an alert that changes during an outage is sent once, as it is now.
-//! - `Cleared`: a resolve, unless a resolve is already the last thing queued or heard. A key the
-//!   cache does not know gets a resolve too: after a restart (empty cache) or TTL expiry we cannot
-//!   tell whether PagerDuty has an open incident, and a resolve for an unknown key is harmless
-//!   (PagerDuty answers 202 and drops it), whereas a missing one leaves an incident open forever.
-//!   The one exception is the cancellation above: when the trigger of a key the cache does not
-//!   know is still queued, nothing went out for it from this process, so nothing is sent. The
-//!   trade-off: an alert that was open before a restart, re-raised by the first resync and
-//!   cleared while that trigger still waits in a long queue, keeps its incident open (someone
-//!   resolves it by hand); in exchange a storm of alerts that come and go never pages anyone.
+//! - **Rate limit**: a key is picked only when its routing key's budget has room; retries take a
+//!   slot too (see [`super::ratelimit`]).
 //!
 //! ## Durability
 //! Every queued event is written to the state store's outbox ([`crate::state::Journal`], group
 //! commit) and is sent only once that write is durable; PagerDuty's 202 removes it and records
-//! the ledger entry in one op, a 400 moves it to the dead letters, a cancellation drops it. At
-//! startup [`Dispatcher::resume`] queues the outbox again (per-key order is the seq order) before
-//! the first change is read, and the dedup cache is seeded from the ledger. A resumed trigger
-//! may have been accepted just before the crash, so cancelling it still sends the resolve.
+//! the ledger entry (with its route) in one op, a 400 moves it to the dead letters, a
+//! cancellation drops it. At startup [`Dispatcher::resume`] seeds [`Incidents`] from the ledger
+//! and queues the outbox again (per-key order is the seq order) before the first change is read.
 //!
 //! Delivery of one event retries (429, 408, 5xx, timeouts, connection errors) with exponential
 //! backoff and full jitter between `pagerduty.retry_initial_delay` and
@@ -53,17 +44,17 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use rand::Rng;
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{AlertChange, ChangeKind};
+use crate::pipeline::{Holding, Incidents, Incoming, Queued, Routes, Step, Why, decide};
 use crate::readiness::Readiness;
 
-use super::dedup::{DedupCache, Heard};
 use super::event::{self, Action, Encoded, EventContext};
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{RateLimiter, Wait};
 use super::routing::{Router, Target};
 use super::sender::{Answer, Attempt, Sender};
 use super::status::{DeadLetter, Delivered, DeliveryStatus};
@@ -84,10 +75,14 @@ pub(crate) struct Shared {
     pub sender: Sender,
     pub metrics: Metrics,
     pub limiter: Mutex<RateLimiter>,
+    /// Counts answers that gave a rate-limit slot back: whoever waits for a slot held by a
+    /// request in flight ([`Wait::Answer`]) waits for it to move.
+    pub answers: watch::Sender<u64>,
     pub status: Arc<DeliveryStatus>,
     pub readiness: Arc<Readiness>,
     pub settings: Settings,
     pub journal: Journal,
+    pub incidents: Arc<Incidents>,
 }
 
 impl Shared {
@@ -96,22 +91,40 @@ impl Shared {
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a rate-limit slot of `route` (used by retries).
-    async fn acquire(&self, route: &str) {
+    /// Waits for a rate-limit slot of `budget` (used by retries).
+    async fn acquire(&self, budget: &Arc<str>) {
         let mut counted = false;
+        let mut answers = self.answers.subscribe();
         loop {
-            let r = self.limiter().try_acquire(route, Instant::now());
-            match r {
+            answers.borrow_and_update();
+            let r = self.limiter().try_acquire(budget, Instant::now());
+            let wait = match r {
                 Ok(()) => return,
-                Err(at) => {
-                    if !counted {
-                        self.metrics.rate_limit_waits.inc();
-                        counted = true;
+                Err(w) => w,
+            };
+            if !counted {
+                self.metrics.rate_limit_waits.inc();
+                counted = true;
+            }
+            match wait {
+                Wait::Until(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = answers.changed() => {}
                     }
-                    tokio::time::sleep_until(at).await;
+                }
+                Wait::Answer => {
+                    // The sender lives in `self`: `changed` cannot fail while we wait.
+                    let _ = answers.changed().await;
                 }
             }
         }
+    }
+
+    /// The request that took a slot of `budget` was answered (or failed).
+    fn answered(&self, budget: &Arc<str>) {
+        self.limiter().answered(budget, Instant::now());
+        self.answers.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -130,6 +143,16 @@ struct Job {
     priority: u8,
     fingerprint: u64,
     enqueued: Instant,
+}
+
+impl Job {
+    fn step(&self) -> Step {
+        Step {
+            action: self.action,
+            route: self.target.route.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -154,19 +177,21 @@ struct Done {
 
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
-    cache: DedupCache,
     router: Router,
     ctx: EventContext,
     keys: HashMap<String, KeyQueue>,
-    /// Ready keys per route, so a rate-limited route does not hide another route's work.
+    /// Ready keys per rate-limit budget, so a limited routing key does not hide another's work.
     ready: HashMap<Arc<str>, BTreeSet<ReadyEntry>>,
     /// Enqueue time of every pending job by sequence number: depth and oldest age.
     pending: BTreeMap<u64, Instant>,
-    /// Routes currently waiting for the rate limiter (to count each wait once).
+    /// Budgets currently waiting for the rate limiter (to count each wait once).
     blocked: HashSet<Arc<str>>,
     inflight: JoinSet<Done>,
-    inflight_keys: HashMap<tokio::task::Id, String>,
+    /// Key and budget of each delivery task (a panicking task still gives its slot back).
+    inflight_keys: HashMap<tokio::task::Id, (String, Arc<str>)>,
     next_seq: u64,
+    /// Route names whose open-incident gauge was ever set (so a route's count can go to 0).
+    gauged_routes: HashSet<Arc<str>>,
 }
 
 fn priority_name(p: u8) -> &'static str {
@@ -185,16 +210,30 @@ fn priority(pd_severity: &str) -> u8 {
     }
 }
 
+impl Routes for Router {
+    fn configured(&self, route: &str) -> bool {
+        self.by_name(route).is_some()
+    }
+
+    fn distinct(&self) -> Vec<Arc<str>> {
+        self.distinct_targets()
+            .into_iter()
+            .map(|t| t.route)
+            .collect()
+    }
+}
+
+/// The message of a dead letter whose route is gone.
+fn route_missing_message(route: &str) -> String {
+    format!(
+        "route `{route}` holds this incident but is no longer configured (pagerduty.routes); the event was not sent to another route, because PagerDuty scopes a dedup_key to its integration. Add the route back (same name and routing key) and retry this dead letter, or resolve the incident by hand in PagerDuty"
+    )
+}
+
 impl Dispatcher {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        cache: DedupCache,
-        router: Router,
-        ctx: EventContext,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, router: Router, ctx: EventContext) -> Self {
         Self {
             shared,
-            cache,
             router,
             ctx,
             keys: HashMap::new(),
@@ -204,6 +243,7 @@ impl Dispatcher {
             inflight: JoinSet::new(),
             inflight_keys: HashMap::new(),
             next_seq: 0,
+            gauged_routes: HashSet::new(),
         }
     }
 
@@ -214,20 +254,25 @@ impl Dispatcher {
     }
 
     /// Runs until `work` is cancelled and everything queued is delivered (or the caller drops
-    /// this future at its shutdown timeout).
+    /// this future at its shutdown timeout). `rx` carries the poller's changes, `pushes` those
+    /// of the push API.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<AlertChange>,
+        mut pushes: mpsc::Receiver<AlertChange>,
         work: CancellationToken,
     ) {
         let mut draining = false;
         let mut rx_done = false;
+        let mut pushes_done = false;
+        let mut answers = self.shared.answers.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            answers.borrow_and_update();
             let wake = self.dispatch();
             self.update_queue_gauges();
-            if rx_done && self.pending.is_empty() {
+            if rx_done && pushes_done && self.pending.is_empty() {
                 break;
             }
             let room = self.pending.len() < self.shared.settings.capacity;
@@ -241,8 +286,9 @@ impl Dispatcher {
                         Err(e) => {
                             // Only a panic gets here (tasks are never aborted while we run):
                             // put the key back so its events are not stuck forever.
-                            if let Some(key) = self.inflight_keys.remove(&e.id()) {
+                            if let Some((key, budget)) = self.inflight_keys.remove(&e.id()) {
                                 tracing::error!(dedup_key = %key, error = %e, "PagerDuty delivery task failed; retrying the event");
+                                self.shared.answered(&budget);
                                 if let Some(q) = self.keys.get_mut(&key) {
                                     q.in_flight = false;
                                 }
@@ -257,49 +303,59 @@ impl Dispatcher {
                         None => rx_done = true,
                     }
                 }
+                msg = pushes.recv(), if room && !pushes_done => {
+                    match msg {
+                        Some(change) => self.intake(change),
+                        None => pushes_done = true,
+                    }
+                }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
+                _ = answers.changed() => {}
                 _ = work.cancelled(), if !draining => {
                     draining = true;
                     rx.close();
+                    pushes.close();
                     if !self.pending.is_empty() {
                         self.shared.readiness.set_warning(READINESS_WARNING, Some(format!(
                             "shutting down: draining {} queued PagerDuty event(s)", self.pending.len())));
                         tracing::info!(queued = self.pending.len(), "shutdown: delivering the queued PagerDuty events until server.shutdown_timeout");
                     }
                 }
-                _ = tick.tick() => self.update_cache_gauge(),
+                _ = tick.tick() => self.update_incident_gauges(),
             }
         }
         self.update_queue_gauges();
-        self.update_cache_gauge();
+        self.update_incident_gauges();
         // Every op was submitted; make sure the last ones (the final 202s) are on disk.
         self.shared.journal.flush().await;
     }
 
     /// Restores what the state store remembers, before the first change is read: the ledger
-    /// seeds the dedup cache (an unchanged open alert is not triggered again), stored dead
-    /// letters reappear in the status, and the outbox is queued again in its original order.
+    /// seeds [`Incidents`] (which route holds which open incident, with its fingerprint, so an
+    /// unchanged open alert is not triggered again), stored dead letters reappear in the
+    /// status, and the outbox is queued again in its original order. An outbox event whose route
+    /// is no longer configured becomes a dead letter.
     pub(crate) fn resume(&mut self, snap: Snapshot) {
-        for (key, e) in &snap.ledger {
-            if let Some(fingerprint) = durable::parse_fingerprint(&e.fingerprint) {
-                self.cache.put(
-                    key,
-                    Heard {
-                        action: durable::from_state(e.action),
-                        fingerprint,
-                    },
-                );
-            }
-        }
+        let now = std::time::SystemTime::now();
+        self.shared
+            .incidents
+            .seed(snap.ledger.iter().filter_map(|(key, e)| {
+                let fingerprint = durable::parse_fingerprint(&e.fingerprint)?;
+                let age = now.duration_since(e.at).unwrap_or_default();
+                Some((
+                    key.as_str(),
+                    durable::from_state(e.action),
+                    e.route.as_str(),
+                    fingerprint,
+                    age,
+                ))
+            }));
         for d in snap.dead_letters.values() {
             self.shared
                 .status
                 .dead_letter(durable::dead_letter_status(d));
         }
-        self.shared
-            .metrics
-            .dead_letters
-            .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
+        self.set_dead_letter_gauge();
         self.next_seq = self.next_seq.max(snap.next_seq);
         let resumed = snap.outbox.len();
         for entry in snap.outbox {
@@ -310,7 +366,12 @@ impl Dispatcher {
                     .submit(vec![Op::Cancelled { seq: entry.seq }]);
                 continue;
             };
-            let target = self.router.by_name(&stored.route).clone();
+            let action = durable::from_state(entry.action);
+            let event = Encoded::new(&stored.event);
+            let Some(target) = self.router.by_name(&stored.route).cloned() else {
+                self.orphan(&entry.key, action, &stored.route, &event, entry.seq);
+                continue;
+            };
             let now = Instant::now();
             let seq = self.next_seq.max(entry.seq);
             self.next_seq = seq + 1;
@@ -319,8 +380,8 @@ impl Dispatcher {
                 store_seq: entry.seq,
                 ticket: 0,
                 resumed: true,
-                action: durable::from_state(entry.action),
-                event: Arc::new(Encoded::new(&stored.event)),
+                action,
+                event: Arc::new(event),
                 target,
                 priority: entry.priority,
                 fingerprint: durable::parse_fingerprint(&entry.fingerprint).unwrap_or(0),
@@ -340,221 +401,272 @@ impl Dispatcher {
                 "resuming the PagerDuty events of the state store's outbox"
             );
         }
+        self.update_incident_gauges();
+    }
+
+    /// What PagerDuty holds for `key` once the event in flight is answered, and the events
+    /// not sent yet: the policy's input.
+    fn view(&self, key: &str) -> (Holding, Vec<Queued>) {
+        let heard = self.shared.incidents.holding(key);
+        let Some(q) = self.keys.get(key) else {
+            return (heard, Vec::new());
+        };
+        let skip = usize::from(q.in_flight);
+        let confirmed = match q.jobs.front() {
+            Some(j) if q.in_flight => heard.after(&j.step()),
+            _ => heard,
+        };
+        let queued = q
+            .jobs
+            .iter()
+            .skip(skip)
+            .map(|j| Queued {
+                step: j.step(),
+                resumed: j.resumed,
+            })
+            .collect();
+        (confirmed, queued)
     }
 
     /// Decides what PagerDuty must hear about one change, and queues it.
     fn intake(&mut self, change: AlertChange) {
         let alert = &change.alert;
         let key = event::dedup_key(&change.key.appliance, &change.key.uri);
+        self.shared.incidents.observe(&key, &change);
         let pd_severity = self.ctx.pd_severity(alert.severity.as_str());
         let fp = event::fingerprint(&pd_severity, alert);
-        match change.kind {
-            ChangeKind::Raised | ChangeKind::Updated => {
-                let tail = self
-                    .keys
-                    .get(&key)
-                    .and_then(|q| q.jobs.back())
-                    .map(|j| (j.action, j.fingerprint));
-                match tail {
-                    Some((Action::Trigger, f)) if f == fp => {
-                        tracing::debug!(dedup_key = %key, "unchanged alert already queued; not queued again");
-                        return;
-                    }
-                    Some((Action::Trigger, _)) if self.tail_is_queued(&key) => {
-                        // A trigger that has not gone out yet: send the newer state instead.
-                        self.replace_tail(&key, &change, &pd_severity, fp);
-                        return;
-                    }
-                    Some(_) => {}
-                    None => {
-                        if let Some(h) = self.cache.get(&key) {
-                            if h.action == Action::Trigger && h.fingerprint == fp {
-                                // Still open and unchanged: refresh the TTL, send nothing.
-                                self.cache.put(&key, h);
-                                tracing::debug!(dedup_key = %key, "PagerDuty already has this alert; not re-sent");
-                                return;
-                            }
-                        }
-                    }
-                }
-                self.enqueue(key, Action::Trigger, &change, &pd_severity, fp);
+        let incoming = match change.kind {
+            ChangeKind::Raised | ChangeKind::Updated => Incoming::Open {
+                route: self.router.route(alert).route.clone(),
+                fingerprint: fp,
+            },
+            ChangeKind::Cleared => Incoming::Cleared { fingerprint: fp },
+        };
+        let (confirmed, queued) = self.view(&key);
+        let d = decide(&incoming, &confirmed, &queued, &self.router);
+        match d.why {
+            Why::Unchanged => {
+                tracing::debug!(dedup_key = %key, "PagerDuty has (or will have) this alert as it is; nothing sent")
             }
-            ChangeKind::Cleared => {
-                let (tail, in_flight) = match self.keys.get(&key) {
-                    Some(q) => (q.jobs.back().map(|j| j.action), q.in_flight),
-                    None => (None, false),
+            Why::AlreadyResolved => {
+                tracing::debug!(dedup_key = %key, "PagerDuty already resolved this alert")
+            }
+            Why::NeverSent => {
+                self.shared.metrics.cancelled.inc();
+                tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, "alert cleared before its trigger was sent; nothing sent for it");
+            }
+            Why::RouteChange => {
+                let from = match &confirmed {
+                    Holding::Open { route, .. } => route.to_string(),
+                    _ => String::new(),
                 };
-                let only_in_flight =
-                    in_flight && self.keys.get(&key).is_some_and(|q| q.jobs.len() == 1);
-                match tail {
-                    Some(Action::Resolve) => {
-                        tracing::debug!(dedup_key = %key, "resolve already queued");
-                    }
-                    Some(_) if !only_in_flight => {
-                        // A trigger still waits in the queue: drop what has not gone out.
-                        let heard_trigger = self.cancel_queued(&key);
-                        if heard_trigger {
-                            self.enqueue(key, Action::Resolve, &change, &pd_severity, fp);
-                        } else {
-                            self.shared.metrics.cancelled.inc();
-                            tracing::info!(dedup_key = %key, "alert cleared before its trigger was sent; nothing sent for it");
-                        }
-                    }
-                    Some(_) => {
-                        self.enqueue(key, Action::Resolve, &change, &pd_severity, fp);
-                    }
-                    None => match self.cache.get(&key) {
-                        Some(h) if h.action == Action::Resolve => {
-                            tracing::debug!(dedup_key = %key, "PagerDuty already resolved this alert");
-                        }
-                        _ => self.enqueue(key, Action::Resolve, &change, &pd_severity, fp),
-                    },
+                if let Incoming::Open { route, .. } = &incoming {
+                    tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, from = %from, to = %route, "alert moved to another route: resolving its incident there and triggering on the new route");
                 }
             }
+            Why::New | Why::Update | Why::Resolve | Why::ResolveUnknown => {}
         }
+        for o in &d.orphans {
+            let ev = self.build(o.action, &change);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.orphan(&key, o.action, &o.route, &ev, seq);
+        }
+        self.replace_queue(&key, &d.queue, &change, &pd_severity);
     }
 
-    /// Whether the last event of `key` waits in the queue (is not the one in flight).
-    fn tail_is_queued(&self, key: &str) -> bool {
-        self.keys
-            .get(key)
-            .is_some_and(|q| q.jobs.len() > usize::from(q.in_flight))
-    }
-
-    /// Replaces the queued trigger at the tail of `key` with the alert's newer state, keeping
-    /// its place in the queue (and its age).
-    fn replace_tail(&mut self, key: &str, change: &AlertChange, pd_severity: &str, fp: u64) {
-        let target = self.router.route(&change.alert).clone();
-        let ev = Arc::new(Encoded::new(&event::build(
-            Action::Trigger,
-            &change.alert,
-            &change.appliance,
-            &self.ctx,
-        )));
-        let Some(q) = self.keys.get_mut(key) else {
-            return;
-        };
-        let is_ready_head = q.jobs.len() == 1 && !q.in_flight;
-        let Some(job) = q.jobs.back_mut() else { return };
-        if is_ready_head {
-            if let Some(set) = self.ready.get_mut(&job.target.route) {
-                set.remove(&(job.priority, job.seq, key.to_owned()));
-            }
-        }
-        let store_seq = self.next_seq;
-        self.next_seq += 1;
-        let mut ops = vec![Op::Cancelled { seq: job.store_seq }];
-        ops.extend(durable::enqueue_op(
-            store_seq,
-            key,
-            &target.route,
-            priority(pd_severity),
-            fp,
-            &ev,
-        ));
-        job.ticket = self.shared.journal.submit(ops);
-        job.store_seq = store_seq;
-        job.event = ev;
-        job.fingerprint = fp;
-        job.priority = priority(pd_severity);
-        job.target = target;
-        tracing::debug!(dedup_key = %key, "queued trigger replaced by the alert's newer state");
-        if is_ready_head {
-            self.mark_ready(key);
-        }
-    }
-
-    /// Drops the queued (not in flight) events of `key`. Returns whether PagerDuty has heard,
-    /// or is hearing right now, a trigger for it.
-    fn cancel_queued(&mut self, key: &str) -> bool {
-        let Some(q) = self.keys.get_mut(key) else {
-            return false;
-        };
-        let keep = usize::from(q.in_flight);
-        let dropped: Vec<Job> = q.jobs.drain(keep..).collect();
-        let in_flight_action = q.jobs.front().map(|j| j.action);
-        if let (Some(first), false) = (dropped.first(), q.in_flight) {
-            if let Some(set) = self.ready.get_mut(&first.target.route) {
-                set.remove(&(first.priority, first.seq, key.to_owned()));
-            }
-        }
-        let maybe_heard = dropped
-            .iter()
-            .any(|j| j.resumed && j.action == Action::Trigger);
-        let mut ops = Vec::with_capacity(dropped.len());
-        for j in &dropped {
-            self.pending.remove(&j.seq);
-            ops.push(Op::Cancelled { seq: j.store_seq });
-        }
-        self.shared.journal.submit(ops);
-        if q.jobs.is_empty() {
-            self.forget(key);
-        }
-        maybe_heard
-            || match in_flight_action {
-                Some(a) => a == Action::Trigger,
-                None => self
-                    .cache
-                    .get(key)
-                    .is_some_and(|h| h.action == Action::Trigger),
-            }
-    }
-
-    fn enqueue(
-        &mut self,
-        key: String,
-        action: Action,
-        change: &AlertChange,
-        pd_severity: &str,
-        fp: u64,
-    ) {
-        let target = self.router.route(&change.alert).clone();
-        let ev = Encoded::new(&event::build(
+    fn build(&self, action: Action, change: &AlertChange) -> Encoded {
+        Encoded::new(&event::build(
             action,
             &change.alert,
             &change.appliance,
             &self.ctx,
-        ));
+        ))
+    }
+
+    /// Keeps an event for a route that is gone as a dead letter: never sent, never rerouted.
+    fn orphan(&mut self, key: &str, action: Action, route: &str, ev: &Encoded, seq: u64) {
+        let message = route_missing_message(route);
+        self.shared.metrics.route_missing.inc();
+        tracing::error!(dedup_key = %key, action = %action, route = %route, "{message}");
+        let dead = DeadLetter {
+            dedup_key: key.to_owned(),
+            action,
+            route: route.to_owned(),
+            status: 0,
+            message: Some(message.clone()),
+            errors: Vec::new(),
+            time: chrono::Utc::now(),
+        };
+        self.shared
+            .journal
+            .submit(vec![durable::dead_letter_op(seq, &dead, ev, &message)]);
+        self.shared.status.dead_letter(dead);
+        self.set_dead_letter_gauge();
+    }
+
+    fn set_dead_letter_gauge(&self) {
+        self.shared
+            .metrics
+            .dead_letters
+            .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
+    }
+
+    /// Makes the not-yet-sent part of `key`'s queue `desired`: keeps the jobs that already
+    /// match, replaces a queued trigger with a newer one in place (its place and age stay),
+    /// cancels the rest and queues what is new.
+    fn replace_queue(
+        &mut self,
+        key: &str,
+        desired: &[Step],
+        change: &AlertChange,
+        pd_severity: &str,
+    ) {
+        self.unready(key);
+        let (skip, existing) = match self.keys.get(key) {
+            Some(q) => (
+                usize::from(q.in_flight),
+                q.jobs.len() - usize::from(q.in_flight),
+            ),
+            None => (0, 0),
+        };
+        let mut i = 0;
+        if let Some(q) = self.keys.get(key) {
+            while i < existing && i < desired.len() && q.jobs[skip + i].step() == desired[i] {
+                i += 1;
+            }
+        }
+        // The last queued event and its successor are the same action on the same route
+        // (a trigger with newer content): replace it where it stands.
+        let in_place = i + 1 == existing
+            && i < desired.len()
+            && self.keys.get(key).is_some_and(|q| {
+                let j = &q.jobs[skip + i];
+                j.action == desired[i].action && j.target.route == desired[i].route
+            });
+        if in_place {
+            self.replace_job(key, skip + i, &desired[i], change, pd_severity);
+            i += 1;
+        } else if i < existing {
+            let Some(q) = self.keys.get_mut(key) else {
+                return;
+            };
+            let dropped: Vec<Job> = q.jobs.drain(skip + i..).collect();
+            let mut ops = Vec::with_capacity(dropped.len());
+            for j in &dropped {
+                self.pending.remove(&j.seq);
+                ops.push(Op::Cancelled { seq: j.store_seq });
+            }
+            self.shared.journal.submit(ops);
+        }
+        for step in &desired[i..] {
+            self.push_job(key, step, change, pd_severity);
+        }
+        match self.keys.get(key) {
+            Some(q) if q.jobs.is_empty() => self.forget(key),
+            Some(_) => self.mark_ready(key),
+            None => {}
+        }
+    }
+
+    fn push_job(&mut self, key: &str, step: &Step, change: &AlertChange, pd_severity: &str) {
+        // The policy queues only configured routes.
+        let Some(target) = self.router.by_name(&step.route).cloned() else {
+            return;
+        };
+        let ev = self.build(step.action, change);
         let seq = self.next_seq;
         self.next_seq += 1;
         let now = Instant::now();
-        let ticket =
-            match durable::enqueue_op(seq, &key, &target.route, priority(pd_severity), fp, &ev) {
-                Some(op) => self.shared.journal.submit(vec![op]),
-                None => 0,
-            };
+        let prio = priority(pd_severity);
+        let ticket = match durable::enqueue_op(seq, key, &target.route, prio, step.fingerprint, &ev)
+        {
+            Some(op) => self.shared.journal.submit(vec![op]),
+            None => 0,
+        };
+        tracing::debug!(dedup_key = %key, action = %step.action, route = %target.route, "event queued");
         let job = Job {
             seq,
             store_seq: seq,
             ticket,
             resumed: false,
-            action,
+            action: step.action,
             event: Arc::new(ev),
             target,
-            priority: priority(pd_severity),
-            fingerprint: fp,
+            priority: prio,
+            fingerprint: step.fingerprint,
             enqueued: now,
         };
-        tracing::debug!(dedup_key = %key, action = %action, route = %job.target.route, "event queued");
         self.pending.insert(seq, now);
-        let q = self.keys.entry(key.clone()).or_default();
-        q.jobs.push_back(job);
-        if q.jobs.len() == 1 && !q.in_flight {
-            self.mark_ready(&key);
+        self.keys
+            .entry(key.to_owned())
+            .or_default()
+            .jobs
+            .push_back(job);
+    }
+
+    /// Replaces the queued job at `at` with `step`'s event of the alert's newer state.
+    fn replace_job(
+        &mut self,
+        key: &str,
+        at: usize,
+        step: &Step,
+        change: &AlertChange,
+        pd_severity: &str,
+    ) {
+        let ev = Arc::new(self.build(step.action, change));
+        let store_seq = self.next_seq;
+        self.next_seq += 1;
+        let prio = priority(pd_severity);
+        let Some(job) = self.keys.get_mut(key).and_then(|q| q.jobs.get_mut(at)) else {
+            return;
+        };
+        let mut ops = vec![Op::Cancelled { seq: job.store_seq }];
+        ops.extend(durable::enqueue_op(
+            store_seq,
+            key,
+            &job.target.route,
+            prio,
+            step.fingerprint,
+            &ev,
+        ));
+        job.ticket = self.shared.journal.submit(ops);
+        job.store_seq = store_seq;
+        job.event = ev;
+        job.fingerprint = step.fingerprint;
+        job.priority = prio;
+        job.resumed = false;
+        tracing::debug!(dedup_key = %key, "queued event replaced by the alert's newer state");
+    }
+
+    /// Takes `key` out of the ready set (its head is about to change).
+    fn unready(&mut self, key: &str) {
+        let Some(q) = self.keys.get(key) else { return };
+        if q.in_flight {
+            return;
+        }
+        if let Some(head) = q.jobs.front() {
+            if let Some(set) = self.ready.get_mut(&head.target.budget) {
+                set.remove(&(head.priority, head.seq, key.to_owned()));
+            }
         }
     }
 
     fn mark_ready(&mut self, key: &str) {
-        if let Some(head) = self.keys.get(key).and_then(|q| q.jobs.front()) {
+        let Some(q) = self.keys.get(key) else { return };
+        if q.in_flight {
+            return;
+        }
+        if let Some(head) = q.jobs.front() {
             self.ready
-                .entry(head.target.route.clone())
+                .entry(head.target.budget.clone())
                 .or_default()
                 .insert((head.priority, head.seq, key.to_owned()));
         }
     }
 
     /// Starts as many deliveries as concurrency and rate limits allow. Returns when the rate
-    /// limiter frees the next slot, if something waits for it.
+    /// limiter frees the next slot, if something waits for it and no answer will free it first.
     fn dispatch(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         while self.inflight.len() < self.shared.settings.concurrency {
@@ -562,30 +674,32 @@ impl Dispatcher {
             let mut best: Option<(ReadyEntry, Arc<str>)> = None;
             {
                 let mut limiter = self.shared.limiter();
-                for (route, set) in &self.ready {
+                for (budget, set) in &self.ready {
                     let Some(first) = set.first() else { continue };
-                    match limiter.check(route, now) {
+                    match limiter.check(budget, now) {
                         Ok(()) => {
                             if best.as_ref().is_none_or(|(b, _)| first < b) {
-                                best = Some((first.clone(), route.clone()));
+                                best = Some((first.clone(), budget.clone()));
                             }
                         }
-                        Err(at) => {
-                            wake = Some(wake.map_or(at, |w| w.min(at)));
-                            if self.blocked.insert(route.clone()) {
+                        Err(w) => {
+                            if let Wait::Until(at) = w {
+                                wake = Some(wake.map_or(at, |x| x.min(at)));
+                            }
+                            if self.blocked.insert(budget.clone()) {
                                 self.shared.metrics.rate_limit_waits.inc();
-                                tracing::debug!(route = %route, "rate limit reached; events wait");
+                                tracing::debug!(budget = %budget, "rate limit of the routing key reached; events wait");
                             }
                         }
                     }
                 }
-                let Some((entry, route)) = best.as_ref() else {
+                let Some((entry, budget)) = best.as_ref() else {
                     break;
                 };
                 // `check` just said there is room.
-                let _ = limiter.try_acquire(route, now);
-                self.blocked.remove(route);
-                if let Some(set) = self.ready.get_mut(route) {
+                let _ = limiter.try_acquire(budget, now);
+                self.blocked.remove(budget);
+                if let Some(set) = self.ready.get_mut(budget) {
                     set.remove(entry);
                 }
             }
@@ -615,13 +729,14 @@ impl Dispatcher {
         let shared = self.shared.clone();
         let event = job.event.clone();
         let target = job.target.clone();
+        let budget = target.budget.clone();
         let ticket = job.ticket;
         let k = key.clone();
         let handle = self.inflight.spawn(async move {
             shared.journal.durable(ticket).await;
             deliver(shared, k, event, target).await
         });
-        self.inflight_keys.insert(handle.id(), key);
+        self.inflight_keys.insert(handle.id(), (key, budget));
     }
 
     fn finish(&mut self, done: Done) {
@@ -648,12 +763,12 @@ impl Dispatcher {
                 m.event(action, "accepted").inc();
                 m.duration(action)
                     .observe(job.enqueued.elapsed().as_secs_f64());
-                self.cache.put(
+                self.shared.incidents.accepted(
                     &done.key,
-                    Heard {
-                        action: job.action,
-                        fingerprint: job.fingerprint,
-                    },
+                    job.action,
+                    &job.target.route,
+                    job.fingerprint,
+                    empty,
                 );
                 tracing::info!(
                     dedup_key = %done.key,
@@ -692,10 +807,15 @@ impl Dispatcher {
                     errors: answer.errors.clone(),
                     time: chrono::Utc::now(),
                 };
+                let reason = format!(
+                    "HTTP {status} from PagerDuty: {}",
+                    answer.message.as_deref().unwrap_or("")
+                );
                 self.shared.journal.submit(vec![durable::dead_letter_op(
                     job.store_seq,
                     &dead,
                     &job.event,
+                    &reason,
                 )]);
                 self.shared.status.dead_letter(dead);
                 self.shared.status.delivered(Delivered {
@@ -707,8 +827,7 @@ impl Dispatcher {
                     accepted: false,
                     latency: job.enqueued.elapsed(),
                 });
-                m.dead_letters
-                    .set(i64::try_from(self.shared.status.dead_letter_count()).unwrap_or(i64::MAX));
+                self.set_dead_letter_gauge();
             }
         }
         if empty {
@@ -718,12 +837,25 @@ impl Dispatcher {
         }
     }
 
-    /// Runs once a second (a due sweep of the cache is O(entries)).
-    fn update_cache_gauge(&mut self) {
-        self.shared
-            .metrics
-            .dedup_entries
-            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    /// Once a second: open incidents per route, and the keys [`Incidents`] remembers.
+    fn update_incident_gauges(&mut self) {
+        let (per_route, total) = self.shared.incidents.counts();
+        let m = &self.shared.metrics;
+        for r in self.router.targets().into_iter().map(|t| t.route) {
+            self.gauged_routes.insert(r);
+        }
+        for r in per_route.keys() {
+            if !self.gauged_routes.contains(r) {
+                self.gauged_routes.insert(r.clone());
+            }
+        }
+        for r in &self.gauged_routes {
+            let n = per_route.get(r).copied().unwrap_or(0);
+            m.open_incidents(r)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        m.dedup_entries
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 
     fn update_queue_gauges(&self) {
@@ -779,12 +911,14 @@ async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Encoded>, target: 
     let action = event.action.as_str();
     let attempt = || async {
         let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        // The first attempt's slot was taken when the dispatcher started it.
         if n > 1 {
-            shared.acquire(&target.route).await;
+            shared.acquire(&target.budget).await;
         }
         let body = match target.routing_key.current() {
             Ok(k) => event.to_body(k.expose_secret()),
             Err(e) => {
+                shared.answered(&target.budget);
                 return Err(RetryLater {
                     retry_after: None,
                     reason: e.to_string(),
@@ -792,7 +926,9 @@ async fn deliver(shared: Arc<Shared>, key: String, event: Arc<Encoded>, target: 
             }
         };
         let m = &shared.metrics;
-        match shared.sender.post(body).await {
+        let answer = shared.sender.post(body).await;
+        shared.answered(&target.budget);
+        match answer {
             Attempt::Accepted { answer } => {
                 m.http("2xx").inc();
                 shared

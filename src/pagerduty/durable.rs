@@ -110,8 +110,9 @@ pub(crate) fn accepted_op(
     }
 }
 
-/// The `DeadLetter` op for a rejected event.
-pub(crate) fn dead_letter_op(seq: u64, d: &status::DeadLetter, ev: &Encoded) -> Op {
+/// The `DeadLetter` op for a rejected event (or one whose route is gone); `reason` is the one
+/// line an operator reads.
+pub(crate) fn dead_letter_op(seq: u64, d: &status::DeadLetter, ev: &Encoded, reason: &str) -> Op {
     let payload = serde_json::to_string(&StoredEventOut {
         route: &d.route,
         status: Some(d.status),
@@ -125,11 +126,7 @@ pub(crate) fn dead_letter_op(seq: u64, d: &status::DeadLetter, ev: &Encoded) -> 
             entry: state::DeadLetter {
                 key: d.dedup_key.clone(),
                 action,
-                reason: format!(
-                    "HTTP {} from PagerDuty: {}",
-                    d.status,
-                    d.message.as_deref().unwrap_or("")
-                ),
+                reason: reason.to_owned(),
                 errors: d.errors.clone(),
                 at: SystemTime::now(),
                 payload,

@@ -279,7 +279,7 @@ pub fn summary(alert: &Alert, appliance: &Appliance) -> String {
 }
 
 /// The fields whose change makes an update worth a new trigger: PagerDuty severity and
-/// description. Stored in the dedup cache as a short hash.
+/// description. Kept per open incident (and in the ledger) as a short hash.
 pub fn fingerprint(pd_severity: &str, alert: &Alert) -> u64 {
     let mut h = Sha256::new();
     h.update(pd_severity.as_bytes());

@@ -2,10 +2,11 @@
 //! delivers each exactly as often as needed, in order per alert, without ever dropping one.
 //!
 //! - [`event`]: wire types, `dedup_key` format, summary, severity map, size cap.
-//! - [`routing`]: `[[pagerduty.routes]]`, first match wins, else `pagerduty.routing_key`.
-//! - [`dedup`]: TTL cache of what PagerDuty already heard.
-//! - [`dispatcher`]: the bounded queue, per-key order, priority, cancellation, retries.
-//! - [`ratelimit`]: the client-side limit per routing key.
+//! - [`routing`]: `[[pagerduty.routes]]`, first match wins, else `pagerduty.routing_key`; the
+//!   budget (routing key) of each route.
+//! - [`dispatcher`]: applies the intake policy of [`crate::pipeline`], the bounded queue,
+//!   per-key order, priority, retries.
+//! - [`ratelimit`]: the client-side limit per routing key, a 60 s window counted from answers.
 //! - [`sender`]: one HTTP attempt and the status -> retry table.
 //! - [`status`]: the snapshot the API and status page show.
 //! - `durable`: what goes to the state store (outbox, ledger, dead letters) and back.
@@ -13,7 +14,6 @@
 //! [`assemble`] wires them; the app spawns [`Delivery::task`] and hands
 //! [`Delivery::changes`] to the poller.
 
-pub mod dedup;
 pub mod dispatcher;
 pub(crate) mod durable;
 pub mod error;
@@ -53,6 +53,11 @@ pub struct Delivery {
     /// Bounded (`pagerduty.queue_capacity`); the poller awaits `send`, which is the
     /// backpressure when PagerDuty is slow.
     pub changes: tokio::sync::mpsc::Sender<AlertChange>,
+    /// The push API's own admission (`web.push_queue`): callers `try_send` and answer 429 when
+    /// it is full, so a big push never waits, and never holds polled alerts back.
+    pub pushes: tokio::sync::mpsc::Sender<AlertChange>,
+    /// What PagerDuty holds per alert, and the open alerts (read by the web side).
+    pub incidents: Arc<crate::pipeline::Incidents>,
     /// Runs until `work` is cancelled; then keeps delivering what is queued until the app's
     /// shutdown timeout drops it.
     pub task: crate::task::Task,
@@ -68,6 +73,11 @@ struct EventLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +100,8 @@ pub(crate) struct Metrics {
     dead_letters: Gauge,
     dedup_entries: Gauge,
     cancelled: Counter,
+    route_missing: Counter,
+    open_incidents: Family<RouteLabels, Gauge>,
 }
 
 fn static_label(v: &str, set: &[&'static str]) -> &'static str {
@@ -110,6 +122,8 @@ impl Metrics {
             dead_letters: Gauge::default(),
             dedup_entries: Gauge::default(),
             cancelled: Counter::default(),
+            route_missing: Counter::default(),
+            open_incidents: Family::default(),
         };
         for a in ACTIONS {
             for o in OUTCOMES {
@@ -157,8 +171,18 @@ impl Metrics {
         );
         registry.register(
             "bridge_pagerduty_dedup_cache_entries",
-            "Keys in the cache of what PagerDuty already heard",
+            "Alert keys the pipeline remembers: open incidents, open alerts, and resolves kept for dedup.ttl",
             m.dedup_entries.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_open_incidents",
+            "Incidents PagerDuty accepted a trigger for and has not resolved, by the route that holds them",
+            m.open_incidents.clone(),
+        );
+        registry.register(
+            "bridge_pagerduty_route_missing",
+            "Events for an incident held on a route that is no longer configured: kept as dead letters, never sent to another route",
+            m.route_missing.clone(),
         );
         registry.register(
             "bridge_pagerduty_cancelled",
@@ -185,6 +209,14 @@ impl Metrics {
             .clone()
     }
 
+    fn open_incidents(&self, route: &str) -> Gauge {
+        self.open_incidents
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .clone()
+    }
+
     fn duration(&self, action: &str) -> Histogram {
         self.duration
             .get_or_create(&ActionLabels {
@@ -205,9 +237,9 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            // A minute plus a second: PagerDuty counts arrivals, and requests sent exactly 60 s
-            // apart can arrive less than 60 s apart (benchmark 3 saw 429s at the boundary).
-            rate_window: Duration::from_secs(61),
+            // PagerDuty's documented minute; slots are counted from the answers (see
+            // `ratelimit`), which covers the arrival jitter that once needed a longer window.
+            rate_window: ratelimit::WINDOW,
         }
     }
 }
@@ -242,7 +274,7 @@ pub fn assemble_tuned(
     assemble_durable(cfg, registry, readiness, work, tuning, None)
 }
 
-/// [`assemble_tuned`] over a state store: resumes its outbox and seeds the dedup cache from its
+/// [`assemble_tuned`] over a state store: resumes its outbox and seeds [`crate::pipeline::Incidents`] from its
 /// ledger before the first change is read. `None`: a fresh in-memory store.
 #[doc(hidden)]
 pub fn assemble_durable(
@@ -266,6 +298,7 @@ pub fn assemble_durable(
     let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?;
     let metrics = Metrics::register(registry);
     let status = Arc::new(DeliveryStatus::new());
+    let incidents = Arc::new(crate::pipeline::Incidents::new(cfg.dedup_ttl));
     let journal = crate::state::Journal::start(
         state.store.clone(),
         registry,
@@ -280,6 +313,9 @@ pub fn assemble_durable(
         retry_initial_delay: pd.retry_initial_delay,
         retry_max_delay: pd.retry_max_delay,
     };
+    for t in router.targets() {
+        metrics.open_incidents(&t.route).set(0);
+    }
     let shared = Arc::new(dispatcher::Shared {
         sender,
         metrics,
@@ -287,18 +323,16 @@ pub fn assemble_durable(
             pd.rate_limit_per_minute,
             tuning.rate_window,
         )),
+        answers: tokio::sync::watch::channel(0).0,
         status: status.clone(),
         readiness,
         settings,
         journal: journal.clone(),
+        incidents: incidents.clone(),
     });
     let (tx, rx) = tokio::sync::mpsc::channel(pd.queue_capacity.max(1));
-    let mut d = dispatcher::Dispatcher::new(
-        shared,
-        dedup::DedupCache::new(cfg.dedup_ttl),
-        router,
-        event::EventContext::from_config(pd),
-    );
+    let (push_tx, push_rx) = tokio::sync::mpsc::channel(cfg.web.push_queue.max(1));
+    let mut d = dispatcher::Dispatcher::new(shared, router, event::EventContext::from_config(pd));
     d.resume(state.snapshot);
     let retention = state.retention;
     let task = async move {
@@ -313,12 +347,18 @@ pub fn assemble_durable(
             }
         };
         tokio::select! {
-            _ = d.run(rx, work) => {}
+            _ = d.run(rx, push_rx, work) => {}
             _ = prune => {}
         }
+        // Everything was flushed by `run`; closing joins the writer thread, which releases the
+        // state file's lock before the task ends (a restart in the same process, or the next
+        // pod on the volume, can open it at once).
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
     };
     Ok(Delivery {
         changes: tx,
+        pushes: push_tx,
+        incidents,
         task: Box::pin(task),
         status,
     })

@@ -4,8 +4,17 @@
 //! A route matches when every matcher it sets matches: `severities` (OneView severity, exact,
 //! case-insensitive), `resource_categories` (exact, case-insensitive), `alert_types` (globs on
 //! `alertTypeID`, case-sensitive like OneView's ids) and `resource_name` (a glob,
-//! case-insensitive). The route's name is what logs, metrics and the rate limiter see; the key
-//! itself is a [`Secret`] read at send time, so rotating its file takes effect on the next event.
+//! case-insensitive). The route's name is what logs, metrics and the ledger see; the key itself
+//! is a [`Secret`] read at send time, so rotating its file takes effect on the next event.
+//!
+//! Routing picks where a *new* incident opens. Every later event of an open incident goes to the
+//! route that holds it (see [`crate::pipeline`]), found by name with [`Router::by_name`], which
+//! never falls back to the default: an incident held on a route that is no longer configured is
+//! not the default route's to close.
+//!
+//! PagerDuty's rate limit is per routing key, so routes that share a key share one budget
+//! ([`Target::budget`], the name of the first route with that key): grouped by the keys' values
+//! when the router is built (and by file path when a file cannot be read then).
 
 use std::sync::Arc;
 
@@ -26,6 +35,9 @@ pub struct Target {
     /// Route name (bounded: one per configured route plus `default`).
     pub route: Arc<str>,
     pub routing_key: Arc<Secret>,
+    /// The rate-limit budget: the name of the first route (default first) with the same
+    /// routing key, so that two routes sharing a key share PagerDuty's limit for it.
+    pub budget: Arc<str>,
 }
 
 struct Route {
@@ -59,35 +71,56 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     pub fn new(pd: &PagerDutyConfig) -> Result<Self, PagerDutyError> {
-        let routes = pd
+        let mut routes = pd
             .routes
             .iter()
             .map(compile)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            routes,
-            default: Target {
-                route: Arc::from(DEFAULT_ROUTE),
-                routing_key: pd.routing_key.clone(),
-            },
-        })
+        let default = Target {
+            route: Arc::from(DEFAULT_ROUTE),
+            routing_key: pd.routing_key.clone(),
+            budget: Arc::from(DEFAULT_ROUTE),
+        };
+        // Budgets: the first target with the same key identity names the budget.
+        let mut seen: Vec<(KeyIdentity, Arc<str>)> =
+            vec![(identity(&default), default.route.clone())];
+        for r in &mut routes {
+            let id = identity(&r.target);
+            match seen.iter().find(|(k, _)| *k == id) {
+                Some((_, budget)) => r.target.budget = budget.clone(),
+                None => seen.push((id, r.target.route.clone())),
+            }
+        }
+        Ok(Self { routes, default })
     }
 
-    /// Every distinct target, default first (for `send-test-event`).
+    /// Every target, default first (for `send-test-event`).
     pub fn targets(&self) -> Vec<Target> {
         std::iter::once(self.default.clone())
             .chain(self.routes.iter().map(|r| r.target.clone()))
             .collect()
     }
 
-    /// The target of the route named `name` (events read back from the state store), else the
-    /// default one (the route was removed from the configuration since).
-    pub fn by_name(&self, name: &str) -> &Target {
-        self.routes
-            .iter()
-            .map(|r| &r.target)
+    /// One target per routing key (per budget), default first: where a resolve goes when the
+    /// bridge cannot know which integration holds the incident.
+    pub fn distinct_targets(&self) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        for t in std::iter::once(&self.default).chain(self.routes.iter().map(|r| &r.target)) {
+            if !out.iter().any(|o| o.budget == t.budget) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
+    /// The target of the route named `name`: the route that holds an incident (from the
+    /// ledger, the outbox or memory). `None` when no such route is configured any more; the
+    /// caller must not send the event elsewhere (PagerDuty scopes a dedup key to its
+    /// integration, so another key would open or close a different incident).
+    pub fn by_name(&self, name: &str) -> Option<&Target> {
+        std::iter::once(&self.default)
+            .chain(self.routes.iter().map(|r| &r.target))
             .find(|t| &*t.route == name)
-            .unwrap_or(&self.default)
     }
 
     pub fn route(&self, alert: &Alert) -> &Target {
@@ -96,6 +129,29 @@ impl Router {
             .find(|r| r.matches(alert))
             .map(|r| &r.target)
             .unwrap_or(&self.default)
+    }
+}
+
+/// What makes two routing keys the same for the rate limit, compared once at startup: the
+/// value (never stored beyond this comparison), else the file it is read from.
+#[derive(PartialEq, Eq)]
+enum KeyIdentity {
+    Value([u8; 32]),
+    File(std::path::PathBuf),
+}
+
+fn identity(t: &Target) -> KeyIdentity {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    match t.routing_key.current() {
+        // A digest, so the value itself is not kept in the comparison list.
+        Ok(v) => KeyIdentity::Value(sha2::Sha256::digest(v.expose_secret().as_bytes()).into()),
+        Err(_) => KeyIdentity::File(
+            t.routing_key
+                .path()
+                .map(|p| p.to_owned())
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -135,6 +191,7 @@ fn compile(r: &RouteConfig) -> Result<Route, PagerDutyError> {
         target: Target {
             route: Arc::from(r.name.as_str()),
             routing_key: r.routing_key.clone(),
+            budget: Arc::from(r.name.as_str()),
         },
         severities: r.severities.clone(),
         categories: r.resource_categories.clone(),

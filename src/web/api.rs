@@ -60,6 +60,10 @@ const VERIFY_OUTCOMES: &[&str] = &["valid", "missing", "malformed", "mismatch", 
 /// write-back queue was full (no write-back was attempted; PagerDuty delivers it again).
 pub const QUEUE_FULL: &str = "queue_full";
 
+/// The `bridge_web_writebacks` outcome of a write-back acknowledged (202) but not done when
+/// the replica stopped (`server.shutdown_timeout` ran out).
+pub const DROPPED_AT_SHUTDOWN: &str = "dropped_at_shutdown";
+
 /// The `bridge_web_*` metric families.
 #[derive(Clone)]
 pub struct WebMetrics {
@@ -84,7 +88,7 @@ impl WebMetrics {
         for o in WritebackOutcome::ALL
             .iter()
             .map(|o| o.label())
-            .chain([QUEUE_FULL])
+            .chain([QUEUE_FULL, DROPPED_AT_SHUTDOWN])
         {
             let _ = m.writebacks.get_or_create(&OutcomeLabels { outcome: o });
         }
@@ -136,6 +140,14 @@ impl WebMetrics {
                 outcome: QUEUE_FULL,
             })
             .inc();
+    }
+
+    pub(crate) fn writebacks_dropped(&self, n: usize) {
+        self.writebacks
+            .get_or_create(&OutcomeLabels {
+                outcome: DROPPED_AT_SHUTDOWN,
+            })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     fn rate_limited(&self, route: &str) {
@@ -248,10 +260,10 @@ fn parse_item(v: &Value, watched: &[String]) -> Result<Alert, String> {
     }
     let mut alert: Alert = serde_json::from_value(resource.clone())
         .map_err(|e| format!("not a OneView alert: {e}"))?;
-    if !alert.uri.starts_with("/rest/alerts/") || alert.uri.len() <= "/rest/alerts/".len() {
+    if !crate::model::is_canonical_alert_uri(&alert.uri) {
         return Err(format!(
-            "`uri` must be the alert's `/rest/alerts/{{id}}` (got `{}`)",
-            alert.uri
+            "`uri` must be the alert's canonical `/rest/alerts/{{id}}` (one id of letters, digits or `-`; got `{}`)",
+            crate::pagerduty::event::truncate_chars(&alert.uri, 200)
         ));
     }
     if deleted {
@@ -282,30 +294,63 @@ async fn push_alerts(
     if items.is_empty() {
         return Err(bad_request("the array holds no alert".to_owned()));
     }
+    // A body of a million bad items must not become a million error objects: the first
+    // PUSH_ERRORS_SHOWN are listed, the rest counted.
     let mut errors = Vec::new();
+    let mut error_count = 0usize;
     let mut alerts = Vec::new();
     for (index, item) in items.iter().enumerate() {
         match parse_item(item, &s.config.poller.severities) {
             Ok(a) => alerts.push(a),
-            Err(message) => errors.push(json!({"index": index, "message": message})),
+            Err(message) => {
+                error_count += 1;
+                if errors.len() < PUSH_ERRORS_SHOWN {
+                    errors.push(json!({"index": index, "message": message}));
+                }
+            }
         }
     }
-    let accepted = if alerts.is_empty() {
-        Vec::new()
+    drop(items);
+    let outcome = if alerts.is_empty() {
+        crate::web::control::PushOutcome::default()
     } else {
         s.control.push(alerts).await.map_err(ApiError::from)?
     };
-    let status = if accepted.is_empty() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
+    let mut body = json!({
+        "accepted": outcome.accepted,
+        "errors": errors,
+        "error_count": error_count,
+    });
+    if outcome.not_admitted > 0 {
+        // What did not fit is the tail of the request: the caller sends it again.
+        body["not_admitted"] = json!(outcome.not_admitted);
+        body["error"] = json!("push_queue_full");
+        body["message"] = json!(format!(
+            "{} alert(s) accepted, {} not admitted because the push queue (web.push_queue) is full; send those (the last of the request) again after Retry-After",
+            body["accepted"].as_array().map_or(0, Vec::len),
+            outcome.not_admitted
+        ));
+        body["request_id"] = json!(crate::http::current_request_id());
+        let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(PUSH_RETRY_AFTER_SECS),
+        );
+        return Ok(r);
+    }
+    let status = if body["accepted"].as_array().is_some_and(|a| !a.is_empty()) {
         StatusCode::ACCEPTED
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((
-        status,
-        axum::Json(json!({"accepted": accepted, "errors": errors})),
-    )
-        .into_response())
+    Ok((status, axum::Json(body)).into_response())
 }
+
+/// Per-item errors listed in a push's answer; beyond it they are only counted.
+pub const PUSH_ERRORS_SHOWN: usize = 20;
+/// `Retry-After` of a push refused because the push queue is full: the pipeline takes
+/// thousands of changes a second, so a short pause is enough.
+const PUSH_RETRY_AFTER_SECS: &str = "1";
 
 async fn list_alerts(
     State(s): State<WebState>,

@@ -1,12 +1,12 @@
 //! [`Control`]: what the web handlers ask of the poller, the single writer of delivery state.
 //!
-//! In roles `all` and `poller` it is [`Local`] (in-process: the tracker of open alerts, the
-//! delivery queue and status, the poll trigger, the OneView client for write-backs). In role
+//! In roles `all` and `poller` it is [`Local`] (in-process: the pipeline's [`Incidents`] (open
+//! alerts and which route holds their incident), the delivery queue and status, the poll
+//! trigger, the OneView client for write-backs). In role
 //! `web` it is [`Remote`], an HTTP client of the poller's internal API (`/internal/v1/...`,
 //! bearer `web.poller_token`), which [`internal_routes`] serves on the poller. Both speak the
 //! same JSON types, so a web replica's answer is the poller's answer.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKi
 use crate::oneview::{AlertUpdate, OneViewClient, OneViewError, PollerStatus, SessionState};
 use crate::pagerduty::DeliveryStatus;
 use crate::pagerduty::event::dedup_key;
+use crate::pipeline::Incidents;
 use crate::secret::Secret;
 use crate::web::auth::ApiTokens;
 
@@ -111,8 +112,22 @@ pub struct TrackedAlert {
     pub oneview_link: String,
     pub created: Option<String>,
     pub modified: Option<String>,
+    /// The route whose integration holds the open incident; `None` until PagerDuty accepted
+    /// its trigger.
+    #[serde(default)]
+    pub route: Option<String>,
     /// `None` until delivery tried this key.
     pub pagerduty: Option<PagerDutyState>,
+}
+
+/// What a push handed to the pipeline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushOutcome {
+    /// Dedup keys of the alerts taken, in the order given.
+    pub accepted: Vec<String>,
+    /// Alerts not taken because the push queue (`web.push_queue`) was full: the last ones
+    /// of the request. Send them again after `Retry-After`.
+    pub not_admitted: usize,
 }
 
 /// `GET /api/v1/alerts` filters.
@@ -257,113 +272,36 @@ pub fn writeback_marker(event_id: &str) -> String {
     format!("[pagerduty-event {event_id}]")
 }
 
-/// Open alerts the poller (and the push API) handed to delivery, and the last change of
-/// recently seen keys (what a dead-letter retry re-sends).
-pub struct Tracker {
-    /// By dedup key. Every open alert has an entry, so it holds only what an [`AlertChange`]
-    /// cannot be rebuilt without (the alert itself is shared with the poller).
-    open: Mutex<BTreeMap<Box<str>, Tracked>>,
-    last: crate::recent::Recent<AlertChange>,
-}
-
-impl Default for Tracker {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Tracker {
-    pub fn new() -> Self {
-        Self {
-            open: Mutex::new(BTreeMap::new()),
-            last: crate::recent::Recent::new(crate::pagerduty::status::KEYS_KEPT),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Tracked>> {
-        // Plain map; a panic elsewhere cannot leave it half-updated.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn record(&self, c: &AlertChange) {
-        let key = dedup_key(&c.key.appliance, &c.key.uri);
-        match c.kind {
-            ChangeKind::Raised | ChangeKind::Updated => {
-                self.lock().insert(
-                    Box::from(key.as_str()),
-                    Tracked {
-                        kind: c.kind,
-                        appliance: c.appliance.clone(),
-                        alert: c.alert.clone(),
-                    },
-                );
-            }
-            ChangeKind::Cleared => {
-                self.lock().remove(key.as_str());
-            }
-        }
-        self.last.insert(&key, c.clone());
-    }
-
-    pub fn last_change(&self, key: &str) -> Option<AlertChange> {
-        self.last.get(key)
-    }
-
-    pub fn open(&self) -> Vec<AlertChange> {
-        self.lock()
-            .values()
-            .map(|t| AlertChange {
-                kind: t.kind,
-                key: AlertKey::new(&t.appliance, &t.alert.uri),
-                appliance: t.appliance.clone(),
-                alert: t.alert.clone(),
-            })
-            .collect()
-    }
-}
-
-/// An open alert in the [`Tracker`].
-struct Tracked {
-    kind: ChangeKind,
-    appliance: Appliance,
-    alert: Arc<Alert>,
-}
-
-/// Puts a [`Tracker`] between the poller and delivery: returns the sender the poller writes to
-/// and the task that records and forwards (capacity 1, so delivery's backpressure still
-/// reaches the poller).
-pub fn tee(
-    delivery: mpsc::Sender<AlertChange>,
-    tracker: Arc<Tracker>,
-) -> (mpsc::Sender<AlertChange>, crate::task::Task) {
-    let (tx, mut rx) = mpsc::channel::<AlertChange>(1);
-    let task: crate::task::Task = Box::pin(async move {
-        while let Some(c) = rx.recv().await {
-            tracker.record(&c);
-            if delivery.send(c).await.is_err() {
-                break;
-            }
-        }
-    });
-    (tx, task)
-}
-
 const RECENT_ERRORS_KEPT: usize = 20;
+
+/// Write-back event ids remembered as done (so a redelivery is answered without a request to
+/// OneView).
+const WRITEBACKS_REMEMBERED: usize = 10_000;
 
 /// The in-process control (roles `all` and `poller`).
 pub struct Local {
     pub config: Arc<Config>,
     pub appliance: Appliance,
-    pub tracker: Arc<Tracker>,
+    /// What PagerDuty holds per alert, and the open alerts: written by the pipeline only.
+    pub incidents: Arc<Incidents>,
+    /// The poller's channel into the pipeline (a dead-letter retry goes this way).
     pub changes: mpsc::Sender<AlertChange>,
+    /// The push API's own admission into the pipeline (`web.push_queue`).
+    pub pushes: mpsc::Sender<AlertChange>,
     pub delivery: Arc<DeliveryStatus>,
     pub poll_now: Arc<Notify>,
     pub poller: Arc<PollerStatus>,
     pub client: Arc<OneViewClient>,
     /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
     /// `incident.annotated` (whose payload has no key) can be matched.
-    incidents: moka::sync::Cache<String, String>,
+    incident_keys: moka::sync::Cache<String, String>,
     recent_errors: Mutex<std::collections::VecDeque<RecentError>>,
+    /// Write-backs in progress, by PagerDuty event id: a second delivery of the same event
+    /// (PagerDuty redelivers with a new `X-Webhook-Id`) waits for the first instead of reading
+    /// the alert before the first one's note is there and writing a second note.
+    writing: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Event ids already written back (or found written) by this process.
+    written: crate::recent::Recent<()>,
 }
 
 impl Local {
@@ -371,8 +309,9 @@ impl Local {
     pub fn new(
         config: Arc<Config>,
         appliance: Appliance,
-        tracker: Arc<Tracker>,
+        incidents: Arc<Incidents>,
         changes: mpsc::Sender<AlertChange>,
+        pushes: mpsc::Sender<AlertChange>,
         delivery: Arc<DeliveryStatus>,
         poll_now: Arc<Notify>,
         poller: Arc<PollerStatus>,
@@ -381,14 +320,17 @@ impl Local {
         Self {
             config,
             appliance,
-            tracker,
+            incidents,
             changes,
+            pushes,
             delivery,
             poll_now,
             poller,
             client,
-            incidents: moka::sync::Cache::builder().max_capacity(10_000).build(),
+            incident_keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
             recent_errors: Mutex::new(Default::default()),
+            writing: Mutex::new(Default::default()),
+            written: crate::recent::Recent::new(WRITEBACKS_REMEMBERED),
         }
     }
 
@@ -403,8 +345,9 @@ impl Local {
         }
     }
 
-    fn view(&self, c: &AlertChange) -> TrackedAlert {
-        let key = dedup_key(&c.key.appliance, &c.key.uri);
+    fn view(&self, t: &crate::pipeline::incidents::TrackedAlert) -> TrackedAlert {
+        let c = &t.change;
+        let key = t.dedup_key.clone();
         let pagerduty = self.delivery.key(&key).map(|k| PagerDutyState {
             last_action: k.last_action.as_str().to_owned(),
             outcome: k.outcome.to_owned(),
@@ -433,12 +376,16 @@ impl Local {
             ),
             created: a.created.clone(),
             modified: a.modified.clone(),
+            route: t.route.as_deref().map(str::to_owned),
             pagerduty,
         }
     }
 
-    async fn push(&self, alerts: Vec<Alert>) -> Result<Vec<String>, ControlError> {
-        let mut keys = Vec::with_capacity(alerts.len());
+    /// Hands pushed alerts to the pipeline through its own bounded admission: never waits, so
+    /// a big push answers at once and polled alerts never queue behind it.
+    fn push(&self, alerts: Vec<Alert>) -> Result<PushOutcome, ControlError> {
+        let mut out = PushOutcome::default();
+        let total = alerts.len();
         for alert in alerts {
             let key = AlertKey::new(&self.appliance, &alert.uri);
             let dk = dedup_key(&key.appliance, &key.uri);
@@ -452,33 +399,45 @@ impl Local {
                 appliance: self.appliance.clone(),
                 alert: Arc::new(alert),
             };
-            self.tracker.record(&change);
-            self.changes.send(change).await.map_err(|_| {
-                ControlError::Unavailable(
-                    "the delivery queue is shut down (the bridge is stopping); retry on another replica"
-                        .to_owned(),
-                )
-            })?;
-            keys.push(dk);
+            match self.pushes.try_send(change) {
+                Ok(()) => out.accepted.push(dk),
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(ControlError::Unavailable(
+                        "the delivery queue is shut down (the bridge is stopping); retry on another replica"
+                            .to_owned(),
+                    ));
+                }
+            }
         }
-        Ok(keys)
+        out.not_admitted = total - out.accepted.len();
+        if out.not_admitted > 0 {
+            tracing::warn!(
+                accepted = out.accepted.len(),
+                not_admitted = out.not_admitted,
+                "push queue full (web.push_queue); the rest of the push is answered 429"
+            );
+        }
+        Ok(out)
     }
 
     fn alerts(&self, q: &AlertQuery) -> AlertPage {
         let per_page = q.per_page.unwrap_or(100).clamp(1, 1000);
         let page = q.page.unwrap_or(1).max(1);
         let eq = |f: &Option<String>, v: &str| f.as_ref().is_none_or(|f| f.eq_ignore_ascii_case(v));
-        let all: Vec<TrackedAlert> = self
-            .tracker
-            .open()
+        let mut all: Vec<TrackedAlert> = self
+            .incidents
+            .open_alerts()
             .iter()
-            .map(|c| self.view(c))
+            .map(|t| self.view(t))
             .filter(|a| {
                 eq(&q.state, &a.state)
                     && eq(&q.severity, &a.severity)
                     && eq(&q.appliance, &a.appliance)
             })
             .collect();
+        // A stable order, so that pages do not overlap.
+        all.sort_unstable_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
         let total = all.len();
         let alerts = all
             .into_iter()
@@ -499,7 +458,7 @@ impl Local {
             .dead_letters
             .into_iter()
             .map(|d| DeadLetterView {
-                retryable: self.tracker.last_change(&d.dedup_key).is_some(),
+                retryable: self.incidents.last_change(&d.dedup_key).is_some(),
                 dedup_key: d.dedup_key,
                 action: d.action.as_str().to_owned(),
                 route: d.route,
@@ -512,7 +471,7 @@ impl Local {
     }
 
     async fn retry(&self, key: &str) -> Result<serde_json::Value, ControlError> {
-        let Some(change) = self.tracker.last_change(key) else {
+        let Some(change) = self.incidents.last_change(key) else {
             return Err(ControlError::NotFound(format!(
                 "no dead letter with dedup key {key} that the bridge can re-send (it only keeps the alert of recent keys); GET /api/v1/deliveries/dead-letter lists them"
             )));
@@ -565,8 +524,12 @@ impl Local {
         }
         recent.sort_by_key(|e| std::cmp::Reverse(e.time));
         recent.truncate(RECENT_ERRORS_KEPT);
-        let mut alerts: Vec<TrackedAlert> =
-            self.tracker.open().iter().map(|c| self.view(c)).collect();
+        let mut alerts: Vec<TrackedAlert> = self
+            .incidents
+            .open_alerts()
+            .iter()
+            .map(|t| self.view(t))
+            .collect();
         alerts.sort_by_key(|a| (severity_rank(&a.severity), a.created.clone()));
         StatusView {
             appliances: vec![ApplianceView {
@@ -596,35 +559,89 @@ impl Local {
         }
     }
 
-    /// The URI of the alert behind an incident key, if the incident is this bridge's.
+    /// The URI of the alert behind an incident key, when the incident is one the pipeline
+    /// knows (an open alert, an incident it holds, or a recent change) of this bridge's
+    /// appliance, and the URI is an alert's canonical URI. Never guessed from an unknown key.
     fn alert_uri(&self, incident_key: &str) -> Option<String> {
-        if let Some(rest) = incident_key.strip_prefix("oneview:sha256:") {
-            let _ = rest;
-            return self
-                .tracker
-                .last_change(incident_key)
-                .map(|c| c.key.uri.to_string());
-        }
-        let rest = incident_key.strip_prefix("oneview:")?;
-        // The appliance id may itself hold ':'; the URI always starts with `/rest/`.
-        let at = rest.find(":/rest/")?;
-        let (appliance, uri) = (&rest[..at], &rest[at + 1..]);
-        (appliance == &*self.appliance.id).then(|| uri.to_owned())
+        let key = match self.incidents.known(incident_key) {
+            Some(k) => k.key,
+            // Held since before a restart (seeded from the ledger), not seen again yet: the
+            // plain key names its alert.
+            None if matches!(
+                self.incidents.holding(incident_key),
+                crate::pipeline::Holding::Open { .. }
+            ) =>
+            {
+                let rest = incident_key.strip_prefix("oneview:")?;
+                // The appliance id may itself hold ':'; the URI always starts with `/rest/`.
+                let at = rest.find(":/rest/")?;
+                AlertKey {
+                    appliance: Arc::from(&rest[..at]),
+                    uri: Arc::from(&rest[at + 1..]),
+                }
+            }
+            None => return None,
+        };
+        (key.appliance == self.appliance.id && crate::model::is_canonical_alert_uri(&key.uri))
+            .then(|| key.uri.to_string())
     }
 
+    /// Writes one PagerDuty incident event back, once per event id whatever the number of
+    /// deliveries: concurrent deliveries of one event wait for the first, later ones find it
+    /// done.
     async fn writeback(&self, req: &WritebackRequest) -> WritebackReport {
+        if self.written.get(&req.event_id).is_some() {
+            return WritebackReport {
+                outcome: WritebackOutcome::Duplicate,
+                detail: format!("event {} was already written back", req.event_id),
+            };
+        }
+        let lock = {
+            let mut g = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            g.entry(req.event_id.clone()).or_default().clone()
+        };
+        let report = {
+            let _one_at_a_time = lock.lock().await;
+            if self.written.get(&req.event_id).is_some() {
+                WritebackReport {
+                    outcome: WritebackOutcome::Duplicate,
+                    detail: format!("event {} was already written back", req.event_id),
+                }
+            } else {
+                let r = self.write_once(req).await;
+                if matches!(
+                    r.outcome,
+                    WritebackOutcome::Written | WritebackOutcome::Duplicate
+                ) {
+                    self.written.insert(&req.event_id, ());
+                }
+                r
+            }
+        };
+        let mut g = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the last holder removes the entry (an `Arc` held by the map and by us).
+        if g.get(&req.event_id)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            g.remove(&req.event_id);
+        }
+        drop(lock);
+        report
+    }
+
+    async fn write_once(&self, req: &WritebackRequest) -> WritebackReport {
         let report = |outcome, detail: String| WritebackReport { outcome, detail };
         if let (Some(id), Some(key)) = (&req.incident_id, &req.incident_key) {
             // Every event of an incident carries the same pair; a cache insert costs far more
             // than a lookup, so only learn what is new.
-            if self.incidents.get(id).as_ref() != Some(key) {
-                self.incidents.insert(id.clone(), key.clone());
+            if self.incident_keys.get(id).as_ref() != Some(key) {
+                self.incident_keys.insert(id.clone(), key.clone());
             }
         }
         let key = req.incident_key.clone().or_else(|| {
             req.incident_id
                 .as_ref()
-                .and_then(|id| self.incidents.get(id))
+                .and_then(|id| self.incident_keys.get(id))
         });
         let Some(key) = key else {
             return report(
@@ -635,7 +652,9 @@ impl Local {
         let Some(uri) = self.alert_uri(&key) else {
             return report(
                 WritebackOutcome::Ignored,
-                format!("incident key {key} is not from this bridge's appliance"),
+                format!(
+                    "incident key {key} is not an alert this bridge knows on its appliance (only incidents of alerts the bridge tracked are written back)"
+                ),
             );
         };
         let resolved = req.event_type == "incident.resolved";
@@ -678,6 +697,16 @@ impl Local {
                 Ok(a) => a,
                 Err(e) => return self.failed(&uri, e),
             };
+            // Write only to what the appliance itself says is this alert.
+            if alert.uri != uri {
+                return report(
+                    WritebackOutcome::Ignored,
+                    format!(
+                        "OneView answered {uri} with a resource whose uri is `{}`; nothing written",
+                        alert.uri
+                    ),
+                );
+            }
             let done = alert
                 .change_log
                 .iter()
@@ -844,9 +873,9 @@ pub enum Control {
 }
 
 impl Control {
-    pub async fn push(&self, alerts: Vec<Alert>) -> Result<Vec<String>, ControlError> {
+    pub async fn push(&self, alerts: Vec<Alert>) -> Result<PushOutcome, ControlError> {
         match self {
-            Control::Local(l) => l.push(alerts).await,
+            Control::Local(l) => l.push(alerts),
             Control::Remote(r) => {
                 r.call(
                     reqwest::Method::POST,
@@ -987,8 +1016,8 @@ async fn i_push(
     axum::Json(alerts): axum::Json<Vec<Alert>>,
 ) -> Result<Response, ApiError> {
     guard(&s, &h)?;
-    let keys = s.local.push(alerts).await.map_err(ApiError::from)?;
-    Ok(axum::Json(keys).into_response())
+    let outcome = s.local.push(alerts).map_err(ApiError::from)?;
+    Ok(axum::Json(outcome).into_response())
 }
 
 async fn i_alerts(

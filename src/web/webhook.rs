@@ -20,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::http::ApiError;
 use crate::web::api::{WebState, read_json_body};
@@ -41,9 +43,13 @@ pub struct WritebackJob {
 /// Runs the queued write-backs, `web.writeback_concurrency` at a time (a task per delivery,
 /// unbounded, turned a burst of deliveries into as many concurrent requests, each on a
 /// connection of its own: 1,400 open sockets at 3,000 deliveries/s in the web benchmark, a flood
-/// for a real appliance), in arrival order, until `work` is cancelled (write-backs still queued
-/// then are dropped and logged: PagerDuty's next change of those incidents is written back as
-/// usual).
+/// for a real appliance), in arrival order.
+///
+/// When `work` is cancelled (SIGTERM: the HPA scales web replicas in all the time) the queue is
+/// closed, so new deliveries are answered 503 and PagerDuty delivers them to another replica,
+/// and what was already answered 202 is still written back, within `server.shutdown_timeout`.
+/// What is left then is counted (`bridge_web_writebacks_total{outcome="dropped_at_shutdown"}`)
+/// and logged: PagerDuty's next change of those incidents is written back as usual.
 pub fn dispatcher(
     s: WebState,
     mut queue: mpsc::Receiver<WritebackJob>,
@@ -51,6 +57,7 @@ pub fn dispatcher(
 ) -> crate::task::Task {
     Box::pin(async move {
         let slots = Arc::new(Semaphore::new(s.config.web.writeback_concurrency.max(1)));
+        let running = TaskTracker::new();
         loop {
             // A slot first, then a job: a job stays in the queue (and counts in its depth and
             // its bound) until a slot is free for it.
@@ -69,26 +76,62 @@ pub fn dispatcher(
                 },
             };
             s.metrics.writeback_queue_depth.dec();
-            let s = s.clone();
-            tokio::spawn(async move {
-                write_back(&s, job).await;
+            let st = s.clone();
+            running.spawn(async move {
+                write_back(&st, job).await;
                 drop(slot);
             });
         }
+        // Shutting down: take no new deliveries, finish those already acknowledged.
         queue.close();
-        let mut dropped = 0_usize;
+        let timeout = s.config.server.shutdown_timeout;
+        // Leave the app a moment to count and log before it stops waiting for us.
+        let deadline = Instant::now() + timeout.saturating_sub((timeout / 4).min(DRAIN_MARGIN));
+        let queued_at_stop = queue.len();
+        if queued_at_stop > 0 || !running.is_empty() {
+            tracing::info!(
+                queued = queued_at_stop,
+                in_progress = running.len(),
+                "shutdown: finishing the acknowledged PagerDuty write-backs"
+            );
+        }
+        loop {
+            let slot = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let Ok(job) = queue.try_recv() else { break };
+            s.metrics.writeback_queue_depth.dec();
+            let st = s.clone();
+            running.spawn(async move {
+                write_back(&st, job).await;
+                drop(slot);
+            });
+        }
+        running.close();
+        let _ = tokio::time::timeout_at(deadline, running.wait()).await;
+        let mut left = running.len();
         while queue.try_recv().is_ok() {
             s.metrics.writeback_queue_depth.dec();
-            dropped += 1;
+            left += 1;
         }
-        if dropped > 0 {
+        if left > 0 {
+            s.metrics.writebacks_dropped(left);
             tracing::warn!(
-                queued = dropped,
-                "stopping with PagerDuty write-backs still queued; they are not written to OneView"
+                left,
+                timeout = ?timeout,
+                "stopping with PagerDuty write-backs not done within server.shutdown_timeout; they are not written to OneView"
             );
         }
     })
 }
+
+/// How long before `server.shutdown_timeout` the drain gives up, so that it can count what is
+/// left before the application stops waiting.
+const DRAIN_MARGIN: Duration = Duration::from_millis(500);
 
 async fn write_back(s: &WebState, job: WritebackJob) {
     let WritebackJob { req, webhook_id } = job;

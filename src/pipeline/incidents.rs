@@ -1,0 +1,426 @@
+//! [`Incidents`]: the one owner of "which incident PagerDuty holds for this alert, on which
+//! route", and of the open alerts the bridge tracks (what the API and the status page list).
+//!
+//! The dispatcher is its only writer: it records every change at intake ([`Incidents::observe`])
+//! and every event PagerDuty accepted ([`Incidents::accepted`]); at startup it is seeded from the
+//! state store's ledger ([`Incidents::seed`]), which records the route of every accepted event,
+//! so after a restart a clear still goes to the integration that opened the incident. The web
+//! side reads it (alert list, status, write-back targets, dead-letter retries).
+//!
+//! Open incidents are remembered until they resolve; there is no expiry for them (forgetting
+//! which route holds an incident is how incidents stay open forever). Resolved keys are
+//! remembered for `dedup.ttl`, so a repeated clear is not sent again; after that, and for keys
+//! no state ever mentioned, the holding is [`Holding::Unknown`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::model::{Alert, AlertChange, AlertKey, Appliance, ChangeKind};
+use crate::pagerduty::event::Action;
+use crate::recent::{Recent, shrink_if_sparse};
+
+use super::decide::Holding;
+
+/// Last changes kept for dead-letter retries (the most recent 5,000 to 10,000 keys).
+pub const LAST_CHANGES_KEPT: usize = 10_000;
+
+/// An open alert as the pipeline last saw it.
+#[derive(Debug, Clone)]
+struct Tracked {
+    kind: ChangeKind,
+    appliance: Appliance,
+    alert: Arc<Alert>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// The open incident PagerDuty accepted for the key: its route and fingerprint.
+    held: Option<(Arc<str>, u64)>,
+    /// The alert while OneView shows it open (as far as the pipeline heard).
+    open: Option<Tracked>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.held.is_none() && self.open.is_none()
+    }
+}
+
+struct Table {
+    entries: HashMap<Box<str>, Entry>,
+    /// Keys whose incident the bridge saw resolved, until when that is remembered.
+    resolved: HashMap<Box<str>, Instant>,
+    ttl: Duration,
+    next_sweep: Instant,
+}
+
+/// An alert the bridge tracks, with the route that holds its incident.
+#[derive(Debug, Clone)]
+pub struct TrackedAlert {
+    pub dedup_key: String,
+    pub change: AlertChange,
+    /// The route of the open incident PagerDuty accepted, if any yet.
+    pub route: Option<Arc<str>>,
+}
+
+/// A known alert key, for a write-back: whose alert it is and where its incident is.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub key: AlertKey,
+    pub route: Option<Arc<str>>,
+}
+
+/// See the module docs. Cheap to share (`Arc`); every method takes the lock briefly.
+pub struct Incidents {
+    table: Mutex<Table>,
+    /// The last change of recently seen keys (what a dead-letter retry re-sends).
+    last: Recent<AlertChange>,
+}
+
+impl std::fmt::Debug for Incidents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incidents").finish_non_exhaustive()
+    }
+}
+
+impl Incidents {
+    /// `ttl`: how long a resolved key is remembered (`dedup.ttl`).
+    pub fn new(ttl: Duration) -> Self {
+        let ttl = ttl.max(Duration::from_secs(1));
+        Self {
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                resolved: HashMap::new(),
+                ttl,
+                next_sweep: Instant::now() + sweep_every(ttl),
+            }),
+            last: Recent::new(LAST_CHANGES_KEPT),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Plain maps, each update a single insert or remove: a panic elsewhere cannot leave
+        // them half-written.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What PagerDuty holds for `key`, as far as the bridge knows.
+    pub fn holding(&self, key: &str) -> Holding {
+        let g = self.lock();
+        if let Some((route, fingerprint)) = g.entries.get(key).and_then(|e| e.held.clone()) {
+            return Holding::Open { route, fingerprint };
+        }
+        match g.resolved.get(key) {
+            Some(until) if *until > Instant::now() => Holding::Closed,
+            _ => Holding::Unknown,
+        }
+    }
+
+    /// Records a change at intake: the alert list follows OneView.
+    pub fn observe(&self, key: &str, change: &AlertChange) {
+        {
+            let mut g = self.lock();
+            match change.kind {
+                ChangeKind::Raised | ChangeKind::Updated => {
+                    let tracked = Tracked {
+                        kind: change.kind,
+                        appliance: change.appliance.clone(),
+                        alert: change.alert.clone(),
+                    };
+                    match g.entries.get_mut(key) {
+                        Some(e) => e.open = Some(tracked),
+                        None => {
+                            g.entries.insert(
+                                Box::from(key),
+                                Entry {
+                                    held: None,
+                                    open: Some(tracked),
+                                },
+                            );
+                        }
+                    }
+                }
+                ChangeKind::Cleared => {
+                    if let Some(e) = g.entries.get_mut(key) {
+                        e.open = None;
+                        if e.is_empty() {
+                            g.entries.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+        self.last.insert(key, change.clone());
+    }
+
+    /// PagerDuty accepted `action` for `key` on `route`. `settled`: nothing else is queued for
+    /// the key, so a resolve of a key nobody knew closes it for good.
+    pub fn accepted(
+        &self,
+        key: &str,
+        action: Action,
+        route: &Arc<str>,
+        fingerprint: u64,
+        settled: bool,
+    ) {
+        let mut g = self.lock();
+        let now = Instant::now();
+        match action {
+            Action::Trigger => {
+                g.resolved.remove(key);
+                match g.entries.get_mut(key) {
+                    Some(e) => e.held = Some((route.clone(), fingerprint)),
+                    None => {
+                        g.entries.insert(
+                            Box::from(key),
+                            Entry {
+                                held: Some((route.clone(), fingerprint)),
+                                open: None,
+                            },
+                        );
+                    }
+                }
+            }
+            Action::Resolve => {
+                let closes = match g.entries.get_mut(key) {
+                    Some(e) => match &e.held {
+                        Some((r, _)) if r == route => {
+                            e.held = None;
+                            true
+                        }
+                        Some(_) => false,
+                        None => settled,
+                    },
+                    None => settled,
+                };
+                if g.entries.get(key).is_some_and(Entry::is_empty) {
+                    g.entries.remove(key);
+                }
+                if closes {
+                    let until = now + g.ttl;
+                    g.resolved.insert(Box::from(key), until);
+                }
+            }
+            Action::Acknowledge => {}
+        }
+        g.sweep(now);
+    }
+
+    /// Seeds the table from the state store's ledger: `(key, action, route, fingerprint, age)`
+    /// of the last event PagerDuty accepted per key.
+    pub fn seed<'a>(
+        &self,
+        ledger: impl IntoIterator<Item = (&'a str, Action, &'a str, u64, Duration)>,
+    ) {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let ttl = g.ttl;
+        let mut routes: HashMap<&str, Arc<str>> = HashMap::new();
+        for (key, action, route, fingerprint, age) in ledger {
+            match action {
+                Action::Trigger => {
+                    // One shared name per route, not one allocation per incident.
+                    let route = routes
+                        .entry(route)
+                        .or_insert_with(|| Arc::from(route))
+                        .clone();
+                    g.entries.insert(
+                        Box::from(key),
+                        Entry {
+                            held: Some((route, fingerprint)),
+                            open: None,
+                        },
+                    );
+                }
+                Action::Resolve if age < ttl => {
+                    g.resolved.insert(Box::from(key), now + (ttl - age));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The open alerts, in no particular order.
+    pub fn open_alerts(&self) -> Vec<TrackedAlert> {
+        let g = self.lock();
+        g.entries
+            .iter()
+            .filter_map(|(k, e)| {
+                let t = e.open.as_ref()?;
+                Some(TrackedAlert {
+                    dedup_key: k.to_string(),
+                    change: AlertChange {
+                        kind: t.kind,
+                        key: AlertKey::new(&t.appliance, &t.alert.uri),
+                        appliance: t.appliance.clone(),
+                        alert: t.alert.clone(),
+                    },
+                    route: e.held.as_ref().map(|(r, _)| r.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// Whose alert `key` is, when the bridge tracks it or holds an incident for it (or saw it
+    /// recently). `None`: not an alert of this bridge.
+    pub fn known(&self, key: &str) -> Option<Known> {
+        let route = {
+            let g = self.lock();
+            let e = g.entries.get(key);
+            if let Some(t) = e.and_then(|e| e.open.as_ref()) {
+                return Some(Known {
+                    key: AlertKey::new(&t.appliance, &t.alert.uri),
+                    route: e.and_then(|e| e.held.as_ref().map(|(r, _)| r.clone())),
+                });
+            }
+            e.and_then(|e| e.held.as_ref().map(|(r, _)| r.clone()))
+        };
+        self.last.get(key).map(|c| Known { key: c.key, route })
+    }
+
+    /// The last change of `key`, if it is still kept.
+    pub fn last_change(&self, key: &str) -> Option<AlertChange> {
+        self.last.get(key)
+    }
+
+    /// Open incidents per route (the gauge) and the number of keys remembered in all.
+    pub fn counts(&self) -> (HashMap<Arc<str>, usize>, usize) {
+        let mut g = self.lock();
+        g.sweep(Instant::now());
+        let mut per_route: HashMap<Arc<str>, usize> = HashMap::new();
+        for (r, _) in g.entries.values().filter_map(|e| e.held.as_ref()) {
+            *per_route.entry(r.clone()).or_default() += 1;
+        }
+        (per_route, g.entries.len() + g.resolved.len())
+    }
+}
+
+fn sweep_every(ttl: Duration) -> Duration {
+    (ttl / 16).clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
+impl Table {
+    /// Forgets resolved keys past their time, at most every `ttl / 16`; gives back the capacity
+    /// of a storm once the maps are mostly empty.
+    fn sweep(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + sweep_every(self.ttl);
+        self.resolved.retain(|_, until| *until > now);
+        shrink_if_sparse(&mut self.resolved);
+        shrink_if_sparse(&mut self.entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AlertKey;
+
+    fn change(kind: ChangeKind, uri: &str) -> AlertChange {
+        let appliance = Appliance {
+            id: Arc::from("ov1"),
+            ui_url: Arc::from("https://ov1"),
+        };
+        AlertChange {
+            kind,
+            key: AlertKey::new(&appliance, uri),
+            appliance,
+            alert: Arc::new(Alert {
+                uri: uri.to_owned(),
+                ..Alert::default()
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_incidents_never_expire_resolved_ones_do() {
+        let inc = Incidents::new(Duration::from_secs(3600));
+        let critical: Arc<str> = Arc::from("critical");
+        inc.observe("k1", &change(ChangeKind::Raised, "/rest/alerts/1"));
+        assert_eq!(inc.holding("k1"), Holding::Unknown);
+        inc.accepted("k1", Action::Trigger, &critical, 7, true);
+        inc.accepted("k2", Action::Trigger, &critical, 8, true);
+        inc.accepted("k2", Action::Resolve, &critical, 8, true);
+        tokio::time::advance(Duration::from_secs(30 * 24 * 3600)).await;
+        assert_eq!(
+            inc.holding("k1"),
+            Holding::Open {
+                route: critical.clone(),
+                fingerprint: 7
+            },
+            "an open incident is remembered however long it stays open"
+        );
+        assert_eq!(
+            inc.holding("k2"),
+            Holding::Unknown,
+            "a resolve is remembered for the ttl"
+        );
+        assert_eq!(inc.open_alerts().len(), 1);
+        inc.observe("k1", &change(ChangeKind::Cleared, "/rest/alerts/1"));
+        assert!(inc.open_alerts().is_empty());
+        assert!(
+            matches!(inc.holding("k1"), Holding::Open { .. }),
+            "cleared in OneView, still open in PagerDuty until its resolve is accepted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolve_on_another_route_does_not_close_the_incident() {
+        let inc = Incidents::new(Duration::from_secs(3600));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("default"), Arc::from("critical"));
+        inc.accepted("k", Action::Trigger, &a, 1, true);
+        inc.accepted("k", Action::Resolve, &b, 1, true);
+        assert!(matches!(inc.holding("k"), Holding::Open { .. }));
+        inc.accepted("k", Action::Resolve, &a, 1, true);
+        assert_eq!(inc.holding("k"), Holding::Closed);
+        // A key nobody knew: closed once every queued resolve is done.
+        inc.accepted("u", Action::Resolve, &a, 1, false);
+        assert_eq!(inc.holding("u"), Holding::Unknown);
+        inc.accepted("u", Action::Resolve, &b, 1, true);
+        assert_eq!(inc.holding("u"), Holding::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeded_from_the_ledger() {
+        let inc = Incidents::new(Duration::from_secs(3600));
+        inc.seed([
+            (
+                "open",
+                Action::Trigger,
+                "critical",
+                5,
+                Duration::from_secs(99_999),
+            ),
+            (
+                "recent",
+                Action::Resolve,
+                "default",
+                5,
+                Duration::from_secs(60),
+            ),
+            (
+                "old",
+                Action::Resolve,
+                "default",
+                5,
+                Duration::from_secs(7200),
+            ),
+        ]);
+        assert_eq!(
+            inc.holding("open"),
+            Holding::Open {
+                route: Arc::from("critical"),
+                fingerprint: 5
+            }
+        );
+        assert_eq!(inc.holding("recent"), Holding::Closed);
+        assert_eq!(inc.holding("old"), Holding::Unknown);
+        let (per_route, _) = inc.counts();
+        assert_eq!(per_route.get("critical"), Some(&1));
+    }
+}

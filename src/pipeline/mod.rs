@@ -1,0 +1,16 @@
+//! The delivery pipeline's policy and memory, apart from PagerDuty's wire format:
+//!
+//! - [`incidents`]: [`Incidents`], the one owner of "which incident PagerDuty holds for each
+//!   alert, on which route", and of the open alerts the API lists. Seeded from the state
+//!   store's ledger at startup, written only by the dispatcher.
+//! - [`decide`]: the intake policy (trigger, update, clear, cancel, route change) as a pure
+//!   function with a table test: what PagerDuty must hear next about one alert.
+//!
+//! The dispatcher (`pagerduty::dispatcher`) does the I/O around them: the outbox, per-key
+//! order, the rate limit per routing key, and the sends.
+
+pub mod decide;
+pub mod incidents;
+
+pub use decide::{Decision, Holding, Incoming, Queued, Routes, Step, Why, decide};
+pub use incidents::Incidents;
