@@ -782,7 +782,12 @@ async fn an_endless_alert_page_fails_one_poll_with_the_named_limit_and_the_next_
     sim.handle
         .add_alerts(&vec![spec("Critical", "Active"); 150]);
     sim.handle.update_faults(|f| f.endless_page_next = 1);
-    let mut p = PollerRun::start(sim, |r| r.oneview.max_response_bytes = MIB).await;
+    let mut p = PollerRun::start(sim, |r| {
+        r.oneview.max_response_bytes = MIB;
+        // A client without the cap would read the endless page until this timeout.
+        r.oneview.request_timeout = Duration::from_secs(2);
+    })
+    .await;
     p.cycles(1).await;
     let s = p.status.snapshot();
     let err = s.last_error.expect("the first poll failed");
