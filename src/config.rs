@@ -94,7 +94,19 @@ pub struct RawOneView {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The most bytes one OneView response body may have; a longer one fails its request.
+    pub max_response_bytes: u64,
 }
+
+/// Default of `oneview.max_response_bytes`: a 5,000-alert page of real alert content is about
+/// 6 MB (measured with the simulator's templates), so this leaves ten times that for long
+/// change logs and descriptions while bounding what a runaway answer can cost.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+/// Bounds of `oneview.max_response_bytes`.
+const MIN_RESPONSE_BYTES: u64 = 1024 * 1024;
+const MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
+/// A generous size of one alert in a collection page, for the page-size-vs-cap warning.
+const ALERT_BYTES_GENEROUS: u64 = 4 * 1024;
 
 impl Default for RawOneView {
     fn default() -> Self {
@@ -111,6 +123,7 @@ impl Default for RawOneView {
             session_refresh: Duration::from_secs(23 * 3600),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -533,6 +546,7 @@ pub struct OneViewConfig {
     pub session_refresh: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub max_response_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -997,6 +1011,21 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             );
         }
     }
+    if !(MIN_RESPONSE_BYTES..=MAX_RESPONSE_BYTES).contains(&ov.max_response_bytes) {
+        c.problem(
+            "oneview.max_response_bytes",
+            Some(&ov.max_response_bytes.to_string()),
+            "must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
+            &format!("the default {DEFAULT_MAX_RESPONSE_BYTES} (64 MiB) holds a 5,000-alert page ten times over; raise it only if the bridge reports a larger page"),
+        );
+    } else if ov.max_response_bytes < u64::from(raw.poller.page_size) * ALERT_BYTES_GENEROUS {
+        c.warnings.push(format!(
+            "oneview.max_response_bytes = {} may be too small for poller.page_size = {}: alerts with long change logs take up to about {} KiB each, and a longer page fails its poll. Raise oneview.max_response_bytes or lower poller.page_size",
+            ov.max_response_bytes,
+            raw.poller.page_size,
+            ALERT_BYTES_GENEROUS / 1024
+        ));
+    }
     let oneview = match (ov_url, ov.username.clone(), password) {
         (Some(url), Some(username), Some(password)) if !username.is_empty() => {
             let name = ov
@@ -1016,6 +1045,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
                 session_refresh: ov.session_refresh,
                 connect_timeout: ov.connect_timeout,
                 request_timeout: ov.request_timeout,
+                max_response_bytes: ov.max_response_bytes,
             })
         }
         _ => None,
@@ -1674,6 +1704,39 @@ mod tests {
         assert_eq!(
             bad(&|w| w.webhook_rate_limit_per_second = MAX_RATE_LIMIT_PER_SECOND + 1),
             "web.webhook_rate_limit_per_second"
+        );
+    }
+
+    #[test]
+    fn max_response_bytes_defaults_bounds_and_page_size_warning() {
+        let c = validate(raw_ok(), Role::Poller).unwrap();
+        assert_eq!(
+            c.oneview.unwrap().max_response_bytes,
+            DEFAULT_MAX_RESPONSE_BYTES
+        );
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("max_response_bytes")),
+            "{:?}",
+            c.warnings
+        );
+        for bad in [0, MIN_RESPONSE_BYTES - 1, MAX_RESPONSE_BYTES + 1] {
+            let mut r = raw_ok();
+            r.oneview.max_response_bytes = bad;
+            let Err(ConfigError::Invalid(p)) = validate(r, Role::Poller) else {
+                panic!("{bad} should be refused")
+            };
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].key, "oneview.max_response_bytes");
+        }
+        let mut r = raw_ok();
+        r.oneview.max_response_bytes = MIN_RESPONSE_BYTES;
+        r.poller.page_size = 5000;
+        let c = validate(r, Role::Poller).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("oneview.max_response_bytes")
+                && w.contains("poller.page_size")),
+            "{:?}",
+            c.warnings
         );
     }
 }

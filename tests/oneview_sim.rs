@@ -1,5 +1,6 @@
 //! The OneView simulator's own contract, over HTTP: the control API, the filter grammar as
-//! clients send it, paging limits, alert PUT/DELETE rules and faults.
+//! clients send it, paging limits, alert PUT/DELETE rules, faults, the CA endpoint in both
+//! shapes, and the size of a 5,000-alert page against the default response cap.
 
 mod oneview_support;
 
@@ -332,4 +333,139 @@ async fn holds_500k_alerts_and_answers_incremental_queries_from_its_index() {
     eprintln!("full-scan query: {:?}", t.elapsed());
     assert_eq!(v["total"], 0);
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_default_response_cap_holds_a_5000_alert_page_ten_times_over() {
+    let sim = start_sim(SimConfig {
+        max_page_size: 5000,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.handle.generate(&bridge::sim::oneview::GenerateSpec {
+        count: 5000,
+        ..Default::default()
+    });
+    let api = Api::login(&sim.url()).await;
+    let r = api
+        .http
+        .get(format!("{}/rest/alerts?count=5000", api.base))
+        .header("X-API-Version", "4600")
+        .header("auth", &api.token)
+        .send()
+        .await
+        .unwrap();
+    let page = r.bytes().await.unwrap().len() as u64;
+    eprintln!("a 5,000-member page of the simulator's real alert content: {page} bytes");
+    assert_eq!(sim.handle.counters().members_sent, 5000);
+    assert!(
+        page * 10 <= bridge::config::DEFAULT_MAX_RESPONSE_BYTES,
+        "{page} bytes"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_new_faults_are_set_over_the_control_api() {
+    let sim = start_sim(SimConfig::default()).await;
+    let api = Api::login(&sim.url()).await;
+    let f = api
+        .control(
+            reqwest::Method::PUT,
+            "/sim/faults",
+            Some(json!({"endless_page_next": 1, "next_page_origin": "http://127.0.0.1:9", "echo_auth_next": 2})),
+        )
+        .await;
+    assert_eq!(f["endless_page_next"], 1);
+    assert_eq!(f["next_page_origin"], "http://127.0.0.1:9");
+    assert_eq!(f["echo_auth_next"], 2);
+    // The echo quotes the session the request carried.
+    let (s, v) = api.get("/rest/alerts/1").await;
+    assert_eq!(s, 400);
+    assert!(v["message"].as_str().unwrap().contains(&api.token), "{v}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_ca_answers_in_the_shape_of_the_api_version() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+    let path = |f: &str| std::path::PathBuf::from(format!("{dir}/{f}"));
+    let ca = std::fs::read_to_string(path("ca.pem")).unwrap();
+    let tls = bridge::sim::oneview::TlsFiles::read(&path("server.pem"), &path("server.key"))
+        .unwrap()
+        .with_ca(&path("ca.pem"))
+        .unwrap();
+    let sim = bridge::sim::oneview::start_with(
+        SimConfig {
+            current_version: 6600,
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+        Some(tls),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let token: Value = http
+        .post(format!("{}/rest/login-sessions", sim.url()))
+        .header("X-API-Version", "4600")
+        .json(
+            &json!({"userName": "administrator", "password": "sim-password", "loginMsgAck": true}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["sessionID"].as_str().unwrap().to_owned();
+    let get = |version: &str, query: &str, details: bool, auth: bool| {
+        let mut r = http
+            .get(format!("{}/rest/certificates/ca{query}", sim.url()))
+            .header("X-API-Version", version);
+        if details {
+            r = r.header("If-Req-CertDetails", "true");
+        }
+        if auth {
+            r = r.header("Auth", &token);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Before 600: the PEM as a JSON string.
+    let (s, v) = get("500", "", false, true).await;
+    assert_eq!(s, 200);
+    assert_eq!(v.as_str().unwrap().trim(), ca.trim());
+    // From 600: a collection; the PEM only with the details asked for.
+    let (s, v) = get("600", "?filter=certType:INTERNAL", true, true).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["members"].as_array().unwrap().len(), 1);
+    assert_eq!(v["members"][0]["certType"], "INTERNAL");
+    assert_eq!(
+        v["members"][0]["certificateDetails"]["base64Data"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        ca.trim()
+    );
+    let (_, v) = get("6600", "?filter=certType:INTERNAL", false, true).await;
+    assert!(v["members"][0]["certificateDetails"]["base64Data"].is_null());
+    let (_, v) = get("6600", "?filter=certType:EXTERNAL", true, true).await;
+    assert_eq!(v["members"].as_array().unwrap().len(), 0);
+    // A session is needed, like on an appliance.
+    let (s, _) = get("6600", "", true, false).await;
+    assert_eq!(s, 401);
+    sim.stop().await;
+
+    // Over plain HTTP the simulator has no CA.
+    let plain = start_sim(SimConfig::default()).await;
+    let api = Api::login(&plain.url()).await;
+    let (s, _) = api.get("/rest/certificates/ca").await;
+    assert_eq!(s, 404);
+    plain.stop().await;
 }

@@ -1,6 +1,12 @@
 //! The OneView REST client: API version negotiation, the session (login, proactive refresh,
 //! single-flight re-login on 401 with one replay, logout), TLS and timeouts, OneView error
 //! bodies, and per-request metrics. The poller and the PagerDuty write-back both use it.
+//!
+//! What it refuses, whoever answers in the appliance's place: a body longer than
+//! `oneview.max_response_bytes` (read chunk by chunk and dropped at the limit, never buffered
+//! whole; error bodies are cut at [`ERROR_BODY_BYTES`]), a request to any origin other than
+//! that of `oneview.url` (the session token goes with every request), and the session id or
+//! password in any error text. TLS failures are reported as such, with their fix.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::{OneViewError, api_error, snippet};
+use super::error::{OneViewError, api_error, snippet, tls_problem};
 use super::metrics::{Endpoint, OneViewMetrics};
 use super::session::{Session, SessionSlot};
 use crate::config::{ApiVersionSetting, OneViewConfig};
@@ -27,6 +33,10 @@ use crate::secret::Secret;
 /// appliance's `currentVersion` capped at this value: the alert resource is stable across
 /// versions, and newer enum values are kept as strings anyway.
 pub const TESTED_MAX_API_VERSION: u32 = 8400;
+
+/// The most of an error answer's body that is read: enough for any OneView error JSON or the
+/// start of a proxy's HTML page, which is all an error message uses.
+pub const ERROR_BODY_BYTES: u64 = 64 * 1024;
 
 /// `GET /rest/version`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -111,6 +121,9 @@ pub struct OneViewClient {
     session_refresh: Duration,
     session: SessionSlot,
     metrics: OneViewMetrics,
+    max_response_bytes: u64,
+    /// `oneview.ca_file`, for the advice of a certificate error.
+    ca_file: Option<String>,
 }
 
 impl std::fmt::Debug for OneViewClient {
@@ -173,6 +186,8 @@ impl OneViewClient {
             session_refresh: cfg.session_refresh,
             session: SessionSlot::new(),
             metrics,
+            max_response_bytes: cfg.max_response_bytes,
+            ca_file: cfg.ca_file.as_ref().map(|p| p.display().to_string()),
         })
     }
 
@@ -199,11 +214,45 @@ impl OneViewClient {
     }
 
     fn url(&self, path: &str) -> Result<Url, OneViewError> {
-        self.base.join(path).map_err(|e| OneViewError::BadResponse {
-            endpoint: "request",
-            url: path.to_owned(),
-            detail: format!("not a usable URI relative to {}: {e}", self.base),
-        })
+        self.resolve(path, "a request")
+    }
+
+    /// `link` resolved against `oneview.url`, if it stays on the appliance. Relative links
+    /// (what appliances send) always do; an absolute or scheme-relative one must have the
+    /// scheme, host and port of `oneview.url`. `what` names where the link came from.
+    pub fn resolve(&self, link: &str, what: &str) -> Result<Url, OneViewError> {
+        let url = self
+            .base
+            .join(link)
+            .map_err(|e| OneViewError::BadResponse {
+                endpoint: "request",
+                url: link.to_owned(),
+                detail: format!("{what}: not a usable URI relative to {}: {e}", self.base),
+            })?;
+        if url.origin() != self.base.origin() {
+            self.metrics.request_error("foreign_link");
+            return Err(self.scrub(OneViewError::ForeignLink {
+                what: what.to_owned(),
+                link: link.to_owned(),
+                appliance: self.base.origin().ascii_serialization(),
+            }));
+        }
+        Ok(url)
+    }
+
+    /// `e` without the current session id or the password in its text (see
+    /// [`OneViewError::redact`]), for errors built from what the appliance sent.
+    pub fn scrub(&self, e: OneViewError) -> OneViewError {
+        let session = self.session.current();
+        let password = self.password.current().ok();
+        let mut secrets: Vec<&str> = Vec::with_capacity(2);
+        if let Some(s) = &session {
+            secrets.push(s.id.expose_secret());
+        }
+        if let Some(p) = &password {
+            secrets.push(p.expose_secret());
+        }
+        e.redact(&secrets)
     }
 
     /// `GET /rest/version` (no session, no version header).
@@ -307,43 +356,98 @@ impl OneViewClient {
             req = req.header(CONTENT_TYPE, "application/json").body(b);
         }
         let start = Instant::now();
+        let mut answered = None;
         let result = async {
-            let resp = req.send().await?;
+            let mut resp = req.send().await.map_err(Failure::Http)?;
             let status = resp.status().as_u16();
+            answered = Some(status);
             let date_ms = resp
                 .headers()
                 .get(DATE)
                 .and_then(|d| d.to_str().ok())
                 .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
                 .map(|d| d.timestamp_millis());
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, date_ms, body))
+            let body = self.read_body(&mut resp).await?;
+            Ok::<_, Failure>((status, date_ms, body))
         }
         .await;
         let elapsed = start.elapsed();
-        match result {
+        self.metrics
+            .observe_request(endpoint, answered, elapsed.as_secs_f64());
+        let err = match result {
             Ok((status, date_ms, body)) => {
-                self.metrics
-                    .observe_request(endpoint, Some(status), elapsed.as_secs_f64());
-                Ok(Reply {
+                return Ok(Reply {
                     status,
                     body,
                     url: url.to_string(),
                     date_ms,
                     elapsed,
-                })
+                });
             }
-            Err(e) => {
-                self.metrics
-                    .observe_request(endpoint, None, elapsed.as_secs_f64());
-                Err(OneViewError::Transport {
+            Err(Failure::TooLarge { declared }) => OneViewError::ResponseTooLarge {
+                endpoint: endpoint.as_str(),
+                url: url.to_string(),
+                limit: self.max_response_bytes,
+                declared,
+            },
+            Err(Failure::Http(e)) => match tls_problem(&e) {
+                Some(problem) => OneViewError::Tls {
+                    endpoint: endpoint.as_str(),
+                    url: url.to_string(),
+                    problem,
+                    detail: error_chain(&e),
+                    ca_file: self.ca_file.clone(),
+                },
+                None => OneViewError::Transport {
                     endpoint: endpoint.as_str(),
                     url: url.to_string(),
                     timeout: e.is_timeout(),
                     detail: error_chain(&e),
-                })
-            }
+                },
+            },
+        };
+        if let Some(reason) = err.reason() {
+            self.metrics.request_error(reason);
         }
+        Err(err)
+    }
+
+    /// The body, read chunk by chunk up to `oneview.max_response_bytes` (a success) or
+    /// [`ERROR_BODY_BYTES`] (an error answer, cut there: only its start is ever shown). Past
+    /// the limit the response is dropped unread, which closes its connection, so a runaway or
+    /// hostile answer costs at most the limit, whatever it announces or sends.
+    async fn read_body(&self, resp: &mut reqwest::Response) -> Result<Bytes, Failure> {
+        let success = resp.status().is_success();
+        let cap = if success {
+            self.max_response_bytes
+        } else {
+            ERROR_BODY_BYTES.min(self.max_response_bytes)
+        };
+        let declared = resp.content_length();
+        if success && declared.is_some_and(|d| d > cap) {
+            return Err(Failure::TooLarge { declared });
+        }
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(Failure::Http)? {
+            let room = cap - buf.len();
+            if chunk.len() > room {
+                if success {
+                    return Err(Failure::TooLarge { declared });
+                }
+                buf.extend_from_slice(&chunk[..room]);
+                break;
+            }
+            if buf.capacity() - buf.len() < chunk.len() {
+                // Grow by doubling but never past the cap, so the buffer stays within it.
+                let want = (buf.len() + chunk.len())
+                    .max(buf.capacity().saturating_mul(2))
+                    .min(cap);
+                buf.reserve_exact(want - buf.len());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
     }
 
     fn transient_delays() -> impl Iterator<Item = Duration> {
@@ -440,15 +544,21 @@ impl OneViewClient {
     /// `POST /rest/login-sessions`, with 412 fallback and a few quick retries on transient
     /// failures. Returns the session id.
     async fn login_now(&self) -> Result<SecretString, OneViewError> {
-        let url = self.url("/rest/login-sessions")?;
         let password = self.password.current()?;
+        self.login_attempts(password.expose_secret())
+            .await
+            .map_err(|e| e.redact(&[password.expose_secret()]))
+    }
+
+    async fn login_attempts(&self, password: &str) -> Result<SecretString, OneViewError> {
+        let url = self.url("/rest/login-sessions")?;
         let mut delays = Self::transient_delays();
         let mut version_retried = false;
         loop {
             let version = self.negotiate_version().await?;
             let body = serde_json::to_vec(&LoginBody {
                 user_name: &self.username,
-                password: password.expose_secret(),
+                password,
                 auth_login_domain: self.auth_login_domain.as_deref(),
                 login_msg_ack: true,
             })
@@ -568,12 +678,13 @@ impl OneViewClient {
                 Ok(r) => api_error(endpoint.as_str(), &r.url, r.status, &r.body),
                 Err(e) => e,
             };
+            let err = err.redact(&[session.id.expose_secret()]);
             match (idempotent && err.is_transient(), delays.next()) {
                 (true, Some(d)) => {
                     tracing::debug!(error = %err, retry_in = ?d, "transient OneView failure; retrying");
                     tokio::time::sleep(d).await;
                 }
-                _ => return Err(err),
+                _ => return Err(self.scrub(err)),
             }
         }
     }
@@ -586,7 +697,7 @@ impl OneViewClient {
     /// `GET /rest/alerts/{id}`.
     pub async fn get_alert(&self, uri: &str) -> Result<Alert, OneViewError> {
         let r = self.call(Endpoint::Alert, Method::GET, uri, None).await?;
-        parse_alert(&r)
+        parse_alert(&r).map_err(|e| self.scrub(e))
     }
 
     /// `PUT /rest/alerts/{id}`: clear, add a note, assign. Returns the updated alert when the
@@ -606,7 +717,7 @@ impl OneViewClient {
         if r.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        parse_alert(&r).map(Some)
+        parse_alert(&r).map(Some).map_err(|e| self.scrub(e))
     }
 
     async fn logout_session(&self, s: &Session) -> Result<(), OneViewError> {
@@ -625,7 +736,7 @@ impl OneViewClient {
         if (200..300).contains(&r.status) {
             Ok(())
         } else {
-            Err(api_error("logout", &r.url, r.status, &r.body))
+            Err(api_error("logout", &r.url, r.status, &r.body).redact(&[s.id.expose_secret()]))
         }
     }
 
@@ -658,6 +769,15 @@ fn parse_alert(r: &Reply) -> Result<Alert, OneViewError> {
             detail: format!("not an alert: {e}; {}", snippet(&r.body)),
         }),
     }
+}
+
+/// Why an exchange produced no usable answer.
+enum Failure {
+    Http(reqwest::Error),
+    /// The body passed the limit; `declared` is its `Content-Length`, if any.
+    TooLarge {
+        declared: Option<u64>,
+    },
 }
 
 /// `reqwest::Error` plus its sources on one line ("error sending request: connection refused").

@@ -1,7 +1,9 @@
 //! Walking a OneView collection: explicit `count`, `nextPageUri` until `total`, the envelope
 //! quirks (page URIs `null` or `""`, a next page equal to the current one), URL-encoded filters,
 //! and the split between a malformed alert (skipped and counted) and a malformed page (the
-//! walk fails).
+//! walk fails). A `nextPageUri` is followed only when it stays on the appliance (relative, or
+//! absolute with the scheme, host and port of `oneview.url`): the next request would carry
+//! the session token, so a link elsewhere fails the walk with an error naming it.
 
 use std::collections::HashSet;
 
@@ -245,13 +247,15 @@ impl<'a> Walker<'a> {
             return Ok(None);
         }
         let reply = self.client.get_page(&self.path).await?;
-        let page = decode_page(&reply.body, skip).map_err(|e| OneViewError::BadResponse {
-            endpoint: "alerts",
-            url: reply.url.clone(),
-            detail: format!(
-                "not an alert collection page: {e}; {}",
-                snippet(&reply.body)
-            ),
+        let page = decode_page(&reply.body, skip).map_err(|e| {
+            self.client.scrub(OneViewError::BadResponse {
+                endpoint: "alerts",
+                url: reply.url.clone(),
+                detail: format!(
+                    "not an alert collection page: {e}; {}",
+                    snippet(&reply.body)
+                ),
+            })
         })?;
         drop(reply.body);
         if self.pages == 0 {
@@ -283,6 +287,8 @@ impl<'a> Walker<'a> {
         }
         match page.next_page_uri.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => {
+                self.client
+                    .resolve(n, &format!("the nextPageUri of {url}"))?;
                 let current = page.uri.as_deref().unwrap_or(&self.path);
                 if n == current || n == self.path || !self.visited.insert(n.to_owned()) {
                     tracing::debug!(page = %url, "nextPageUri repeats a page; the walk ends here");

@@ -63,6 +63,22 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Values of the `reason` label of `bridge_oneview_request_errors_total`
+/// ([`crate::oneview::OneViewError::reason`]).
+pub const REQUEST_ERROR_REASONS: [&str; 6] = [
+    "connect",
+    "timeout",
+    "certificate",
+    "tls",
+    "too_large",
+    "foreign_link",
+];
+
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Metrics of the OneView client and poller. Cheap to clone (shared handles).
@@ -74,6 +90,7 @@ pub struct OneViewMetrics {
     pub alerts_malformed: Counter,
     pub request_duration: HistFamily<RequestLabels>,
     pub logins: Family<OutcomeLabels, Counter>,
+    pub request_errors: Family<ReasonLabels, Counter>,
     pub session_age: Gauge<f64, AtomicU64>,
     pub last_successful_poll: Gauge<f64, AtomicU64>,
     pub open_alerts: Gauge,
@@ -116,6 +133,11 @@ impl OneViewMetrics {
             m.logins.clone(),
         );
         registry.register(
+            "bridge_oneview_request_errors",
+            "OneView requests that got no usable answer, by reason: connect, timeout, certificate (the appliance's TLS certificate was refused), tls (other handshake failures), too_large (body over oneview.max_response_bytes), foreign_link (a link off the appliance, not followed)",
+            m.request_errors.clone(),
+        );
+        registry.register(
             "bridge_oneview_session_age_seconds",
             "Age of the current OneView session (0 when not logged in)",
             m.session_age.clone(),
@@ -147,6 +169,7 @@ impl OneViewMetrics {
             alerts_malformed: Counter::default(),
             request_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             logins: Family::default(),
+            request_errors: Family::default(),
             session_age: Gauge::default(),
             last_successful_poll: Gauge::default(),
             open_alerts: Gauge::default(),
@@ -169,6 +192,9 @@ impl OneViewMetrics {
         for outcome in ["success", "auth_failed", "error"] {
             let _ = m.logins.get_or_create(&OutcomeLabels { outcome });
         }
+        for reason in REQUEST_ERROR_REASONS {
+            let _ = m.request_errors.get_or_create(&ReasonLabels { reason });
+        }
         m
     }
 
@@ -186,6 +212,12 @@ impl OneViewMetrics {
                 status_class,
             })
             .observe(secs);
+    }
+
+    pub(crate) fn request_error(&self, reason: &'static str) {
+        self.request_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub(crate) fn login(&self, outcome: &'static str) {

@@ -4,6 +4,10 @@
 //! API under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
 //! clear alerts, inject faults and read counters.
 //!
+//! Served over HTTPS ([`start_with`]), it also answers `GET /rest/certificates/ca` with its
+//! CA in the shape of the requested API version (a PEM string before 600, a collection from 600
+//! on), so the README's command that saves an appliance's CA can be tried against it.
+//!
 //! It is product code: the tests, the benchmarks and the `demo` command use it, and users run
 //! it alone (`oneview-pagerduty-bridge simulate oneview --listen 127.0.0.1:9443`) to try their
 //! setup. Time comes from tokio's clock (anchored to the wall clock at start), so tests with
@@ -104,6 +108,18 @@ pub struct Faults {
     /// The next N alert collection pages are a well-formed, empty answer (`total: 0`, no
     /// members), as appliances give while their services restart.
     pub empty_next: u32,
+    /// The next N alert collection pages never end: a valid envelope start, then realistic
+    /// members, streamed until the client hangs up (a runaway appliance, or whatever answers
+    /// in its place). [`Counters::streamed_bytes`] counts what was handed to the connection.
+    pub endless_page_next: u32,
+    /// While set (an origin such as `http://127.0.0.1:9000`), collection pages give their
+    /// `nextPageUri` as an absolute URI on that origin, as a hostile or misconfigured appliance
+    /// or proxy might.
+    pub next_page_origin: Option<String>,
+    /// The next N `/rest` requests that carry an `Auth` header are answered with text that
+    /// quotes it, as a careless proxy might: collection pages with an HTTP 200 HTML page,
+    /// everything else with a 400 OneView error.
+    pub echo_auth_next: u32,
     /// While true, requests on one alert (`/rest/alerts/{id}`: reads and write-backs) wait,
     /// unanswered, until it is set back to false: keeps a client's requests in flight for as long
     /// as a test needs, without timing. [`SimHandle::held_requests`] counts the waiting ones.
@@ -126,6 +142,9 @@ pub struct Counters {
     pub member_bytes: u64,
     /// Bytes of `/rest` response bodies by endpoint.
     pub response_bytes: BTreeMap<String, u64>,
+    /// Bytes of endless pages ([`Faults::endless_page_next`]) handed to the connection before
+    /// the client hung up.
+    pub streamed_bytes: u64,
     pub faults_injected: u64,
 }
 
@@ -165,6 +184,8 @@ pub(crate) struct Inner {
     alert_polls: Mutex<Vec<std::time::Instant>>,
     clock_base_ms: i64,
     clock_start: Instant,
+    /// The CA served at `/rest/certificates/ca` (PEM), when serving HTTPS.
+    ca_pem: Mutex<Option<String>>,
 }
 
 /// A handle on a simulator's state; cheap to clone. Tests, the demo and the control API use it.
@@ -192,6 +213,7 @@ impl SimHandle {
                 alert_polls: Mutex::new(Vec::new()),
                 clock_base_ms: chrono::Utc::now().timestamp_millis(),
                 clock_start: Instant::now(),
+                ca_pem: Mutex::new(None),
             }),
         }
     }
@@ -200,6 +222,15 @@ impl SimHandle {
     pub fn now_ms(&self) -> i64 {
         self.inner.clock_base_ms
             + i64::try_from(self.inner.clock_start.elapsed().as_millis()).unwrap_or(0)
+    }
+
+    /// The CA certificate (PEM) that `GET /rest/certificates/ca` serves, if any.
+    pub fn ca_pem(&self) -> Option<String> {
+        lock(&self.inner.ca_pem).clone()
+    }
+
+    pub fn set_ca_pem(&self, pem: Option<String>) {
+        *lock(&self.inner.ca_pem) = pem;
     }
 
     pub fn config(&self) -> SimConfig {
@@ -341,6 +372,11 @@ impl SimHandle {
 
     pub fn session_count(&self) -> usize {
         lock(&self.inner.sessions).len()
+    }
+
+    /// The ids of the live sessions (tests check that none leaks into an error or a log).
+    pub fn session_ids(&self) -> Vec<String> {
+        lock(&self.inner.sessions).keys().cloned().collect()
     }
 
     pub fn faults(&self) -> Faults {
@@ -496,6 +532,7 @@ pub async fn start_with(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let handle = SimHandle::new(cfg);
+    handle.set_ca_pem(tls.as_ref().and_then(TlsFiles::served_ca_pem));
     let stop = CancellationToken::new();
     let app = router(handle.clone());
     let stopped = {

@@ -34,6 +34,7 @@ pub fn router(handle: SimHandle) -> Router {
             "/rest/alerts/{id}",
             get(get_alert).put(put_alert).delete(delete_alert),
         )
+        .route("/rest/certificates/ca", get(certificates_ca))
         .route("/rest/{*rest}", any(rest_not_found))
         .layer(middleware::from_fn_with_state(handle.clone(), rest_layer));
     let control = Router::new()
@@ -90,6 +91,7 @@ fn endpoint_of(method: &Method, path: &str) -> &'static str {
         "/rest/login-sessions" => "login",
         "/rest/alerts" => "alerts",
         p if p.starts_with("/rest/alerts/") => "alert",
+        "/rest/certificates/ca" => "ca",
         _ => "other",
     }
 }
@@ -101,7 +103,12 @@ async fn rest_layer(State(h): State<SimHandle>, req: Request, next: Next) -> Res
     if endpoint == "alert" {
         h.wait_while_held().await;
     }
-    let (latency, fail, drop) = {
+    let auth = req
+        .headers()
+        .get("auth")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (latency, fail, drop, echo) = {
         let mut f = h.faults_mut();
         let fail = if f.fail_next > 0 {
             f.fail_next -= 1;
@@ -117,7 +124,14 @@ async fn rest_layer(State(h): State<SimHandle>, req: Request, next: Next) -> Res
         } else {
             fail.is_none() && f.drop_rate > 0.0 && rand::random::<f64>() < f.drop_rate
         };
-        (f.latency_ms, fail, drop)
+        let echo = match auth {
+            Some(token) if fail.is_none() && !drop && f.echo_auth_next > 0 => {
+                f.echo_auth_next -= 1;
+                Some(token)
+            }
+            _ => None,
+        };
+        (f.latency_ms, fail, drop, echo)
     };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -130,6 +144,25 @@ async fn rest_layer(State(h): State<SimHandle>, req: Request, next: Next) -> Res
             "The simulator injected this server error.",
             &["Retry the request."],
         )
+    } else if let Some(token) = echo {
+        h.counters_mut().faults_injected += 1;
+        if endpoint == "alerts" {
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                format!(
+                    "<html><body>Session {token} is not allowed through this proxy.</body></html>"
+                ),
+            )
+                .into_response()
+        } else {
+            ov_error(
+                StatusCode::BAD_REQUEST,
+                "SIM_ECHOED_SESSION",
+                &format!("The session {token} may not do this."),
+                &[&format!("Log in again; the session {token} is refused.")],
+            )
+        }
     } else if drop {
         h.counters_mut().faults_injected += 1;
         // Headers go out, then the body fails: the client sees the connection break mid-answer.
@@ -287,7 +320,9 @@ async fn rest_not_found(State(h): State<SimHandle>, req: Request) -> Response {
             "The resource {} is not part of the simulator.",
             req.uri().path()
         ),
-        &["The simulator implements /rest/version, /rest/login-sessions and /rest/alerts."],
+        &[
+            "The simulator implements /rest/version, /rest/login-sessions, /rest/alerts and /rest/certificates/ca.",
+        ],
     )
 }
 
@@ -388,6 +423,9 @@ async fn list_alerts(
         } else if f.empty_next > 0 {
             f.empty_next -= 1;
             Some(4)
+        } else if f.endless_page_next > 0 {
+            f.endless_page_next -= 1;
+            Some(5)
         } else {
             None
         };
@@ -407,12 +445,13 @@ async fn list_alerts(
                     .into_response(),
                 3 => axum::Json(json!({"type": "AlertResourceCollectionV3", "total": 1}))
                     .into_response(),
-                _ => axum::Json(json!({
+                4 => axum::Json(json!({
                     "type": "AlertResourceCollectionV3", "category": "alerts",
                     "count": 0, "total": 0, "start": start, "members": [],
                     "nextPageUri": null, "prevPageUri": null, "uri": "/rest/alerts",
                 }))
                 .into_response(),
+                _ => endless_page(h.clone()),
             };
         }
     }
@@ -431,6 +470,7 @@ async fn list_alerts(
         PageUriStyle::Null => Value::Null,
         PageUriStyle::Empty => Value::String(String::new()),
     };
+    let next_origin = h.faults().next_page_origin.unwrap_or_default();
     let (total, members) = {
         let store = h.store();
         let page = store.query(pred.as_ref(), sort, start, count);
@@ -450,7 +490,7 @@ async fn list_alerts(
         c.member_bytes += member_bytes as u64;
     }
     let next = if start.saturating_add(count) < total {
-        Value::String(page_uri(start + count))
+        Value::String(format!("{next_origin}{}", page_uri(start + count)))
     } else {
         absent.clone()
     };
@@ -474,6 +514,112 @@ async fn list_alerts(
         created: now.clone(),
         modified: now,
     })
+    .into_response()
+}
+
+/// A collection page that never ends (the `endless_page_next` fault): the envelope's start,
+/// then one realistic member after another in 64 KiB chunks until the client hangs up.
+fn endless_page(h: SimHandle) -> Response {
+    let member = json!({
+        "type": "AlertResourceV3",
+        "uri": "/rest/alerts/1",
+        "category": "alerts",
+        "alertState": "Active",
+        "severity": "Critical",
+        "description": "The logical enclosure has an IPv4 address mismatch on one or more of its enclosures.",
+        "correctiveAction": "Correct the IPv4 address configuration of the enclosures.",
+        "alertTypeID": "crm.logicalEnclosure.ipv4AddressMismatch",
+        "healthCategory": "Operational",
+        "associatedResource": {
+            "resourceUri": "/rest/logical-enclosures/1",
+            "resourceName": "LE-1",
+            "resourceCategory": "logical-enclosures",
+            "associationType": "HAS_A",
+        },
+    })
+    .to_string();
+    let mut chunk = String::with_capacity(64 * 1024 + member.len() + 1);
+    while chunk.len() < 64 * 1024 {
+        chunk.push_str(&member);
+        chunk.push(',');
+    }
+    let head = Bytes::from_static(b"{\"type\":\"AlertResourceCollectionV3\",\"members\":[");
+    let chunks = std::iter::once(head).chain(std::iter::repeat(Bytes::from(chunk)));
+    let body = futures::StreamExt::map(futures::stream::iter(chunks), move |b| {
+        // Counted as hyper takes it for the connection: what the client could have read.
+        h.counters_mut().streamed_bytes += b.len() as u64;
+        Ok::<Bytes, std::io::Error>(b)
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .unwrap_or_default()
+}
+
+/// `GET /rest/certificates/ca`: the simulator's CA, as appliances serve theirs. Before API 600
+/// the answer is the PEM as a JSON string; from 600 on a collection whose members carry it in
+/// `certificateDetails.base64Data` when `If-Req-CertDetails: true` asks for the details (as
+/// the python SDK does); `filter=certType:INTERNAL` keeps the appliance's internal CA, the only
+/// one the simulator has.
+async fn certificates_ca(
+    State(h): State<SimHandle>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let version = match check_version(&h, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = authenticate(&h, &headers) {
+        return r;
+    }
+    let Some(pem) = h.ca_pem() else {
+        return ov_error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            "The simulator serves plain HTTP and has no certificate authority.",
+            &["Start the simulator with a TLS certificate."],
+        );
+    };
+    if version < 600 {
+        return axum::Json(Value::String(pem)).into_response();
+    }
+    let internal_only = url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "filter")
+        .all(|(_, v)| v.trim().trim_matches('"') == "certType:INTERNAL");
+    let details = headers
+        .get("if-req-certdetails")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut certificate_details = json!({
+        "type": "CertificateDetailV2",
+        "aliasName": "localhostInternalRootCA",
+        "commonName": "OneView simulator CA",
+    });
+    if details {
+        certificate_details["base64Data"] = Value::String(pem);
+    }
+    let members = if internal_only {
+        vec![json!({
+            "type": "CertificateAuthorityInfo",
+            "certType": "INTERNAL",
+            "uri": "/rest/certificates/ca/localhostInternalRootCA",
+            "certificateDetails": certificate_details,
+        })]
+    } else {
+        Vec::new()
+    };
+    axum::Json(json!({
+        "type": "CertificateAuthorityInfoCollection",
+        "count": members.len(),
+        "total": members.len(),
+        "start": 0,
+        "members": members,
+        "uri": "/rest/certificates/ca",
+        "nextPageUri": null,
+        "prevPageUri": null,
+    }))
     .into_response()
 }
 

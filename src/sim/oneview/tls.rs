@@ -13,11 +13,14 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
-/// A server certificate chain and its key, PEM.
+/// A server certificate chain and its key, PEM, and the CA the simulator names as its own.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// Served at `GET /rest/certificates/ca`; without it, the last certificate of the chain
+    /// (its root when the chain includes one, the certificate itself when it is self-signed).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl TlsFiles {
@@ -25,7 +28,25 @@ impl TlsFiles {
         Ok(Self {
             cert_pem: std::fs::read(cert)?,
             key_pem: std::fs::read(key)?,
+            ca_pem: None,
         })
+    }
+
+    /// The CA served at `GET /rest/certificates/ca`, read from `ca`.
+    pub fn with_ca(mut self, ca: &Path) -> std::io::Result<Self> {
+        self.ca_pem = Some(std::fs::read(ca)?);
+        Ok(self)
+    }
+
+    /// The PEM text `GET /rest/certificates/ca` serves.
+    pub(crate) fn served_ca_pem(&self) -> Option<String> {
+        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+        if let Some(ca) = &self.ca_pem {
+            return Some(String::from_utf8_lossy(ca).trim().to_owned() + "\n");
+        }
+        let chain = String::from_utf8_lossy(&self.cert_pem);
+        let last = chain.rfind(BEGIN)?;
+        Some(chain[last..].trim().to_owned() + "\n")
     }
 
     pub(crate) fn acceptor(&self) -> std::io::Result<TlsAcceptor> {
