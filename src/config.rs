@@ -1620,6 +1620,50 @@ mod tests {
     }
 
     #[test]
+    fn server_connection_limits_have_defaults_and_bounds() {
+        let c = validate(RawConfig::default(), Role::Web).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.max_uri_length, 8192);
+        assert_eq!(c.server.max_header_bytes, 32768);
+
+        let mut r = RawConfig::default();
+        r.server.header_read_timeout = Duration::ZERO;
+        r.server.idle_timeout = Duration::ZERO;
+        r.server.max_connections = 2;
+        r.server.max_uri_length = 100_000;
+        r.server.max_header_bytes = 100;
+        let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+            panic!("expected problems")
+        };
+        let by_key = |k: &str| {
+            p.iter()
+                .find(|p| p.key == k)
+                .unwrap_or_else(|| panic!("no problem for {k}: {p:?}"))
+        };
+        for k in ["server.header_read_timeout", "server.idle_timeout"] {
+            assert!(by_key(k).why.contains("must be positive"), "{k}");
+        }
+        assert_eq!(by_key("server.max_connections").value.as_deref(), Some("2"));
+        assert!(
+            by_key("server.max_connections")
+                .why
+                .contains("between 4 and")
+        );
+        assert!(
+            by_key("server.max_uri_length")
+                .why
+                .contains("between 1024 and")
+        );
+        assert!(
+            by_key("server.max_header_bytes")
+                .why
+                .contains("between 4096 and")
+        );
+    }
+
+    #[test]
     fn state_path_needs_an_existing_directory() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = RawConfig::default();
