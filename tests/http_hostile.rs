@@ -773,7 +773,9 @@ async fn child_with_256_descriptors_answers_health_under_300_idle_and_300_slowlo
     }
     let m = tokio::time::timeout(BOUND, metrics(addr)).await.unwrap();
     assert_eq!(sample(&m, "bridge_http_connections_max"), 128.0, "{m}");
-    assert!(sample(&m, "bridge_http_connections_open") <= 128.0, "{m}");
+    // At most the cap, plus the one the scrape itself may just have evicted and whose
+    // socket is still being closed.
+    assert!(sample(&m, "bridge_http_connections_open") <= 129.0, "{m}");
     assert!(closed(&m, "cap") >= (600 - 128) as f64, "{m}");
     let rss_after = rss();
     assert!(

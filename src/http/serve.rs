@@ -324,37 +324,41 @@ impl Io {
         Poll::Ready(Ok(()))
     }
 
-    /// hyper's own answer to a request it could not parse: a complete head with status 400,
-    /// 414 or 431 and `content-length: 0`, written when no handler's response is due. Any
-    /// other status line written is a handler's response (or `100 Continue`) and is counted.
-    fn hyper_error_status(&self, buf: &[u8]) -> Option<u16> {
-        let rest = buf
+    /// What hyper is writing: a status line is either a handler's response (one is due),
+    /// `100 Continue`, or hyper's own answer to a request it could not parse: a complete head
+    /// with status 400, 414 or 431 and `content-length: 0` while no response is due and no
+    /// request is in a handler. Nothing is counted here: hyper writes the same buffer again
+    /// after a `Pending`.
+    fn classify(&self, buf: &[u8]) -> Outgoing {
+        let Some(rest) = buf
             .strip_prefix(b"HTTP/1.1 ")
-            .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
-        {
-            let mut s = self.conn.lock();
-            if rest.starts_with(b"100 ") {
-                return None;
-            }
-            if s.responses_unwritten > 0 {
-                s.responses_unwritten -= 1;
-                return None;
-            }
-            if s.in_flight > 0 {
-                return None;
-            }
-        }
-        let status = match rest.get(..4)? {
-            b"400 " => 400,
-            b"414 " => 414,
-            b"431 " => 431,
-            _ => return None,
+            .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))
+        else {
+            return Outgoing::Bytes;
         };
-        if !buf.ends_with(b"\r\n\r\n") {
-            return None;
+        if rest.starts_with(b"100 ") {
+            return Outgoing::Bytes;
         }
-        let head = std::str::from_utf8(buf).ok()?.to_ascii_lowercase();
-        head.contains("\r\ncontent-length: 0\r\n").then_some(status)
+        {
+            let s = self.conn.lock();
+            if s.responses_unwritten > 0 || s.in_flight > 0 {
+                return Outgoing::Response;
+            }
+        }
+        let status = match rest.get(..4) {
+            Some(b"400 ") => 400,
+            Some(b"414 ") => 414,
+            Some(b"431 ") => 431,
+            _ => return Outgoing::Bytes,
+        };
+        let empty = buf.ends_with(b"\r\n\r\n")
+            && std::str::from_utf8(buf)
+                .is_ok_and(|h| h.to_ascii_lowercase().contains("\r\ncontent-length: 0\r\n"));
+        if empty {
+            Outgoing::HyperError(status)
+        } else {
+            Outgoing::Bytes
+        }
     }
 
     fn replacement_for(&self, status: u16) -> Vec<u8> {
@@ -390,6 +394,16 @@ impl Io {
         );
         raw_response(status, &super::error_body(error, &message, &id))
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// The start of a handler's response.
+    Response,
+    /// hyper's own empty error response, with its status.
+    HyperError(u16),
+    /// Anything else (the rest of a response, `100 Continue`).
+    Bytes,
 }
 
 /// A complete `Connection: close` response with a JSON body and the headers every answer
@@ -443,7 +457,8 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_replacement(cx))?;
-        if let Some(status) = self.hyper_error_status(buf) {
+        let kind = self.classify(buf);
+        if let Outgoing::HyperError(status) = kind {
             self.conn.close_as(CloseReason::Malformed);
             self.replacement = Some((self.replacement_for(status), 0));
             // hyper's bytes are taken in full; ours follow now or on flush.
@@ -455,8 +470,11 @@ impl AsyncWrite for Io {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    // A response still moving is not idle (a slow but live reader).
                     let mut s = self.conn.lock();
+                    if kind == Outgoing::Response {
+                        s.responses_unwritten = s.responses_unwritten.saturating_sub(1);
+                    }
+                    // A response still moving is not idle (a slow but live reader).
                     if let Phase::Waiting { .. } = s.phase {
                         s.phase = Phase::Waiting {
                             since: Instant::now(),
@@ -526,6 +544,7 @@ impl Server {
         Some(reason)
     }
 
+    /// Says in the log, at most once a minute, that connections are being closed to make room.
     fn log_cap(&self, why: &str) {
         let mut last = self.cap_logged.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -533,7 +552,7 @@ impl Server {
             *last = Some(now);
             tracing::warn!(
                 max_connections = self.cap,
-                "{why}: closing the connection idle the longest to make room (logged at most once a minute; see bridge_http_connections_closed_total{{reason=\"cap\"}})"
+                "{why}: closing the connection longest without a request in progress (or else the longest-running request) to make room; logged at most once a minute, counted in bridge_http_connections_closed_total{{reason=~\"cap|cap_in_flight\"}}"
             );
         }
     }
@@ -740,11 +759,10 @@ pub async fn serve(
             }
             Err(e) if is_out_of_descriptors(&e) => {
                 // The connection waits in the backlog; free a descriptor for it.
-                let evicted = Server::evict_one(&mut server.conns());
-                server.log_cap("out of file descriptors");
-                if evicted.is_none() {
-                    tracing::warn!(error = %e, "cannot accept a connection; retrying");
-                }
+                Server::evict_one(&mut server.conns());
+                server.log_cap(&format!(
+                    "out of file descriptors ({e}; raise the open-files limit)"
+                ));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // A connection reset while waiting in the backlog, and the like: the next one.
@@ -775,6 +793,65 @@ mod tests {
         assert_eq!(effective_cap(512, Some(1024)), 512);
         assert_eq!(effective_cap(512, Some(1_048_576)), 512);
         assert_eq!(effective_cap(512, None), 512);
+    }
+
+    #[tokio::test]
+    async fn only_an_empty_error_head_with_no_response_due_is_hyper_s_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let now = Instant::now();
+        let conn = Arc::new(Conn {
+            id: 0,
+            peer,
+            state: Mutex::new(ConnState {
+                phase: Phase::Waiting { since: now },
+                served: 1,
+                in_flight: 0,
+                free_since: now,
+                busy_since: now,
+                responses_unwritten: 1,
+                closing: None,
+            }),
+            evict: CancellationToken::new(),
+            changed: tokio::sync::Notify::new(),
+        });
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 4,
+            head: HeadLimits {
+                max_uri_length: 8192,
+                max_header_bytes: 32768,
+            },
+        };
+        let io = Io::new(stream, conn.clone(), limits);
+        let empty_400 = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        // A handler's bare 400 is due: left alone, and asking twice (hyper retries a write
+        // after Pending) does not use up the count.
+        assert_eq!(io.classify(empty_400), Outgoing::Response);
+        assert_eq!(io.classify(empty_400), Outgoing::Response);
+        assert_eq!(conn.lock().responses_unwritten, 1);
+        conn.lock().responses_unwritten = 0;
+        assert_eq!(io.classify(empty_400), Outgoing::HyperError(400));
+        assert_eq!(
+            io.classify(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n"
+            ),
+            Outgoing::HyperError(431)
+        );
+        assert_eq!(
+            io.classify(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}"),
+            Outgoing::Bytes
+        );
+        assert_eq!(
+            io.classify(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            Outgoing::Bytes
+        );
+        assert_eq!(io.classify(b"{\"error\":\"x\"}"), Outgoing::Bytes);
+        drop(client);
     }
 
     #[test]
