@@ -18,9 +18,11 @@
 //! At `max_connections`, a new connection is not refused (a refused liveness probe restarts the
 //! pod): the connection that has gone longest without a request in a handler (idle keep-alive,
 //! half-sent head, or never sent anything) is closed to make room; only when every connection
-//! has a request in a handler is the one whose request has run longest closed. An attacker
-//! holding the cap therefore only ever shortens the life of their own connections, and
-//! `/health` is answered. The cap is also kept below half the process' descriptor limit.
+//! has a request in a handler is the one whose request has run longest closed. Holding the
+//! cap therefore only shortens how long idle connections live (an attacker's, being the
+//! oldest idle, go first; a legitimate keep-alive client reconnects), and `/health` is always
+//! answered. The cap is also kept below half the process' descriptor limit, and running out
+//! of descriptors anyway (`EMFILE` on accept) closes the longest-idle connection too.
 
 use std::collections::HashMap;
 use std::io;
