@@ -44,6 +44,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     readiness: Arc<Readiness>,
+    connections: http::serve::ConnectionMetrics,
     /// Cancelled when the role's work must stop (after the drain delay).
     work: CancellationToken,
     tasks: Vec<Task>,
@@ -62,6 +63,7 @@ impl App {
         let readiness = Arc::new(Readiness::new());
         let mut registry = metrics::new_registry(config.role.as_str());
         let http_metrics = HttpMetrics::register(&mut registry);
+        let connections = http::serve::ConnectionMetrics::register(&mut registry);
         let work = CancellationToken::new();
         let mut tasks: Vec<Task> = Vec::new();
         let mut extra_routes = Router::new();
@@ -168,6 +170,7 @@ impl App {
             listener,
             router,
             readiness,
+            connections,
             work,
             tasks,
         })
@@ -195,6 +198,7 @@ impl App {
             listener,
             router,
             readiness,
+            connections,
             work,
             tasks,
         } = self;
@@ -207,13 +211,9 @@ impl App {
         let stop_server = CancellationToken::new();
         let server = {
             let stop = stop_server.clone();
+            let limits = http::serve::Limits::from_config(&config.server);
             tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+                http::serve::serve(listener, router, limits, connections, stop).await
             })
         };
         tracing::info!(

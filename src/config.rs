@@ -321,6 +321,19 @@ pub struct RawServer {
     /// Largest accepted body on `/api/*` and on the PagerDuty webhook, in bytes.
     pub api_body_limit: usize,
     pub webhook_body_limit: usize,
+    /// Time a client has to send a request's line and headers, counted from the connection's
+    /// accept for its first request and from the first byte for later ones.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; at the cap the longest-idle one is closed to make room.
+    pub max_connections: usize,
+    /// Longest request target (path and query), in bytes; longer ones get a JSON 414.
+    pub max_uri_length: usize,
+    /// Largest request line plus headers, in bytes; larger ones get a JSON 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -338,6 +351,11 @@ impl Default for RawServer {
             request_timeout: Duration::from_secs(30),
             api_body_limit: 1024 * 1024,
             webhook_body_limit: 256 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 512,
+            max_uri_length: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -606,6 +624,12 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub api_body_limit: usize,
     pub webhook_body_limit: usize,
+    /// Connection limits and timeouts of the HTTP listener (`crate::http::serve`).
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_uri_length: usize,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -623,6 +647,15 @@ pub struct WebConfig {
     /// Admission of pushed alerts into the pipeline (see [`RawWeb::push_queue`]).
     pub push_queue: usize,
 }
+
+/// Bounds of `server.max_connections`: a handful leaves room for probes, a million is beyond
+/// any descriptor limit worth having.
+pub const SERVER_MAX_CONNECTIONS: (usize, usize) = (4, 1_000_000);
+/// Bounds of `server.max_uri_length`, in bytes: hyper refuses request targets of 65,534 bytes
+/// and more on its own.
+pub const SERVER_MAX_URI_LENGTH: (usize, usize) = (1024, 60 * 1024);
+/// Bounds of `server.max_header_bytes`, in bytes.
+pub const SERVER_MAX_HEADER_BYTES: (usize, usize) = (4 * 1024, 1024 * 1024);
 
 /// OneView severities a user may watch. `OK` is not one: an OK alert is a cleared alert.
 pub const WATCHABLE_SEVERITIES: &[&str] = &["Critical", "Warning", "Unknown", "Disabled"];
@@ -1349,6 +1382,51 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             );
         }
     }
+    // [server] connections: what a slow or hostile client may hold.
+    for (key, v, default) in [
+        (
+            "server.header_read_timeout",
+            raw.server.header_read_timeout,
+            "10s",
+        ),
+        ("server.idle_timeout", raw.server.idle_timeout, "75s"),
+    ] {
+        if v.is_zero() {
+            c.problem(
+                key,
+                Some("0s"),
+                "must be positive (without it an idle or half-sent connection is held forever)",
+                &format!("the default is {default}"),
+            );
+        }
+    }
+    let (lo, hi) = SERVER_MAX_CONNECTIONS;
+    if !(lo..=hi).contains(&raw.server.max_connections) {
+        c.problem(
+            "server.max_connections",
+            Some(&raw.server.max_connections.to_string()),
+            &format!("must be between {lo} and {hi}"),
+            "the default 512 stays well under a 1024 file-descriptor limit",
+        );
+    }
+    let (lo, hi) = SERVER_MAX_URI_LENGTH;
+    if !(lo..=hi).contains(&raw.server.max_uri_length) {
+        c.problem(
+            "server.max_uri_length",
+            Some(&raw.server.max_uri_length.to_string()),
+            &format!("must be between {lo} and {hi} bytes"),
+            "the default is 8192",
+        );
+    }
+    let (lo, hi) = SERVER_MAX_HEADER_BYTES;
+    if !(lo..=hi).contains(&raw.server.max_header_bytes) {
+        c.problem(
+            "server.max_header_bytes",
+            Some(&raw.server.max_header_bytes.to_string()),
+            &format!("must be between {lo} and {hi} bytes"),
+            "the default is 32768",
+        );
+    }
     // The poller role serves only the internal API (web.poller_token), never the public one.
     if api_tokens.is_none() && !raw.server.status_public && role != Role::Poller {
         c.warnings.push("no server.api_tokens_file: the status page, the read API and every mutating endpoint answer 401/403 (health, ready and metrics stay open)".to_owned());
@@ -1471,6 +1549,11 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         request_timeout: raw.server.request_timeout,
         api_body_limit: raw.server.api_body_limit,
         webhook_body_limit: raw.server.webhook_body_limit,
+        header_read_timeout: raw.server.header_read_timeout,
+        idle_timeout: raw.server.idle_timeout,
+        max_connections: raw.server.max_connections,
+        max_uri_length: raw.server.max_uri_length,
+        max_header_bytes: raw.server.max_header_bytes,
     };
     let web = WebConfig {
         poller_url,
@@ -1613,6 +1696,50 @@ mod tests {
         let c = validate(RawConfig::default(), Role::Web).unwrap();
         assert_eq!(c.state.path, None);
         assert_eq!(c.state.retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn server_connection_limits_have_defaults_and_bounds() {
+        let c = validate(RawConfig::default(), Role::Web).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.max_uri_length, 8192);
+        assert_eq!(c.server.max_header_bytes, 32768);
+
+        let mut r = RawConfig::default();
+        r.server.header_read_timeout = Duration::ZERO;
+        r.server.idle_timeout = Duration::ZERO;
+        r.server.max_connections = 2;
+        r.server.max_uri_length = 100_000;
+        r.server.max_header_bytes = 100;
+        let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+            panic!("expected problems")
+        };
+        let by_key = |k: &str| {
+            p.iter()
+                .find(|p| p.key == k)
+                .unwrap_or_else(|| panic!("no problem for {k}: {p:?}"))
+        };
+        for k in ["server.header_read_timeout", "server.idle_timeout"] {
+            assert!(by_key(k).why.contains("must be positive"), "{k}");
+        }
+        assert_eq!(by_key("server.max_connections").value.as_deref(), Some("2"));
+        assert!(
+            by_key("server.max_connections")
+                .why
+                .contains("between 4 and")
+        );
+        assert!(
+            by_key("server.max_uri_length")
+                .why
+                .contains("between 1024 and")
+        );
+        assert!(
+            by_key("server.max_header_bytes")
+                .why
+                .contains("between 4096 and")
+        );
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The HTTP surface every role serves: `/health`, `/ready`, `/metrics`, JSON errors for unknown
 //! paths and wrong methods, and the request context (request id, access log, metrics) around
-//! every request. Role-specific routes are merged in by `App::build`.
+//! every request, including the request-head limits (`server.max_uri_length`,
+//! `server.max_header_bytes`) answered as JSON 414/431. Role-specific routes are merged in by
+//! `App::build`; [`serve`] owns the listener and its connections.
+
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +75,68 @@ impl IntoResponse for ApiError {
         });
         (self.status, axum::Json(body)).into_response()
     }
+}
+
+/// The same JSON body for answers written below the router (see [`serve`]).
+fn error_body(error: &str, message: &str, request_id: &str) -> String {
+    json!({"error": error, "message": message, "request_id": request_id}).to_string()
+}
+
+/// The request-head limits; [`serve`] puts them on every request, the check is
+/// [`head_limits`] (so the answer gets a request id, security headers and an access-log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    pub max_uri_length: usize,
+    pub max_header_bytes: usize,
+}
+
+/// The request target's length as sent (origin form: path and query).
+fn uri_length(uri: &axum::http::Uri) -> usize {
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let prefix = match (uri.scheme_str(), uri.authority()) {
+        (Some(s), Some(a)) => s.len() + 3 + a.as_str().len(),
+        _ => 0,
+    };
+    prefix + target
+}
+
+async fn head_limits(req: Request, next: Next) -> Response {
+    let Some(l) = req.extensions().get::<HeadLimits>().copied() else {
+        return next.run(req).await;
+    };
+    let uri = uri_length(req.uri());
+    if uri > l.max_uri_length {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {uri} bytes; this server accepts at most {} (server.max_uri_length): send long input in a POST body",
+                l.max_uri_length
+            ),
+        )
+        .into_response();
+    }
+    // As on the wire: "METHOD target HTTP/1.1\r\n" and "name: value\r\n" per field.
+    let head = req.method().as_str().len()
+        + uri
+        + 11
+        + req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > l.max_header_bytes {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request line and headers are {head} bytes; this server accepts at most {} (server.max_header_bytes): drop large cookies or headers",
+                l.max_header_bytes
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 #[derive(Serialize)]
@@ -167,6 +233,7 @@ pub fn finish(router: Router, http_metrics: HttpMetrics) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(capture_route))
+        .layer(middleware::from_fn(head_limits))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             http_metrics,
