@@ -801,8 +801,9 @@ async fn an_endless_alert_page_fails_one_poll_with_the_named_limit_and_the_next_
     assert!(s.last_successful_poll.is_none());
     assert_eq!(p.raised(), 0);
     assert!(
-        p.metrics()
-            .contains("bridge_oneview_request_errors_total{reason=\"too_large\"} 1"),
+        p.metrics().contains(
+            "bridge_oneview_request_errors_total{appliance=\"ov-test\",reason=\"too_large\"} 1"
+        ),
         "{}",
         p.metrics()
     );
@@ -844,8 +845,9 @@ async fn a_foreign_next_page_link_fails_the_poll_naming_it_and_the_next_poll_rec
         "{err}"
     );
     assert!(
-        p.metrics()
-            .contains("bridge_oneview_request_errors_total{reason=\"foreign_link\"} 1"),
+        p.metrics().contains(
+            "bridge_oneview_request_errors_total{appliance=\"ov-test\",reason=\"foreign_link\"} 1"
+        ),
         "{}",
         p.metrics()
     );

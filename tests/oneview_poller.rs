@@ -201,7 +201,10 @@ async fn full_sync_then_incremental_changes() {
     assert_eq!(kinds(&h.drain()), expected);
     assert_eq!(h.status.snapshot().open_alerts, 2);
     let m = h.metrics();
-    assert!(m.contains("bridge_oneview_open_alerts 2"), "{m}");
+    assert!(
+        m.contains("bridge_oneview_open_alerts{appliance=\"ov-test\"} 2"),
+        "{m}"
+    );
     h.shutdown().await.stop().await;
 }
 
@@ -331,7 +334,10 @@ async fn idle_incremental_poll_over_50000_alerts_sends_no_members() {
     let changes = h.drain();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].kind, ChangeKind::Cleared);
-    assert!(h.metrics().contains("bridge_oneview_alerts_in_last_poll 1"));
+    assert!(
+        h.metrics()
+            .contains("bridge_oneview_alerts_in_last_poll{appliance=\"ov-test\"} 1")
+    );
     h.shutdown().await.stop().await;
 }
 
@@ -356,7 +362,10 @@ async fn malformed_alert_is_skipped_and_malformed_page_fails_the_cycle() {
         "the malformed alert is skipped, the rest used"
     );
     let m = h.metrics();
-    assert!(m.contains("bridge_oneview_alerts_malformed_total 1"), "{m}");
+    assert!(
+        m.contains("bridge_oneview_alerts_malformed_total{appliance=\"ov-test\"} 1"),
+        "{m}"
+    );
 
     h.sim.handle.update_faults(|f| f.garbage_next = 1);
     h.poll().await;
@@ -365,7 +374,7 @@ async fn malformed_alert_is_skipped_and_malformed_page_fails_the_cycle() {
     assert!(err.contains("not an alert collection page"), "{err}");
     let m = h.metrics();
     assert!(
-        m.contains("bridge_oneview_polls_total{kind=\"incremental\",outcome=\"failure\"} 1"),
+        m.contains("bridge_oneview_polls_total{appliance=\"ov-test\",kind=\"incremental\",outcome=\"failure\"} 1"),
         "{m}"
     );
 
@@ -518,7 +527,7 @@ async fn wrong_password_backs_off_and_keeps_readiness_down() {
     let m = h.metrics();
     assert!(
         m.contains(&format!(
-            "bridge_oneview_logins_total{{outcome=\"auth_failed\"}} {failures}"
+            "bridge_oneview_logins_total{{appliance=\"ov-test\",outcome=\"auth_failed\"}} {failures}"
         )),
         "{m}"
     );
@@ -588,7 +597,7 @@ async fn an_empty_answer_at_a_resync_clears_nothing_and_a_confirmed_mass_clear_c
     cycle(2).await;
     let m = h.metrics();
     assert!(
-        m.contains("bridge_oneview_implausible_snapshots_total 1"),
+        m.contains("bridge_oneview_implausible_snapshots_total{appliance=\"ov-test\"} 1"),
         "{m}"
     );
     assert!(
@@ -620,7 +629,7 @@ async fn an_empty_answer_at_a_resync_clears_nothing_and_a_confirmed_mass_clear_c
     assert!(changes.iter().all(|c| c.kind == ChangeKind::Cleared));
     assert!(
         h.metrics()
-            .contains("bridge_oneview_implausible_snapshots_total 1")
+            .contains("bridge_oneview_implausible_snapshots_total{appliance=\"ov-test\"} 1")
     );
     h.shutdown().await.stop().await;
 }
@@ -652,13 +661,13 @@ async fn metric_families_exist_at_zero() {
     let h = harness(SimConfig::default(), |_| {}, |_| {}, 100).await;
     let m = h.metrics();
     for needle in [
-        "bridge_oneview_polls_total{kind=\"full\",outcome=\"success\"}",
-        "bridge_oneview_polls_total{kind=\"incremental\",outcome=\"failure\"}",
-        "bridge_oneview_poll_duration_seconds_count{kind=\"incremental\"}",
+        "bridge_oneview_polls_total{appliance=\"ov-test\",kind=\"full\",outcome=\"success\"}",
+        "bridge_oneview_polls_total{appliance=\"ov-test\",kind=\"incremental\",outcome=\"failure\"}",
+        "bridge_oneview_poll_duration_seconds_count{appliance=\"ov-test\",kind=\"incremental\"}",
         "bridge_oneview_alerts_in_last_poll",
-        "bridge_oneview_alerts_malformed_total 0",
-        "bridge_oneview_request_duration_seconds_count{endpoint=\"alert\",status_class=\"error\"} 0",
-        "bridge_oneview_logins_total{outcome=\"auth_failed\"} 0",
+        "bridge_oneview_alerts_malformed_total{appliance=\"ov-test\"} 0",
+        "bridge_oneview_request_duration_seconds_count{appliance=\"ov-test\",endpoint=\"alert\",status_class=\"error\"} 0",
+        "bridge_oneview_logins_total{appliance=\"ov-test\",outcome=\"auth_failed\"} 0",
         "bridge_oneview_session_age_seconds",
         "bridge_oneview_last_successful_poll_timestamp_seconds",
         "bridge_oneview_open_alerts",

@@ -372,14 +372,15 @@ async fn an_empty_oneview_answer_at_a_resync_resolves_nothing_and_repages_nobody
     for _ in 0..400 {
         metrics = b.metrics().await;
         if ov.handle.faults().empty_next == 0
-            && metrics.contains("bridge_oneview_polls_total{kind=\"full\",outcome=\"success\"} 1")
+            && metrics.contains("bridge_oneview_polls_total{appliance=\"synergy-trust\",kind=\"full\",outcome=\"success\"} 1")
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        metrics.contains("bridge_oneview_implausible_snapshots_total 2"),
+        metrics
+            .contains("bridge_oneview_implausible_snapshots_total{appliance=\"synergy-trust\"} 2"),
         "both empty answers were discarded: {}",
         metrics
             .lines()
@@ -387,7 +388,7 @@ async fn an_empty_oneview_answer_at_a_resync_resolves_nothing_and_repages_nobody
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(metrics.contains("bridge_oneview_polls_total{kind=\"full\",outcome=\"success\"} 1"));
+    assert!(metrics.contains("bridge_oneview_polls_total{appliance=\"synergy-trust\",kind=\"full\",outcome=\"success\"} 1"));
     // A few more cycles: nothing happens.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pd.counters().incidents_resolved, 0, "nothing was resolved");

@@ -80,7 +80,7 @@ pub fn assemble_with_ledger(
             "the [oneview] section (url, username, password) is missing; the poller cannot start"
                 .to_owned(),
     })?;
-    let metrics = OneViewMetrics::register(registry);
+    let metrics = OneViewMetrics::register(registry, &ov.name);
     let client = Arc::new(OneViewClient::new(ov, metrics.clone())?);
     readiness.require(READY_SESSION, "not logged in to OneView yet");
     readiness.require(

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::OneViewClient;
 use super::collection::{AlertQuery, Walker, format_timestamp, parse_timestamp};
 use super::error::OneViewError;
-use super::metrics::{KindLabels, OneViewMetrics, PollLabels};
+use super::metrics::OneViewMetrics;
 use crate::config::PollerConfig;
 use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
 use crate::readiness::Readiness;
@@ -309,20 +309,9 @@ impl Poller {
             PollKind::Incremental => self.incremental().await,
         };
         let secs = start.elapsed().as_secs_f64();
-        self.metrics
-            .poll_duration
-            .get_or_create(&KindLabels {
-                kind: kind.as_str(),
-            })
-            .observe(secs);
+        self.metrics.poll_duration(kind.as_str()).observe(secs);
         let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics
-            .polls
-            .get_or_create(&PollLabels {
-                kind: kind.as_str(),
-                outcome,
-            })
-            .inc();
+        self.metrics.poll(kind.as_str(), outcome).inc();
         let logged_in = self.client.is_logged_in();
         self.metrics.session_age.set(
             self.client

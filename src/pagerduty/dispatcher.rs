@@ -143,6 +143,10 @@ struct Job {
     priority: u8,
     fingerprint: u64,
     enqueued: Instant,
+    /// The intake (appliance, or the push API) the job's change came from.
+    source: usize,
+    /// Its place in the fair order among intakes (see [`Dispatcher::next_turn`]).
+    turn: u64,
 }
 
 impl Job {
@@ -162,8 +166,19 @@ struct KeyQueue {
     in_flight: bool,
 }
 
-/// `(priority, seq, dedup_key)`: the order in which ready keys are picked.
-type ReadyEntry = (u8, u64, String);
+/// `(priority, turn, seq, dedup_key)`: the order in which ready keys are picked: critical
+/// first, then fairly across intakes (a storm on one appliance does not hold back another's
+/// page), then oldest first.
+type ReadyEntry = (u8, u64, u64, String);
+
+/// One intake of changes: an appliance's poller, or the push API.
+pub(crate) struct Source {
+    /// The appliance id (or `push`).
+    pub name: Arc<str>,
+    pub rx: mpsc::Receiver<AlertChange>,
+    /// Pending jobs it may have before the dispatcher stops taking its changes.
+    pub share: usize,
+}
 
 enum Outcome {
     Accepted(Answer),
@@ -192,6 +207,16 @@ pub(crate) struct Dispatcher {
     next_seq: u64,
     /// Route names whose open-incident gauge was ever set (so a route's count can go to 0).
     gauged_routes: HashSet<Arc<str>>,
+    /// Pending jobs per intake, and what each may have: a storm on one appliance fills its
+    /// own share of `pagerduty.queue_capacity` and makes only its own poller wait.
+    per_source: Vec<usize>,
+    shares: Vec<usize>,
+    /// Appliance id -> intake, for events read back from the outbox.
+    source_of: HashMap<Arc<str>, usize>,
+    /// Start-time fair queueing among intakes: the last turn given to each, and the turn of
+    /// the last job started.
+    last_turn: Vec<u64>,
+    clock: u64,
 }
 
 fn priority_name(p: u8) -> &'static str {
@@ -231,7 +256,15 @@ fn route_missing_message(route: &str) -> String {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(shared: Arc<Shared>, router: Router, ctx: EventContext) -> Self {
+    /// `sources`: the names and shares of the intakes, in the order [`Dispatcher::run`] gets
+    /// them.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        router: Router,
+        ctx: EventContext,
+        sources: &[(Arc<str>, usize)],
+    ) -> Self {
+        let n = sources.len().max(1);
         Self {
             shared,
             router,
@@ -244,7 +277,36 @@ impl Dispatcher {
             inflight_keys: HashMap::new(),
             next_seq: 0,
             gauged_routes: HashSet::new(),
+            per_source: vec![0; n],
+            shares: sources.iter().map(|(_, s)| *s).collect(),
+            source_of: sources
+                .iter()
+                .enumerate()
+                .map(|(i, (s, _))| (s.clone(), i))
+                .collect(),
+            last_turn: vec![0; n],
+            clock: 0,
         }
+    }
+
+    /// The turn of a new job of `source`: right after the last job started, unless the
+    /// source already has turns queued beyond it. A source that queued 10,000 events has
+    /// turns up to 10,000 ahead; a quiet one gets the next turn, so its event goes next
+    /// among those of its priority.
+    fn next_turn(&mut self, source: usize) -> u64 {
+        let t = self.clock.max(self.last_turn[source]) + 1;
+        self.last_turn[source] = t;
+        t
+    }
+
+    fn job_added(&mut self, source: usize, seq: u64, now: Instant) {
+        self.pending.insert(seq, now);
+        self.per_source[source] += 1;
+    }
+
+    fn job_removed(&mut self, source: usize, seq: u64) {
+        self.pending.remove(&seq);
+        self.per_source[source] = self.per_source[source].saturating_sub(1);
     }
 
     /// Drops an idle key, and the capacity a storm of keys left behind.
@@ -254,17 +316,12 @@ impl Dispatcher {
     }
 
     /// Runs until `work` is cancelled and everything queued is delivered (or the caller drops
-    /// this future at its shutdown timeout). `rx` carries the poller's changes, `pushes` those
-    /// of the push API.
-    pub(crate) async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<AlertChange>,
-        mut pushes: mpsc::Receiver<AlertChange>,
-        work: CancellationToken,
-    ) {
+    /// this future at its shutdown timeout). `sources` are the intakes, in the order given to
+    /// [`Dispatcher::new`] (the appliances' pollers, then the push API).
+    pub(crate) async fn run(mut self, mut sources: Vec<Source>, work: CancellationToken) {
         let mut draining = false;
-        let mut rx_done = false;
-        let mut pushes_done = false;
+        let mut done = vec![false; sources.len()];
+        let mut next_source = 0usize;
         let mut answers = self.shared.answers.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,10 +329,34 @@ impl Dispatcher {
             answers.borrow_and_update();
             let wake = self.dispatch();
             self.update_queue_gauges();
-            if rx_done && pushes_done && self.pending.is_empty() {
+            if done.iter().all(|d| *d) && self.pending.is_empty() {
                 break;
             }
-            let room = self.pending.len() < self.shared.settings.capacity;
+            let room: Vec<bool> = (0..sources.len())
+                .map(|i| {
+                    !done[i]
+                        && self
+                            .per_source
+                            .get(i)
+                            .zip(self.shares.get(i))
+                            .is_some_and(|(n, s)| n < s)
+                })
+                .collect();
+            // The next change of any intake with room, starting after the last one served, so
+            // that intakes take turns.
+            let intake = std::future::poll_fn(|cx| {
+                let n = sources.len();
+                for k in 0..n {
+                    let i = (next_source + k) % n;
+                    if !room[i] {
+                        continue;
+                    }
+                    if let std::task::Poll::Ready(msg) = sources[i].rx.poll_recv(cx) {
+                        return std::task::Poll::Ready((i, msg));
+                    }
+                }
+                std::task::Poll::Pending
+            });
             tokio::select! {
                 Some(res) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
                     match res {
@@ -297,24 +378,20 @@ impl Dispatcher {
                         }
                     }
                 }
-                msg = rx.recv(), if room && !rx_done => {
+                (i, msg) = intake, if room.iter().any(|r| *r) => {
+                    next_source = i + 1;
                     match msg {
-                        Some(change) => self.intake(change),
-                        None => rx_done = true,
-                    }
-                }
-                msg = pushes.recv(), if room && !pushes_done => {
-                    match msg {
-                        Some(change) => self.intake(change),
-                        None => pushes_done = true,
+                        Some(change) => self.intake(change, i),
+                        None => done[i] = true,
                     }
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
                 _ = answers.changed() => {}
                 _ = work.cancelled(), if !draining => {
                     draining = true;
-                    rx.close();
-                    pushes.close();
+                    for s in &mut sources {
+                        s.rx.close();
+                    }
                     if !self.pending.is_empty() {
                         self.shared.readiness.set_warning(READINESS_WARNING, Some(format!(
                             "shutting down: draining {} queued PagerDuty event(s)", self.pending.len())));
@@ -375,6 +452,8 @@ impl Dispatcher {
             let now = Instant::now();
             let seq = self.next_seq.max(entry.seq);
             self.next_seq = seq + 1;
+            let source = self.source_of_key(&entry.key);
+            let turn = self.next_turn(source);
             let job = Job {
                 seq,
                 store_seq: entry.seq,
@@ -386,8 +465,10 @@ impl Dispatcher {
                 priority: entry.priority,
                 fingerprint: durable::parse_fingerprint(&entry.fingerprint).unwrap_or(0),
                 enqueued: now,
+                source,
+                turn,
             };
-            self.pending.insert(seq, now);
+            self.job_added(source, seq, now);
             let key = entry.key;
             let q = self.keys.entry(key.clone()).or_default();
             q.jobs.push_back(job);
@@ -402,6 +483,16 @@ impl Dispatcher {
             );
         }
         self.update_incident_gauges();
+    }
+
+    /// The intake of an event read back from the outbox: its appliance's, from the dedup key
+    /// (`oneview:{appliance}:{uri}`); the first intake for a key that names none (hashed).
+    fn source_of_key(&self, key: &str) -> usize {
+        key.strip_prefix("oneview:")
+            .and_then(|rest| rest.find(":/rest/").map(|at| &rest[..at]))
+            .and_then(|app| self.source_of.get(app))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// What PagerDuty holds for `key` once the event in flight is answered, and the events
@@ -428,8 +519,9 @@ impl Dispatcher {
         (confirmed, queued)
     }
 
-    /// Decides what PagerDuty must hear about one change, and queues it.
-    fn intake(&mut self, change: AlertChange) {
+    /// Decides what PagerDuty must hear about one change (from intake `source`), and queues
+    /// it.
+    fn intake(&mut self, change: AlertChange, source: usize) {
         let alert = &change.alert;
         let key = event::dedup_key(&change.key.appliance, &change.key.uri);
         self.shared.incidents.observe(&key, &change);
@@ -472,7 +564,7 @@ impl Dispatcher {
             self.next_seq += 1;
             self.orphan(&key, o.action, &o.route, &ev, seq);
         }
-        self.replace_queue(&key, &d.queue, &change, &pd_severity);
+        self.replace_queue(&key, &d.queue, &change, &pd_severity, source);
     }
 
     fn build(&self, action: Action, change: &AlertChange) -> Encoded {
@@ -521,6 +613,7 @@ impl Dispatcher {
         desired: &[Step],
         change: &AlertChange,
         pd_severity: &str,
+        source: usize,
     ) {
         self.unready(key);
         let (skip, existing) = match self.keys.get(key) {
@@ -554,13 +647,13 @@ impl Dispatcher {
             let dropped: Vec<Job> = q.jobs.drain(skip + i..).collect();
             let mut ops = Vec::with_capacity(dropped.len());
             for j in &dropped {
-                self.pending.remove(&j.seq);
+                self.job_removed(j.source, j.seq);
                 ops.push(Op::Cancelled { seq: j.store_seq });
             }
             self.shared.journal.submit(ops);
         }
         for step in &desired[i..] {
-            self.push_job(key, step, change, pd_severity);
+            self.push_job(key, step, change, pd_severity, source);
         }
         match self.keys.get(key) {
             Some(q) if q.jobs.is_empty() => self.forget(key),
@@ -569,7 +662,14 @@ impl Dispatcher {
         }
     }
 
-    fn push_job(&mut self, key: &str, step: &Step, change: &AlertChange, pd_severity: &str) {
+    fn push_job(
+        &mut self,
+        key: &str,
+        step: &Step,
+        change: &AlertChange,
+        pd_severity: &str,
+        source: usize,
+    ) {
         // The policy queues only configured routes.
         let Some(target) = self.router.by_name(&step.route).cloned() else {
             return;
@@ -585,6 +685,7 @@ impl Dispatcher {
             None => 0,
         };
         tracing::debug!(dedup_key = %key, action = %step.action, route = %target.route, "event queued");
+        let turn = self.next_turn(source);
         let job = Job {
             seq,
             store_seq: seq,
@@ -596,8 +697,10 @@ impl Dispatcher {
             priority: prio,
             fingerprint: step.fingerprint,
             enqueued: now,
+            source,
+            turn,
         };
-        self.pending.insert(seq, now);
+        self.job_added(source, seq, now);
         self.keys
             .entry(key.to_owned())
             .or_default()
@@ -647,7 +750,7 @@ impl Dispatcher {
         }
         if let Some(head) = q.jobs.front() {
             if let Some(set) = self.ready.get_mut(&head.target.budget) {
-                set.remove(&(head.priority, head.seq, key.to_owned()));
+                set.remove(&(head.priority, head.turn, head.seq, key.to_owned()));
             }
         }
     }
@@ -661,7 +764,7 @@ impl Dispatcher {
             self.ready
                 .entry(head.target.budget.clone())
                 .or_default()
-                .insert((head.priority, head.seq, key.to_owned()));
+                .insert((head.priority, head.turn, head.seq, key.to_owned()));
         }
     }
 
@@ -703,7 +806,10 @@ impl Dispatcher {
                     set.remove(entry);
                 }
             }
-            let Some(((_, _, key), _)) = best else { break };
+            let Some(((_, turn, _, key), _)) = best else {
+                break;
+            };
+            self.clock = self.clock.max(turn);
             self.start(key);
         }
         self.ready.retain(|_, s| !s.is_empty());
@@ -748,7 +854,7 @@ impl Dispatcher {
             return;
         };
         let empty = q.jobs.is_empty();
-        self.pending.remove(&job.seq);
+        self.job_removed(job.source, job.seq);
         let m = &self.shared.metrics;
         let action = job.action.as_str();
         match done.outcome {

@@ -50,9 +50,13 @@ pub const READINESS_WARNING: &str = "pagerduty";
 
 /// The assembled delivery pipeline.
 pub struct Delivery {
-    /// Bounded (`pagerduty.queue_capacity`); the poller awaits `send`, which is the
-    /// backpressure when PagerDuty is slow.
+    /// The intake of the first appliance (the only one in most tests); [`Delivery::intake`]
+    /// gives each appliance's. Each appliance's poller has its own bounded intake and its own
+    /// share of `pagerduty.queue_capacity`: it awaits `send`, which is the backpressure when
+    /// PagerDuty is slow, without holding back another appliance.
     pub changes: tokio::sync::mpsc::Sender<AlertChange>,
+    /// Per appliance id, its poller's intake.
+    pub intakes: std::collections::BTreeMap<Arc<str>, tokio::sync::mpsc::Sender<AlertChange>>,
     /// The push API's own admission (`web.push_queue`): callers `try_send` and answer 429 when
     /// it is full, so a big push never waits, and never holds polled alerts back.
     pub pushes: tokio::sync::mpsc::Sender<AlertChange>,
@@ -330,9 +334,37 @@ pub fn assemble_durable(
         journal: journal.clone(),
         incidents: incidents.clone(),
     });
-    let (tx, rx) = tokio::sync::mpsc::channel(pd.queue_capacity.max(1));
-    let (push_tx, push_rx) = tokio::sync::mpsc::channel(cfg.web.push_queue.max(1));
-    let mut d = dispatcher::Dispatcher::new(shared, router, event::EventContext::from_config(pd));
+    let appliances = intake_names(cfg);
+    let mut sources = Vec::with_capacity(appliances.len() + 1);
+    let mut intakes = std::collections::BTreeMap::new();
+    // The appliances share `pagerduty.queue_capacity`: each may have its part pending, and as
+    // many again waiting in its intake; then its poller waits (and only its poller).
+    let share = (pd.queue_capacity / appliances.len().max(1)).max(1);
+    for name in &appliances {
+        let (tx, rx) = tokio::sync::mpsc::channel(share);
+        intakes.insert(name.clone(), tx);
+        sources.push(dispatcher::Source {
+            name: name.clone(),
+            rx,
+            share,
+        });
+    }
+    // Pushes have an allowance of their own (`web.push_queue`), answered 429 when used up.
+    let push_share = cfg.web.push_queue.max(1);
+    let (push_tx, push_rx) = tokio::sync::mpsc::channel(push_share);
+    sources.push(dispatcher::Source {
+        name: Arc::from("push"),
+        rx: push_rx,
+        share: push_share,
+    });
+    let names: Vec<(Arc<str>, usize)> = sources.iter().map(|s| (s.name.clone(), s.share)).collect();
+    let tx = intakes
+        .values()
+        .next()
+        .cloned()
+        .ok_or(PagerDutyError::NotConfigured)?;
+    let mut d =
+        dispatcher::Dispatcher::new(shared, router, event::EventContext::from_config(pd), &names);
     d.resume(state.snapshot);
     let retention = state.retention;
     let task = async move {
@@ -347,7 +379,7 @@ pub fn assemble_durable(
             }
         };
         tokio::select! {
-            _ = d.run(rx, push_rx, work) => {}
+            _ = d.run(sources, work) => {}
             _ = prune => {}
         }
         // Everything was flushed by `run`; closing joins the writer thread, which releases the
@@ -357,11 +389,30 @@ pub fn assemble_durable(
     };
     Ok(Delivery {
         changes: tx,
+        intakes,
         pushes: push_tx,
         incidents,
         task: Box::pin(task),
         status,
     })
+}
+
+/// The appliance ids whose pollers feed the pipeline (one intake each).
+fn intake_names(cfg: &Config) -> Vec<Arc<str>> {
+    match cfg.oneview.as_ref() {
+        Some(ov) => vec![Arc::from(ov.name.as_str())],
+        None => vec![Arc::from("oneview")],
+    }
+}
+
+impl Delivery {
+    /// The intake of appliance `id` (the first one's when `id` is not configured).
+    pub fn intake(&self, id: &str) -> tokio::sync::mpsc::Sender<AlertChange> {
+        self.intakes
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| self.changes.clone())
+    }
 }
 
 /// PagerDuty's answer to one test event.
