@@ -171,6 +171,7 @@ async fn ready(State(s): State<CoreState>) -> impl IntoResponse {
         "role": s.role,
         "unmet": r.unmet,
         "warnings": r.warnings,
+        "appliances": r.appliances,
     });
     (status, axum::Json(body))
 }

@@ -23,9 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub use client::{AlertUpdate, ApplianceVersion, OneViewClient, TESTED_MAX_API_VERSION};
 pub use error::OneViewError;
 pub use metrics::OneViewMetrics;
-pub use poller::{
-    PollKind, PollerStatus, PollerStatusSnapshot, READY_SESSION, READY_SYNC, SessionState,
-};
+pub use poller::{PollKind, PollerStatus, PollerStatusSnapshot, READY_SYNC, SessionState};
 
 use crate::config::Config;
 use crate::model::{AlertChange, Appliance};
@@ -52,7 +50,7 @@ pub fn appliance(cfg: &crate::config::OneViewConfig) -> Appliance {
 }
 
 /// Builds the OneView client and the poller task, registers the metrics and the readiness
-/// conditions `oneview_session` and `initial_sync`.
+/// appliance's readiness (see [`crate::readiness`]).
 pub fn assemble(
     cfg: &Config,
     registry: &mut Registry,
@@ -82,11 +80,7 @@ pub fn assemble_with_ledger(
     })?;
     let metrics = OneViewMetrics::register(registry, &ov.name);
     let client = Arc::new(OneViewClient::new(ov, metrics.clone())?);
-    readiness.require(READY_SESSION, "not logged in to OneView yet");
-    readiness.require(
-        READY_SYNC,
-        "the first full sync of OneView alerts has not finished yet",
-    );
+    readiness.register_appliance(&ov.name);
     let status = Arc::new(PollerStatus::default());
     let poll_now = Arc::new(Notify::new());
     let poller = poller::Poller::new(

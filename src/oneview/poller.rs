@@ -40,11 +40,8 @@ use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKi
 use crate::readiness::Readiness;
 use crate::recent::shrink_if_sparse;
 
-/// Readiness condition: a OneView session exists.
-pub const READY_SESSION: &str = "oneview_session";
-/// Readiness condition: the first full sync finished and polls have not been failing for
-/// longer than `3 * poller.interval`.
-pub const READY_SYNC: &str = "initial_sync";
+/// Readiness condition unmet while no appliance has finished its first full sync.
+pub const READY_SYNC: &str = crate::readiness::INITIAL_SYNC;
 
 /// Tracked alerts missing from a full sync that are checked one by one before they count as
 /// cleared.
@@ -245,18 +242,11 @@ impl Poller {
                 }
             };
             let wake = Instant::now() + delay;
-            loop {
-                let stale_at = self.stale_deadline();
-                tokio::select! {
-                    _ = work.cancelled() => break 'outer,
-                    _ = tokio::time::sleep_until(wake) => break,
-                    _ = poll_now.notified() => {
-                        tracing::debug!("poll requested");
-                        break;
-                    }
-                    _ = tokio::time::sleep_until(stale_at.unwrap_or(wake)), if stale_at.is_some_and(|s| s < wake) => {
-                        self.check_stale();
-                    }
+            tokio::select! {
+                _ = work.cancelled() => break 'outer,
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = poll_now.notified() => {
+                    tracing::debug!("poll requested");
                 }
             }
         }
@@ -271,34 +261,14 @@ impl Poller {
             .update(|s| s.session = SessionState::NotLoggedIn);
     }
 
-    /// When polls have been failing: the moment readiness turns 503, if still ahead.
-    fn stale_deadline(&self) -> Option<Instant> {
-        let last = self.mem.last_success?;
-        let failing = self.status.snapshot().last_error.is_some();
-        let at = last + self.cfg.interval * 3;
-        (failing && at > Instant::now()).then_some(at)
-    }
-
-    fn check_stale(&self) {
-        let Some(last) = self.mem.last_success else {
-            if let Some(err) = self.status.snapshot().last_error {
-                self.readiness.set_unmet(
-                    READY_SYNC,
-                    format!("the first full sync of OneView alerts has not finished: {err}"),
-                );
-            }
-            return;
-        };
-        let limit = self.cfg.interval * 3;
-        if last.elapsed() >= limit {
-            let err = self.status.snapshot().last_error.unwrap_or_default();
-            self.readiness.set_unmet(
-                READY_SYNC,
-                format!(
-                    "no successful OneView poll for {} (3 x poller.interval): {err}",
-                    humantime::format_duration(Duration::from_secs(last.elapsed().as_secs()))
-                ),
-            );
+    /// What readiness shows for a failed cycle: the error, and for how long polls have failed.
+    fn problem(&self, err: &str) -> String {
+        match self.mem.last_success {
+            None => format!("the first full sync of OneView alerts has not finished: {err}"),
+            Some(last) => format!(
+                "no successful OneView poll for {}: {err}",
+                humantime::format_duration(Duration::from_secs(last.elapsed().as_secs()))
+            ),
         }
     }
 
@@ -330,10 +300,12 @@ impl Poller {
                 self.metrics
                     .last_successful_poll
                     .set(now.timestamp_millis() as f64 / 1000.0);
-                self.readiness.set_met(READY_SESSION);
-                if self.mem.last_full.is_some() {
-                    self.readiness.set_met(READY_SYNC);
-                }
+                let synced = self.mem.last_full.is_some();
+                self.readiness.update_appliance(&self.appliance.id, |a| {
+                    a.session = true;
+                    a.synced |= synced;
+                    a.problem = None;
+                });
                 let wm = self.mem.watermark.map(format_timestamp);
                 let open = self.mem.open.len();
                 let api = self.client.api_version();
@@ -350,11 +322,11 @@ impl Poller {
             }
             Err(e) => {
                 let msg = e.to_string();
-                if logged_in {
-                    self.readiness.set_met(READY_SESSION);
-                } else {
-                    self.readiness.set_unmet(READY_SESSION, msg.clone());
-                }
+                let problem = self.problem(&msg);
+                self.readiness.update_appliance(&self.appliance.id, |a| {
+                    a.session = logged_in;
+                    a.problem = Some(problem);
+                });
                 let open = self.mem.open.len();
                 self.status.update(|s| {
                     s.session = if logged_in {
@@ -372,7 +344,6 @@ impl Poller {
                     s.open_alerts = open;
                     s.cycles += 1;
                 });
-                self.check_stale();
             }
         }
         result
