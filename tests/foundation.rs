@@ -460,3 +460,107 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     assert_eq!(v["span"]["request_id"], "sigterm-test-rid");
     assert!(lines.iter().any(|l| l.contains("bridge stopped")));
 }
+
+/// `demo` as a user runs it: the URLs its banner prints and the incident links PagerDuty
+/// receives all answer (the OneView simulator serves a page at `/`, where a browser lands for
+/// `{ui}/#/activity/r{uri}`), and `--churn-every 0s` reads as "off", not "every 0ns".
+#[test]
+fn demo_banner_urls_and_incident_links_answer() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--interval", "1s"])
+        .args(["--churn-every", "0s", "--alerts", "2"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The banner ends with an empty line; then one line per accepted event.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut banner = Vec::new();
+    let mut triggers = 0;
+    while triggers < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("demo printed no 2 triggers; banner:\n{}", banner.join("\n"))
+        });
+        if line.contains(" trigger ") {
+            triggers += 1;
+        } else {
+            banner.push(line);
+        }
+    }
+    let banner = banner.join("\n");
+    let url_after = |label: &str| -> String {
+        banner
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{banner}"))
+            .to_owned()
+    };
+    assert!(!banner.contains("0ns"), "{banner}");
+    assert!(banner.contains("--churn-every 0s"), "{banner}");
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |url: &str| {
+        let r = client.get(url).send().unwrap();
+        let status = r.status();
+        (status, r.text().unwrap_or_default())
+    };
+    let oneview = url_after("OneView");
+    let (status, body) = get(&oneview);
+    assert_eq!(status, 200, "{oneview}");
+    assert!(body.contains("OneView simulator"), "{body}");
+    let (status, _) = get(&url_after("status page"));
+    assert_eq!(status, 200);
+
+    // Every incident link the bridge sent to PagerDuty, followed as a browser would.
+    let incidents = url_after("PagerDuty");
+    let events_url = incidents.replace("/sim/incidents", "/sim/events");
+    let events: serde_json::Value = client.get(&events_url).send().unwrap().json().unwrap();
+    let links: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["body"]["links"].as_array())
+        .flatten()
+        .filter_map(|l| l["href"].as_str().map(str::to_owned))
+        .collect();
+    assert!(links.len() >= 2, "{events}");
+    for link in &links {
+        assert!(link.starts_with(oneview.trim_end_matches('/')), "{link}");
+        assert!(link.contains("/#/activity/r/rest/alerts/"), "{link}");
+        let (status, body) = get(link);
+        assert_eq!(status, 200, "{link}");
+        assert!(body.contains("OneView simulator"), "{link}");
+    }
+    let alert_id = links[0].rsplit('/').next().unwrap();
+    let (status, alert) = get(&format!(
+        "{}/sim/alerts/{alert_id}",
+        oneview.trim_end_matches('/')
+    ));
+    assert_eq!(status, 200, "the page's pointer to the alert's JSON");
+    assert!(
+        alert.contains(&format!("/rest/alerts/{alert_id}")),
+        "{alert}"
+    );
+
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(rx);
+    reader.join().unwrap();
+}
