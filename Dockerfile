@@ -14,6 +14,9 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
+# The paths below assume this target directory; pinned so that a CARGO_TARGET_DIR set in the
+# builder's environment cannot move the binary elsewhere.
+ENV CARGO_TARGET_DIR=/src/target
 # Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src \

@@ -2,7 +2,7 @@
 //! the release binary in a child process so that its RSS and CPU (from `/proc/<pid>/status` and
 //! `/proc/<pid>/stat`) are its own. One subcommand per benchmark; see `bench/README.md`.
 //!
-//! `cargo build --release --bin oneview-pagerduty-bridge && cargo bench --bench bridge -- <name>`
+//! `cargo bench --bench bridge -- <name>` (Cargo builds the bridge binary for it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1292,9 +1292,12 @@ struct ProcStat {
     cpu_s: f64,
 }
 
+/// The bridge the benchmarks run: `BRIDGE_BIN`, else the binary Cargo built for this very
+/// `cargo bench` (`CARGO_BIN_EXE_*`, so always current and in whatever target directory Cargo
+/// uses: `CARGO_TARGET_DIR`, `build.target-dir`, a `--target` triple).
 fn bridge_bin() -> PathBuf {
     std::env::var_os("BRIDGE_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/oneview-pagerduty-bridge"),
+        || PathBuf::from(env!("CARGO_BIN_EXE_oneview-pagerduty-bridge")),
         PathBuf::from,
     )
 }
@@ -1304,7 +1307,7 @@ impl Bridge {
         let bin = bridge_bin();
         if !bin.exists() {
             return Err(format!(
-                "{} missing: cargo build --release --bin oneview-pagerduty-bridge (or set BRIDGE_BIN)",
+                "{} missing: run the benchmarks through cargo bench, which builds it (or set BRIDGE_BIN)",
                 bin.display()
             ));
         }

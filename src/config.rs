@@ -1,6 +1,11 @@
 //! Configuration: loading (defaults < TOML file < `BRIDGE_*` environment), validation that
 //! reports every problem at once, and the resolved, typed settings the rest of the crate uses.
 //!
+//! "At once" spans the stages: a TOML syntax error (named by file, line and column), unknown
+//! keys and values of the wrong type are reported and set aside, so the rest is still
+//! extracted and validated in the same run ([`load_layers`]). Of a secret and its `_file`
+//! twin, the higher source's replaces the lower one's; both in one source is an error.
+//!
 //! Two layers live here. [`RawConfig`] is the shape of the file and of the environment; it is
 //! what `check-config` prints (with secrets redacted). [`Config`] is the validated result: URLs
 //! are parsed, secrets are [`Secret`]s, and sections a role does not need may be absent.
@@ -678,167 +683,455 @@ pub fn default_severity_map() -> BTreeMap<String, String> {
 /// Environment variables that belong to the command line, not to the configuration tree.
 const ENV_IGNORED: &[&str] = &["CONFIG", "ROLE"];
 
+/// The `BRIDGE_*` environment layer.
+fn env_provider() -> Env {
+    Env::prefixed("BRIDGE_").split("__").ignore(ENV_IGNORED)
+}
+
 /// Builds the layered figment: defaults < file < environment.
 pub fn figment(file: Option<&Path>) -> Figment {
     let mut f = Figment::from(Serialized::defaults(RawConfig::default()));
     if let Some(path) = file {
         f = f.merge(Toml::file_exact(path));
     }
-    f.merge(Env::prefixed("BRIDGE_").split("__").ignore(ENV_IGNORED))
+    f.merge(env_provider())
 }
 
-/// Loads the configuration for `role` from `file` (if any) and the process environment.
-pub fn load(file: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
-    if let Some(path) = file {
-        std::fs::metadata(path).map_err(|source| ConfigError::File {
-            path: path.to_owned(),
-            source,
-        })?;
-    }
-    let fig = figment(file);
-    let raw = extract(&fig)?;
-    validate(raw, role)
+/// One configuration source above the defaults, as far as precedence between a secret and its
+/// `_file` twin needs it: which `section.key`s it sets.
+#[derive(Debug, Clone, Default)]
+pub struct Layer {
+    keys: std::collections::BTreeSet<String>,
 }
 
-/// Extracts [`RawConfig`], reporting every unknown key and every section with a bad value.
-fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
-    let mut problems = Vec::new();
-    let known = serde_json::to_value(RawConfig::default()).unwrap_or_default();
-    match fig.data() {
-        Ok(data) => {
+impl Layer {
+    /// The keys `provider` sets (its `data()` read once more; a few small maps).
+    pub fn of(provider: &impl Provider) -> Self {
+        let mut keys = std::collections::BTreeSet::new();
+        if let Ok(data) = provider.data() {
             for dict in data.values() {
-                for (k, v) in dict {
-                    unknown_keys(fig, &known, k, v, &mut problems);
+                for (section, v) in dict {
+                    keys.insert(section.clone());
+                    if let Some(d) = v.as_dict() {
+                        keys.extend(d.keys().map(|k| format!("{section}.{k}")));
+                    }
                 }
             }
         }
-        Err(e) => problems.extend(figment_problems(e)),
+        Self { keys }
     }
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
-    }
-    // Extract section by section so that a bad value in one section does not hide another.
-    let mut raw = RawConfig::default();
-    macro_rules! section {
-        ($name:ident) => {
-            match fig.extract_inner(stringify!($name)) {
-                Ok(v) => raw.$name = v,
-                Err(e) => problems.extend(figment_problems(e).into_iter().map(|mut p| {
-                    // figment reports paths relative to the section, in no reliable order.
-                    let rest: Vec<&str> = p
-                        .key
-                        .split('.')
-                        .filter(|k| *k != stringify!($name) && *k != "<config>")
-                        .collect();
-                    p.key = std::iter::once(stringify!($name))
-                        .chain(rest)
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    p
-                })),
-            }
-        };
-    }
-    section!(oneview);
-    section!(pagerduty);
-    section!(poller);
-    section!(dedup);
-    section!(server);
-    section!(web);
-    section!(sync);
-    section!(log);
-    section!(state);
-    if problems.is_empty() {
-        Ok(raw)
-    } else {
-        Err(ConfigError::Invalid(problems))
+
+    fn sets(&self, key: &str) -> bool {
+        self.keys.contains(key)
     }
 }
 
-fn unknown_keys(
+/// Loads the configuration for `role` from `file` (if any) and the process environment,
+/// reporting every problem of every stage (syntax, unknown keys, bad values, validation) in
+/// one error.
+pub fn load(file: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+    let mut layers = Vec::new();
+    let mut syntax = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        // figment's own parse error names neither the file nor, reliably, the position; and a
+        // file that does not parse is left out so that the environment is still checked.
+        match text.parse::<toml::Table>() {
+            Ok(_) => {
+                let provider = Toml::file_exact(path);
+                layers.push(Layer::of(&provider));
+                fig = fig.merge(provider);
+            }
+            Err(e) => syntax.push(toml_syntax_problem(path, &text, &e)),
+        }
+    }
+    let env = env_provider();
+    layers.push(Layer::of(&env));
+    fig = fig.merge(env);
+    let mut loaded = load_layers(&fig, &layers);
+    if !syntax.is_empty() {
+        // Without the file, "missing" findings would only be noise: report what was read.
+        syntax.append(&mut loaded.problems);
+        return Err(ConfigError::Invalid(syntax));
+    }
+    loaded.validate(role)
+}
+
+/// What loading found before validation.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration with every offending key left at its default.
+    pub raw: RawConfig,
+    /// Unknown keys and values of the wrong type or shape.
+    pub problems: Vec<Problem>,
+    /// Keys whose problem is already reported: validation findings about them (a bad
+    /// `oneview.password` reads as missing once it is dropped) are left out.
+    dropped: Vec<String>,
+    /// False when a value could not be set aside (no key to blame): validating the defaults
+    /// in its place would only add noise.
+    complete: bool,
+    /// Secrets one source gave that replaced the other twin from a lower source.
+    pub warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// Validates for `role`; the loading problems come first, then validation's own.
+    pub fn validate(self, role: Role) -> Result<Config, ConfigError> {
+        let Loaded {
+            raw,
+            mut problems,
+            dropped,
+            complete,
+            warnings,
+        } = self;
+        if !complete {
+            return Err(ConfigError::Invalid(problems));
+        }
+        match validate(raw, role) {
+            Ok(mut cfg) if problems.is_empty() => {
+                cfg.warnings.splice(0..0, warnings);
+                Ok(cfg)
+            }
+            Ok(_) => Err(ConfigError::Invalid(problems)),
+            Err(ConfigError::Invalid(more)) => {
+                problems.extend(more.into_iter().filter(|p| !covered(&dropped, &p.key)));
+                Err(ConfigError::Invalid(problems))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether `key` is, or lies under, or is the secret twin of, one of `dropped`.
+fn covered(dropped: &[String], key: &str) -> bool {
+    dropped.iter().any(|d| {
+        let d = d.strip_suffix("_file").unwrap_or(d);
+        let k = key.strip_suffix("_file").unwrap_or(key);
+        k == d || k.starts_with(&format!("{d}.")) || k.starts_with(&format!("{d}["))
+    })
+}
+
+/// Extracts [`RawConfig`], reporting every unknown key and every bad value (no precedence
+/// between secret twins: that needs the layers, see [`load_layers`]).
+pub fn extract(fig: &Figment) -> Result<RawConfig, ConfigError> {
+    let loaded = load_layers(fig, &[]);
+    if loaded.problems.is_empty() && loaded.complete {
+        Ok(loaded.raw)
+    } else {
+        Err(ConfigError::Invalid(loaded.problems))
+    }
+}
+
+/// Bound on extraction attempts: each one sets one offending key aside.
+const MAX_EXTRACT_ATTEMPTS: usize = 200;
+
+/// Reads `fig` (defaults < `layers`, lowest first) into a [`RawConfig`] without stopping at
+/// the first problem: unknown keys and bad values are reported and left out, so the rest of
+/// the configuration is still extracted and validated in the same run. Of a secret and its
+/// `_file` twin given by different layers, the higher layer's wins.
+pub fn load_layers(fig: &Figment, layers: &[Layer]) -> Loaded {
+    let mut loaded = Loaded {
+        raw: RawConfig::default(),
+        problems: Vec::new(),
+        dropped: Vec::new(),
+        complete: true,
+        warnings: Vec::new(),
+    };
+    let known = serde_json::to_value(RawConfig::default()).unwrap_or_default();
+    let mut dict = match fig.data() {
+        Ok(data) => data
+            .into_values()
+            .fold(figment::value::Dict::new(), |mut acc, d| {
+                acc.extend(d);
+                acc
+            }),
+        Err(e) => {
+            loaded
+                .problems
+                .extend(e.into_iter().map(|e| value_problem(fig, &known, &e)));
+            loaded.complete = false;
+            return loaded;
+        }
+    };
+    take_unknown_keys(fig, &known, &mut dict, "", &mut loaded.problems);
+    resolve_secret_twins(fig, &known, layers, &mut dict, &mut loaded.warnings);
+
+    for _ in 0..MAX_EXTRACT_ATTEMPTS {
+        let errors = match Figment::from(Serialized::defaults(&dict)).extract::<RawConfig>() {
+            Ok(raw) => {
+                loaded.raw = raw;
+                return loaded;
+            }
+            Err(errors) => errors,
+        };
+        let mut set_aside = false;
+        for e in errors {
+            loaded.problems.push(value_problem(fig, &known, &e));
+            // The whole `section.key` goes (a bad list item or route takes its list along):
+            // what remains is still a valid shape.
+            let top: Vec<&str> = e.path.iter().take(2).map(String::as_str).collect();
+            if !top.is_empty() && remove_path(&mut dict, &top) {
+                loaded.dropped.push(top.join("."));
+                set_aside = true;
+            }
+        }
+        if !set_aside {
+            break;
+        }
+    }
+    loaded.complete = false;
+    loaded
+}
+
+/// Removes `section.key` (or a whole section) from `dict`; false when it was not there.
+fn remove_path(dict: &mut figment::value::Dict, path: &[&str]) -> bool {
+    match path {
+        [section] => dict.remove(*section).is_some(),
+        [section, key, ..] => match dict.get_mut(*section) {
+            Some(figment::value::Value::Dict(_, d)) => d.remove(*key).is_some(),
+            _ => false,
+        },
+        [] => false,
+    }
+}
+
+/// Whether the value at `path` may be a secret: its key has a `_file` twin in [`RawConfig`].
+fn is_secret(known: &serde_json::Value, path: &[String]) -> bool {
+    let [section, key, rest @ ..] = path else {
+        return false;
+    };
+    if section == "pagerduty" && key == "routes" {
+        // A route's `routing_key`, or a route (or the list) as a whole, which may hold one.
+        const PLAIN: &[&str] = &[
+            "name",
+            "severities",
+            "resource_categories",
+            "alert_types",
+            "resource_name",
+            "routing_key_file",
+        ];
+        return !rest.iter().any(|k| PLAIN.contains(&k.as_str()));
+    }
+    known
+        .get(section.as_str())
+        .is_some_and(|n| n.get(key.as_str()).is_some() && n.get(format!("{key}_file")).is_some())
+}
+
+/// Where a key's value came from, for the message: the file's path or the variable's name.
+fn origin(fig: &Figment, path: &[&str]) -> String {
+    let top: Vec<&str> = path.iter().take(2).copied().collect();
+    let Some(m) = fig.find_metadata(&top.join(".")) else {
+        return String::new();
+    };
+    match &m.source {
+        Some(figment::Source::File(p)) => format!(" (from {} {})", m.name, p.display()),
+        _ if m.name.contains("environment") => {
+            let var = path
+                .iter()
+                .map(|k| k.to_ascii_uppercase())
+                .collect::<Vec<_>>()
+                .join("__");
+            format!(" (from environment variable BRIDGE_{var})")
+        }
+        _ => format!(" (from {})", m.name),
+    }
+}
+
+/// `pagerduty.routes.0.severities` as a user writes it: `pagerduty.routes[0].severities`.
+fn display_key(path: &[String]) -> String {
+    let mut out = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() && !out.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    if out.is_empty() {
+        "<config>".to_owned()
+    } else {
+        out
+    }
+}
+
+/// Reports, and removes from `dict`, every key [`RawConfig`] does not have.
+fn take_unknown_keys(
     fig: &Figment,
     known: &serde_json::Value,
-    path: &str,
-    value: &figment::value::Value,
+    dict: &mut figment::value::Dict,
+    prefix: &str,
     out: &mut Vec<Problem>,
 ) {
-    let mut node = Some(known);
-    for part in path.split('.') {
-        node = node.and_then(|n| n.get(part));
-    }
-    let Some(node) = node else {
-        let origin = fig
-            .find_metadata(path)
-            .map(|m| format!(" (from {})", m.name))
-            .unwrap_or_default();
+    let unknown: Vec<String> = dict
+        .keys()
+        .filter(|k| known.get(k.as_str()).is_none())
+        .cloned()
+        .collect();
+    for k in unknown {
+        dict.remove(&k);
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let parts: Vec<&str> = path.split('.').collect();
         out.push(Problem {
-            key: path.to_owned(),
+            key: path.clone(),
             value: None,
-            why: format!("unknown key{origin}"),
+            why: format!("unknown key{}", origin(fig, &parts)),
             fix: "check the spelling against the configuration reference in README.md".to_owned(),
         });
-        return;
-    };
-    // Route entries are tables inside an array; check their keys against a default route.
-    if path == "pagerduty.routes" {
-        if let figment::value::Value::Array(_, items) = value {
-            let route = serde_json::to_value(RawRoute::default()).unwrap_or_default();
-            for (i, item) in items.iter().enumerate() {
-                if let figment::value::Value::Dict(_, d) = item {
-                    for k in d.keys() {
-                        if route.get(k).is_none() {
+    }
+    for (k, v) in dict.iter_mut() {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (path.as_str(), v) {
+            // Tables whose keys are free-form (maps) are not checked further.
+            ("pagerduty.severity_map", _) => {}
+            // Route entries are tables inside an array; check their keys against a default route.
+            ("pagerduty.routes", figment::value::Value::Array(_, items)) => {
+                let route = serde_json::to_value(RawRoute::default()).unwrap_or_default();
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let figment::value::Value::Dict(_, d) = item {
+                        let bad: Vec<String> = d
+                            .keys()
+                            .filter(|k| route.get(k.as_str()).is_none())
+                            .cloned()
+                            .collect();
+                        for k in bad {
+                            d.remove(&k);
                             out.push(Problem {
                                 key: format!("pagerduty.routes[{i}].{k}"),
                                 value: None,
-                                why: "unknown key".to_owned(),
+                                why: format!(
+                                    "unknown key{}",
+                                    origin(fig, &["pagerduty", "routes"])
+                                ),
                                 fix: "route keys are name, severities, resource_categories, alert_types, resource_name, routing_key, routing_key_file".to_owned(),
                             });
                         }
                     }
                 }
             }
-        }
-        return;
-    }
-    // Tables whose keys are free-form (maps) are not checked further.
-    if path == "pagerduty.severity_map" {
-        return;
-    }
-    if let (figment::value::Value::Dict(_, dict), serde_json::Value::Object(_)) = (value, node) {
-        for (k, v) in dict {
-            unknown_keys(fig, known, &format!("{path}.{k}"), v, out);
+            (_, figment::value::Value::Dict(_, d)) => {
+                if let Some(node @ serde_json::Value::Object(_)) = known.get(k.as_str()) {
+                    take_unknown_keys(fig, node, d, &path, out);
+                }
+            }
+            _ => {}
         }
     }
 }
 
-fn figment_problems(err: figment::Error) -> Vec<Problem> {
-    err.into_iter()
-        .map(|e| {
-            let key = if e.path.is_empty() {
-                "<config>".to_owned()
-            } else {
-                e.path.join(".")
-            };
-            let origin = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
-            let secret = key.ends_with("password") || key.ends_with("routing_key");
-            let why = if secret {
-                // The serde message may quote the value; do not echo a secret.
-                "invalid value".to_owned()
-            } else {
-                e.kind.to_string()
-            };
-            Problem {
-                key,
-                value: None,
-                why: format!("{why}{origin}"),
-                fix: fix_hint(&e.kind),
+/// Environment variables take precedence over the file, and that holds for a secret given
+/// inline in one source and as `_file` in another: the higher source's twin replaces the
+/// lower one's (removed from `dict`, with a warning naming both). Both twins in the same
+/// source stay an error, reported by validation.
+fn resolve_secret_twins(
+    fig: &Figment,
+    known: &serde_json::Value,
+    layers: &[Layer],
+    dict: &mut figment::value::Dict,
+    warnings: &mut Vec<String>,
+) {
+    let Some(sections) = known.as_object() else {
+        return;
+    };
+    for (section, keys) in sections {
+        let Some(keys) = keys.as_object() else {
+            continue;
+        };
+        for key in keys.keys() {
+            let file_key = format!("{key}_file");
+            if !keys.contains_key(&file_key) {
+                continue;
             }
-        })
-        .collect()
+            let inline = format!("{section}.{key}");
+            let file = format!("{section}.{file_key}");
+            let Some(top) = layers
+                .iter()
+                .rposition(|l| l.sets(&inline) || l.sets(&file))
+            else {
+                continue;
+            };
+            let (winner, loser) = match (layers[top].sets(&inline), layers[top].sets(&file)) {
+                (true, false) => ((&inline, key), (&file, &file_key)),
+                (false, true) => ((&file, &file_key), (&inline, key)),
+                _ => continue,
+            };
+            if !layers[..top].iter().any(|l| l.sets(loser.0)) {
+                continue;
+            }
+            let loser_from = origin(fig, &[section, loser.1]);
+            if remove_path(dict, &[section, loser.1]) {
+                let winner_from = origin(fig, &[section, winner.1]);
+                warnings.push(format!(
+                    "{}{winner_from} replaces {}{loser_from}: a higher source overrides the other form of the same secret",
+                    winner.0, loser.0
+                ));
+            }
+        }
+    }
+}
+
+/// A TOML syntax error, with the file, line and column, without the offending line itself
+/// (it may hold a secret).
+fn toml_syntax_problem(path: &Path, text: &str, e: &toml::de::Error) -> Problem {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Problem {
+        key: path.display().to_string(),
+        value: None,
+        why: format!("not valid TOML{}: {message}", at.unwrap_or_default()),
+        fix:
+            "fix the syntax there (strings in quotes, sections as [name], one key = value per line)"
+                .to_owned(),
+    }
+}
+
+/// One figment error as a [`Problem`], the origin from the original figment (`fig`).
+fn value_problem(fig: &Figment, known: &serde_json::Value, e: &figment::Error) -> Problem {
+    let parts: Vec<&str> = e.path.iter().map(String::as_str).collect();
+    let key = display_key(&e.path);
+    let (why, fix) = if is_secret(known, &e.path) {
+        // The serde message may quote the value; do not echo a secret.
+        (
+            "invalid value".to_owned(),
+            format!(
+                "give the secret as a quoted string, or the path of a file holding it as `{}_file`",
+                key.rsplit('.').next().unwrap_or(&key)
+            ),
+        )
+    } else {
+        (e.kind.to_string(), fix_hint(&e.kind))
+    };
+    Problem {
+        value: None,
+        why: format!("{why}{}", origin(fig, &parts)),
+        fix,
+        key,
+    }
 }
 
 fn fix_hint(kind: &figment::error::Kind) -> String {
@@ -847,9 +1140,13 @@ fn fix_hint(kind: &figment::error::Kind) -> String {
         Kind::UnknownField(_, expected) => {
             format!("known keys here: {}", expected.join(", "))
         }
+        Kind::InvalidValue(_, expected) | Kind::InvalidType(_, expected)
+            if expected.contains("duration") =>
+        {
+            "durations are strings like \"30s\", \"5m\" or \"23h\"".to_owned()
+        }
         Kind::InvalidValue(..) | Kind::InvalidType(..) => {
-            "durations are strings like \"30s\" or \"5m\"; see README.md for each key's type"
-                .to_owned()
+            "see the key's type in the configuration tables of README.md".to_owned()
         }
         Kind::UnknownVariant(_, expected) => format!("use one of: {}", expected.join(", ")),
         Kind::Message(m) if m.contains("TOML") || m.contains("parse") => {
@@ -924,9 +1221,9 @@ impl Checker {
                 self.problem(
                     key,
                     None,
-                    &format!("both `{key}` and `{file_key}` are set"),
+                    &format!("both `{key}` and `{file_key}` are set in the same source"),
                     &format!(
-                        "keep only one; `{file_key}` is preferred for Kubernetes Secrets and Vault"
+                        "keep only one; `{file_key}` is preferred for Kubernetes Secrets and Vault (across sources the higher one wins: environment over file)"
                     ),
                 );
                 return None;
@@ -1778,6 +2075,107 @@ mod tests {
             panic!("1s retention should be refused")
         };
         assert_eq!(p[0].key, "state.retention");
+    }
+
+    #[test]
+    fn extraction_sets_bad_values_aside_and_keeps_the_rest() {
+        let fig = figment(None).merge(figment::providers::Toml::string(
+            "[oneview]\nconnect_timeout = \"soon\"\nusername = \"svc\"\nbogus = 1\n\
+             [poller]\npage_size = \"big\"\ninterval = \"45s\"\n\
+             [[pagerduty.routes]]\nseverities = \"Critical\"\nrouting_key = \"k\"\n",
+        ));
+        let loaded = load_layers(&fig, &[]);
+        let keys: Vec<&str> = loaded.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "oneview.bogus",
+                "oneview.connect_timeout",
+                "pagerduty.routes[0].severities",
+                "poller.page_size"
+            ]
+        );
+        assert!(loaded.complete);
+        // What was fine is kept; what was not is at its default.
+        assert_eq!(loaded.raw.oneview.username.as_deref(), Some("svc"));
+        assert_eq!(loaded.raw.poller.interval, Duration::from_secs(45));
+        assert_eq!(loaded.raw.poller.page_size, 500);
+        assert_eq!(loaded.raw.oneview.connect_timeout, Duration::from_secs(5));
+        assert!(loaded.raw.pagerduty.routes.is_empty());
+        // Validation runs too, but says nothing again about what was set aside.
+        let Err(ConfigError::Invalid(p)) = loaded.validate(Role::Poller) else {
+            panic!("problems expected")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"oneview.url"), "{keys:?}");
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.starts_with("pagerduty.routes"))
+                .count(),
+            1,
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn the_higher_layer_twin_replaces_the_lower_one_both_ways() {
+        use figment::providers::Toml;
+        let pw = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(pw.path(), "pw\n").unwrap();
+        let file_form = format!("[oneview]\npassword_file = {:?}\n", pw.path());
+        let inline_form = "[oneview]\npassword = \"inline\"\n".to_owned();
+        for (low, high, want_file) in [
+            (&file_form, &inline_form, false),
+            (&inline_form, &file_form, true),
+        ] {
+            let (lo, hi) = (Toml::string(low), Toml::string(high));
+            let layers = [Layer::of(&lo), Layer::of(&hi)];
+            let fig = figment(None).merge(lo).merge(hi);
+            let loaded = load_layers(&fig, &layers);
+            assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+            assert_eq!(loaded.raw.oneview.password_file.is_some(), want_file);
+            assert_eq!(loaded.raw.oneview.password.is_some(), !want_file);
+            assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        }
+        // Both forms in one layer: left for validation to refuse.
+        let both = Toml::string(&format!("{file_form}password = \"inline\"\n"));
+        let layers = [Layer::of(&both)];
+        let fig = figment(None).merge(both);
+        let loaded = load_layers(&fig, &layers);
+        assert!(loaded.warnings.is_empty());
+        let mut raw = raw_ok();
+        raw.oneview = loaded.raw.oneview;
+        raw.oneview.url = Some("https://ov.example.com".into());
+        raw.oneview.username = Some("u".into());
+        let Err(ConfigError::Invalid(p)) = validate(raw, Role::All) else {
+            panic!("both in one source must stay an error")
+        };
+        assert_eq!(p[0].key, "oneview.password");
+    }
+
+    #[test]
+    fn secrets_are_found_by_their_file_twin() {
+        let known = serde_json::to_value(RawConfig::default()).unwrap();
+        let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
+        for secret in [
+            "oneview.password",
+            "pagerduty.routing_key",
+            "pagerduty.webhook_secrets",
+            "server.api_tokens",
+            "web.poller_token",
+            "pagerduty.routes.0.routing_key",
+            "pagerduty.routes.0",
+        ] {
+            assert!(is_secret(&known, &path(secret)), "{secret}");
+        }
+        for plain in [
+            "oneview.password_file",
+            "oneview.username",
+            "poller.interval",
+            "pagerduty.routes.0.severities",
+        ] {
+            assert!(!is_secret(&known, &path(plain)), "{plain}");
+        }
     }
 
     #[test]

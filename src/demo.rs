@@ -85,7 +85,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     raw.oneview.password = Some(SecretString::from(password));
     raw.pagerduty.routing_key = Some(SecretString::from(DEMO_ROUTING_KEY.to_owned()));
     raw.pagerduty.events_url = pagerduty.events_url();
-    raw.pagerduty.client_url = Some(format!("http://{}/", opts.listen));
+    // With `--listen 127.0.0.1:0` the port is known only after the bind: no client_url then,
+    // rather than one that points nowhere.
+    raw.pagerduty.client_url =
+        (opts.listen.port() != 0).then(|| format!("http://{}/", opts.listen));
     raw.poller.interval = opts.interval;
     raw.poller.resync_interval = opts.interval.max(Duration::from_secs(60));
     raw.server.listen = opts.listen.to_string();
@@ -99,8 +102,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     println!("  status page http://{bridge}/");
     println!("  bridge      http://{bridge}/health  /ready  /metrics  /api/v1/alerts");
     println!(
-        "  OneView     {} (simulator; {} open alerts to start with)",
-        oneview.url(),
+        "  OneView     {}/ (simulator; {} open alerts to start with; incident links land there)",
+        oneview.url().trim_end_matches('/'),
         oneview.handle.open_alert_count()
     );
     println!(
@@ -108,8 +111,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         pagerduty.addr()
     );
     println!(
-        "  polling every {:?}; alerts are raised, changed and cleared every {:?}. Ctrl-C stops.",
-        opts.interval, opts.churn_every
+        "  polling every {}; {}. Ctrl-C stops.",
+        humantime::format_duration(opts.interval),
+        churn_phrase(opts.churn_every)
     );
     println!();
 
@@ -212,6 +216,18 @@ fn churn_once(handle: &sim::oneview::SimHandle, open: &mut Vec<u64>) {
     }
 }
 
+/// What the banner says about `--churn-every`; zero turns churn off.
+fn churn_phrase(every: Duration) -> String {
+    if every.is_zero() {
+        "alerts stay as they are (--churn-every 0s: no raises, changes or clears)".to_owned()
+    } else {
+        format!(
+            "an alert is raised, changed or cleared every {}",
+            humantime::format_duration(every)
+        )
+    }
+}
+
 /// The first line of `s`, cut to `max` characters.
 fn one_line(s: &str, max: usize) -> String {
     let line = s.lines().next().unwrap_or_default();
@@ -221,5 +237,21 @@ fn one_line(s: &str, max: usize) -> String {
         cut
     } else {
         line.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_phrase_says_off_for_zero_and_reads_as_a_duration_otherwise() {
+        let off = churn_phrase(Duration::ZERO);
+        assert!(!off.contains("0ns"), "{off}");
+        assert!(off.contains("no raises, changes or clears"), "{off}");
+        assert_eq!(
+            churn_phrase(Duration::from_millis(1500)),
+            "an alert is raised, changed or cleared every 1s 500ms"
+        );
     }
 }

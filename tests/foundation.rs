@@ -217,18 +217,182 @@ severities = ["Critical"]
     assert!(out.contains("interval = \"2m\""), "{out}");
     assert!(out.contains("username = \"from-env\""), "{out}");
 
-    // Inline secret from the environment works too, and is never printed.
+    // An inline secret from the environment replaces the file's `_file` twin (environment
+    // variables are the higher source), with a warning naming both; it is never printed.
     let (code, out, err) = check_config(
         &["--config", f],
         &[("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)],
     );
-    assert_eq!(code, 2, "both routing_key and routing_key_file: {out}");
-    assert!(err.contains("pagerduty.routing_key"), "{err}");
-    assert!(err.contains("both"), "{err}");
+    assert_eq!(
+        code, 0,
+        "env routing_key over the file's routing_key_file: {err}"
+    );
+    assert!(out.contains("routing_key = \"<redacted>\""), "{out}");
+    assert!(!out.contains("routing_key_file"), "{out}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("replaces"))
+        .unwrap_or_else(|| panic!("no override warning:\n{err}"));
+    assert!(
+        warning.contains("BRIDGE_PAGERDUTY__ROUTING_KEY")
+            && warning.contains("pagerduty.routing_key_file")
+            && warning.contains(f),
+        "{warning}"
+    );
     for text in [&out, &err] {
         assert!(!text.contains(ROUTING_KEY));
         assert!(!text.contains(PASSWORD));
     }
+}
+
+/// Precedence between a secret and its `_file` twin follows the sources (defaults < file <
+/// environment) both ways; both twins in one source stay an error.
+#[test]
+fn secret_twins_follow_source_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let pw = pw.to_str().unwrap();
+    let write = |name: &str, oneview: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "[oneview]\nurl = \"https://ov.example.com\"\nusername = \"svc\"\n{oneview}\n[pagerduty]\nrouting_key = \"{ROUTING_KEY}\"\n"
+            ),
+        )
+        .unwrap();
+        file.to_str().unwrap().to_owned()
+    };
+    let with_file = write("file.toml", &format!("password_file = \"{pw}\""));
+    let with_inline = write("inline.toml", "password = \"from-the-file\"");
+    let with_both = write(
+        "both.toml",
+        &format!("password = \"from-the-file\"\npassword_file = \"{pw}\""),
+    );
+
+    // Environment `password` over the file's `password_file`.
+    let (code, out, err) = check_config(
+        &["--config", &with_file],
+        &[("BRIDGE_ONEVIEW__PASSWORD", "from-env")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("password_file"), "{out}");
+    assert!(err.contains("BRIDGE_ONEVIEW__PASSWORD") && err.contains("oneview.password_file"));
+
+    // Environment `password_file` over the file's `password`.
+    let (code, out, err) = check_config(
+        &["--config", &with_inline],
+        &[("BRIDGE_ONEVIEW__PASSWORD_FILE", pw)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("password_file = \"{pw}\"")), "{out}");
+    assert!(!out.contains("password = "), "{out}");
+    assert!(err.contains("BRIDGE_ONEVIEW__PASSWORD_FILE"), "{err}");
+
+    // Both in the file, or both in the environment: an error naming the key.
+    let (code, _, err) = check_config(&["--config", &with_both], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("oneview.password") && err.contains("same source"),
+        "{err}"
+    );
+    let (code, _, err) = check_config(
+        &["--config", &with_file],
+        &[
+            ("BRIDGE_ONEVIEW__PASSWORD", "from-env"),
+            ("BRIDGE_ONEVIEW__PASSWORD_FILE", pw),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("same source"), "{err}");
+    assert!(!err.contains(PASSWORD) && !err.contains("from-env"));
+    assert!(!err.contains("from-the-file"));
+}
+
+/// One run reports every stage: an unknown key no longer hides a bad duration, a bad value
+/// in another section, a missing url and a validation finding.
+#[test]
+fn check_config_reports_unknown_keys_bad_values_and_missing_keys_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[oneview]\nusername = \"svc\"\npassword = \"{PASSWORD}\"\nconect_timeout = \"5s\"\nrequest_timeout = \"soon\"\n[pagerduty]\nrouting_key = \"{ROUTING_KEY}\"\nconcurrency = \"many\"\n[poller]\npage_size = 0\n"
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = check_config(
+        &["--config", f],
+        &[
+            ("BRIDGE_POLLER__INTERVALL", "1m"),
+            ("BRIDGE_LOG__FORMAT", "xml"),
+        ],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    for (key, what) in [
+        ("oneview.conect_timeout", "unknown key (from TOML file"),
+        ("poller.intervall", "BRIDGE_POLLER__INTERVALL"),
+        ("oneview.request_timeout", "soon"),
+        ("pagerduty.concurrency", "many"),
+        ("log.format", "BRIDGE_LOG__FORMAT"),
+        ("oneview.url", "missing"),
+        ("poller.page_size", "between 1 and 5000"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("- {key}")))
+            .unwrap_or_else(|| panic!("no line for {key} in:\n{err}"));
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(err.contains(f), "the file is named: {err}");
+    assert!(
+        err.starts_with("error: 7 configuration problem(s)"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD) && !err.contains(ROUTING_KEY));
+
+    // A bad secret value is reported without echoing it, and not again as "missing".
+    let (code, _, err) = check_config(
+        &["--config", f, "--role", "web"],
+        &[("BRIDGE_WEB__POLLER_TOKEN", "987654321")],
+    );
+    assert_eq!(code, 2);
+    let line = err
+        .lines()
+        .find(|l| l.contains("web.poller_token"))
+        .unwrap();
+    assert!(line.contains("invalid value"), "{line}");
+    assert!(!err.contains("987654321"), "{err}");
+}
+
+/// A TOML syntax error names the file, the line and the column, does not quote the line (it
+/// may hold a secret), and the environment is still checked in the same run.
+#[test]
+fn toml_syntax_error_names_the_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(
+        &file,
+        "[oneview]\nurl = \"https://ov.example.com\"\npassword = hunter2-Secret\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, _, err) = check_config(&["--config", f], &[("BRIDGE_SERVER__LISTNE", "x")]);
+    assert_eq!(code, 2, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(f))
+        .unwrap_or_else(|| panic!("file not named:\n{err}"));
+    assert!(line.contains("line 3, column 12"), "{line}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("server.listne"), "{err}");
+    assert!(
+        !err.contains("oneview.username"),
+        "no noise about what the file would set: {err}"
+    );
 }
 
 #[test]
@@ -459,4 +623,108 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     let v: serde_json::Value = serde_json::from_str(req_line).expect("JSON log line");
     assert_eq!(v["span"]["request_id"], "sigterm-test-rid");
     assert!(lines.iter().any(|l| l.contains("bridge stopped")));
+}
+
+/// `demo` as a user runs it: the URLs its banner prints and the incident links PagerDuty
+/// receives all answer (the OneView simulator serves a page at `/`, where a browser lands for
+/// `{ui}/#/activity/r{uri}`), and `--churn-every 0s` reads as "off", not "every 0ns".
+#[test]
+fn demo_banner_urls_and_incident_links_answer() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--interval", "1s"])
+        .args(["--churn-every", "0s", "--alerts", "2"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The banner ends with an empty line; then one line per accepted event.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut banner = Vec::new();
+    let mut triggers = 0;
+    while triggers < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("demo printed no 2 triggers; banner:\n{}", banner.join("\n"))
+        });
+        if line.contains(" trigger ") {
+            triggers += 1;
+        } else {
+            banner.push(line);
+        }
+    }
+    let banner = banner.join("\n");
+    let url_after = |label: &str| -> String {
+        banner
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{banner}"))
+            .to_owned()
+    };
+    assert!(!banner.contains("0ns"), "{banner}");
+    assert!(banner.contains("--churn-every 0s"), "{banner}");
+
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |url: &str| {
+        let r = client.get(url).send().unwrap();
+        let status = r.status();
+        (status, r.text().unwrap_or_default())
+    };
+    let oneview = url_after("OneView");
+    let (status, body) = get(&oneview);
+    assert_eq!(status, 200, "{oneview}");
+    assert!(body.contains("OneView simulator"), "{body}");
+    let (status, _) = get(&url_after("status page"));
+    assert_eq!(status, 200);
+
+    // Every incident link the bridge sent to PagerDuty, followed as a browser would.
+    let incidents = url_after("PagerDuty");
+    let events_url = incidents.replace("/sim/incidents", "/sim/events");
+    let events: serde_json::Value = client.get(&events_url).send().unwrap().json().unwrap();
+    let links: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["body"]["links"].as_array())
+        .flatten()
+        .filter_map(|l| l["href"].as_str().map(str::to_owned))
+        .collect();
+    assert!(links.len() >= 2, "{events}");
+    for link in &links {
+        assert!(link.starts_with(oneview.trim_end_matches('/')), "{link}");
+        assert!(link.contains("/#/activity/r/rest/alerts/"), "{link}");
+        let (status, body) = get(link);
+        assert_eq!(status, 200, "{link}");
+        assert!(body.contains("OneView simulator"), "{link}");
+    }
+    let alert_id = links[0].rsplit('/').next().unwrap();
+    let (status, alert) = get(&format!(
+        "{}/sim/alerts/{alert_id}",
+        oneview.trim_end_matches('/')
+    ));
+    assert_eq!(status, 200, "the page's pointer to the alert's JSON");
+    assert!(
+        alert.contains(&format!("/rest/alerts/{alert_id}")),
+        "{alert}"
+    );
+
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(rx);
+    reader.join().unwrap();
 }

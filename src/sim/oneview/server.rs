@@ -38,6 +38,7 @@ pub fn router(handle: SimHandle) -> Router {
         .route("/rest/{*rest}", any(rest_not_found))
         .layer(middleware::from_fn_with_state(handle.clone(), rest_layer));
     let control = Router::new()
+        .route("/", get(ui_page))
         .route("/sim", get(sim_status))
         .route("/sim/counters", get(sim_counters))
         .route("/sim/counters/reset", post(sim_counters_reset))
@@ -840,6 +841,44 @@ fn control_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Respo
         )
             .into_response()
     })
+}
+
+/// A stand-in for the OneView web UI. Incident links are `{ui}/#/activity/r{alert uri}` and a
+/// browser sends only `/` for them, so without this page every "Open in OneView" link of the
+/// demo answered 404. It names the alert the link meant and where its JSON is; constant size,
+/// whatever the store holds.
+async fn ui_page(State(h): State<SimHandle>) -> Response {
+    let page = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>OneView simulator</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>OneView simulator</h1>
+<p>This is the bridge's OneView simulator, not an appliance: it has no web UI.
+It holds {open} open alerts ({total} in all).</p>
+<p id="alert">Links from incidents name an alert after <code>#/activity/r</code>.</p>
+<ul>
+<li><a href="/sim">/sim</a>: status, configuration, faults and counters</li>
+<li><code>GET /sim/alerts/{{id}}</code>: one alert as the REST API serves it</li>
+<li><code>/rest/alerts</code>: the REST API (needs a session from <code>POST /rest/login-sessions</code>)</li>
+</ul>
+<script>
+const m = location.hash.match(/^#\/activity\/r(\/rest\/alerts\/(\d+))$/);
+if (m) {{
+  const p = document.getElementById("alert");
+  p.textContent = "The link is for alert " + m[1] + ": ";
+  const a = document.createElement("a");
+  a.href = "/sim/alerts/" + m[2];
+  a.textContent = "/sim/alerts/" + m[2];
+  p.appendChild(a);
+}}
+</script>
+</body></html>
+"#,
+        open = h.open_alert_count(),
+        total = h.alert_count(),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 async fn sim_status(State(h): State<SimHandle>) -> Response {
