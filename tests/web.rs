@@ -1,6 +1,10 @@
 //! The web role over real HTTP: the public API, its guards (401/403/413/415/429), PagerDuty
 //! webhooks (signatures, redeliveries, write-back into the OneView simulator), role `web`
 //! talking to role `poller` over the internal API, and the poller-unreachable path.
+//!
+//! Clocks: the request-timeout test runs on paused tokio time. The rate limits read the real
+//! clock (governor), so their tests stay on it and bound what passed by the measured elapsed
+//! time (`web_support::Burst`) instead of assuming the requests took less than a second.
 
 mod web_support;
 
