@@ -1,5 +1,9 @@
 //! The delivery pipeline against the PagerDuty simulator over real HTTP, fed `AlertChange`s
 //! built from the real OneView fixtures.
+//!
+//! Every test runs on paused tokio time: rate windows, `Retry-After` and "nothing more happens
+//! before X" are asserted on the virtual clock the simulator and the pipeline share, exactly and
+//! without slack, whatever the load on the machine (see `pagerduty_support` for the waits).
 
 mod pagerduty_support;
 
@@ -7,11 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bridge::model::{ChangeKind, Severity};
-use bridge::pagerduty::Tuning;
 use bridge::sim::pagerduty::{Faults, IncidentStatus, Outage};
 use pagerduty_support::*;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn raised_alerts_open_one_incident_each_and_clears_resolve_them() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     let mut live = h.status.subscribe();
@@ -86,7 +89,7 @@ async fn raised_alerts_open_one_incident_each_and_clears_resolve_them() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn metrics_exist_at_zero_before_any_event() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     let m = h.metrics();
@@ -108,7 +111,7 @@ async fn metrics_exist_at_zero_before_any_event() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn severity_change_is_one_more_trigger_on_the_same_incident_and_unchanged_is_not_resent() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     let alerts = fixture_alerts();
@@ -158,17 +161,13 @@ async fn severity_change_is_one_more_trigger_on_the_same_incident_and_unchanged_
     h.wait_idle().await;
     assert_eq!(h.sim.accepted().len(), 5);
     // The cache size gauge is refreshed once a second.
-    let ok = h
-        .sim
-        .wait_until(Duration::from_secs(3), |_| {
-            sample(&h.metrics(), "bridge_pagerduty_dedup_cache_entries") == Some(2.0)
-        })
+    let ok = wait_for(|| sample(&h.metrics(), "bridge_pagerduty_dedup_cache_entries") == Some(2.0))
         .await;
     assert!(ok, "{}", h.metrics());
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rejected_event_is_not_retried_and_becomes_a_dead_letter() {
     let alerts = fixture_alerts();
     let bad = alerts[1].clone();
@@ -211,7 +210,7 @@ async fn rejected_event_is_not_retried_and_becomes_a_dead_letter() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn thirty_percent_errors_still_deliver_everything_once() {
     let faults = Faults {
         error_rate: 0.3,
@@ -244,7 +243,7 @@ async fn thirty_percent_errors_still_deliver_everything_once() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn outage_then_recovery_delivers_all_in_per_key_order() {
     let h = Harness::start(Faults::default(), |r| {
         r.pagerduty.concurrency = 4;
@@ -259,26 +258,19 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
         h.send(ChangeKind::Raised, a).await;
     }
     // Wait until the first attempts failed: 4 keys are in flight (retrying), 4 queued.
-    let sim = h.sim.clone();
-    assert!(
-        sim.wait_until(Duration::from_secs(5), |s| s.counters().dropped_connections
-            >= 4)
-            .await
-    );
+    assert!(wait_for(|| h.sim.counters().dropped_connections >= 4).await);
     assert!(
         h.readiness.report().ready,
         "PagerDuty down is a warning, not a 503"
     );
-    let warned = h
-        .sim
-        .wait_until(Duration::from_secs(5), |_| {
-            h.readiness
-                .report()
-                .warnings
-                .iter()
-                .any(|w| w.condition == "pagerduty")
-        })
-        .await;
+    let warned = wait_for(|| {
+        h.readiness
+            .report()
+            .warnings
+            .iter()
+            .any(|w| w.condition == "pagerduty")
+    })
+    .await;
     assert!(warned, "{:?}", h.readiness.report());
     // Changes during the outage: severity bump for every alert, then a clear for half.
     for a in &alerts {
@@ -291,8 +283,16 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
     for a in &alerts[..4] {
         h.send(ChangeKind::Cleared, a).await;
     }
+    // 200 ms into the outage: the 4 keys in flight retried (at most retry_max_delay = 40 ms
+    // apart, so at least 4 times each), every attempt was dropped, none accepted.
+    let dropped = h.sim.counters().dropped_connections;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.sim.accepted().len(), 0);
+    assert!(
+        h.sim.counters().dropped_connections >= dropped + 4 * 4,
+        "the 4 keys in flight kept retrying: {:?}",
+        h.sim.counters()
+    );
     h.sim.set_faults(Faults::default());
     h.wait_idle().await;
     assert!(
@@ -356,19 +356,14 @@ async fn outage_then_recovery_delivers_all_in_per_key_order() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn storm_under_the_rate_limit_sends_critical_first_and_never_exceeds_the_limit() {
-    let window = Duration::from_millis(600);
+    // PagerDuty's own minute: on paused time it costs nothing to wait through five of them.
+    let window = bridge::pagerduty::ratelimit::WINDOW;
     let limit = 3usize;
-    let h = Harness::start_tuned(
-        Faults::default(),
-        |r| {
-            r.pagerduty.rate_limit_per_minute = limit as u32;
-        },
-        Tuning {
-            rate_window: window,
-        },
-    )
+    let h = Harness::start(Faults::default(), |r| {
+        r.pagerduty.rate_limit_per_minute = limit as u32;
+    })
     .await;
     let alerts = many_alerts(15);
     // Fillers use up the first window.
@@ -377,8 +372,12 @@ async fn storm_under_the_rate_limit_sends_critical_first_and_never_exceeds_the_l
         w.severity = Severity::Warning;
         h.send(ChangeKind::Raised, &w).await;
     }
-    h.wait_accepted(3).await;
-    // The storm: warnings first, then criticals.
+    // They go at once, and the clock stands still until they are answered ...
+    let start = tokio::time::Instant::now();
+    assert!(settle(|| h.sim.accepted().len() == 3 && h.status.snapshot().in_flight == 0).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // ... so the storm, warnings first, then criticals, is all queued a whole window before a
+    // slot comes back (nothing here waits), and that slot finds the criticals waiting.
     let (warn, crit) = alerts[3..].split_at(6);
     for a in warn {
         let mut w = a.clone();
@@ -406,21 +405,31 @@ async fn storm_under_the_rate_limit_sends_critical_first_and_never_exceeds_the_l
         "critical events go first: {:?}",
         storm.iter().map(|e| e.severity.clone()).collect::<Vec<_>>()
     );
-    // Any limit+1 consecutive requests span about a window (the slack absorbs transit jitter
-    // on a loaded machine; without the limiter all 15 would arrive within milliseconds).
-    let times: Vec<u64> = h.sim.events().iter().map(|e| e.received_ms).collect();
+    // No window of virtual time holds more than `limit` arrivals: any limit+1 of them span at
+    // least a whole window, with no slack (without the limiter all 15 arrive at one instant).
+    let mut times: Vec<u64> = h.sim.events().iter().map(|e| e.received_us).collect();
+    times.sort_unstable();
+    assert_eq!(times.len(), 15, "no retries: {times:?}");
+    let window_us = window.as_micros() as u64;
     for w in times.windows(limit + 1) {
         assert!(
-            w[limit] - w[0] + 200 >= window.as_millis() as u64,
-            "more than {limit} requests within {window:?}: {times:?}"
+            w[limit] - w[0] >= window_us,
+            "more than {limit} requests within {window:?}: {times:?} (us)"
         );
     }
+    // And no longer than it must: a slot comes back one window after the answer that held it,
+    // so the five rounds of 3 span four windows, not five.
+    let span = times[14] - times[0];
+    assert!(
+        span < 5 * window_us,
+        "15 events at {limit} a window took {span} us"
+    );
     let m = h.metrics();
     assert!(sample(&m, "bridge_pagerduty_rate_limit_waits_total").unwrap() >= 1.0);
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn trigger_and_clear_while_queued_sends_nothing() {
     let h = Harness::start(Faults::default(), |r| {
         r.pagerduty.rate_limit_per_minute = 1;
@@ -428,23 +437,22 @@ async fn trigger_and_clear_while_queued_sends_nothing() {
     .await;
     let alerts = fixture_alerts();
     h.send(ChangeKind::Raised, &alerts[0]).await;
-    h.wait_accepted(1).await;
-    // The limit is used up for a minute: these wait in the queue.
+    assert!(settle(|| h.sim.accepted().len() == 1).await);
+    // The limit is used up for a minute: these wait in the queue, where the clear cancels its
+    // trigger. Nothing of it needs a timer, so the clock stands still: the minute is not over.
+    let start = tokio::time::Instant::now();
     h.send(ChangeKind::Raised, &alerts[1]).await;
     h.send(ChangeKind::Cleared, &alerts[1]).await;
-    let m_ok = h
-        .sim
-        .wait_until(Duration::from_secs(5), |_| {
-            sample(&h.metrics(), "bridge_pagerduty_cancelled_total") == Some(1.0)
-        })
-        .await;
+    let m_ok =
+        settle(|| sample(&h.metrics(), "bridge_pagerduty_cancelled_total") == Some(1.0)).await;
     assert!(m_ok, "{}", h.metrics());
+    assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(h.status.queue_depth(), 0);
     let sim = h.stop().await;
     assert_eq!(sim.events().len(), 1, "nothing sent for the cancelled pair");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn routes_send_to_their_routing_keys() {
     use bridge::config::RawRoute;
     use secrecy::SecretString;
@@ -497,7 +505,7 @@ async fn routes_send_to_their_routing_keys() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn routes_sharing_a_routing_key_share_its_rate_limit() {
     use bridge::config::RawRoute;
     use secrecy::SecretString;
@@ -523,16 +531,19 @@ async fn routes_sharing_a_routing_key_share_its_rate_limit() {
         };
         h.send(ChangeKind::Raised, &a).await;
     }
-    h.wait_accepted(5).await;
-    // The window is a real minute: whatever else would go now has had every chance to.
-    let more = h
-        .sim
-        .wait_until(Duration::from_millis(700), |s| s.accepted().len() > 5)
+    // The first five go at once, and the clock stands still until they are answered ...
+    let start = tokio::time::Instant::now();
+    assert!(settle(|| h.sim.accepted().len() >= 5 && h.status.snapshot().in_flight == 0).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // ... so their slots come back a minute from now, and until a millisecond before that
+    // nothing else goes, on either route.
+    let window = bridge::pagerduty::ratelimit::WINDOW;
+    h.sleep_until_sim(h.sim_elapsed() + window - Duration::from_millis(1))
         .await;
-    assert!(
-        !more,
-        "5 per minute for the key, not 5 per route: {} sent",
-        h.sim.accepted().len()
+    assert_eq!(
+        h.sim.accepted().len(),
+        5,
+        "5 per minute for the key, not 5 per route"
     );
     assert_eq!(
         h.status.queue_depth(),
@@ -541,11 +552,21 @@ async fn routes_sharing_a_routing_key_share_its_rate_limit() {
     );
     let m = h.metrics();
     assert!(sample(&m, "bridge_pagerduty_rate_limit_waits_total").unwrap() >= 1.0);
-    h.work.cancel();
-    h.task.abort();
+    // The other seven follow in the next two windows; no minute of arrivals holds more than 5.
+    h.wait_accepted(12).await;
+    let mut times: Vec<u64> = h.sim.events().iter().map(|e| e.received_us).collect();
+    times.sort_unstable();
+    assert_eq!(times.len(), 12, "no retries: {times:?}");
+    for w in times.windows(6) {
+        assert!(
+            w[5] - w[0] >= window.as_micros() as u64,
+            "6 requests for one routing key within a minute: {times:?} (us)"
+        );
+    }
+    h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn long_multibyte_description_is_cut_to_1024_characters() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     let mut a = fixture_alerts()[0].clone();
@@ -575,7 +596,7 @@ async fn long_multibyte_description_is_cut_to_1024_characters() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_queue_makes_the_poller_wait() {
     let h = Harness::start(Faults::default(), |r| {
         r.pagerduty.queue_capacity = 2;
@@ -607,7 +628,7 @@ async fn a_full_queue_makes_the_poller_wait() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_delivers_what_is_queued() {
     let h = Harness::start(Faults::default(), |_| {}).await;
     h.sim.set_faults(Faults {
@@ -622,7 +643,7 @@ async fn shutdown_delivers_what_is_queued() {
     assert_eq!(sim.accepted().len(), 30);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured() {
     let h = Harness::start(
         Faults {
@@ -636,18 +657,17 @@ async fn retry_after_is_honoured() {
     .await;
     let a = &fixture_alerts()[0];
     h.send(ChangeKind::Raised, a).await;
-    assert!(
-        h.sim
-            .wait_until(Duration::from_secs(5), |s| !s.events().is_empty())
-            .await
-    );
+    assert!(settle(|| !h.sim.events().is_empty()).await);
     h.sim.set_faults(Faults::default());
     h.wait_accepted(1).await;
     let ev = h.sim.events();
     assert_eq!(ev.len(), 2, "one 429, then the accepted retry");
+    // On the virtual clock the retry comes exactly when Retry-After allows (the backoff alone,
+    // at most retry_max_delay = 40 ms, would have sent it much sooner), not a second later.
+    let gap = Duration::from_micros(ev[1].received_us - ev[0].received_us);
     assert!(
-        ev[1].received_ms - ev[0].received_ms >= 1000,
-        "the retry waited for Retry-After: {ev:?}"
+        (Duration::from_secs(1)..Duration::from_millis(1100)).contains(&gap),
+        "the retry waited for Retry-After ({gap:?}): {ev:?}"
     );
     let m = h.metrics();
     assert_eq!(
@@ -667,22 +687,19 @@ async fn retry_after_is_honoured() {
     h.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn updates_to_a_queued_trigger_send_only_the_latest_state() {
-    let h = Harness::start_tuned(
-        Faults::default(),
-        |r| {
-            r.pagerduty.rate_limit_per_minute = 1;
-        },
-        Tuning {
-            rate_window: Duration::from_millis(300),
-        },
-    )
+    let h = Harness::start(Faults::default(), |r| {
+        r.pagerduty.rate_limit_per_minute = 1;
+    })
     .await;
     let alerts = fixture_alerts();
     h.send(ChangeKind::Raised, &alerts[4]).await;
-    h.wait_accepted(1).await;
-    // The window is used up: these three changes meet one queued trigger.
+    let start = tokio::time::Instant::now();
+    assert!(settle(|| h.sim.accepted().len() == 1).await);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The minute is used up: these three changes meet one queued trigger (sent back to back,
+    // they are queued before the clock can move).
     let mut a = alerts[0].clone();
     a.severity = Severity::Warning;
     h.send(ChangeKind::Raised, &a).await;

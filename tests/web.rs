@@ -1,6 +1,10 @@
 //! The web role over real HTTP: the public API, its guards (401/403/413/415/429), PagerDuty
 //! webhooks (signatures, redeliveries, write-back into the OneView simulator), role `web`
 //! talking to role `poller` over the internal API, and the poller-unreachable path.
+//!
+//! Clocks: the request-timeout test runs on paused tokio time. The rate limits read the real
+//! clock (governor), so their tests stay on it and bound what passed by the measured elapsed
+//! time (`web_support::Burst`) instead of assuming the requests took less than a second.
 
 mod web_support;
 
@@ -338,10 +342,10 @@ async fn rate_limit_answers_429_with_retry_after_per_client() {
             .header("x-forwarded-for", xff)
             .send()
     };
-    assert_ne!(get("203.0.113.1").await.unwrap().status(), 429);
-    assert_ne!(get("203.0.113.1").await.unwrap().status(), 429);
-    let r = get("203.0.113.1").await.unwrap();
-    assert_eq!(r.status(), 429);
+    // Real clock (see `Burst`): 2 pass and the third is refused unless a second went by.
+    let r = Burst::until_refused(22, |_| async { get("203.0.113.1").await.unwrap() })
+        .await
+        .refused_by(1, 2, "server.rate_limit_per_second");
     assert!(
         r.headers()["retry-after"]
             .to_str()
@@ -380,18 +384,19 @@ async fn untrusted_peer_cannot_choose_its_bucket_with_x_forwarded_for() {
     r.web.poller_url = Some("http://127.0.0.1:9".into());
     let b = start(r, Role::Web).await;
     let c = client();
-    let mut statuses = Vec::new();
-    for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
-        let r = c
+    // A new X-Forwarded-For every time: if the bridge believed it, every request would find a
+    // fresh bucket and none would be refused (real clock, see `Burst`).
+    let r = Burst::until_refused(21, |i| {
+        let send = c
             .get(format!("{}/api/v1/alerts", b.url))
             .bearer_auth(TOKEN)
-            .header("x-forwarded-for", ip)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
-    }
-    assert!(statuses[1..].contains(&429), "{statuses:?}");
+            .header("x-forwarded-for", format!("203.0.113.{}", i + 1))
+            .send();
+        async move { send.await.unwrap() }
+    })
+    .await
+    .refused_by(1, 1, "server.rate_limit_per_second");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "rate_limited");
     b.stop().await;
 }
 
@@ -901,8 +906,11 @@ async fn status_page_needs_a_token_and_sets_a_nonce_csp() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused time: the poller call's timeout, the server's request timeout and the bridge's
+// connection timers all run on tokio's clock, so the answer comes at a known virtual instant.
+#[tokio::test(start_paused = true)]
 async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
+    let pace = pace_paused_clock();
     // Accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -912,19 +920,32 @@ async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
             conns.push(c);
         }
     });
+    let request_timeout = std::time::Duration::from_millis(1500);
     let mut r = raw(None);
     r.web.poller_url = Some(format!("http://{addr}"));
-    r.server.request_timeout = std::time::Duration::from_millis(1500);
+    r.server.request_timeout = request_timeout;
     let b = start(r, Role::Web).await;
-    let started = std::time::Instant::now();
-    let resp = client()
-        .get(format!("{}/api/v1/alerts", b.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let started = tokio::time::Instant::now();
+    // Without any timeout the request would hang; the clock then runs on to this one.
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        client()
+            .get(format!("{}/api/v1/alerts", b.url))
+            .bearer_auth(TOKEN)
+            .send(),
+    )
+    .await
+    .expect("answered before a minute of virtual time")
+    .unwrap();
+    let took = started.elapsed();
     assert_eq!(resp.status(), 503);
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Within server.request_timeout of virtual time, exactly: by the replica's own poller call
+    // (it gives up 500 ms before, at least after a second, so the caller learns which side
+    // failed) or at the latest by the server's backstop.
+    assert!(
+        (std::time::Duration::from_secs(1)..=request_timeout).contains(&took),
+        "answered after {took:?}"
+    );
     let v: Value = resp.json().await.unwrap();
     assert!(
         v["error"] == "poller_unavailable" || v["error"] == "timeout",
@@ -932,6 +953,7 @@ async fn a_poller_that_never_answers_is_cut_by_the_request_timeout() {
     );
     hold.abort();
     b.stop().await;
+    pace.abort();
 }
 
 /// One metric sample of the classic text format, `None` when the series is absent.
@@ -1098,18 +1120,16 @@ async fn signed_webhooks_are_not_under_the_api_rate_limit_unless_given_their_own
         let resp = post(&b.url, format!("wh-rl-{i}")).await.unwrap();
         assert_eq!(resp.status(), 202, "delivery {i}");
     }
-    // The other routes keep their limit.
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        let resp = c
-            .get(format!("{}/api/v1/alerts", b.url))
+    // The other routes keep their limit (real clock, see `Burst`), untouched by the webhooks.
+    Burst::until_refused(22, |_| async {
+        c.get(format!("{}/api/v1/alerts", b.url))
             .bearer_auth(TOKEN)
             .send()
             .await
-            .unwrap();
-        statuses.push(resp.status().as_u16());
-    }
-    assert!(statuses.contains(&429), "{statuses:?}");
+            .unwrap()
+    })
+    .await
+    .refused_by(1, 2, "server.rate_limit_per_second");
     let m = metrics(&b.url).await;
     assert_eq!(
         sample(
@@ -1134,16 +1154,16 @@ async fn signed_webhooks_are_not_under_the_api_rate_limit_unless_given_their_own
     r.server.rate_limit_per_second = 1000;
     r.server.rate_limit_burst = 1000;
     let b = start(r, Role::Web).await;
-    let mut refused = None;
-    for i in 0..6 {
-        let resp = post(&b.url, format!("wh-own-{i}")).await.unwrap();
-        if resp.status() == 429 {
-            refused = Some(resp);
-            break;
+    let resp = Burst::until_refused(23, |i| {
+        let send = post(&b.url, format!("wh-own-{i}"));
+        async move {
+            let resp = send.await.unwrap();
+            assert!(resp.status() == 202 || resp.status() == 429, "{resp:?}");
+            resp
         }
-        assert_eq!(resp.status(), 202);
-    }
-    let resp = refused.expect("the webhook's own limit answers 429");
+    })
+    .await
+    .refused_by(1, 3, "web.webhook_rate_limit_per_second");
     assert!(resp.headers().contains_key("retry-after"));
     let v: Value = resp.json().await.unwrap();
     assert!(

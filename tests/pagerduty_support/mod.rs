@@ -1,5 +1,14 @@
 //! Shared helpers of the `pagerduty_*` tests: alerts from the real fixtures, a validated config
-//! pointed at the PagerDuty simulator, and a running delivery pipeline.
+//! pointed at the PagerDuty simulator, a running delivery pipeline, and waits that work on
+//! paused tokio time.
+//!
+//! On paused time (`#[tokio::test(start_paused = true)]`) the clock jumps to the next timer
+//! whenever the runtime has nothing to run, and the simulator's `received_ms`/`received_us`, the
+//! rate limiter and the retry pauses all read that clock, so windows and pauses are exact. The
+//! pipeline's journal commits on an OS thread, though: while it works the runtime is idle and
+//! virtual time runs ahead at the pace of the nearest timer. So every wait here is bounded in
+//! real time ([`REAL_WAIT`]), never by a deadline on the paused clock, which a commit of a few
+//! milliseconds could carry past.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -137,6 +146,49 @@ pub fn dedup_key(alert: &Alert) -> String {
     pagerduty::event::dedup_key(&appliance().id, &alert.uri)
 }
 
+/// How long a test waits, in real time, for the pipeline to get somewhere before it fails.
+pub const REAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `pred` until it holds or [`REAL_WAIT`] of real time passed; returns whether it held.
+///
+/// Between polls it sleeps on tokio's clock (so paused time moves on while the test waits),
+/// first for a millisecond, so a test notices a change within a millisecond of virtual time,
+/// then longer, up to 20 ms, so waiting through a minute-long rate window stays cheap.
+pub async fn wait_for(mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + REAL_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if pred() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `pred` holds without letting tokio's clock move ([`REAL_WAIT`] of real time at
+/// most; returns whether it held). For phases that need no timer (sends into free rate-limit
+/// slots and their answers): afterwards the test knows the virtual instant exactly, however
+/// long the journal's thread took in real time.
+pub async fn settle(mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + REAL_WAIT;
+    loop {
+        if pred() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        // Paused time only moves when the runtime has nothing to run; a task that yields is
+        // always runnable. The short real sleep leaves the CPU to the journal's thread.
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// A poller config sending to `events_url`, with fast retries.
 pub fn config(events_url: &str, tweak: impl FnOnce(&mut RawConfig)) -> Config {
     let mut r = RawConfig::default();
@@ -176,7 +228,13 @@ impl Harness {
         let sim = pdsim::start("127.0.0.1:0".parse().unwrap(), faults)
             .await
             .unwrap();
-        let cfg = config(&sim.events_url(), tweak);
+        let cfg = config(&sim.events_url(), |r| {
+            // On paused time the clock also jumps while a request waits for its answer (to the
+            // next timer: the dispatcher's 1 s tick, a rate window): a 2 s timeout could then
+            // cut an answer that is already on its way. No test here is about the timeout.
+            r.pagerduty.request_timeout = Duration::from_secs(3600);
+            tweak(r);
+        });
         let mut registry = Registry::default();
         let readiness = Arc::new(Readiness::new());
         let work = CancellationToken::new();
@@ -203,12 +261,9 @@ impl Harness {
         bridge::metrics::encode_openmetrics(&self.registry)
     }
 
-    /// Waits until the simulator accepted `n` events (10 s at most).
+    /// Waits until the simulator accepted `n` events ([`REAL_WAIT`] at most).
     pub async fn wait_accepted(&self, n: usize) {
-        let ok = self
-            .sim
-            .wait_until(Duration::from_secs(10), |s| s.accepted().len() >= n)
-            .await;
+        let ok = wait_for(|| self.sim.accepted().len() >= n).await;
         assert!(
             ok,
             "expected {n} accepted events, got {:?}",
@@ -218,23 +273,40 @@ impl Harness {
 
     /// Waits until the pipeline's queue is empty.
     pub async fn wait_idle(&self) {
-        for _ in 0..2000 {
-            if self.status.queue_depth() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("queue did not drain: {:?}", self.status.snapshot());
+        let ok = wait_for(|| self.status.queue_depth() == 0).await;
+        assert!(ok, "queue did not drain: {:?}", self.status.snapshot());
+    }
+
+    /// Tokio time since the simulator started: the clock of `received_ms`/`received_us`.
+    pub fn sim_elapsed(&self) -> Duration {
+        tokio::time::Instant::from_std(self.sim.started()).elapsed()
+    }
+
+    /// Sleeps until `at` after the simulator started (on its clock).
+    pub async fn sleep_until_sim(&self, at: Duration) {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(self.sim.started()) + at).await;
     }
 
     /// Cancels the work token and waits for the pipeline to finish.
     pub async fn stop(self) -> SimHandle {
         self.work.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("delivery task ends after cancellation")
-            .unwrap();
-        self.sim
+        let mut task = self.task;
+        let deadline = std::time::Instant::now() + REAL_WAIT;
+        loop {
+            tokio::select! {
+                r = &mut task => {
+                    r.unwrap();
+                    return self.sim;
+                }
+                // Polled on tokio time, bounded in real time (see the module docs).
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "delivery task did not end within {REAL_WAIT:?} after cancellation: {:?}",
+                self.status.snapshot()
+            );
+        }
     }
 }
 

@@ -101,6 +101,77 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// For tests on paused time: a task that keeps a timer due every millisecond, so the clock
+/// moves in steps of at most a millisecond while sockets are busy. Tokio advances a paused
+/// clock to the next timer whenever the runtime parks, also when the park only waits for
+/// loopback bytes already on their way; without a near timer the next one could be the
+/// bridge's 10 s header-read timeout, due before the request's first byte is read. Abort the
+/// handle at the end of the test.
+pub fn pace_paused_clock() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+}
+
+/// What requests sent back to back met at one of the web role's rate limits.
+///
+/// Those limits (governor, via tower_governor) read the real clock, not tokio's, so these tests
+/// cannot run on paused time. They assert on counts instead of assuming the requests took "less
+/// than a second": a GCRA limit of `per_second` with `burst` lets through at least `burst` and
+/// at most `burst + floor(elapsed × per_second)` requests of a fresh client in `elapsed`.
+pub struct Burst {
+    /// Requests answered with anything but 429 before the first 429.
+    pub allowed: u32,
+    /// The first 429, if one came.
+    pub refused: Option<reqwest::Response>,
+    /// Real time from before the first request to after the last answer.
+    pub elapsed: Duration,
+}
+
+impl Burst {
+    /// Sends `send(i)` for i = 0, 1, ... until the first 429, `max` requests at most.
+    pub async fn until_refused<F, Fut>(max: u32, mut send: F) -> Self
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = reqwest::Response>,
+    {
+        let started = std::time::Instant::now();
+        let mut allowed = 0;
+        let mut refused = None;
+        for i in 0..max {
+            let r = send(i).await;
+            if r.status() == 429 {
+                refused = Some(r);
+                break;
+            }
+            allowed += 1;
+        }
+        Self {
+            allowed,
+            refused,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Asserts that a limit of `per_second` with `burst` explains the count, then returns the
+    /// 429. `max` in [`Burst::until_refused`] should exceed `burst` by far more than the number
+    /// of seconds the requests could take, so a missing limit cannot pass for a slow machine.
+    pub fn refused_by(self, per_second: u32, burst: u32, limit: &str) -> reqwest::Response {
+        // Whole seconds only: a slot comes back every 1/per_second s, never a fraction of one.
+        let most = u64::from(burst) + (self.elapsed.as_secs_f64() * f64::from(per_second)) as u64;
+        assert!(
+            self.allowed >= burst && u64::from(self.allowed) <= most,
+            "{limit} = {per_second}/s burst {burst}: {} requests passed in {:?} (at most {most})",
+            self.allowed,
+            self.elapsed
+        );
+        self.refused
+            .unwrap_or_else(|| panic!("{limit}: no 429 in {} requests", self.allowed))
+    }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
