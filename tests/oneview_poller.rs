@@ -784,7 +784,10 @@ async fn every_failure_mode_backs_off_and_recovers_on_its_own() {
         );
         let report = h.readiness.report();
         assert!(
-            report.warnings.iter().any(|w| w.condition == "appliance:ov-test"),
+            report
+                .warnings
+                .iter()
+                .any(|w| w.condition == "appliance:ov-test"),
             "{name}: the failing appliance is a named warning: {report:?}"
         );
         // Healthy again: recovers without help, within one backoff step, and sees the news.

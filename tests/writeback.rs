@@ -288,3 +288,30 @@ async fn a_megabyte_of_garbage_gets_a_short_answer() {
     b.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_on_a_closing_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = sims().await;
+    let b = start(raw(Some(&s)), Role::All).await;
+    let addr = b.url.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Declares 2 MiB (over server.api_body_limit) and sends only the head: the body stays
+    // unread, so the answer must say the connection closes, or a keep-alive client would send
+    // its next request into it.
+    let head = format!(
+        "POST /api/v1/alerts HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    b.stop().await;
+    s.stop().await;
+}

@@ -54,6 +54,10 @@ pub struct ApiError {
     /// A short machine-readable code, `not_found`.
     pub error: &'static str,
     pub message: String,
+    /// Answer with `Connection: close`: the request body was not read, so the connection
+    /// cannot carry another request (a keep-alive client would send its next request into
+    /// the unread body otherwise).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -62,7 +66,14 @@ impl ApiError {
             status,
             error,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 }
 
@@ -73,7 +84,12 @@ impl IntoResponse for ApiError {
             "message": self.message,
             "request_id": current_request_id(),
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
     }
 }
 

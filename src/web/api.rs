@@ -231,12 +231,13 @@ pub async fn read_json_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    // Either way the rest of the body stays unread on the connection, which therefore closes.
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large().closing());
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())
+        .map_err(|_| too_large().closing())
 }
 
 fn bad_request(message: String) -> ApiError {
