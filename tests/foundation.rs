@@ -528,6 +528,17 @@ fn usage_errors_exit_2_and_version_works() {
     }
 }
 
+/// Kills the child when the test ends, also when an assertion fails before the test's own
+/// shutdown: a failing test must not leave a bridge or a demo running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Picks a free loopback port for a child process (the child binds it right after).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -553,6 +564,7 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
     let lines = std::thread::spawn(move || {
         BufReader::new(stdout)
             .lines()
@@ -582,7 +594,7 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     assert_eq!(r.status(), 200);
 
     let sent = Instant::now();
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -605,7 +617,7 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     }
     assert!(saw_503, "/ready did not turn 503 after SIGTERM");
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -639,6 +651,7 @@ fn demo_banner_urls_and_incident_links_answer() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -721,9 +734,9 @@ fn demo_banner_urls_and_incident_links_answer() {
         "{alert}"
     );
 
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     drop(rx);
     reader.join().unwrap();
