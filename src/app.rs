@@ -118,29 +118,28 @@ impl App {
                 }),
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
-            let poller = crate::oneview::assemble_with_ledger(
+            let pollers = crate::oneview::assemble_all(
                 &config,
                 &mut registry,
                 readiness.clone(),
-                delivery.changes.clone(),
+                |name| delivery.intake(name),
                 work.clone(),
                 &ledger_open,
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
-            if let Some(ov) = config.oneview.as_ref() {
-                local = Some(Arc::new(crate::web::control::Local::new(
-                    config.clone(),
-                    crate::oneview::appliance(ov),
-                    delivery.incidents.clone(),
-                    delivery.changes.clone(),
-                    delivery.pushes.clone(),
-                    delivery.status.clone(),
-                    poller.poll_now.clone(),
-                    poller.status.clone(),
-                    poller.client.clone(),
-                )));
+            let mut appliances = Vec::with_capacity(pollers.len());
+            for mut p in pollers {
+                tasks.push(std::mem::replace(&mut p.task, Box::pin(async {})));
+                appliances.push(crate::web::control::LocalAppliance::from(p));
             }
-            tasks.push(poller.task);
+            local = Some(Arc::new(crate::web::control::Local::new(
+                config.clone(),
+                appliances,
+                delivery.incidents.clone(),
+                delivery.changes.clone(),
+                delivery.pushes.clone(),
+                delivery.status.clone(),
+            )));
             tasks.push(delivery.task);
         }
         let web = crate::web::assemble(&config, local, &mut registry, work.clone());

@@ -66,7 +66,10 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
+    /// One appliance (the single-appliance form, kept for compatibility).
     pub oneview: RawOneView,
+    /// Several appliances, `[[appliances]]`; giving both this and `[oneview]` is an error.
+    pub appliances: Vec<RawAppliance>,
     pub pagerduty: RawPagerDuty,
     pub poller: RawPoller,
     pub dedup: RawDedup,
@@ -130,6 +133,99 @@ impl Default for RawOneView {
             request_timeout: Duration::from_secs(30),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+}
+
+/// One `[[appliances]]` entry: an appliance with the keys of `[oneview]` (its `name` required,
+/// being part of every dedup key) and optional overrides of `poller.interval`,
+/// `poller.severities` and `poller.page_size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAppliance {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redact")]
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub auth_login_domain: Option<String>,
+    pub api_version: ApiVersionSetting,
+    pub ca_file: Option<PathBuf>,
+    pub tls_insecure_skip_verify: bool,
+    #[serde(with = "humantime_serde")]
+    pub session_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_response_bytes: u64,
+    /// Overrides `poller.interval` for this appliance.
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Overrides `poller.severities` for this appliance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severities: Option<Vec<String>>,
+    /// Overrides `poller.page_size` for this appliance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+}
+
+impl Default for RawAppliance {
+    fn default() -> Self {
+        let o = RawOneView::default();
+        Self {
+            name: None,
+            url: None,
+            username: None,
+            password: None,
+            password_file: None,
+            auth_login_domain: None,
+            api_version: o.api_version,
+            ca_file: None,
+            tls_insecure_skip_verify: false,
+            session_refresh: o.session_refresh,
+            connect_timeout: o.connect_timeout,
+            request_timeout: o.request_timeout,
+            max_response_bytes: o.max_response_bytes,
+            interval: None,
+            severities: None,
+            page_size: None,
+        }
+    }
+}
+
+impl RawAppliance {
+    /// The `[oneview]` keys of this entry, for the validation both forms share.
+    fn oneview(&self) -> RawOneView {
+        RawOneView {
+            url: self.url.clone(),
+            name: self.name.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            auth_login_domain: self.auth_login_domain.clone(),
+            api_version: self.api_version,
+            ca_file: self.ca_file.clone(),
+            tls_insecure_skip_verify: self.tls_insecure_skip_verify,
+            session_refresh: self.session_refresh,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
+impl RawOneView {
+    /// Whether the single-appliance form was used at all.
+    fn is_given(&self) -> bool {
+        self.url.is_some()
+            || self.name.is_some()
+            || self.username.is_some()
+            || self.password.is_some()
+            || self.password_file.is_some()
     }
 }
 
@@ -252,6 +348,8 @@ pub struct RawRoute {
     pub alert_types: Vec<String>,
     /// Resource name glob (`SGH817*`).
     pub resource_name: Option<String>,
+    /// Appliance name globs (`dc1-*`).
+    pub appliances: Vec<String>,
     #[serde(serialize_with = "redact")]
     pub routing_key: Option<SecretString>,
     pub routing_key_file: Option<PathBuf>,
@@ -542,10 +640,12 @@ pub enum ConfigError {
 pub struct Config {
     pub role: Role,
     pub raw: RawConfig,
-    /// Present when the role talks to OneView.
-    pub oneview: Option<OneViewConfig>,
+    /// The appliances the role watches (`[[appliances]]`, or the one `[oneview]`); empty for
+    /// role `web`, which talks to none.
+    pub appliances: Vec<ApplianceConfig>,
     /// Present when the role sends to PagerDuty.
     pub pagerduty: Option<PagerDutyConfig>,
+    /// The `[poller]` settings; each appliance's effective ones are in [`ApplianceConfig`].
     pub poller: PollerConfig,
     pub dedup_ttl: Duration,
     pub server: ServerConfig,
@@ -554,6 +654,14 @@ pub struct Config {
     pub state: StateConfig,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
+}
+
+/// One appliance to watch: how to reach it, and how to poll it.
+#[derive(Debug, Clone)]
+pub struct ApplianceConfig {
+    pub oneview: OneViewConfig,
+    /// `[poller]` with this appliance's overrides applied.
+    pub poller: PollerConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -597,6 +705,7 @@ pub struct RouteConfig {
     pub resource_categories: Vec<String>,
     pub alert_types: Vec<String>,
     pub resource_name: Option<String>,
+    pub appliances: Vec<String>,
     pub routing_key: Arc<Secret>,
 }
 
@@ -1017,7 +1126,35 @@ fn take_unknown_keys(
                                     "unknown key{}",
                                     origin(fig, &["pagerduty", "routes"])
                                 ),
-                                fix: "route keys are name, severities, resource_categories, alert_types, resource_name, routing_key, routing_key_file".to_owned(),
+                                fix: "route keys are name, severities, resource_categories, alert_types, resource_name, appliances, routing_key, routing_key_file".to_owned(),
+                            });
+                        }
+                    }
+                }
+            }
+            // Appliance entries likewise, against a default appliance.
+            ("appliances", figment::value::Value::Array(_, items)) => {
+                let appliance = serde_json::to_value(RawAppliance::default()).unwrap_or_default();
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let figment::value::Value::Dict(_, d) = item {
+                        let bad: Vec<String> = d
+                            .keys()
+                            .filter(|k| {
+                                appliance.get(k.as_str()).is_none()
+                                    && !matches!(
+                                        k.as_str(),
+                                        "interval" | "severities" | "page_size"
+                                    )
+                            })
+                            .cloned()
+                            .collect();
+                        for k in bad {
+                            d.remove(&k);
+                            out.push(Problem {
+                                key: format!("appliances[{i}].{k}"),
+                                value: None,
+                                why: format!("unknown key{}", origin(fig, &["appliances"])),
+                                fix: "appliance keys are those of [oneview] (name, url, username, password, password_file, auth_login_domain, api_version, ca_file, tls_insecure_skip_verify, session_refresh, connect_timeout, request_timeout, max_response_bytes) and interval, severities, page_size".to_owned(),
                             });
                         }
                     }
@@ -1209,7 +1346,7 @@ impl Checker {
     /// Resolves an inline-or-file secret pair. `required` reports a missing secret.
     fn secret(
         &mut self,
-        key: &'static str,
+        key: &str,
         inline: &Option<SecretString>,
         file: &Option<PathBuf>,
         required: bool,
@@ -1273,30 +1410,29 @@ fn routing_key_check(v: &str) -> Option<String> {
     (n != 32).then(|| format!("a PagerDuty routing key has 32 characters, this one has {n}"))
 }
 
-/// Validates `raw` for `role`, collecting every problem.
-pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
-    let mut c = Checker {
-        problems: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let needs_backends = role.polls();
-
-    // [oneview]
-    let ov = &raw.oneview;
+/// Validates one appliance's connection settings (`[oneview]`, or an `[[appliances]]` entry
+/// under `prefix`); `None` when something needed is missing or wrong (reported on `c`).
+fn validate_oneview(
+    c: &mut Checker,
+    prefix: &str,
+    ov: &RawOneView,
+    needs_backends: bool,
+    page_size: u32,
+) -> Option<OneViewConfig> {
     let ov_url = match &ov.url {
-        Some(u) => c.url("oneview.url", u),
+        Some(u) => c.url(&format!("{prefix}.url"), u),
         None => {
             if needs_backends {
-                c.problem("oneview.url", None, "missing", "set it to the appliance address, like https://oneview.example.com (environment: BRIDGE_ONEVIEW__URL)");
+                c.problem(&format!("{prefix}.url"), None, "missing", &format!("set it to the appliance address, like https://oneview.example.com (environment: {})", env_name(prefix, "url")));
             }
             None
         }
     };
     if needs_backends && ov.username.as_deref().is_none_or(str::is_empty) {
-        c.problem("oneview.username", None, "missing", "set the OneView user the bridge logs in as (a read-only user is enough unless write-back is enabled)");
+        c.problem(&format!("{prefix}.username"), None, "missing", "set the OneView user the bridge logs in as (a read-only user is enough unless write-back is enabled)");
     }
     let password = c.secret(
-        "oneview.password",
+        &format!("{prefix}.password"),
         &ov.password,
         &ov.password_file,
         needs_backends,
@@ -1305,7 +1441,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     if let ApiVersionSetting::Fixed(v) = ov.api_version {
         if v < 120 {
             c.problem(
-                "oneview.api_version",
+                &format!("{prefix}.api_version"),
                 Some(&v.to_string()),
                 "OneView API versions start at 120",
                 "use \"auto\" or the appliance's version, for example 4600 for OneView 8.0",
@@ -1315,7 +1451,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     if let Some(ca) = &ov.ca_file {
         if let Err(e) = std::fs::metadata(ca) {
             c.problem(
-                "oneview.ca_file",
+                &format!("{prefix}.ca_file"),
                 Some(&ca.display().to_string()),
                 &format!("cannot read it: {e}"),
                 "point it at a PEM file with the appliance's CA certificate",
@@ -1323,18 +1459,18 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         }
     }
     if ov.tls_insecure_skip_verify {
-        c.warnings.push("oneview.tls_insecure_skip_verify = true: the appliance's TLS certificate is NOT verified; anyone on the path can read the OneView password. Use oneview.ca_file instead".to_owned());
+        c.warnings.push(format!("{prefix}.tls_insecure_skip_verify = true: the appliance's TLS certificate is NOT verified; anyone on the path can read the OneView password. Use {prefix}.ca_file instead"));
     }
     if ov.session_refresh < Duration::from_secs(60) {
-        c.problem("oneview.session_refresh", Some(&humantime::format_duration(ov.session_refresh).to_string()), "must be at least 1m", "the default 23h suits the appliance's 24h idle timeout; lower it only if your admin lowered that timeout");
+        c.problem(&format!("{prefix}.session_refresh"), Some(&humantime::format_duration(ov.session_refresh).to_string()), "must be at least 1m", "the default 23h suits the appliance's 24h idle timeout; lower it only if your admin lowered that timeout");
     }
     for (key, d) in [
-        ("oneview.connect_timeout", ov.connect_timeout),
-        ("oneview.request_timeout", ov.request_timeout),
+        ("connect_timeout", ov.connect_timeout),
+        ("request_timeout", ov.request_timeout),
     ] {
         if d.is_zero() {
             c.problem(
-                key,
+                &format!("{prefix}.{key}"),
                 Some("0s"),
                 "must be positive",
                 "use something like \"5s\"",
@@ -1343,20 +1479,19 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     }
     if !(MIN_RESPONSE_BYTES..=MAX_RESPONSE_BYTES).contains(&ov.max_response_bytes) {
         c.problem(
-            "oneview.max_response_bytes",
+            &format!("{prefix}.max_response_bytes"),
             Some(&ov.max_response_bytes.to_string()),
             "must be between 1048576 (1 MiB) and 1073741824 (1 GiB)",
             &format!("the default {DEFAULT_MAX_RESPONSE_BYTES} (64 MiB) holds a 5,000-alert page ten times over; raise it only if the bridge reports a larger page"),
         );
-    } else if ov.max_response_bytes < u64::from(raw.poller.page_size) * ALERT_BYTES_GENEROUS {
+    } else if ov.max_response_bytes < u64::from(page_size) * ALERT_BYTES_GENEROUS {
         c.warnings.push(format!(
-            "oneview.max_response_bytes = {} may be too small for poller.page_size = {}: alerts with long change logs take up to about {} KiB each, and a longer page fails its poll. Raise oneview.max_response_bytes or lower poller.page_size",
+            "{prefix}.max_response_bytes = {} may be too small for a page size of {page_size} (poller.page_size, or the appliance's page_size): alerts with long change logs take up to about {} KiB each, and a longer page fails its poll. Raise {prefix}.max_response_bytes or lower the page size",
             ov.max_response_bytes,
-            raw.poller.page_size,
             ALERT_BYTES_GENEROUS / 1024
         ));
     }
-    let oneview = match (ov_url, ov.username.clone(), password) {
+    match (ov_url, ov.username.clone(), password) {
         (Some(url), Some(username), Some(password)) if !username.is_empty() => {
             let name = ov
                 .name
@@ -1379,7 +1514,191 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             })
         }
         _ => None,
+    }
+}
+
+/// The appliances to watch: every `[[appliances]]` entry, or the one `[oneview]` (named after
+/// its host unless `oneview.name` is set, so dedup keys stay what they were). Each gets the
+/// `[poller]` settings with its own overrides.
+fn validate_appliances(
+    c: &mut Checker,
+    raw: &RawConfig,
+    poller: &PollerConfig,
+    needs_backends: bool,
+) -> Vec<ApplianceConfig> {
+    if raw.appliances.is_empty() {
+        return validate_oneview(c, "oneview", &raw.oneview, needs_backends, poller.page_size)
+            .map(|oneview| {
+                vec![ApplianceConfig {
+                    oneview,
+                    poller: poller.clone(),
+                }]
+            })
+            .unwrap_or_default();
+    }
+    if raw.oneview.is_given() {
+        c.problem(
+            "oneview",
+            None,
+            "both [oneview] and [[appliances]] are given",
+            "use one form: move the [oneview] appliance into [[appliances]] with name = its current name (oneview.name, else the host of oneview.url), so its open incidents keep their dedup keys",
+        );
+    }
+    let mut out = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (i, a) in raw.appliances.iter().enumerate() {
+        let prefix = format!("appliances[{i}]");
+        let before = c.problems.len();
+        let name = match a.name.as_deref().map(str::trim) {
+            None | Some("") => {
+                c.problem(
+                    &format!("{prefix}.name"),
+                    None,
+                    "missing",
+                    "give every appliance a short, stable name such as `dc1-synergy`: it is part of every dedup key, so changing it later re-opens that appliance's incidents",
+                );
+                None
+            }
+            Some(n) if !valid_appliance_name(n) => {
+                c.problem(
+                    &format!("{prefix}.name"),
+                    Some(n),
+                    "must be 1 to 63 letters, digits, `.`, `-` or `_`, starting with a letter or digit",
+                    "it ends up in dedup keys, metric labels and logs unchanged",
+                );
+                None
+            }
+            Some(n) if names.iter().any(|x| x == n) => {
+                c.problem(
+                    &format!("{prefix}.name"),
+                    Some(n),
+                    "is used by an earlier appliance",
+                    "appliance names must be unique: two appliances with one name would share dedup keys",
+                );
+                None
+            }
+            Some(n) => {
+                names.push(n.to_owned());
+                Some(n.to_owned())
+            }
+        };
+        validate_poller_keys(c, &prefix, a.interval, a.severities.as_deref(), a.page_size);
+        let effective = PollerConfig {
+            interval: a.interval.unwrap_or(poller.interval),
+            severities: a
+                .severities
+                .clone()
+                .unwrap_or_else(|| poller.severities.clone()),
+            page_size: a.page_size.unwrap_or(poller.page_size),
+            resync_interval: poller.resync_interval.max(a.interval.unwrap_or_default()),
+            watermark_overlap: poller.watermark_overlap,
+        };
+        let oneview = validate_oneview(
+            c,
+            &prefix,
+            &a.oneview(),
+            needs_backends,
+            effective.page_size,
+        );
+        // Say which appliance each problem is about, by name as well as by position.
+        if let Some(n) = &name {
+            for p in &mut c.problems[before..] {
+                p.why = format!("{} (appliance `{n}`)", p.why);
+            }
+        }
+        if let (Some(name), Some(mut oneview)) = (name, oneview) {
+            oneview.name = name;
+            out.push(ApplianceConfig {
+                oneview,
+                poller: effective,
+            });
+        }
+    }
+    out
+}
+
+/// The environment variable of `key` in section `prefix` (`BRIDGE_ONEVIEW__URL`); for an
+/// `[[appliances]]` entry, the whole list is one variable.
+fn env_name(prefix: &str, key: &str) -> String {
+    if prefix.starts_with("appliances[") {
+        "BRIDGE_APPLIANCES, a TOML list of tables".to_owned()
+    } else {
+        format!("BRIDGE_{}__{}", prefix.to_uppercase(), key.to_uppercase())
+    }
+}
+
+/// A name that can be part of a dedup key, a metric label and a log field unchanged.
+fn valid_appliance_name(n: &str) -> bool {
+    (1..=63).contains(&n.len())
+        && n.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Checks poller settings under `prefix` (`poller`, or an appliance's overrides).
+fn validate_poller_keys(
+    c: &mut Checker,
+    prefix: &str,
+    interval: Option<Duration>,
+    severities: Option<&[String]>,
+    page_size: Option<u32>,
+) {
+    if let Some(i) = interval {
+        if i < Duration::from_secs(1) {
+            c.problem(
+                &format!("{prefix}.interval"),
+                Some(&humantime::format_duration(i).to_string()),
+                "must be at least 1s",
+                "the default is 30s; polling faster only loads the appliance",
+            );
+        }
+    }
+    if let Some(sev) = severities {
+        if sev.is_empty() {
+            c.problem(
+                &format!("{prefix}.severities"),
+                Some("[]"),
+                "no severity is watched, so nothing would ever page",
+                "list at least one of Critical, Warning, Unknown, Disabled",
+            );
+        }
+        for s in sev {
+            if s == "OK" {
+                c.problem(
+                    &format!("{prefix}.severities"),
+                    Some(s),
+                    "OK alerts are cleared alerts and never page",
+                    "remove OK; clears are always followed",
+                );
+            } else if !WATCHABLE_SEVERITIES.contains(&s.as_str()) {
+                c.problem(
+                    &format!("{prefix}.severities"),
+                    Some(s),
+                    "unknown OneView severity",
+                    "use Critical, Warning, Unknown or Disabled (case matters)",
+                );
+            }
+        }
+    }
+    if let Some(n) = page_size {
+        if n == 0 || n > 5000 {
+            c.problem(
+                &format!("{prefix}.page_size"),
+                Some(&n.to_string()),
+                "must be between 1 and 5000",
+                "the default 500 keeps each page small",
+            );
+        }
+    }
+}
+
+/// Validates `raw` for `role`, collecting every problem.
+pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        warnings: Vec::new(),
     };
+    let needs_backends = role.polls();
 
     // [pagerduty]
     let pd = &raw.pagerduty;
@@ -1428,6 +1747,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         for (what, pats) in [
             ("alert_types", r.alert_types.as_slice()),
             ("resource_name", r.resource_name.as_slice()),
+            ("appliances", r.appliances.as_slice()),
         ] {
             for p in pats {
                 if let Err(e) = globset::Glob::new(p) {
@@ -1444,8 +1764,9 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             && r.resource_categories.is_empty()
             && r.alert_types.is_empty()
             && r.resource_name.is_none()
+            && r.appliances.is_empty()
         {
-            c.problem(&format!("pagerduty.routes[{i}]"), None, "has no matcher, so it would catch every alert", "add severities, resource_categories, alert_types or resource_name, or set pagerduty.routing_key instead");
+            c.problem(&format!("pagerduty.routes[{i}]"), None, "has no matcher, so it would catch every alert", "add severities, resource_categories, alert_types, resource_name or appliances, or set pagerduty.routing_key instead");
         }
         let name = match r.name.as_deref().map(str::trim) {
             Some(n)
@@ -1483,6 +1804,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             resource_categories: r.resource_categories.clone(),
             alert_types: r.alert_types.clone(),
             resource_name: r.resource_name.clone(),
+            appliances: r.appliances.clone(),
             routing_key: rk,
         });
     }
@@ -1550,47 +1872,13 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
 
     // [poller]
     let p = &raw.poller;
-    if p.interval < Duration::from_secs(1) {
-        c.problem(
-            "poller.interval",
-            Some(&humantime::format_duration(p.interval).to_string()),
-            "must be at least 1s",
-            "the default is 30s; polling faster only loads the appliance",
-        );
-    }
-    if p.severities.is_empty() {
-        c.problem(
-            "poller.severities",
-            Some("[]"),
-            "no severity is watched, so nothing would ever page",
-            "list at least one of Critical, Warning, Unknown, Disabled",
-        );
-    }
-    for s in &p.severities {
-        if s == "OK" {
-            c.problem(
-                "poller.severities",
-                Some(s),
-                "OK alerts are cleared alerts and never page",
-                "remove OK; clears are always followed",
-            );
-        } else if !WATCHABLE_SEVERITIES.contains(&s.as_str()) {
-            c.problem(
-                "poller.severities",
-                Some(s),
-                "unknown OneView severity",
-                "use Critical, Warning, Unknown or Disabled (case matters)",
-            );
-        }
-    }
-    if p.page_size == 0 || p.page_size > 5000 {
-        c.problem(
-            "poller.page_size",
-            Some(&p.page_size.to_string()),
-            "must be between 1 and 5000",
-            "the default 500 keeps each page small",
-        );
-    }
+    validate_poller_keys(
+        &mut c,
+        "poller",
+        Some(p.interval),
+        Some(&p.severities),
+        Some(p.page_size),
+    );
     if p.resync_interval < p.interval {
         c.problem(
             "poller.resync_interval",
@@ -1599,6 +1887,16 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             "the default is 1h",
         );
     }
+    let poller = PollerConfig {
+        interval: p.interval,
+        severities: p.severities.clone(),
+        page_size: p.page_size,
+        resync_interval: p.resync_interval,
+        watermark_overlap: p.watermark_overlap,
+    };
+
+    // [oneview] or [[appliances]]
+    let appliances = validate_appliances(&mut c, &raw, &poller, needs_backends);
 
     // [server]
     let listen = match raw.server.listen.parse::<SocketAddr>() {
@@ -1865,13 +2163,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     };
     Ok(Config {
         role,
-        poller: PollerConfig {
-            interval: p.interval,
-            severities: p.severities.clone(),
-            page_size: p.page_size,
-            resync_interval: p.resync_interval,
-            watermark_overlap: p.watermark_overlap,
-        },
+        poller,
         dedup_ttl: raw.dedup.ttl,
         server,
         web,
@@ -1880,7 +2172,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             path: raw.state.path.clone(),
             retention: raw.state.retention,
         },
-        oneview,
+        appliances,
         pagerduty,
         warnings: c.warnings,
         raw,
@@ -1950,10 +2242,134 @@ mod tests {
         r
     }
 
+    fn appliance(name: &str) -> RawAppliance {
+        RawAppliance {
+            name: Some(name.into()),
+            url: Some(format!("https://{name}.example.com")),
+            username: Some("u".into()),
+            password: Some(SecretString::from("pw".to_owned())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn appliances_with_overrides_and_the_single_oneview_form_stays_the_same() {
+        let c = validate(raw_ok(), Role::Poller).unwrap();
+        assert_eq!(c.appliances.len(), 1);
+        assert_eq!(
+            c.appliances[0].oneview.name, "ov.example.com",
+            "[oneview] keeps its dedup keys: named after its host"
+        );
+        let mut r = raw_ok();
+        r.oneview = RawOneView::default();
+        let mut lab = appliance("lab-1");
+        lab.interval = Some(Duration::from_secs(120));
+        lab.severities = Some(vec!["Critical".into()]);
+        lab.page_size = Some(100);
+        r.appliances = vec![appliance("dc1"), lab];
+        let c = validate(r, Role::Poller).unwrap();
+        let names: Vec<&str> = c
+            .appliances
+            .iter()
+            .map(|a| a.oneview.name.as_str())
+            .collect();
+        assert_eq!(names, ["dc1", "lab-1"]);
+        assert_eq!(c.appliances[0].poller.interval, Duration::from_secs(30));
+        assert_eq!(c.appliances[1].poller.interval, Duration::from_secs(120));
+        assert_eq!(c.appliances[1].poller.severities, ["Critical"]);
+        assert_eq!(c.appliances[1].poller.page_size, 100);
+        assert_eq!(
+            c.appliances[1].poller.resync_interval,
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn every_wrong_appliance_is_named_in_one_run() {
+        let mut r = raw_ok();
+        let mut no_url = appliance("dc2");
+        no_url.url = None;
+        let mut bad_interval = appliance("lab");
+        bad_interval.interval = Some(Duration::from_millis(10));
+        bad_interval.severities = Some(vec!["OK".into()]);
+        let mut unnamed = appliance("x");
+        unnamed.name = None;
+        r.appliances = vec![
+            appliance("dc1"),
+            no_url,
+            appliance("dc1"),
+            bad_interval,
+            unnamed,
+            appliance("bad name!"),
+        ];
+        let Err(ConfigError::Invalid(p)) = validate(r, Role::Poller) else {
+            panic!("must be refused")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "oneview",
+            "appliances[1].url",
+            "appliances[2].name",
+            "appliances[3].interval",
+            "appliances[3].severities",
+            "appliances[4].name",
+            "appliances[5].name",
+        ] {
+            assert!(keys.contains(&k), "{k} missing in {keys:?}");
+        }
+        let url = p.iter().find(|p| p.key == "appliances[1].url").unwrap();
+        assert!(url.why.contains("appliance `dc2`"), "{url:?}");
+        assert!(
+            p.iter()
+                .find(|p| p.key == "oneview")
+                .unwrap()
+                .fix
+                .contains("dedup keys"),
+            "both forms given: the fix says how to keep the dedup keys"
+        );
+    }
+
+    #[test]
+    fn appliances_from_the_environment() {
+        let fig = figment::Figment::from(figment::providers::Serialized::defaults(
+            RawConfig::default(),
+        ))
+        .merge(figment::providers::Serialized::default(
+            "appliances",
+            serde_json::json!([{"name": "dc1", "url": "https://dc1", "username": "u", "password": "p", "interval": "1m"}]),
+        ));
+        let raw: RawConfig = fig.extract().unwrap();
+        assert_eq!(raw.appliances[0].name.as_deref(), Some("dc1"));
+        assert_eq!(raw.appliances[0].interval, Some(Duration::from_secs(60)));
+        // The documented form: one variable holding a TOML list of tables.
+        let env: figment::value::Value =
+            r#"[{name="dc1", url="https://dc1", username="u", password_file="/run/ov1"}]"#
+                .parse()
+                .unwrap();
+        let list = env.into_array().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0].find_ref("name").and_then(|v| v.as_str()),
+            Some("dc1")
+        );
+        // A misspelt key inside an entry is named with the entry's position.
+        let fig = figment::Figment::from(figment::providers::Serialized::defaults(
+            RawConfig::default(),
+        ))
+        .merge(figment::providers::Serialized::default(
+            "appliances",
+            serde_json::json!([{"name": "dc1", "pasword": "p"}]),
+        ));
+        let Err(ConfigError::Invalid(p)) = extract(&fig) else {
+            panic!("an unknown key is refused")
+        };
+        assert_eq!(p[0].key, "appliances[0].pasword", "{p:?}");
+    }
+
     #[test]
     fn defaults_validate_for_web_without_backends() {
         let c = validate(RawConfig::default(), Role::Web).unwrap();
-        assert!(c.oneview.is_none());
+        assert!(c.appliances.is_empty());
         assert_eq!(c.poller.interval, Duration::from_secs(30));
     }
 
@@ -1976,7 +2392,7 @@ mod tests {
     #[test]
     fn full_config_validates() {
         let c = validate(raw_ok(), Role::All).unwrap();
-        assert_eq!(c.oneview.unwrap().name, "ov.example.com");
+        assert_eq!(c.appliances[0].oneview.name, "ov.example.com");
         assert_eq!(c.pagerduty.unwrap().severity_map["Critical"], "critical");
     }
 
@@ -2236,7 +2652,7 @@ mod tests {
     fn max_response_bytes_defaults_bounds_and_page_size_warning() {
         let c = validate(raw_ok(), Role::Poller).unwrap();
         assert_eq!(
-            c.oneview.unwrap().max_response_bytes,
+            c.appliances[0].oneview.max_response_bytes,
             DEFAULT_MAX_RESPONSE_BYTES
         );
         assert!(

@@ -8,15 +8,16 @@
 //! the secret that changed, never its value.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where a secret comes from, and the last value read from it.
 pub struct Secret {
-    /// The configuration key the secret was given under, used in errors and logs.
-    name: &'static str,
+    /// The configuration key the secret was given under, used in errors and logs
+    /// (`appliances[2].password` for one of several appliances).
+    name: Arc<str>,
     source: Source,
     /// Cache of the file content keyed by (mtime, len): reading a small file on every use would
     /// also be fine, but the cache lets us log exactly once when the value changes.
@@ -40,36 +41,36 @@ pub enum SecretError {
         "cannot read `{key}` from {path}: {source}; check that the file exists and is readable by the bridge's user"
     )]
     Read {
-        key: &'static str,
+        key: Arc<str>,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("`{key}` file {path} is empty; write the secret into it (a trailing newline is fine)")]
-    Empty { key: &'static str, path: PathBuf },
+    Empty { key: Arc<str>, path: PathBuf },
 }
 
 impl Secret {
     /// A secret given inline in the configuration.
-    pub fn inline(name: &'static str, value: SecretString) -> Self {
+    pub fn inline(name: impl Into<Arc<str>>, value: SecretString) -> Self {
         Self {
-            name,
+            name: name.into(),
             source: Source::Inline(value),
             cache: Mutex::new(None),
         }
     }
 
     /// A secret read from a file, now and whenever the file changes.
-    pub fn file(name: &'static str, path: PathBuf) -> Self {
+    pub fn file(name: impl Into<Arc<str>>, path: PathBuf) -> Self {
         Self {
-            name,
+            name: name.into(),
             source: Source::File(path),
             cache: Mutex::new(None),
         }
     }
 
     /// The configuration key of this secret (`oneview.password`, ...).
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The file this secret is read from, if any.
@@ -88,7 +89,7 @@ impl Secret {
             Source::File(p) => p,
         };
         let read_err = |source| SecretError::Read {
-            key: self.name,
+            key: self.name.clone(),
             path: path.clone(),
             source,
         };
@@ -106,14 +107,14 @@ impl Secret {
         let value = trim_secret(&raw);
         if value.is_empty() {
             return Err(SecretError::Empty {
-                key: self.name,
+                key: self.name.clone(),
                 path: path.clone(),
             });
         }
         let value = SecretString::from(value.to_owned());
         if let Some(old) = cache.as_ref() {
             if old.value.expose_secret() != value.expose_secret() {
-                tracing::info!(secret = self.name, path = %path.display(), "secret file changed; using the new value from now on");
+                tracing::info!(secret = %self.name, path = %path.display(), "secret file changed; using the new value from now on");
             }
         }
         *cache = Some(Cached {

@@ -51,7 +51,7 @@ async fn harness(
         task,
         poll_now,
         status,
-        client: _,
+        ..
     } = oneview::assemble(&cfg, &mut registry, readiness.clone(), tx, work.clone()).unwrap();
     let task = tokio::spawn(task);
     Harness {

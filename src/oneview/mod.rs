@@ -22,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use client::{AlertUpdate, ApplianceVersion, OneViewClient, TESTED_MAX_API_VERSION};
 pub use error::OneViewError;
-pub use metrics::OneViewMetrics;
+pub use metrics::{OneViewFamilies, OneViewMetrics};
 pub use poller::{PollKind, PollerStatus, PollerStatusSnapshot, READY_SYNC, SessionState};
 
 use crate::config::Config;
 use crate::model::{AlertChange, Appliance};
 use crate::readiness::Readiness;
 
-/// The running parts of the OneView side, handed to `App::build`.
+/// The running parts of one appliance's OneView side, handed to `App::build`.
 pub struct PollerHandle {
     /// Runs until `work` is cancelled, then logs out (bounded by a short timeout) and returns.
     pub task: crate::task::Task,
@@ -37,8 +37,13 @@ pub struct PollerHandle {
     pub poll_now: Arc<Notify>,
     /// Cheap snapshot for a status page.
     pub status: Arc<PollerStatus>,
-    /// The shared client (session included), for the PagerDuty write-back (`PUT` notes/clear).
+    /// The appliance's client (session included), for the PagerDuty write-back (`PUT`
+    /// notes/clear) of its alerts.
     pub client: Arc<OneViewClient>,
+    /// The appliance's identity in alert keys.
+    pub appliance: Appliance,
+    /// Its effective `poller` settings.
+    pub poller: crate::config::PollerConfig,
 }
 
 /// The appliance identity used in alert keys.
@@ -49,8 +54,8 @@ pub fn appliance(cfg: &crate::config::OneViewConfig) -> Appliance {
     }
 }
 
-/// Builds the OneView client and the poller task, registers the metrics and the readiness
-/// appliance's readiness (see [`crate::readiness`]).
+/// Builds the first appliance's client and poller task (one-appliance tools and tests; see
+/// [`assemble_all`]).
 pub fn assemble(
     cfg: &Config,
     registry: &mut Registry,
@@ -58,27 +63,60 @@ pub fn assemble(
     changes: mpsc::Sender<AlertChange>,
     work: CancellationToken,
 ) -> Result<PollerHandle, OneViewError> {
-    assemble_with_ledger(cfg, registry, readiness, changes, work, &HashSet::new())
+    let families = OneViewFamilies::register(registry);
+    let a = cfg.appliances.first().ok_or_else(missing)?;
+    assemble_one(a, &families, readiness, changes, work, &HashSet::new())
 }
 
-/// [`assemble`], with the dedup keys the state store says are open in PagerDuty
-/// ([`crate::state::Snapshot::open_keys`]): the first full sync resolves those OneView shows
-/// cleared or no longer has.
-pub fn assemble_with_ledger(
+fn missing() -> OneViewError {
+    OneViewError::Setup {
+        key: "oneview",
+        detail: "no appliance is configured ([oneview] with url, username, password, or [[appliances]]); the poller cannot start".to_owned(),
+    }
+}
+
+/// Builds every configured appliance's client and poller task: its own session, backoff,
+/// watermark, readiness and metrics (`appliance` label), feeding the delivery pipeline through
+/// `intake(appliance id)`. `ledger_open` are the dedup keys the state store says are open in
+/// PagerDuty ([`crate::state::Snapshot::open_keys`]): each appliance's first full sync resolves
+/// those of its own that OneView shows cleared or no longer has.
+pub fn assemble_all(
     cfg: &Config,
     registry: &mut Registry,
+    readiness: Arc<Readiness>,
+    intake: impl Fn(&str) -> mpsc::Sender<AlertChange>,
+    work: CancellationToken,
+    ledger_open: &HashSet<String>,
+) -> Result<Vec<PollerHandle>, OneViewError> {
+    if cfg.appliances.is_empty() {
+        return Err(missing());
+    }
+    let families = OneViewFamilies::register(registry);
+    cfg.appliances
+        .iter()
+        .map(|a| {
+            assemble_one(
+                a,
+                &families,
+                readiness.clone(),
+                intake(&a.oneview.name),
+                work.clone(),
+                ledger_open,
+            )
+        })
+        .collect()
+}
+
+fn assemble_one(
+    a: &crate::config::ApplianceConfig,
+    families: &OneViewFamilies,
     readiness: Arc<Readiness>,
     changes: mpsc::Sender<AlertChange>,
     work: CancellationToken,
     ledger_open: &HashSet<String>,
 ) -> Result<PollerHandle, OneViewError> {
-    let ov = cfg.oneview.as_ref().ok_or(OneViewError::Setup {
-        key: "oneview",
-        detail:
-            "the [oneview] section (url, username, password) is missing; the poller cannot start"
-                .to_owned(),
-    })?;
-    let metrics = OneViewMetrics::register(registry, &ov.name);
+    let ov = &a.oneview;
+    let metrics = families.appliance(&ov.name);
     let client = Arc::new(OneViewClient::new(ov, metrics.clone())?);
     readiness.register_appliance(&ov.name);
     let status = Arc::new(PollerStatus::default());
@@ -86,7 +124,7 @@ pub fn assemble_with_ledger(
     let poller = poller::Poller::new(
         client.clone(),
         appliance(ov),
-        cfg.poller.clone(),
+        a.poller.clone(),
         metrics,
         readiness,
         status.clone(),
@@ -99,5 +137,7 @@ pub fn assemble_with_ledger(
         poll_now,
         status,
         client,
+        appliance: appliance(ov),
+        poller: a.poller.clone(),
     })
 }

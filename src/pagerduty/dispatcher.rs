@@ -529,7 +529,7 @@ impl Dispatcher {
         let fp = event::fingerprint(&pd_severity, alert);
         let incoming = match change.kind {
             ChangeKind::Raised | ChangeKind::Updated => Incoming::Open {
-                route: self.router.route(alert).route.clone(),
+                route: self.router.route(&change.appliance.id, alert).route.clone(),
                 fingerprint: fp,
             },
             ChangeKind::Cleared => Incoming::Cleared { fingerprint: fp },

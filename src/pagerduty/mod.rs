@@ -399,9 +399,16 @@ pub fn assemble_durable(
 
 /// The appliance ids whose pollers feed the pipeline (one intake each).
 fn intake_names(cfg: &Config) -> Vec<Arc<str>> {
-    match cfg.oneview.as_ref() {
-        Some(ov) => vec![Arc::from(ov.name.as_str())],
-        None => vec![Arc::from("oneview")],
+    let names: Vec<Arc<str>> = cfg
+        .appliances
+        .iter()
+        .map(|a| Arc::from(a.oneview.name.as_str()))
+        .collect();
+    if names.is_empty() {
+        // A pipeline without appliances (tests, tools) still has one intake.
+        vec![Arc::from("oneview")]
+    } else {
+        names
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! A route matches when every matcher it sets matches: `severities` (OneView severity, exact,
 //! case-insensitive), `resource_categories` (exact, case-insensitive), `alert_types` (globs on
-//! `alertTypeID`, case-sensitive like OneView's ids) and `resource_name` (a glob,
-//! case-insensitive). The route's name is what logs, metrics and the ledger see; the key itself
+//! `alertTypeID`, case-sensitive like OneView's ids), `resource_name` (a glob,
+//! case-insensitive) and `appliances` (globs on the appliance name, case-insensitive). The route's name is what logs, metrics and the ledger see; the key itself
 //! is a [`Secret`] read at send time, so rotating its file takes effect on the next event.
 //!
 //! Routing picks where a *new* incident opens. Every later event of an open incident goes to the
@@ -46,6 +46,7 @@ struct Route {
     categories: Vec<String>,
     alert_types: Option<GlobSet>,
     resource_name: Option<GlobMatcher>,
+    appliances: Option<GlobSet>,
 }
 
 /// The compiled routing table.
@@ -123,10 +124,11 @@ impl Router {
             .find(|t| &*t.route == name)
     }
 
-    pub fn route(&self, alert: &Alert) -> &Target {
+    /// Where a new incident of `alert` from appliance `appliance` opens.
+    pub fn route(&self, appliance: &str, alert: &Alert) -> &Target {
         self.routes
             .iter()
-            .find(|r| r.matches(alert))
+            .find(|r| r.matches(appliance, alert))
             .map(|r| &r.target)
             .unwrap_or(&self.default)
     }
@@ -187,6 +189,23 @@ fn compile(r: &RouteConfig) -> Result<Route, PagerDutyError> {
                 .map_err(|e| glob_err(&r.name, "resource_name", p, e))
         })
         .transpose()?;
+    let appliances = if r.appliances.is_empty() {
+        None
+    } else {
+        let mut b = GlobSetBuilder::new();
+        for p in &r.appliances {
+            b.add(
+                GlobBuilder::new(p)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| glob_err(&r.name, "appliances", p, e))?,
+            );
+        }
+        Some(
+            b.build()
+                .map_err(|e| glob_err(&r.name, "appliances", "", e))?,
+        )
+    };
     Ok(Route {
         target: Target {
             route: Arc::from(r.name.as_str()),
@@ -197,11 +216,12 @@ fn compile(r: &RouteConfig) -> Result<Route, PagerDutyError> {
         categories: r.resource_categories.clone(),
         alert_types,
         resource_name,
+        appliances,
     })
 }
 
 impl Route {
-    fn matches(&self, alert: &Alert) -> bool {
+    fn matches(&self, appliance: &str, alert: &Alert) -> bool {
         let any_eq = |list: &[String], v: Option<&str>| {
             list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x.eq_ignore_ascii_case(v)))
         };
@@ -217,5 +237,9 @@ impl Route {
                 .resource_name
                 .as_ref()
                 .is_none_or(|g| alert.resource_name().is_some_and(|n| g.is_match(n)))
+            && self
+                .appliances
+                .as_ref()
+                .is_none_or(|g| g.is_match(appliance))
     }
 }

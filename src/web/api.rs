@@ -244,8 +244,10 @@ fn bad_request(message: String) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// Validates one pushed item: an alert, or an SCMB message whose `resource` is one.
-fn parse_item(v: &Value, watched: &[String]) -> Result<Alert, String> {
+/// Validates one pushed item: an alert, or an SCMB message whose `resource` is one, with the
+/// `appliance` it comes from (beside the alert's fields, or beside `resource`). Whether the
+/// appliance is configured and the severity watched there is the poller's to say.
+fn parse_item(v: &Value) -> Result<(Option<String>, Alert), String> {
     let (resource, deleted) = match v.get("resource") {
         Some(r) => (
             r,
@@ -259,6 +261,11 @@ fn parse_item(v: &Value, watched: &[String]) -> Result<Alert, String> {
                 .to_owned(),
         );
     }
+    let appliance = match v.get("appliance").or_else(|| resource.get("appliance")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) => Some(a.clone()),
+        Some(_) => return Err("`appliance` must be the name of a configured appliance".to_owned()),
+    };
     let mut alert: Alert = serde_json::from_value(resource.clone())
         .map_err(|e| format!("not a OneView alert: {e}"))?;
     if !crate::model::is_canonical_alert_uri(&alert.uri) {
@@ -270,13 +277,7 @@ fn parse_item(v: &Value, watched: &[String]) -> Result<Alert, String> {
     if deleted {
         alert.alert_state = crate::model::AlertState::Cleared;
     }
-    if !alert.is_cleared() && !watched.iter().any(|w| w == alert.severity.as_str()) {
-        return Err(format!(
-            "severity `{}` is not watched (poller.severities = {:?})",
-            alert.severity, watched
-        ));
-    }
-    Ok(alert)
+    Ok((appliance, alert))
 }
 
 async fn push_alerts(
@@ -301,8 +302,12 @@ async fn push_alerts(
     let mut error_count = 0usize;
     let mut alerts = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        match parse_item(item, &s.config.poller.severities) {
-            Ok(a) => alerts.push(a),
+        match parse_item(item) {
+            Ok((appliance, alert)) => alerts.push(crate::web::control::PushedAlert {
+                appliance,
+                index,
+                alert,
+            }),
             Err(message) => {
                 error_count += 1;
                 if errors.len() < PUSH_ERRORS_SHOWN {
@@ -317,6 +322,14 @@ async fn push_alerts(
     } else {
         s.control.push(alerts).await.map_err(ApiError::from)?
     };
+    // The poller's refusals join the parse errors, in request order.
+    for e in &outcome.errors {
+        error_count += 1;
+        if errors.len() < PUSH_ERRORS_SHOWN {
+            errors.push(json!({"index": e.index, "message": e.message}));
+        }
+    }
+    errors.sort_by_key(|e| e["index"].as_u64());
     let mut body = json!({
         "accepted": outcome.accepted,
         "errors": errors,
@@ -608,33 +621,29 @@ pub fn routes(
 mod tests {
     use super::*;
 
-    fn watched() -> Vec<String> {
-        vec!["Critical".to_owned(), "Warning".to_owned()]
-    }
-
     #[test]
-    fn pushed_items_alert_scmb_and_invalid() {
-        let a = parse_item(
-            &json!({"uri": "/rest/alerts/7", "severity": "Critical"}),
-            &watched(),
+    fn pushed_items_alert_scmb_appliance_and_invalid() {
+        let (app, a) =
+            parse_item(&json!({"uri": "/rest/alerts/7", "severity": "Critical"})).unwrap();
+        assert_eq!(a.uri, "/rest/alerts/7");
+        assert_eq!(app, None);
+        let (app, _) = parse_item(
+            &json!({"uri": "/rest/alerts/7", "severity": "Critical", "appliance": "dc2"}),
         )
         .unwrap();
-        assert_eq!(a.uri, "/rest/alerts/7");
+        assert_eq!(app.as_deref(), Some("dc2"));
         let scmb: Value = serde_json::from_str(include_str!(
             "../../tests/fixtures/oneview/scmb_alert_message.json"
         ))
         .unwrap();
-        assert!(parse_item(&scmb, &watched()).unwrap().is_cleared());
-        let deleted = json!({"changeType": "Deleted", "resource": {"uri": "/rest/alerts/8", "severity": "Critical"}});
-        assert!(parse_item(&deleted, &watched()).unwrap().is_cleared());
-        assert!(parse_item(&json!({"uri": "/rest/alerts/"}), &watched()).is_err());
-        assert!(parse_item(&json!("text"), &watched()).is_err());
-        let unwatched = parse_item(
-            &json!({"uri": "/rest/alerts/9", "severity": "Disabled"}),
-            &watched(),
-        )
-        .unwrap_err();
-        assert!(unwatched.contains("poller.severities"), "{unwatched}");
+        assert!(parse_item(&scmb).unwrap().1.is_cleared());
+        let deleted = json!({"changeType": "Deleted", "appliance": "dc1", "resource": {"uri": "/rest/alerts/8", "severity": "Critical"}});
+        let (app, a) = parse_item(&deleted).unwrap();
+        assert!(a.is_cleared());
+        assert_eq!(app.as_deref(), Some("dc1"));
+        assert!(parse_item(&json!({"uri": "/rest/alerts/"})).is_err());
+        assert!(parse_item(&json!("text")).is_err());
+        assert!(parse_item(&json!({"uri": "/rest/alerts/1", "appliance": 3})).is_err());
     }
 
     fn req(peer: &str, xff: Option<&str>) -> axum::http::Request<()> {

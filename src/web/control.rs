@@ -128,6 +128,27 @@ pub struct PushOutcome {
     /// Alerts not taken because the push queue (`web.push_queue`) was full: the last ones
     /// of the request. Send them again after `Retry-After`.
     pub not_admitted: usize,
+    /// Alerts refused by the poller (unknown appliance, unwatched severity).
+    #[serde(default)]
+    pub errors: Vec<PushError>,
+}
+
+/// A pushed alert refused, by its position in the request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushError {
+    pub index: usize,
+    pub message: String,
+}
+
+/// A pushed alert on its way to the poller: the appliance it names, and its position in the
+/// request (for the per-item errors).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushedAlert {
+    #[serde(default)]
+    pub appliance: Option<String>,
+    #[serde(default)]
+    pub index: usize,
+    pub alert: Alert,
 }
 
 /// `GET /api/v1/alerts` filters.
@@ -175,6 +196,9 @@ pub struct ApplianceView {
     pub last_error: Option<String>,
     pub open_alerts: usize,
     pub cycles: u64,
+    /// Its poll interval in seconds: how stale "last poll" may get before it is news.
+    #[serde(default)]
+    pub poll_interval_seconds: u64,
 }
 
 /// An error worth telling a person about.
@@ -278,10 +302,35 @@ const RECENT_ERRORS_KEPT: usize = 20;
 /// OneView).
 const WRITEBACKS_REMEMBERED: usize = 10_000;
 
+/// One appliance as the in-process control sees it.
+pub struct LocalAppliance {
+    pub appliance: Appliance,
+    /// `notify_one()` polls it now.
+    pub poll_now: Arc<Notify>,
+    pub status: Arc<PollerStatus>,
+    /// Its own client and session: write-backs go to the alert's own appliance.
+    pub client: Arc<OneViewClient>,
+    /// Its effective `poller` settings (watched severities, interval).
+    pub poller: crate::config::PollerConfig,
+}
+
+impl From<crate::oneview::PollerHandle> for LocalAppliance {
+    fn from(h: crate::oneview::PollerHandle) -> Self {
+        Self {
+            appliance: h.appliance,
+            poll_now: h.poll_now,
+            status: h.status,
+            client: h.client,
+            poller: h.poller,
+        }
+    }
+}
+
 /// The in-process control (roles `all` and `poller`).
 pub struct Local {
     pub config: Arc<Config>,
-    pub appliance: Appliance,
+    /// Every watched appliance, in configuration order.
+    pub appliances: Vec<LocalAppliance>,
     /// What PagerDuty holds per alert, and the open alerts: written by the pipeline only.
     pub incidents: Arc<Incidents>,
     /// The poller's channel into the pipeline (a dead-letter retry goes this way).
@@ -289,9 +338,6 @@ pub struct Local {
     /// The push API's own admission into the pipeline (`web.push_queue`).
     pub pushes: mpsc::Sender<AlertChange>,
     pub delivery: Arc<DeliveryStatus>,
-    pub poll_now: Arc<Notify>,
-    pub poller: Arc<PollerStatus>,
-    pub client: Arc<OneViewClient>,
     /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
     /// `incident.annotated` (whose payload has no key) can be matched.
     incident_keys: moka::sync::Cache<String, String>,
@@ -305,32 +351,37 @@ pub struct Local {
 }
 
 impl Local {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
-        appliance: Appliance,
+        appliances: Vec<LocalAppliance>,
         incidents: Arc<Incidents>,
         changes: mpsc::Sender<AlertChange>,
         pushes: mpsc::Sender<AlertChange>,
         delivery: Arc<DeliveryStatus>,
-        poll_now: Arc<Notify>,
-        poller: Arc<PollerStatus>,
-        client: Arc<OneViewClient>,
     ) -> Self {
         Self {
             config,
-            appliance,
+            appliances,
             incidents,
             changes,
             pushes,
             delivery,
-            poll_now,
-            poller,
-            client,
             incident_keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
             recent_errors: Mutex::new(Default::default()),
             writing: Mutex::new(Default::default()),
             written: crate::recent::Recent::new(WRITEBACKS_REMEMBERED),
+        }
+    }
+
+    /// The configured appliance `id`.
+    fn appliance(&self, id: &str) -> Option<&LocalAppliance> {
+        self.appliances.iter().find(|a| &*a.appliance.id == id)
+    }
+
+    /// Polls every appliance now.
+    pub fn poll_all(&self) {
+        for a in &self.appliances {
+            a.poll_now.notify_one();
         }
     }
 
@@ -382,12 +433,62 @@ impl Local {
     }
 
     /// Hands pushed alerts to the pipeline through its own bounded admission: never waits, so
-    /// a big push answers at once and polled alerts never queue behind it.
-    fn push(&self, alerts: Vec<Alert>) -> Result<PushOutcome, ControlError> {
+    /// a big push answers at once and polled alerts never queue behind it. Each alert names
+    /// its appliance (optional when only one is configured); an unknown appliance or an
+    /// unwatched severity is a per-item error.
+    fn push(&self, alerts: Vec<PushedAlert>) -> Result<PushOutcome, ControlError> {
         let mut out = PushOutcome::default();
+        let mut taken = 0usize;
         let total = alerts.len();
-        for alert in alerts {
-            let key = AlertKey::new(&self.appliance, &alert.uri);
+        for p in alerts {
+            taken += 1;
+            let la = match p.appliance.as_deref() {
+                Some(name) => self.appliance(name),
+                None if self.appliances.len() == 1 => self.appliances.first(),
+                None => {
+                    out.errors.push(PushError {
+                        index: p.index,
+                        message: format!(
+                            "`appliance` is required: this bridge watches {} appliances ({})",
+                            self.appliances.len(),
+                            self.appliance_names()
+                        ),
+                    });
+                    continue;
+                }
+            };
+            let Some(la) = la else {
+                out.errors.push(PushError {
+                    index: p.index,
+                    message: format!(
+                        "unknown appliance `{}`; configured: {}",
+                        crate::pagerduty::event::truncate_chars(
+                            p.appliance.as_deref().unwrap_or(""),
+                            100
+                        ),
+                        self.appliance_names()
+                    ),
+                });
+                continue;
+            };
+            let alert = p.alert;
+            if !alert.is_cleared()
+                && !la
+                    .poller
+                    .severities
+                    .iter()
+                    .any(|w| w == alert.severity.as_str())
+            {
+                out.errors.push(PushError {
+                    index: p.index,
+                    message: format!(
+                        "severity `{}` is not watched on appliance `{}` (severities = {:?})",
+                        alert.severity, la.appliance.id, la.poller.severities
+                    ),
+                });
+                continue;
+            }
+            let key = AlertKey::new(&la.appliance, &alert.uri);
             let dk = dedup_key(&key.appliance, &key.uri);
             let change = AlertChange {
                 kind: if alert.is_cleared() {
@@ -396,12 +497,15 @@ impl Local {
                     ChangeKind::Raised
                 },
                 key,
-                appliance: self.appliance.clone(),
+                appliance: la.appliance.clone(),
                 alert: Arc::new(alert),
             };
             match self.pushes.try_send(change) {
                 Ok(()) => out.accepted.push(dk),
-                Err(mpsc::error::TrySendError::Full(_)) => break,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    taken -= 1;
+                    break;
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     return Err(ControlError::Unavailable(
                         "the delivery queue is shut down (the bridge is stopping); retry on another replica"
@@ -410,7 +514,7 @@ impl Local {
                 }
             }
         }
-        out.not_admitted = total - out.accepted.len();
+        out.not_admitted = total - taken;
         if out.not_admitted > 0 {
             tracing::warn!(
                 accepted = out.accepted.len(),
@@ -419,6 +523,14 @@ impl Local {
             );
         }
         Ok(out)
+    }
+
+    fn appliance_names(&self) -> String {
+        self.appliances
+            .iter()
+            .map(|a| a.appliance.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn alerts(&self, q: &AlertQuery) -> AlertPage {
@@ -490,7 +602,6 @@ impl Local {
     }
 
     fn status(&self) -> StatusView {
-        let p = self.poller.snapshot();
         let d = self.delivery.snapshot();
         let mut recent: Vec<RecentError> = self
             .recent_errors
@@ -531,23 +642,39 @@ impl Local {
             .map(|t| self.view(t))
             .collect();
         alerts.sort_by_key(|a| (severity_rank(&a.severity), a.created.clone()));
-        StatusView {
-            appliances: vec![ApplianceView {
-                name: self.appliance.id.to_string(),
-                ui_url: self.appliance.ui_url.to_string(),
-                session: match p.session {
-                    SessionState::LoggedIn => "logged_in",
-                    SessionState::NotLoggedIn => "not_logged_in",
-                    SessionState::LoginFailed => "login_failed",
+        let mut appliances: Vec<ApplianceView> = self
+            .appliances
+            .iter()
+            .map(|a| {
+                let p = a.status.snapshot();
+                ApplianceView {
+                    name: a.appliance.id.to_string(),
+                    ui_url: a.appliance.ui_url.to_string(),
+                    session: match p.session {
+                        SessionState::LoggedIn => "logged_in",
+                        SessionState::NotLoggedIn => "not_logged_in",
+                        SessionState::LoginFailed => "login_failed",
+                    }
+                    .to_owned(),
+                    api_version: p.api_version,
+                    last_successful_poll: p.last_successful_poll,
+                    last_error: p.last_error,
+                    open_alerts: p.open_alerts,
+                    cycles: p.cycles,
+                    poll_interval_seconds: a.poller.interval.as_secs().max(1),
                 }
-                .to_owned(),
-                api_version: p.api_version,
-                last_successful_poll: p.last_successful_poll,
-                last_error: p.last_error,
-                open_alerts: p.open_alerts,
-                cycles: p.cycles,
-            }],
-            poll_interval_seconds: self.config.poller.interval.as_secs().max(1),
+            })
+            .collect();
+        // Failing appliances first: they are why someone opened the page.
+        appliances.sort_by_key(|a| (a.last_error.is_none(), a.name.clone()));
+        StatusView {
+            appliances,
+            poll_interval_seconds: self
+                .appliances
+                .iter()
+                .map(|a| a.poller.interval.as_secs().max(1))
+                .min()
+                .unwrap_or_else(|| self.config.poller.interval.as_secs().max(1)),
             queue_depth: d.queue_depth,
             in_flight: d.in_flight,
             oldest_queued_age_seconds: d.oldest_queued_age_seconds,
@@ -559,10 +686,11 @@ impl Local {
         }
     }
 
-    /// The URI of the alert behind an incident key, when the incident is one the pipeline
-    /// knows (an open alert, an incident it holds, or a recent change) of this bridge's
-    /// appliance, and the URI is an alert's canonical URI. Never guessed from an unknown key.
-    fn alert_uri(&self, incident_key: &str) -> Option<String> {
+    /// The appliance and URI of the alert behind an incident key, when the incident is one the
+    /// pipeline knows (an open alert, an incident it holds (from the ledger after a restart),
+    /// or a recent change) of a configured appliance, and the URI is an alert's canonical
+    /// URI. Never guessed from an unknown key.
+    fn alert_of(&self, incident_key: &str) -> Option<(&LocalAppliance, String)> {
         let key = match self.incidents.known(incident_key) {
             Some(k) => k.key,
             // Held since before a restart (seeded from the ledger), not seen again yet: the
@@ -582,8 +710,8 @@ impl Local {
             }
             None => return None,
         };
-        (key.appliance == self.appliance.id && crate::model::is_canonical_alert_uri(&key.uri))
-            .then(|| key.uri.to_string())
+        let la = self.appliance(&key.appliance)?;
+        crate::model::is_canonical_alert_uri(&key.uri).then(|| (la, key.uri.to_string()))
     }
 
     /// Writes one PagerDuty incident event back, once per event id whatever the number of
@@ -649,11 +777,11 @@ impl Local {
                 "the incident carries no key the bridge knows".to_owned(),
             );
         };
-        let Some(uri) = self.alert_uri(&key) else {
+        let Some((la, uri)) = self.alert_of(&key) else {
             return report(
                 WritebackOutcome::Ignored,
                 format!(
-                    "incident key {key} is not an alert this bridge knows on its appliance (only incidents of alerts the bridge tracked are written back)"
+                    "incident key {key} is not an alert this bridge knows on a configured appliance (only incidents of alerts the bridge tracked are written back)"
                 ),
             );
         };
@@ -693,7 +821,7 @@ impl Local {
         // Two replicas (or redeliveries) may race: the eTag makes the second PUT fail, and the
         // re-read then finds the first one's marker.
         for _ in 0..3 {
-            let alert = match self.client.get_alert(&uri).await {
+            let alert = match la.client.get_alert(&uri).await {
                 Ok(a) => a,
                 Err(e) => return self.failed(&uri, e),
             };
@@ -734,7 +862,7 @@ impl Local {
                     "nothing to write (sync.notes is off and no clear is due)".to_owned(),
                 );
             }
-            match self.client.update_alert(&uri, &update).await {
+            match la.client.update_alert(&uri, &update).await {
                 Ok(_) => {
                     tracing::info!(alert_uri = %uri, event_id = %req.event_id, event_type = %req.event_type, cleared = clear, "wrote PagerDuty change back to OneView");
                     return report(
@@ -873,7 +1001,7 @@ pub enum Control {
 }
 
 impl Control {
-    pub async fn push(&self, alerts: Vec<Alert>) -> Result<PushOutcome, ControlError> {
+    pub async fn push(&self, alerts: Vec<PushedAlert>) -> Result<PushOutcome, ControlError> {
         match self {
             Control::Local(l) => l.push(alerts),
             Control::Remote(r) => {
@@ -930,7 +1058,7 @@ impl Control {
     pub async fn poll(&self) -> Result<serde_json::Value, ControlError> {
         match self {
             Control::Local(l) => {
-                l.poll_now.notify_one();
+                l.poll_all();
                 Ok(serde_json::json!({"status": "poll_requested"}))
             }
             Control::Remote(r) => {
@@ -1013,7 +1141,7 @@ fn guard(s: &Internal, h: &HeaderMap) -> Result<(), ApiError> {
 async fn i_push(
     State(s): State<Internal>,
     h: HeaderMap,
-    axum::Json(alerts): axum::Json<Vec<Alert>>,
+    axum::Json(alerts): axum::Json<Vec<PushedAlert>>,
 ) -> Result<Response, ApiError> {
     guard(&s, &h)?;
     let outcome = s.local.push(alerts).map_err(ApiError::from)?;
@@ -1045,7 +1173,7 @@ async fn i_retry(
 
 async fn i_poll(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
     guard(&s, &h)?;
-    s.local.poll_now.notify_one();
+    s.local.poll_all();
     Ok(axum::Json(serde_json::json!({"status": "poll_requested"})).into_response())
 }
 

@@ -111,18 +111,32 @@ pub fn render_main(view: Result<&StatusView, &str>, refresh: u64) -> String {
             return h;
         }
     };
+    let mut first_down = true;
     for a in &v.appliances {
-        let stale = a.last_successful_poll.is_none_or(|t| {
-            (now - t).num_seconds() > (3 * v.poll_interval_seconds.max(1)) as i64 + 5
-        });
+        let interval = if a.poll_interval_seconds > 0 {
+            a.poll_interval_seconds
+        } else {
+            v.poll_interval_seconds.max(1)
+        };
+        let stale = a
+            .last_successful_poll
+            .is_none_or(|t| (now - t).num_seconds() > (3 * interval) as i64 + 5);
         let down = a.last_error.is_some() || a.session == "login_failed" || (a.cycles > 0 && stale);
         if down {
+            // One id for scripts and tests (the first failing appliance), a class for all.
+            let id = if first_down {
+                " id=\"oneview-down\""
+            } else {
+                ""
+            };
+            first_down = false;
             let last = a
                 .last_successful_poll
                 .map(|t| format!(" Last successful poll {}.", age(t, now)))
                 .unwrap_or_else(|| " No poll has succeeded yet.".to_owned());
             h.push_str(&format!(
-                "<div class=\"banner\" id=\"oneview-down\" role=\"alert\">OneView {} is not answering: {}.{} Alerts raised meanwhile are paged once it answers again.</div>",
+                "<div class=\"banner oneview-down\"{id} data-appliance=\"{}\" role=\"alert\">OneView {} is not answering: {}.{} Alerts raised meanwhile are paged once it answers again.</div>",
+                esc(&a.name),
                 esc(&a.name),
                 esc(a.last_error.as_deref().unwrap_or("no successful poll recently")),
                 last
@@ -146,12 +160,18 @@ pub fn render_main(view: Result<&StatusView, &str>, refresh: u64) -> String {
         } else {
             "bad"
         };
+        let error = a
+            .last_error
+            .as_deref()
+            .map(|e| format!("<div class=\"bad last-error\">Last error: {}</div>", esc(e)))
+            .unwrap_or_default();
         h.push_str(&format!(
-            "<div class=\"card appliance\"><div class=\"v\"><a href=\"{}\">{}</a></div><div class=\"grid\">\
+            "<div class=\"card appliance\" data-appliance=\"{}\"><div class=\"v\"><a href=\"{}\">{}</a></div><div class=\"grid\">\
 <div><div class=\"k\">Session</div><div class=\"v {cls}\">{}</div></div>\
 <div><div class=\"k\">Last successful poll</div><div class=\"v\">{last}</div></div>\
 <div><div class=\"k\">Open alerts on appliance</div><div class=\"v\">{}</div></div>\
-<div><div class=\"k\">API version</div><div class=\"v\">{}</div></div></div></div>",
+<div><div class=\"k\">API version</div><div class=\"v\">{}</div></div></div>{error}</div>",
+            esc(&a.name),
             esc(&a.ui_url),
             esc(&a.name),
             session_words(&a.session),
@@ -179,15 +199,20 @@ pub fn render_main(view: Result<&StatusView, &str>, refresh: u64) -> String {
         let sev_cls: String = sev.chars().filter(char::is_ascii_alphanumeric).collect();
         h.push_str(&format!(
             "<li class=\"card alert sev-{sev_cls}\" data-key=\"{}\"><span class=\"sev sev-{sev_cls}\">{}</span> \
-<strong class=\"desc\">{}</strong><div class=\"muted\">{}{} &middot; raised {}</div>\
-<div>PagerDuty: <span class=\"pd\">{}</span></div><div><a href=\"{}\" rel=\"noopener\">Open in OneView</a></div></li>",
+<strong class=\"desc\">{}</strong><div class=\"muted\"><span class=\"appliance\">{}</span> &middot; {}{} &middot; raised {}</div>\
+<div>PagerDuty: <span class=\"pd\">{}</span>{}</div><div><a href=\"{}\" rel=\"noopener\">Open in OneView</a></div></li>",
             esc(&a.dedup_key),
             esc(&a.severity),
             esc(a.description.as_deref().unwrap_or("(no description)")),
+            esc(&a.appliance),
             esc(a.resource_name.as_deref().unwrap_or("")),
             if a.resource_name.is_some() { " &middot; " } else { "" }.to_owned() + &esc(&a.uri),
             esc(a.created.as_deref().unwrap_or("?")),
             esc(&pd_words(a)),
+            a.route
+                .as_deref()
+                .map(|r| format!(" <span class=\"muted\">(route {})</span>", esc(r)))
+                .unwrap_or_default(),
             esc(&a.oneview_link),
         ));
     }

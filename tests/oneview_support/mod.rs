@@ -27,11 +27,7 @@ pub fn config(url: &str, f: impl FnOnce(&mut RawConfig)) -> Config {
 }
 
 pub fn client(cfg: &Config) -> OneViewClient {
-    OneViewClient::new(
-        cfg.oneview.as_ref().unwrap(),
-        OneViewMetrics::unregistered(),
-    )
-    .unwrap()
+    OneViewClient::new(&cfg.appliances[0].oneview, OneViewMetrics::unregistered()).unwrap()
 }
 
 pub fn spec(severity: &str, state: &str) -> AlertSpec {
