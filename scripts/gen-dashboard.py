@@ -7,6 +7,8 @@ def nid():
     pid[0]+=1; return pid[0]
 DS={"type":"prometheus","uid":"${datasource}"}
 J='job=~"$job", instance=~"$instance"'
+# The OneView series carry the appliance (one poller watches several).
+JA=J+', appliance=~"$appliance"'
 def ts(title, targets, x, y, w=8, h=8, unit="short", desc=""):
     return {"id":nid(),"type":"timeseries","title":title,"description":desc,"datasource":DS,
       "gridPos":{"x":x,"y":y,"w":w,"h":h},
@@ -25,16 +27,20 @@ amber=lambda a,r:[{"color":"green","value":None},{"color":"orange","value":a},{"
 p=[]
 y=0
 p.append(row("Overview",y)); y+=1
-p+= [stat("Seconds since last successful poll",f'time() - max(bridge_oneview_last_successful_poll_timestamp_seconds{{{J}}})',0,y,unit="s",thresholds=amber(60,90)),
-     stat("Open OneView alerts",f'sum(bridge_oneview_open_alerts{{{J}}})',4,y),
+p+= [stat("Seconds since last successful poll (worst appliance)",f'time() - min(bridge_oneview_last_successful_poll_timestamp_seconds{{{JA}}})',0,y,unit="s",thresholds=amber(60,90)),
+     stat("Open OneView alerts",f'sum(bridge_oneview_open_alerts{{{JA}}})',4,y),
      stat("Delivery queue depth",f'sum(bridge_pagerduty_queue_depth{{{J}}})',8,y,thresholds=amber(100,1000)),
      stat("Oldest queued event",f'max(bridge_pagerduty_queue_oldest_age_seconds{{{J}}})',12,y,unit="s",thresholds=amber(60,300)),
      stat("Dead letters",f'sum(bridge_pagerduty_dead_letters{{{J}}})',16,y,thresholds=red(1)),
-     stat("OneView session age",f'max(bridge_oneview_session_age_seconds{{{J}}})',20,y,unit="s")]
+     stat("OneView session age",f'max(bridge_oneview_session_age_seconds{{{JA}}})',20,y,unit="s")]
 y+=4
+p.append(row("Appliances",y)); y+=1
+p+= [ts("Seconds since last successful poll, by appliance",[(f'time() - max by (appliance) (bridge_oneview_last_successful_poll_timestamp_seconds{{{JA}}})',"{{appliance}}")],0,y,w=12,unit="s",desc="An appliance that stops answering climbs here alone; the others stay flat."),
+     ts("Open alerts by appliance",[(f'sum by (appliance) (bridge_oneview_open_alerts{{{JA}}})',"{{appliance}}")],12,y,w=12)]
+y+=8
 p.append(row("Alert flow",y)); y+=1
-p+= [ts("OneView polls by kind and outcome",[(f'sum by (kind, outcome) (rate(bridge_oneview_polls_total{{{J}}}[$__rate_interval]))',"{{kind}} {{outcome}}")],0,y,unit="ops"),
-     ts("Alerts seen in last poll / open alerts",[(f'sum(bridge_oneview_alerts_in_last_poll{{{J}}})',"in last poll"),(f'sum(bridge_oneview_open_alerts{{{J}}})',"open"),(f'sum(rate(bridge_oneview_alerts_malformed_total{{{J}}}[$__rate_interval]))',"malformed/s")],8,y),
+p+= [ts("OneView polls by appliance and outcome",[(f'sum by (appliance, outcome) (rate(bridge_oneview_polls_total{{{JA}}}[$__rate_interval]))',"{{appliance}} {{outcome}}")],0,y,unit="ops"),
+     ts("Alerts seen in last poll / open alerts",[(f'sum(bridge_oneview_alerts_in_last_poll{{{JA}}})',"in last poll"),(f'sum(bridge_oneview_open_alerts{{{JA}}})',"open"),(f'sum(rate(bridge_oneview_alerts_malformed_total{{{JA}}}[$__rate_interval]))',"malformed/s")],8,y),
      ts("PagerDuty events by action and outcome",[(f'sum by (action, outcome) (rate(bridge_pagerduty_events_total{{{J}}}[$__rate_interval]))',"{{action}} {{outcome}}")],16,y,unit="ops")]
 y+=8
 p.append(row("Delivery",y)); y+=1
@@ -44,13 +50,13 @@ p+= [ts("Delivery latency (p50/p90/p99)",[(f'histogram_quantile({q}, sum by (le,
 y+=8
 p.append(row("Errors",y)); y+=1
 p+= [ts("PagerDuty HTTP responses by code",[(f'sum by (code) (rate(bridge_pagerduty_http_responses_total{{{J}}}[$__rate_interval]))',"{{code}}")],0,y,unit="reqps"),
-     ts("OneView requests by endpoint and status class",[(f'sum by (endpoint, status_class) (rate(bridge_oneview_request_duration_seconds_count{{{J}}}[$__rate_interval]))',"{{endpoint}} {{status_class}}")],8,y,unit="reqps"),
-     ts("OneView request latency p99 by endpoint",[(f'histogram_quantile(0.99, sum by (le, endpoint) (rate(bridge_oneview_request_duration_seconds_bucket{{{J}}}[$__rate_interval])))',"{{endpoint}}")],16,y,unit="s")]
+     ts("OneView requests by endpoint and status class",[(f'sum by (endpoint, status_class) (rate(bridge_oneview_request_duration_seconds_count{{{JA}}}[$__rate_interval]))',"{{endpoint}} {{status_class}}")],8,y,unit="reqps"),
+     ts("OneView request latency p99 by appliance",[(f'histogram_quantile(0.99, sum by (le, appliance) (rate(bridge_oneview_request_duration_seconds_bucket{{{JA}}}[$__rate_interval])))',"{{appliance}}")],16,y,unit="s")]
 y+=8
 p.append(row("OneView session",y)); y+=1
-p+= [ts("Logins by outcome",[(f'sum by (outcome) (increase(bridge_oneview_logins_total{{{J}}}[$__rate_interval]))',"{{outcome}}")],0,y),
-     ts("Session age",[(f'max by (instance) (bridge_oneview_session_age_seconds{{{J}}})',"{{instance}}")],8,y,unit="s"),
-     ts("Poll duration p90 by kind",[(f'histogram_quantile(0.9, sum by (le, kind) (rate(bridge_oneview_poll_duration_seconds_bucket{{{J}}}[$__rate_interval])))',"{{kind}}")],16,y,unit="s")]
+p+= [ts("Logins by appliance and outcome",[(f'sum by (appliance, outcome) (increase(bridge_oneview_logins_total{{{JA}}}[$__rate_interval]))',"{{appliance}} {{outcome}}")],0,y),
+     ts("Session age by appliance",[(f'max by (appliance) (bridge_oneview_session_age_seconds{{{JA}}})',"{{appliance}}")],8,y,unit="s"),
+     ts("Poll duration p90 by appliance and kind",[(f'histogram_quantile(0.9, sum by (le, appliance, kind) (rate(bridge_oneview_poll_duration_seconds_bucket{{{JA}}}[$__rate_interval])))',"{{appliance}} {{kind}}")],16,y,unit="s")]
 y+=8
 p.append(row("Web: golden signals",y)); y+=1
 p+= [ts("Traffic: requests by route",[(f'sum by (route) (rate(bridge_http_requests_total{{{J}}}[$__rate_interval]))',"{{route}}")],0,y,w=6,unit="reqps"),
@@ -76,7 +82,8 @@ dash={"uid":"oneview-pagerduty-bridge","title":"OneView PagerDuty Bridge","tags"
  "templating":{"list":[
   {"name":"datasource","type":"datasource","query":"prometheus","label":"Data source","current":{},"hide":0},
   {"name":"job","type":"query","datasource":DS,"label":"Job","query":{"query":"label_values(bridge_build_info, job)","refId":"job"},"definition":"label_values(bridge_build_info, job)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}},
-  {"name":"instance","type":"query","datasource":DS,"label":"Instance","query":{"query":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refId":"instance"},"definition":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}}]},
+  {"name":"instance","type":"query","datasource":DS,"label":"Instance","query":{"query":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refId":"instance"},"definition":"label_values(bridge_build_info{job=~\"$job\"}, instance)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}},
+  {"name":"appliance","type":"query","datasource":DS,"label":"Appliance","query":{"query":"label_values(bridge_oneview_open_alerts{job=~\"$job\"}, appliance)","refId":"appliance"},"definition":"label_values(bridge_oneview_open_alerts{job=~\"$job\"}, appliance)","refresh":2,"includeAll":True,"multi":True,"allValue":".*","current":{"text":"All","value":"$__all"}}]},
  "annotations":{"list":[]},
  "links":[{"title":"Runbook","type":"link","url":"https://github.com/example/oneview-pagerduty-bridge/blob/main/docs/RUNBOOK.md","targetBlank":True}],
  "panels":p}

@@ -1897,6 +1897,9 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
 
     // [oneview] or [[appliances]]
     let appliances = validate_appliances(&mut c, &raw, &poller, needs_backends);
+    if appliances.len() > 1 && raw.pagerduty.oneview_ui_url.is_some() {
+        c.warnings.push("pagerduty.oneview_ui_url is set while several appliances are configured: every incident's OneView link points at that one UI; leave it unset so each appliance's links use its own url".to_owned());
+    }
 
     // [server]
     let listen = match raw.server.listen.parse::<SocketAddr>() {
@@ -2225,7 +2228,19 @@ fn state_path_check(c: &mut Checker, path: &Path) {
 impl Config {
     /// The effective configuration as TOML, every secret shown as `<redacted>`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut v = match toml::Value::try_from(&self.raw) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render: {e}\n"),
+        };
+        // One form is in use: the other would only show defaults that do nothing.
+        if let Some(t) = v.as_table_mut() {
+            if self.raw.appliances.is_empty() {
+                t.remove("appliances");
+            } else {
+                t.remove("oneview");
+            }
+        }
+        toml::to_string_pretty(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 

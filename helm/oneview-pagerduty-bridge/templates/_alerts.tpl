@@ -41,7 +41,7 @@ groups:
           description: "/ready answers 503; its JSON body lists the unmet conditions (OneView login, PagerDuty, state)."
           runbook_url: {{ printf "%s#oneviewbridgenotready" $rb }}
       - alert: OneViewBridgeNoSuccessfulPoll
-        expr: (time() - bridge_oneview_last_successful_poll_timestamp_seconds{ {{- $poller -}} } > {{ mul 3 $interval }}) and (time() - process_start_time_seconds{ {{- $poller -}} } > {{ mul 3 $interval }})
+        expr: (time() - bridge_oneview_last_successful_poll_timestamp_seconds{ {{- $poller -}} } > {{ mul 3 $interval }}) and on (job, instance) (time() - process_start_time_seconds{ {{- $poller -}} } > {{ mul 3 $interval }})
         for: 1m
         labels:
           severity: critical
@@ -49,8 +49,8 @@ groups:
           {{- toYaml . | nindent 10 }}
           {{- end }}
         annotations:
-          summary: "No successful OneView poll for 3 intervals on {{ "{{ $labels.instance }}" }}"
-          description: "The last successful poll was {{ "{{ $value | humanizeDuration }}" }} ago. New OneView alerts are not paged."
+          summary: "OneView appliance {{ "{{ $labels.appliance }}" }} not polled for 3 intervals on {{ "{{ $labels.instance }}" }}"
+          description: "The last successful poll of {{ "{{ $labels.appliance }}" }} was {{ "{{ $value | humanizeDuration }}" }} ago (unreachable, refusing the login, or answering garbage). New alerts of that appliance are not paged; the other appliances are polled as usual."
           runbook_url: {{ printf "%s#oneviewbridgenosuccessfulpoll" $rb }}
       - alert: OneViewBridgeLoginFailures
         expr: sum without (outcome) (increase(bridge_oneview_logins_total{ {{- $poller -}} , outcome=~"auth_failed|error"}[15m])) > 0
@@ -61,7 +61,7 @@ groups:
           {{- toYaml . | nindent 10 }}
           {{- end }}
         annotations:
-          summary: "OneView logins are failing on {{ "{{ $labels.instance }}" }}"
+          summary: "OneView logins to {{ "{{ $labels.appliance }}" }} are failing on {{ "{{ $labels.instance }}" }}"
           description: "{{ "{{ $value | humanize }}" }} failed OneView logins in 15 minutes (auth_failed: wrong credentials or directory; error: network or TLS)."
           runbook_url: {{ printf "%s#oneviewbridgeloginfailures" $rb }}
       - alert: OneViewBridgePagerDutyRejections

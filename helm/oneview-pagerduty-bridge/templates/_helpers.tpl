@@ -300,7 +300,29 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
 {{- $ovExtra = printf "%s\nca_file = %s" $ovExtra (printf "/etc/oneview-pagerduty-bridge/ca/%s" .Values.oneviewCA.key | toJson) -}}
 {{- end -}}
 {{- $pdExtra := printf "\nrouting_key_file = %s" (include "bridge.secretFile" (list . "pagerdutyRoutingKey") | toJson) -}}
+{{- if .Values.config.appliances -}}
+{{- range $i, $a := .Values.config.appliances }}
+{{- if $i }}
+
+{{ end -}}
+[[appliances]]
+{{- range $k, $v := omit $a "passwordSecretKey" "remoteRef" "caKey" "password" "password_file" }}
+{{- if not (and (kindIs "string" $v) (eq $v "")) }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- end }}
+{{- if $a.password_file }}
+password_file = {{ $a.password_file | toJson }}
+{{- else }}
+password_file = {{ printf "%s/%s" $.Values.secrets.mountPath ($a.passwordSecretKey | default $.Values.secrets.keys.oneviewPassword) | toJson }}
+{{- end }}
+{{- if and $.Values.oneviewCA.configMap (not $a.ca_file) }}
+ca_file = {{ printf "/etc/oneview-pagerduty-bridge/ca/%s" ($a.caKey | default $.Values.oneviewCA.key) | toJson }}
+{{- end }}
+{{- end }}
+{{- else -}}
 {{ include "bridge.tomlTable" (list "oneview" $ov $ovExtra) }}
+{{- end }}
 
 {{ include "bridge.tomlTable" (list "pagerduty" $pd $pdExtra) }}
 {{- range $i, $r := .Values.config.routes }}
