@@ -207,6 +207,9 @@ pub(crate) struct Dispatcher {
     next_seq: u64,
     /// Route names whose open-incident gauge was ever set (so a route's count can go to 0).
     gauged_routes: HashSet<Arc<str>>,
+    /// A budget waits for an answer of a request in flight ([`Wait::Answer`]): the loop then
+    /// also wakes when a retrying task gives a slot back, not only when a task ends.
+    waiting_for_answer: bool,
     /// Pending jobs per intake, and what each may have: a storm on one appliance fills its
     /// own share of `pagerduty.queue_capacity` and makes only its own poller wait.
     per_source: Vec<usize>,
@@ -277,6 +280,7 @@ impl Dispatcher {
             inflight_keys: HashMap::new(),
             next_seq: 0,
             gauged_routes: HashSet::new(),
+            waiting_for_answer: false,
             per_source: vec![0; n],
             shares: sources.iter().map(|(_, s)| *s).collect(),
             source_of: sources
@@ -322,6 +326,7 @@ impl Dispatcher {
         let mut draining = false;
         let mut done = vec![false; sources.len()];
         let mut next_source = 0usize;
+        let mut room: Vec<bool> = Vec::with_capacity(sources.len());
         let mut answers = self.shared.answers.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -332,16 +337,15 @@ impl Dispatcher {
             if done.iter().all(|d| *d) && self.pending.is_empty() {
                 break;
             }
-            let room: Vec<bool> = (0..sources.len())
-                .map(|i| {
-                    !done[i]
-                        && self
-                            .per_source
-                            .get(i)
-                            .zip(self.shares.get(i))
-                            .is_some_and(|(n, s)| n < s)
-                })
-                .collect();
+            room.clear();
+            room.extend((0..sources.len()).map(|i| {
+                !done[i]
+                    && self
+                        .per_source
+                        .get(i)
+                        .zip(self.shares.get(i))
+                        .is_some_and(|(n, s)| n < s)
+            }));
             // The next change of any intake with room, starting after the last one served, so
             // that intakes take turns.
             let intake = std::future::poll_fn(|cx| {
@@ -386,7 +390,7 @@ impl Dispatcher {
                     }
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
-                _ = answers.changed() => {}
+                _ = answers.changed(), if self.waiting_for_answer => {}
                 _ = work.cancelled(), if !draining => {
                     draining = true;
                     for s in &mut sources {
@@ -772,6 +776,7 @@ impl Dispatcher {
     /// limiter frees the next slot, if something waits for it and no answer will free it first.
     fn dispatch(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
+        self.waiting_for_answer = false;
         while self.inflight.len() < self.shared.settings.concurrency {
             let now = Instant::now();
             let mut best: Option<(ReadyEntry, Arc<str>)> = None;
@@ -786,8 +791,9 @@ impl Dispatcher {
                             }
                         }
                         Err(w) => {
-                            if let Wait::Until(at) = w {
-                                wake = Some(wake.map_or(at, |x| x.min(at)));
+                            match w {
+                                Wait::Until(at) => wake = Some(wake.map_or(at, |x| x.min(at))),
+                                Wait::Answer => self.waiting_for_answer = true,
                             }
                             if self.blocked.insert(budget.clone()) {
                                 self.shared.metrics.rate_limit_waits.inc();

@@ -53,6 +53,9 @@ struct Table {
     entries: HashMap<Box<str>, Entry>,
     /// Keys whose incident the bridge saw resolved, until when that is remembered.
     resolved: HashMap<Box<str>, Instant>,
+    /// Open incidents per route, kept as holdings change (the gauge reads it every second;
+    /// counting the entries then would be O(alerts)).
+    per_route: HashMap<Arc<str>, usize>,
     ttl: Duration,
     next_sweep: Instant,
 }
@@ -94,6 +97,7 @@ impl Incidents {
             table: Mutex::new(Table {
                 entries: HashMap::new(),
                 resolved: HashMap::new(),
+                per_route: HashMap::new(),
                 ttl,
                 next_sweep: Instant::now() + sweep_every(ttl),
             }),
@@ -171,8 +175,8 @@ impl Incidents {
         match action {
             Action::Trigger => {
                 g.resolved.remove(key);
-                match g.entries.get_mut(key) {
-                    Some(e) => e.held = Some((route.clone(), fingerprint)),
+                let before = match g.entries.get_mut(key) {
+                    Some(e) => e.held.replace((route.clone(), fingerprint)).map(|(r, _)| r),
                     None => {
                         g.entries.insert(
                             Box::from(key),
@@ -181,21 +185,30 @@ impl Incidents {
                                 open: None,
                             },
                         );
+                        None
                     }
+                };
+                if let Some(r) = before {
+                    g.count(&r, -1);
                 }
+                g.count(route, 1);
             }
             Action::Resolve => {
-                let closes = match g.entries.get_mut(key) {
+                // (closes the key, released a holding of `route`)
+                let (closes, released) = match g.entries.get_mut(key) {
                     Some(e) => match &e.held {
                         Some((r, _)) if r == route => {
                             e.held = None;
-                            true
+                            (true, true)
                         }
-                        Some(_) => false,
-                        None => settled,
+                        Some(_) => (false, false),
+                        None => (settled, false),
                     },
-                    None => settled,
+                    None => (settled, false),
                 };
+                if released {
+                    g.count(route, -1);
+                }
                 if g.entries.get(key).is_some_and(Entry::is_empty) {
                     g.entries.remove(key);
                 }
@@ -227,13 +240,17 @@ impl Incidents {
                         .entry(route)
                         .or_insert_with(|| Arc::from(route))
                         .clone();
-                    g.entries.insert(
+                    let before = g.entries.insert(
                         Box::from(key),
                         Entry {
-                            held: Some((route, fingerprint)),
+                            held: Some((route.clone(), fingerprint)),
                             open: None,
                         },
                     );
+                    if let Some((r, _)) = before.and_then(|e| e.held) {
+                        g.count(&r, -1);
+                    }
+                    g.count(&route, 1);
                 }
                 Action::Resolve if age < ttl => {
                     g.resolved.insert(Box::from(key), now + (ttl - age));
@@ -290,11 +307,7 @@ impl Incidents {
     pub fn counts(&self) -> (HashMap<Arc<str>, usize>, usize) {
         let mut g = self.lock();
         g.sweep(Instant::now());
-        let mut per_route: HashMap<Arc<str>, usize> = HashMap::new();
-        for (r, _) in g.entries.values().filter_map(|e| e.held.as_ref()) {
-            *per_route.entry(r.clone()).or_default() += 1;
-        }
-        (per_route, g.entries.len() + g.resolved.len())
+        (g.per_route.clone(), g.entries.len() + g.resolved.len())
     }
 }
 
@@ -303,6 +316,11 @@ fn sweep_every(ttl: Duration) -> Duration {
 }
 
 impl Table {
+    fn count(&mut self, route: &Arc<str>, delta: isize) {
+        let n = self.per_route.entry(route.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+
     /// Forgets resolved keys past their time, at most every `ttl / 16`; gives back the capacity
     /// of a storm once the maps are mostly empty.
     fn sweep(&mut self, now: Instant) {
