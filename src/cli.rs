@@ -46,18 +46,20 @@ pub enum Command {
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Try it: OneView and PagerDuty simulators plus the bridge, on loopback, with live output.
+    /// Try it: an estate of three simulated OneView appliances (a Synergy frame set
+    /// "synergy-dc1", a second data centre "synergy-dc2", a BladeSystem lab "bladesystem-lab"),
+    /// a PagerDuty simulator and the bridge watching all three, on loopback, with live output.
     Demo {
-        /// Where the bridge serves /health, /ready, /metrics.
+        /// Where the bridge serves its status page, /health, /ready, /metrics.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// The bridge's poll interval.
+        /// The bridge's poll interval (every appliance).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Open alerts the simulated appliance starts with.
+        /// Open alerts each simulated appliance starts with.
         #[arg(long, default_value_t = 6)]
         alerts: usize,
-        /// How often the simulated appliance raises, changes or clears an alert ("0s": never).
+        /// How often each simulated appliance raises, changes or clears an alert ("0s": never).
         #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
         churn_every: Duration,
     },
@@ -96,15 +98,24 @@ pub enum SimTarget {
         latency_ms: u64,
     },
     /// A OneView appliance (REST API subset plus a /sim control API), over HTTP, or HTTPS with
-    /// --tls-cert and --tls-key.
+    /// --tls-cert and --tls-key; with --appliances N, an estate of N appliances, one per port.
     Oneview {
-        /// Address to serve on.
+        /// Address to serve on; with --appliances N, the first of N consecutive ports (port 0:
+        /// each appliance gets a free port).
         #[arg(long, default_value = "127.0.0.1:9443")]
         listen: SocketAddr,
-        /// User name the simulator accepts.
+        /// Appliances to serve, each on its own port with its own alerts, sessions and
+        /// password: synergy-dc1 (a Synergy frame set), synergy-dc2 (a second data centre),
+        /// bladesystem-lab (a BladeSystem c7000 lab), then synergy-dc3, synergy-dc4, ... The
+        /// other options apply to each. With the default --listen, 3 appliances take ports
+        /// 9443-9445, so the PagerDuty simulator then needs another --listen than its 9444.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        appliances: u16,
+        /// User name the simulator accepts (every appliance).
         #[arg(long, default_value = "administrator")]
         username: String,
-        /// Password the simulator accepts (printed at start; this is a simulator).
+        /// Password the simulator accepts (printed at start; this is a simulator). With
+        /// --appliances 2 or more, appliance NAME accepts "<password>-NAME" only.
         #[arg(long, default_value = "sim-password", env = "SIM_ONEVIEW_PASSWORD")]
         password: String,
         /// `currentVersion` reported by /rest/version.
@@ -119,10 +130,11 @@ pub enum SimTarget {
         /// Session idle timeout.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         idle_timeout: Duration,
-        /// Realistic open alerts to create at start.
+        /// Realistic open alerts to create at start (on each appliance).
         #[arg(long, default_value_t = 5)]
         alerts: usize,
-        /// Old cleared alerts to create at start (spread over the last 30 days).
+        /// Old cleared alerts to create at start, spread over the last 30 days (on each
+        /// appliance).
         #[arg(long, default_value_t = 0)]
         cleared_alerts: usize,
         /// Serve HTTPS with this PEM certificate chain (needs --tls-key).

@@ -72,6 +72,7 @@ pub async fn simulate(target: SimTarget, shutdown: CancellationToken) -> anyhow:
         }
         SimTarget::Oneview {
             listen,
+            appliances,
             username,
             password,
             current_version,
@@ -83,60 +84,224 @@ pub async fn simulate(target: SimTarget, shutdown: CancellationToken) -> anyhow:
             tls_cert,
             tls_key,
         } => {
-            use crate::sim::oneview::{self as sim, GenerateSpec, SimConfig};
-            let cfg = SimConfig {
+            let base = crate::sim::oneview::SimConfig {
                 username,
                 password,
                 current_version,
                 minimum_version,
                 login_banner: !no_banner,
                 idle_timeout,
-                ..SimConfig::default()
+                ..crate::sim::oneview::SimConfig::default()
             };
-            let (user, pass) = (cfg.username.clone(), cfg.password.clone());
             let tls = match (&tls_cert, &tls_key) {
-                (Some(c), Some(k)) => Some(sim::TlsFiles::read(c, k).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read --tls-cert {} / --tls-key {}: {e}",
-                        c.display(),
-                        k.display()
-                    )
-                })?),
+                (Some(c), Some(k)) => {
+                    Some(crate::sim::oneview::TlsFiles::read(c, k).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read --tls-cert {} / --tls-key {}: {e}",
+                            c.display(),
+                            k.display()
+                        )
+                    })?)
+                }
                 _ => None,
             };
-            let running = sim::start_with(cfg, listen, tls)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}"))?;
-            running.handle.generate(&GenerateSpec {
-                count: cleared_alerts,
-                state: Some("Cleared".to_owned()),
-                max_age_ms: 30 * 24 * 3600 * 1000,
-                ..GenerateSpec::default()
-            });
-            running.handle.generate(&GenerateSpec {
-                count: alerts,
-                ..GenerateSpec::default()
-            });
-            let url = running.url();
-            println!("OneView simulator serving {url}");
-            println!("  username: {user}");
-            println!("  password: {pass}");
-            println!(
-                "  API versions {minimum_version}..{current_version}; alerts: {} ({} open)",
-                running.handle.alert_count(),
-                running.handle.open_alert_count()
-            );
-            println!(
-                "  bridge config: [oneview] url = \"{url}\", username = \"{user}\", password_file = <file holding the password>"
-            );
-            println!(
-                "  control API: GET {url}/sim, POST {url}/sim/alerts, POST {url}/sim/alerts/generate, PATCH/DELETE {url}/sim/alerts/{{id}}, POST {url}/sim/alerts/{{id}}/clear, PUT {url}/sim/faults, POST {url}/sim/sessions/expire, GET {url}/sim/counters"
-            );
-            shutdown.cancelled().await;
-            running.stop().await;
-            Ok(())
+            let seed = Seed {
+                alerts,
+                cleared_alerts,
+            };
+            if appliances <= 1 {
+                simulate_one_oneview(base, listen, tls, seed, shutdown).await
+            } else {
+                simulate_oneview_estate(base, listen, appliances, tls, seed, shutdown).await
+            }
         }
     }
+}
+
+/// The alerts each simulated appliance starts with.
+#[derive(Clone, Copy)]
+struct Seed {
+    alerts: usize,
+    cleared_alerts: usize,
+}
+
+impl Seed {
+    fn apply(self, h: &crate::sim::oneview::SimHandle) {
+        use crate::sim::oneview::GenerateSpec;
+        h.generate(&GenerateSpec {
+            count: self.cleared_alerts,
+            state: Some("Cleared".to_owned()),
+            max_age_ms: 30 * 24 * 3600 * 1000,
+            ..GenerateSpec::default()
+        });
+        h.generate(&GenerateSpec {
+            count: self.alerts,
+            ..GenerateSpec::default()
+        });
+    }
+}
+
+/// The simulator's control API, for the banner.
+fn control_api(url: &str) -> String {
+    format!(
+        "GET {url}/sim, POST {url}/sim/alerts, POST {url}/sim/alerts/generate, PATCH/DELETE {url}/sim/alerts/{{id}}, POST {url}/sim/alerts/{{id}}/clear, PUT {url}/sim/faults, POST {url}/sim/sessions/expire, GET {url}/sim/counters"
+    )
+}
+
+/// `simulate oneview` with one appliance: the flags and output from before estates.
+async fn simulate_one_oneview(
+    cfg: crate::sim::oneview::SimConfig,
+    listen: std::net::SocketAddr,
+    tls: Option<crate::sim::oneview::TlsFiles>,
+    seed: Seed,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (user, pass) = (cfg.username.clone(), cfg.password.clone());
+    let (minimum_version, current_version) = (cfg.minimum_version, cfg.current_version);
+    let running = crate::sim::oneview::start_with(cfg, listen, tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}"))?;
+    seed.apply(&running.handle);
+    let url = running.url();
+    println!("OneView simulator serving {url}");
+    println!("  username: {user}");
+    println!("  password: {pass}");
+    println!(
+        "  API versions {minimum_version}..{current_version}; alerts: {} ({} open)",
+        running.handle.alert_count(),
+        running.handle.open_alert_count()
+    );
+    println!(
+        "  bridge config: [oneview] url = \"{url}\", username = \"{user}\", password_file = <file holding the password>"
+    );
+    println!("  control API: {}", control_api(&url));
+    shutdown.cancelled().await;
+    running.stop().await;
+    Ok(())
+}
+
+/// One `[[appliances]]` entry of the snippet `simulate oneview --appliances N` prints.
+#[derive(serde::Serialize)]
+struct ApplianceSnippet {
+    name: String,
+    url: String,
+    username: String,
+    password: String,
+}
+
+#[derive(serde::Serialize)]
+struct EstateSnippet {
+    appliances: Vec<ApplianceSnippet>,
+}
+
+/// `simulate oneview --appliances N`: N appliances on consecutive ports from `listen`'s (all
+/// on free ports when it is 0), each with its own site, alerts, sessions and password.
+async fn simulate_oneview_estate(
+    base: crate::sim::oneview::SimConfig,
+    listen: std::net::SocketAddr,
+    appliances: u16,
+    tls: Option<crate::sim::oneview::TlsFiles>,
+    seed: Seed,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use crate::sim::oneview as sim;
+    let mut running: Vec<(String, sim::RunningSim)> = Vec::new();
+    let mut failure = None;
+    for (i, (name, site)) in sim::estate(usize::from(appliances)).into_iter().enumerate() {
+        let port = if listen.port() == 0 {
+            Some(0)
+        } else {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| listen.port().checked_add(i))
+        };
+        let Some(port) = port else {
+            failure = Some(anyhow::anyhow!(
+                "--appliances {appliances} needs {appliances} consecutive ports from --listen {listen}, past 65535; give --listen a lower port"
+            ));
+            break;
+        };
+        let addr = std::net::SocketAddr::new(listen.ip(), port);
+        let cfg = sim::SimConfig {
+            password: sim::estate_password(&base.password, &name),
+            name: Some(name.clone()),
+            site,
+            ..base.clone()
+        };
+        match sim::start_with(cfg, addr, tls.clone()).await {
+            Ok(r) => {
+                seed.apply(&r.handle);
+                running.push((name, r));
+            }
+            Err(e) => {
+                failure = Some(anyhow::anyhow!(
+                    "cannot serve appliance {name} on {addr}: {e}; --appliances {appliances} takes {appliances} consecutive ports from --listen {listen} (the PagerDuty simulator's default is 9444): pick a --listen port with {appliances} free ones after it, or port 0 for free ports"
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        for (_, r) in running {
+            r.stop().await;
+        }
+        return Err(e);
+    }
+
+    let width = running.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    println!(
+        "OneView simulator: an estate of {} appliances, each with its own alerts, sessions and password",
+        running.len()
+    );
+    for (name, r) in &running {
+        let cfg = r.handle.config();
+        println!(
+            "  {name:<width$}  {}  username {}  password {}  ({}; {} alerts, {} open)",
+            r.url(),
+            cfg.username,
+            cfg.password,
+            cfg.site.description,
+            r.handle.alert_count(),
+            r.handle.open_alert_count()
+        );
+    }
+    println!(
+        "  API versions {}..{} on each",
+        base.minimum_version, base.current_version
+    );
+    let snippet = EstateSnippet {
+        appliances: running
+            .iter()
+            .map(|(name, r)| {
+                let cfg = r.handle.config();
+                ApplianceSnippet {
+                    name: name.clone(),
+                    url: r.url(),
+                    username: cfg.username,
+                    password: cfg.password,
+                }
+            })
+            .collect(),
+    };
+    let toml = toml::to_string(&snippet)
+        .map_err(|e| anyhow::anyhow!("cannot write the [[appliances]] snippet (a bug): {e}"))?;
+    println!(
+        "  bridge config, ready to paste (simulator passwords; for real appliances use password_file{}):",
+        if tls.is_some() {
+            ", and ca_file = the CA of --tls-cert"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!("{}", toml.trim_end());
+    println!();
+    println!("  control API on each appliance's URL: {}", control_api(""));
+    shutdown.cancelled().await;
+    for (_, r) in running {
+        r.stop().await;
+    }
+    Ok(())
 }
 
 /// GETs `url` once; Ok only on HTTP 200. Never prints the body.

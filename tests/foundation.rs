@@ -637,9 +637,10 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     assert!(lines.iter().any(|l| l.contains("bridge stopped")));
 }
 
-/// `demo` as a user runs it: the URLs its banner prints and the incident links PagerDuty
-/// receives all answer (the OneView simulator serves a page at `/`, where a browser lands for
-/// `{ui}/#/activity/r{uri}`), and `--churn-every 0s` reads as "off", not "every 0ns".
+/// `demo` as a user runs it: the URLs its banner prints (one per simulated appliance) and the
+/// incident links PagerDuty receives all answer, each on its own appliance (the OneView
+/// simulator serves a page at `/`, where a browser lands for `{ui}/#/activity/r{uri}`), and
+/// `--churn-every 0s` reads as "off", not "every 0ns".
 #[test]
 fn demo_banner_urls_and_incident_links_answer() {
     let mut child = Command::new(BIN)
@@ -696,10 +697,19 @@ fn demo_banner_urls_and_incident_links_answer() {
         let status = r.status();
         (status, r.text().unwrap_or_default())
     };
-    let oneview = url_after("OneView");
-    let (status, body) = get(&oneview);
-    assert_eq!(status, 200, "{oneview}");
-    assert!(body.contains("OneView simulator"), "{body}");
+    // One simulator URL per appliance of the estate, each answering as that appliance.
+    let oneviews: Vec<(&str, String)> = ["synergy-dc1", "synergy-dc2", "bladesystem-lab"]
+        .into_iter()
+        .map(|name| (name, url_after(&format!("{name} "))))
+        .collect();
+    for (name, oneview) in &oneviews {
+        let (status, body) = get(oneview);
+        assert_eq!(status, 200, "{oneview}");
+        assert!(
+            body.contains(&format!("OneView simulator {name}")),
+            "{body}"
+        );
+    }
     let (status, _) = get(&url_after("status page"));
     assert_eq!(status, 200);
 
@@ -707,26 +717,50 @@ fn demo_banner_urls_and_incident_links_answer() {
     let incidents = url_after("PagerDuty");
     let events_url = incidents.replace("/sim/incidents", "/sim/events");
     let events: serde_json::Value = client.get(&events_url).send().unwrap().json().unwrap();
-    let links: Vec<String> = events
+    // (the appliance in the dedup key, the link) of every event.
+    let links: Vec<(String, String)> = events
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|e| e["body"]["links"].as_array())
-        .flatten()
-        .filter_map(|l| l["href"].as_str().map(str::to_owned))
+        .flat_map(|e| {
+            let appliance = e["body"]["dedup_key"]
+                .as_str()
+                .and_then(|k| k.split(':').nth(1))
+                .unwrap_or_default()
+                .to_owned();
+            e["body"]["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |l| {
+                    l["href"]
+                        .as_str()
+                        .map(|h| (appliance.clone(), h.to_owned()))
+                })
+        })
         .collect();
     assert!(links.len() >= 2, "{events}");
-    for link in &links {
-        assert!(link.starts_with(oneview.trim_end_matches('/')), "{link}");
+    let oneview_of = |appliance: &str| -> &str {
+        oneviews
+            .iter()
+            .find(|(n, _)| *n == appliance)
+            .map(|(_, u)| u.trim_end_matches('/'))
+            .unwrap_or_else(|| panic!("an event from {appliance:?}, not in the estate"))
+    };
+    for (appliance, link) in &links {
+        assert!(
+            link.starts_with(oneview_of(appliance)),
+            "{link} lands on its own appliance {appliance}"
+        );
         assert!(link.contains("/#/activity/r/rest/alerts/"), "{link}");
         let (status, body) = get(link);
         assert_eq!(status, 200, "{link}");
         assert!(body.contains("OneView simulator"), "{link}");
     }
-    let alert_id = links[0].rsplit('/').next().unwrap();
+    let alert_id = links[0].1.rsplit('/').next().unwrap();
     let (status, alert) = get(&format!(
         "{}/sim/alerts/{alert_id}",
-        oneview.trim_end_matches('/')
+        oneview_of(&links[0].0)
     ));
     assert_eq!(status, 200, "the page's pointer to the alert's JSON");
     assert!(

@@ -10,11 +10,13 @@
 //!
 //! It is product code: the tests, the benchmarks and the `demo` command use it, and users run
 //! it alone (`oneview-pagerduty-bridge simulate oneview --listen 127.0.0.1:9443`) to try their
-//! setup. Time comes from tokio's clock (anchored to the wall clock at start), so tests with
+//! setup. An estate is several simulators, one per port, each with its own store, sessions,
+//! credentials and [`Site`] (how its alerts name the hardware), see [`site`]. Time comes from tokio's clock (anchored to the wall clock at start), so tests with
 //! paused time control session expiry and `modified` stamps.
 
 pub mod filter;
 mod server;
+pub mod site;
 pub mod store;
 pub mod templates;
 mod tls;
@@ -30,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use server::router;
+pub use site::{Site, estate, estate_password};
 use store::Store;
 pub use store::{AlertSpec, GenerateSpec};
 pub use tls::TlsFiles;
@@ -65,6 +68,10 @@ pub struct SimConfig {
     /// Whether alert updates check their `eTag` (412 on a mismatch). Off: the last writer
     /// wins, as with appliances that ignore it; a client must not rely on it for idempotency.
     pub check_etag: bool,
+    /// The appliance's name in an estate (shown on its page and at `/sim`); `None` alone.
+    pub name: Option<String>,
+    /// How generated alerts name the hardware; read at start only.
+    pub site: Site,
 }
 
 impl Default for SimConfig {
@@ -80,6 +87,8 @@ impl Default for SimConfig {
             default_page_size: 25,
             page_uri_style: PageUriStyle::Null,
             check_etag: true,
+            name: None,
+            site: Site::default(),
         }
     }
 }
@@ -201,10 +210,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SimHandle {
     pub fn new(cfg: SimConfig) -> Self {
+        let store = Store::new(cfg.site.clone());
         Self {
             inner: Arc::new(Inner {
                 cfg: Mutex::new(cfg),
-                store: Mutex::new(Store::default()),
+                store: Mutex::new(store),
                 sessions: Mutex::new(HashMap::new()),
                 faults: Mutex::new(Faults::default()),
                 faults_changed: tokio::sync::Notify::new(),

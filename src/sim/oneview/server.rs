@@ -848,14 +848,15 @@ fn control_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Respo
 /// demo answered 404. It names the alert the link meant and where its JSON is; constant size,
 /// whatever the store holds.
 async fn ui_page(State(h): State<SimHandle>) -> Response {
+    let cfg = h.config();
     let page = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>OneView simulator</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
-<h1>OneView simulator</h1>
+<h1>OneView simulator{title}</h1>
 <p>This is the bridge's OneView simulator, not an appliance: it has no web UI.
-It holds {open} open alerts ({total} in all).</p>
+It plays {site} and holds {open} open alerts ({total} in all).</p>
 <p id="alert">Links from incidents name an alert after <code>#/activity/r</code>.</p>
 <ul>
 <li><a href="/sim">/sim</a>: status, configuration, faults and counters</li>
@@ -877,6 +878,12 @@ if (m) {{
 "#,
         open = h.open_alert_count(),
         total = h.alert_count(),
+        title = cfg
+            .name
+            .as_deref()
+            .map(|n| format!(" {}", crate::web::page::esc(n)))
+            .unwrap_or_default(),
+        site = crate::web::page::esc(&cfg.site.description),
     );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

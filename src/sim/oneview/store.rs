@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::filter::{Attr, Fields, Pred};
+use super::site::Site;
 use super::templates::{Template, templates};
 use crate::model::{AlertState, Severity};
 use crate::oneview::collection::format_timestamp;
@@ -192,6 +193,8 @@ pub struct Store {
     next_etag: u64,
     /// template * RESOURCE_VARIANTS + variant -> resource.
     resources: HashMap<u64, Arc<SimResource>>,
+    /// How generated resources are named.
+    site: Site,
 }
 
 /// Distinct resources per template for generated alerts.
@@ -206,6 +209,14 @@ fn mix(x: u64) -> u64 {
 }
 
 impl Store {
+    /// An empty store whose generated alerts name `site`'s hardware.
+    pub fn new(site: Site) -> Self {
+        Self {
+            site,
+            ..Self::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.alerts.len()
     }
@@ -231,11 +242,21 @@ impl Store {
         if let Some(r) = self.resources.get(&slot) {
             return r.clone();
         }
+        let site = &self.site;
+        let (bays, interconnects) = (site.bays.max(1), site.interconnect_bays.max(1));
         let name: String = match &*t.resource_category {
-            "server-hardware" => format!("SGH8{:02}YECA, bay {}", (n / 12) % 40, n % 12 + 1),
-            "sas-interconnects" => {
-                format!("SGH8{:02}YECA, interconnect {}", (n / 6) % 40, n % 6 + 1)
+            "server-hardware" => {
+                format!("{}, bay {}", site.enclosure((n / bays) % 40), n % bays + 1)
             }
+            "sas-interconnects" => format!(
+                "{}, interconnect {}",
+                site.enclosure((n / interconnects) % 40),
+                n % interconnects + 1
+            ),
+            "logical-enclosures" => site
+                .logical_enclosure
+                .clone()
+                .unwrap_or_else(|| t.resource_name.to_string()),
             _ => t.resource_name.to_string(),
         };
         let key = format!("{}|{name}", t.resource_category);
