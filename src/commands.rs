@@ -235,7 +235,7 @@ async fn simulate_oneview_estate(
             }
             Err(e) => {
                 failure = Some(anyhow::anyhow!(
-                    "cannot serve appliance {name} on {addr}: {e}; --appliances {appliances} takes {appliances} consecutive ports from --listen {listen} : give --listen a port where {appliances} consecutive ports are free (from the default 9443, the PagerDuty simulator's default 9444 is one of them), or port 0 for any free ports"
+                    "cannot serve appliance {name} on {addr}: {e}; --appliances {appliances} takes {appliances} consecutive ports from --listen {listen}: give --listen a port where {appliances} consecutive ports are free (from the default 9443, the PagerDuty simulator's default 9444 is one of them), or port 0 for any free ports"
                 ));
                 break;
             }

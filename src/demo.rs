@@ -122,8 +122,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         }
     };
 
-    let mut raw = RawConfig::default();
-    raw.appliances = estate
+    let appliances = estate
         .iter()
         .map(|a| {
             let cfg = a.sim.handle.config();
@@ -136,6 +135,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             }
         })
         .collect();
+    let mut raw = RawConfig {
+        appliances,
+        ..RawConfig::default()
+    };
     raw.pagerduty.routing_key = Some(SecretString::from(DEMO_ROUTING_KEY.to_owned()));
     raw.pagerduty.events_url = pagerduty.events_url();
     // With `--listen 127.0.0.1:0` the port is known only after the bind: no client_url then,
