@@ -20,7 +20,7 @@
 //! cycle fails with `implausible_snapshot`, nothing is resolved) and read again next cycle; a
 //! mass clear the sample confirms resolves at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use super::metrics::OneViewMetrics;
 use crate::config::PollerConfig;
 use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
 use crate::readiness::Readiness;
-use crate::recent::shrink_if_sparse;
+use crate::recent::{FastMap, shrink_if_sparse};
 
 /// Readiness condition unmet while no appliance has finished its first full sync.
 pub const READY_SYNC: &str = crate::readiness::INITIAL_SYNC;
@@ -116,9 +116,9 @@ impl PollerStatus {
 #[derive(Default)]
 struct Memory {
     /// Watched open alerts by uri.
-    open: HashMap<Arc<str>, Arc<Alert>>,
+    open: FastMap<Arc<str>, Arc<Alert>>,
     /// uri -> `modified` (unix ms) of alerts already processed inside the overlap window.
-    recent: HashMap<Arc<str>, i64>,
+    recent: FastMap<Arc<str>, i64>,
     /// Unix ms; `None` until the first full sync.
     watermark: Option<i64>,
     /// The watermark right after the first full sync (appliance clock, unix ms). An alert

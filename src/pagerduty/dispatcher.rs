@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{AlertChange, ChangeKind};
 use crate::pipeline::{Holding, Incidents, Incoming, Queued, Routes, Step, Why, decide};
 use crate::readiness::Readiness;
+use crate::recent::FastMap;
 
 use super::event::{self, Action, Encoded, EventContext};
 use super::ratelimit::{RateLimiter, Wait};
@@ -194,7 +195,7 @@ pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     router: Router,
     ctx: EventContext,
-    keys: HashMap<String, KeyQueue>,
+    keys: FastMap<String, KeyQueue>,
     /// Ready keys per rate-limit budget, so a limited routing key does not hide another's work.
     ready: HashMap<Arc<str>, BTreeSet<ReadyEntry>>,
     /// Enqueue time of every pending job by sequence number: depth and oldest age.
@@ -203,7 +204,7 @@ pub(crate) struct Dispatcher {
     blocked: HashSet<Arc<str>>,
     inflight: JoinSet<Done>,
     /// Key and budget of each delivery task (a panicking task still gives its slot back).
-    inflight_keys: HashMap<tokio::task::Id, (String, Arc<str>)>,
+    inflight_keys: FastMap<tokio::task::Id, (String, Arc<str>)>,
     next_seq: u64,
     /// Route names whose open-incident gauge was ever set (so a route's count can go to 0).
     gauged_routes: HashSet<Arc<str>>,
@@ -272,12 +273,12 @@ impl Dispatcher {
             shared,
             router,
             ctx,
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             ready: HashMap::new(),
             pending: BTreeMap::new(),
             blocked: HashSet::new(),
             inflight: JoinSet::new(),
-            inflight_keys: HashMap::new(),
+            inflight_keys: FastMap::default(),
             next_seq: 0,
             gauged_routes: HashSet::new(),
             waiting_for_answer: false,

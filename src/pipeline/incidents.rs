@@ -13,6 +13,8 @@
 //! no state ever mentioned, the holding is [`Holding::Unknown`].
 
 use std::collections::HashMap;
+
+use crate::recent::FastMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,12 +52,12 @@ impl Entry {
 }
 
 struct Table {
-    entries: HashMap<Box<str>, Entry>,
+    entries: FastMap<Box<str>, Entry>,
     /// Keys whose incident the bridge saw resolved, until when that is remembered.
-    resolved: HashMap<Box<str>, Instant>,
+    resolved: FastMap<Box<str>, Instant>,
     /// Open incidents per route, kept as holdings change (the gauge reads it every second;
     /// counting the entries then would be O(alerts)).
-    per_route: HashMap<Arc<str>, usize>,
+    per_route: FastMap<Arc<str>, usize>,
     ttl: Duration,
     next_sweep: Instant,
 }
@@ -95,9 +97,9 @@ impl Incidents {
         let ttl = ttl.max(Duration::from_secs(1));
         Self {
             table: Mutex::new(Table {
-                entries: HashMap::new(),
-                resolved: HashMap::new(),
-                per_route: HashMap::new(),
+                entries: FastMap::default(),
+                resolved: FastMap::default(),
+                per_route: FastMap::default(),
                 ttl,
                 next_sweep: Instant::now() + sweep_every(ttl),
             }),
@@ -304,7 +306,7 @@ impl Incidents {
     }
 
     /// Open incidents per route (the gauge) and the number of keys remembered in all.
-    pub fn counts(&self) -> (HashMap<Arc<str>, usize>, usize) {
+    pub fn counts(&self) -> (FastMap<Arc<str>, usize>, usize) {
         let mut g = self.lock();
         g.sweep(Instant::now());
         (g.per_route.clone(), g.entries.len() + g.resolved.len())
