@@ -105,6 +105,30 @@ enum Cmd {
         #[arg(long, default_value = "own", value_parser = ["own", "foreign"])]
         webhook_incidents: String,
     },
+    /// 8: the estate: N appliances x M open alerts in one bridge; startup, idle RSS and CPU,
+    /// OneView requests per appliance per cycle.
+    Estate {
+        #[arg(long, default_value_t = 50)]
+        appliances: usize,
+        /// Open alerts per appliance (paged at startup).
+        #[arg(long, default_value_t = 1000)]
+        open: usize,
+        #[arg(long, default_value_t = 300)]
+        idle_seconds: u64,
+        #[arg(long, default_value_t = 30_000)]
+        interval_ms: u64,
+    },
+    /// 9: isolation: appliance B's alert-to-202 while appliance A delivers a storm.
+    Isolation {
+        #[arg(long, default_value_t = 20_000)]
+        storm: usize,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// B's alerts raised while the estate is idle (the baseline); during the storm one is
+        /// raised every 0-100 ms, at most ten times as many.
+        #[arg(long, default_value_t = 40)]
+        probes: usize,
+    },
     /// The simulators alone (they must not be the bottleneck).
     Sims {
         #[arg(long, default_value_t = 20_000)]
@@ -202,6 +226,17 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
             )
             .await
         }
+        Cmd::Estate {
+            appliances,
+            open,
+            idle_seconds,
+            interval_ms,
+        } => estate(appliances, open, idle_seconds, interval_ms).await,
+        Cmd::Isolation {
+            storm,
+            interval_ms,
+            probes,
+        } => isolation(storm, interval_ms, probes).await,
         Cmd::Sims { events, stored } => sims(events, stored).await,
         Cmd::Smoke => Err("smoke is not repeatable".into()),
     }
@@ -276,6 +311,25 @@ async fn smoke() -> R<()> {
             false,
         ),
         ("footprint", Cmd::Footprint { idle_seconds: 1 }, false),
+        (
+            "estate",
+            Cmd::Estate {
+                appliances: 3,
+                open: 20,
+                idle_seconds: 2,
+                interval_ms: 1000,
+            },
+            false,
+        ),
+        (
+            "isolation",
+            Cmd::Isolation {
+                storm: 500,
+                interval_ms: 1000,
+                probes: 3,
+            },
+            false,
+        ),
     ];
     let mut steps = steps;
     if which("wrk") {
@@ -730,6 +784,220 @@ async fn footprint(idle_seconds: u64) -> R<Figures> {
             (p.cpu_s - cpu0) / idle_seconds as f64 * 100.0,
         ),
     ])
+}
+
+/// 8: the estate: `appliances` OneView appliances with `open` open alerts each in one bridge.
+/// Startup to ready and to every alert paged, then the idle cost at `interval_ms`: RSS, CPU,
+/// and OneView requests per appliance per cycle.
+async fn estate(appliances: usize, open: usize, idle_seconds: u64, interval_ms: u64) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let mut extra = Vec::with_capacity(appliances.saturating_sub(1));
+    for _ in 1..appliances {
+        extra.push(start_ov().await?);
+    }
+    let all: Vec<&ovsim::RunningSim> = std::iter::once(&sims.ov).chain(&extra).collect();
+    for ov in &all {
+        for (sev, n) in [("Critical", open / 2), ("Warning", open - open / 2)] {
+            let _ = ov.handle.generate(&GenerateSpec {
+                count: n,
+                severity: Some(sev.into()),
+                state: Some("Active".into()),
+                max_age_ms: 86_400_000,
+            });
+        }
+    }
+    let mut o = Opts::new(interval_ms);
+    o.appliances = all
+        .iter()
+        .enumerate()
+        .map(|(i, ov)| (format!("dc-{i:02}"), ov.url()))
+        .collect();
+    let total = (appliances * open) as u64;
+    let limit = Duration::from_secs(120 + total / 500);
+    let b = Bridge::spawn(&sims, &o).await?;
+    let ready = b.ready_after;
+    let t0 = Instant::now();
+    wait_for(limit, || sims.pd.counters().incidents_opened >= total)
+        .await
+        .map_err(|_| {
+            format!(
+                "{} of {total} open alerts paged in {limit:?}",
+                sims.pd.counters().incidents_opened
+            )
+        })?;
+    let paged = ready + t0.elapsed();
+    let synced = b.synced_appliances().await?;
+    if synced != appliances {
+        return Err(format!(
+            "{synced} of {appliances} appliances synced on /ready"
+        ));
+    }
+    // Two cycles to settle (the first one after the sync), then the idle window.
+    tokio::time::sleep(Duration::from_millis(interval_ms * 2)).await;
+    for ov in &all {
+        ov.handle.reset_counters();
+    }
+    let polls0: usize = all
+        .iter()
+        .map(|ov| ov.handle.alert_poll_instants().len())
+        .sum();
+    let s0 = b.proc_stat();
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let s1 = b.proc_stat();
+    let polls: usize = all
+        .iter()
+        .map(|ov| ov.handle.alert_poll_instants().len())
+        .sum();
+    let cycles = (polls.saturating_sub(polls0)).max(1) as f64;
+    let requests: u64 = all
+        .iter()
+        .map(|ov| ov.handle.counters().requests.values().sum::<u64>())
+        .sum();
+    let accepted = sims.pd.counters().accepted;
+    b.stop();
+    if accepted != total {
+        return Err(format!(
+            "PagerDuty accepted {accepted} events for {total} open alerts: an idle cycle sent events"
+        ));
+    }
+    Ok(vec![
+        ("appliances".into(), appliances as f64),
+        ("open_alerts".into(), total as f64),
+        ("startup_to_ready_ms".into(), ready.as_secs_f64() * 1e3),
+        ("startup_to_all_paged_s".into(), paged.as_secs_f64()),
+        ("idle_rss_mb".into(), s1.rss_kb as f64 / 1024.0),
+        ("peak_rss_mb".into(), s1.hwm_kb as f64 / 1024.0),
+        (
+            "idle_cpu_percent".into(),
+            (s1.cpu_s - s0.cpu_s) / idle_seconds as f64 * 100.0,
+        ),
+        ("appliance_cycles".into(), cycles),
+        (
+            "requests_per_appliance_cycle".into(),
+            requests as f64 / cycles,
+        ),
+    ])
+}
+
+/// 9: isolation: alert-to-202 of single alerts on appliance B (from the poll of B that saw it
+/// to PagerDuty's 202, as `latency` measures), first while the estate is idle, then while
+/// appliance A delivers a storm of `storm` alerts; and how much of A's storm PagerDuty had
+/// accepted when each of B's alerts arrived. B must not wait for A.
+async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> {
+    let sims = Sims::start(Faults::default()).await?;
+    let b_ov = start_ov().await?;
+    let mut o = Opts::new(interval_ms);
+    o.appliances = vec![("dc-a".into(), sims.ov.url()), ("dc-b".into(), b_ov.url())];
+    let b = Bridge::spawn(&sims, &o).await?;
+    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    let raise_b = || -> R<(u64, Instant)> {
+        let uri = b_ov.handle.add_alert(AlertSpec {
+            severity: Some("Critical".into()),
+            ..Default::default()
+        });
+        Ok((id_of(&uri)?, Instant::now()))
+    };
+    // Idle: one alert on B at a random phase of every half interval.
+    let mut idle = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        let gap = Duration::from_millis(interval_ms / 2);
+        tokio::time::sleep(gap.mul_f64(rand::rng().random_range(0.0..1.0))).await;
+        idle.push(raise_b()?);
+    }
+    let want = idle.len() as u64;
+    wait_for(Duration::from_secs(30), || {
+        sims.pd.counters().incidents_opened >= want
+    })
+    .await
+    .map_err(|_| "the idle alerts of B were not paged within 30 s".to_string())?;
+    // Storm on A; meanwhile an alert on B every 0-100 ms until PagerDuty holds everything.
+    let storm_start = Instant::now();
+    let _ = sims.ov.handle.generate(&GenerateSpec {
+        count: storm,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let limit = Duration::from_secs(60 + storm as u64 / 200);
+    let mut during = Vec::new();
+    loop {
+        let opened = sims.pd.counters().incidents_opened;
+        if opened >= want + storm as u64 + during.len() as u64 {
+            break;
+        }
+        if storm_start.elapsed() > limit {
+            return Err(format!("{opened} triggers accepted in {limit:?}"));
+        }
+        if during.len() < probes * 10 {
+            during.push(raise_b()?);
+        }
+        let pause = rand::rng().random_range(0..100);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    let origin = sims.pd.started();
+    // When PagerDuty accepted each B alert, and how much of A's storm it held by then.
+    let mut got_b: BTreeMap<u64, (Instant, usize)> = BTreeMap::new();
+    let (mut a_done, mut a_last) = (0usize, storm_start);
+    for e in sims.pd.accepted() {
+        let Some(k) = e.dedup_key.as_deref() else {
+            continue;
+        };
+        let at = origin + Duration::from_micros(e.received_us);
+        if k.starts_with("oneview:dc-a:") {
+            a_done += 1;
+            a_last = a_last.max(at);
+        } else if let Some(id) = k.strip_prefix("oneview:dc-b:/rest/alerts/") {
+            if let Ok(id) = id.parse::<u64>() {
+                got_b.entry(id).or_insert((at, a_done));
+            }
+        }
+    }
+    let polls = b_ov.handle.alert_poll_instants();
+    let measure = |alerts: &[(u64, Instant)]| -> R<(Vec<f64>, Vec<f64>)> {
+        let (mut ms, mut share) = (Vec::new(), Vec::new());
+        for (id, _) in alerts {
+            let (at, a) = *got_b
+                .get(id)
+                .ok_or_else(|| format!("alert {id} of B never paged"))?;
+            let poll = polls
+                .iter()
+                .rev()
+                .find(|p| **p <= at)
+                .ok_or("no poll of B before its page")?;
+            ms.push(at.duration_since(*poll).as_secs_f64() * 1e3);
+            share.push(a as f64 / storm.max(1) as f64 * 100.0);
+        }
+        Ok((ms, share))
+    };
+    // "During the storm": B alerts PagerDuty accepted before the last of A's storm.
+    let in_storm: Vec<(u64, Instant)> = during
+        .iter()
+        .copied()
+        .filter(|(id, _)| got_b.get(id).is_some_and(|(at, _)| *at < a_last))
+        .collect();
+    let (mut idle_ms, _) = measure(&idle)?;
+    let (mut storm_ms, mut share) = measure(&in_storm)?;
+    b.stop();
+    let mut f = vec![
+        ("storm_alerts".into(), storm as f64),
+        (
+            "storm_delivery_s".into(),
+            a_last.duration_since(storm_start).as_secs_f64(),
+        ),
+        ("b_alerts_idle".into(), idle_ms.len() as f64),
+        ("b_alerts_during_storm".into(), storm_ms.len() as f64),
+    ];
+    push_dist(&mut f, "b_overhead_idle_ms", &mut idle_ms);
+    push_dist(&mut f, "b_overhead_storm_ms", &mut storm_ms);
+    push_dist(&mut f, "a_storm_percent_paged_before_b", &mut share);
+    Ok(f)
+}
+
+async fn start_ov() -> R<ovsim::RunningSim> {
+    let lo = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    ovsim::start(SimConfig::default(), lo)
+        .await
+        .map_err(|e| format!("OneView simulator: {e}"))
 }
 
 /// `--paths` entries that are POSTed with bodies the harness builds (`bench/wrk/post.lua`);
@@ -1256,6 +1524,9 @@ struct Opts {
     /// The bridge's log (stdout and stderr) goes to this file instead of nowhere (stdout) and
     /// the harness's stderr.
     log: Option<PathBuf>,
+    /// `[[appliances]]` (name, URL) in a configuration file instead of the one appliance of
+    /// `BRIDGE_ONEVIEW__*`; each is a OneView simulator with the default credentials.
+    appliances: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -1266,6 +1537,7 @@ impl Opts {
             state: None,
             env: Vec::new(),
             log: None,
+            appliances: Vec::new(),
         }
     }
 }
@@ -1279,6 +1551,8 @@ fn fresh_state_file(dir: &Path) -> R<PathBuf> {
 
 struct Bridge {
     child: Child,
+    /// Holds the configuration file of an estate for the bridge's lifetime.
+    _config: Option<tempfile::TempDir>,
     url: String,
     pid: u32,
     ready_after: Duration,
@@ -1316,13 +1590,28 @@ impl Bridge {
             .map_err(|e| e.to_string())?
             .port();
         let mut cmd = Command::new(&bin);
-        cmd.args(["run", "--role", "all"])
-            .env_clear()
-            .env("BRIDGE_ONEVIEW__URL", sims.ov.url())
-            .env("BRIDGE_ONEVIEW__NAME", APPLIANCE)
-            .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
-            .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password")
-            .env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)
+        cmd.args(["run", "--role", "all"]).env_clear();
+        let mut config = None;
+        if o.appliances.is_empty() {
+            cmd.env("BRIDGE_ONEVIEW__URL", sims.ov.url())
+                .env("BRIDGE_ONEVIEW__NAME", APPLIANCE)
+                .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
+                .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password");
+        } else {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let path = dir.path().join("estate.toml");
+            let mut toml = String::new();
+            for (name, url) in &o.appliances {
+                toml.push_str(&format!(
+                    "[[appliances]]\nname = \"{name}\"\nurl = \"{url}\"\n\
+                     username = \"administrator\"\npassword = \"sim-password\"\n\n"
+                ));
+            }
+            std::fs::write(&path, toml).map_err(|e| format!("{}: {e}", path.display()))?;
+            cmd.arg("--config").arg(&path);
+            config = Some(dir);
+        }
+        cmd.env("BRIDGE_PAGERDUTY__ROUTING_KEY", ROUTING_KEY)
             .env("BRIDGE_PAGERDUTY__EVENTS_URL", sims.pd.events_url())
             .env(
                 "BRIDGE_PAGERDUTY__RATE_LIMIT_PER_MINUTE",
@@ -1357,6 +1646,7 @@ impl Bridge {
         let pid = child.id();
         let mut b = Bridge {
             child,
+            _config: config,
             url: format!("http://127.0.0.1:{port}"),
             pid,
             ready_after: Duration::ZERO,
@@ -1383,6 +1673,22 @@ impl Bridge {
 
     fn proc_stat(&self) -> ProcStat {
         proc_stat(self.pid)
+    }
+
+    /// Appliances `/ready` reports as synced.
+    async fn synced_appliances(&self) -> R<usize> {
+        let v: serde_json::Value = self
+            .client
+            .get(format!("{}/ready", self.url))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(v["appliances"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["synced"] == true).count()))
     }
 
     async fn metrics(&self) -> R<String> {
