@@ -13,8 +13,6 @@
 //! no state ever mentioned, the holding is [`Holding::Unknown`].
 
 use std::collections::HashMap;
-
-use crate::recent::FastMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::model::{Alert, AlertChange, AlertKey, Appliance, ChangeKind};
 use crate::pagerduty::event::Action;
-use crate::recent::{Recent, shrink_if_sparse};
+use crate::recent::{FastMap, Recent, shrink_if_sparse};
 
 use super::decide::Holding;
 
