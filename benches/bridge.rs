@@ -384,16 +384,10 @@ async fn latency(interval_ms: u64, rate: f64, seconds: u64) -> R<Figures> {
         let t = Instant::now();
         raised.push((id_of(&uri)?, t));
     }
-    wait_for(Duration::from_secs(30), || {
-        sims.pd.counters().incidents_opened >= n as u64
+    wait_count(Duration::from_secs(30), "alerts paged", n as u64, || {
+        sims.pd.counters().incidents_opened
     })
-    .await
-    .map_err(|_| {
-        format!(
-            "only {} of {n} alerts paged",
-            sims.pd.counters().incidents_opened
-        )
-    })?;
+    .await?;
     let origin = sims.pd.started();
     let mut received: BTreeMap<u64, Instant> = BTreeMap::new();
     for e in sims.pd.accepted() {
@@ -461,14 +455,10 @@ async fn storm(
     });
     let visible = Instant::now();
     let limit = Duration::from_secs(60 + alerts as u64 / 200);
-    wait_for(limit, || sims.pd.counters().incidents_opened >= n)
-        .await
-        .map_err(|_| {
-            format!(
-                "{} of {n} triggers accepted in {limit:?}",
-                sims.pd.counters().incidents_opened
-            )
-        })?;
+    wait_count(limit, "triggers accepted", n, || {
+        sims.pd.counters().incidents_opened
+    })
+    .await?;
     let t1 = Instant::now();
     let trigger_cpu = b.proc_stat().cpu_s - cpu0;
     // Let the queue settle, then the RSS of the tracked open alerts.
@@ -483,14 +473,10 @@ async fn storm(
             .map_err(|e| format!("clear {id}: {e}"))?;
     }
     let cleared = Instant::now();
-    wait_for(limit, || sims.pd.counters().incidents_resolved >= n)
-        .await
-        .map_err(|_| {
-            format!(
-                "{} of {n} resolves accepted in {limit:?}",
-                sims.pd.counters().incidents_resolved
-            )
-        })?;
+    wait_count(limit, "resolves accepted", n, || {
+        sims.pd.counters().incidents_resolved
+    })
+    .await?;
     let t3 = Instant::now();
     let resolve_cpu = b.proc_stat().cpu_s - cpu1;
     let peak = sampler.stop();
@@ -817,14 +803,10 @@ async fn estate(appliances: usize, open: usize, idle_seconds: u64, interval_ms: 
     let b = Bridge::spawn(&sims, &o).await?;
     let ready = b.ready_after;
     let t0 = Instant::now();
-    wait_for(limit, || sims.pd.counters().incidents_opened >= total)
-        .await
-        .map_err(|_| {
-            format!(
-                "{} of {total} open alerts paged in {limit:?}",
-                sims.pd.counters().incidents_opened
-            )
-        })?;
+    wait_count(limit, "open alerts paged", total, || {
+        sims.pd.counters().incidents_opened
+    })
+    .await?;
     let paged = ready + t0.elapsed();
     let synced = b.synced_appliances().await?;
     if synced != appliances {
@@ -905,11 +887,13 @@ async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> 
         idle.push(raise_b()?);
     }
     let want = idle.len() as u64;
-    wait_for(Duration::from_secs(30), || {
-        sims.pd.counters().incidents_opened >= want
-    })
-    .await
-    .map_err(|_| "the idle alerts of B were not paged within 30 s".to_string())?;
+    wait_count(
+        Duration::from_secs(30),
+        "idle alerts of B paged",
+        want,
+        || sims.pd.counters().incidents_opened,
+    )
+    .await?;
     // Storm on A; meanwhile an alert on B every 0-100 ms until PagerDuty holds everything.
     let storm_start = Instant::now();
     let _ = sims.ov.handle.generate(&GenerateSpec {
@@ -1097,16 +1081,13 @@ async fn web(
     let log = dir.path().join("bridge.log");
     o.log = Some(log.clone());
     let b = Bridge::spawn(&sims, &o).await?;
-    wait_for(Duration::from_secs(30), || {
-        sims.pd.counters().incidents_opened >= WEBHOOK_ALERTS as u64
-    })
-    .await
-    .map_err(|_| {
-        format!(
-            "the bridge paged {} of the {WEBHOOK_ALERTS} alerts the webhooks acknowledge",
-            sims.pd.counters().incidents_opened
-        )
-    })?;
+    wait_count(
+        Duration::from_secs(30),
+        "alerts the webhooks acknowledge paged",
+        WEBHOOK_ALERTS as u64,
+        || sims.pd.counters().incidents_opened,
+    )
+    .await?;
     sims.ov
         .handle
         .update_faults(|f| f.latency_ms = oneview_latency_ms);
@@ -1813,6 +1794,13 @@ fn clk_tck() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+/// Waits until `count()` reaches `want`, for at most `limit`; the error says how far it got.
+async fn wait_count(limit: Duration, what: &str, want: u64, count: impl Fn() -> u64) -> R<()> {
+    wait_for(limit, || count() >= want)
+        .await
+        .map_err(|_| format!("{} of {want} {what} in {limit:?}", count()))
 }
 
 async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {

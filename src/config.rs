@@ -138,7 +138,9 @@ impl Default for RawOneView {
 
 /// One `[[appliances]]` entry: an appliance with the keys of `[oneview]` (its `name` required,
 /// being part of every dedup key) and optional overrides of `poller.interval`,
-/// `poller.severities` and `poller.page_size`.
+/// `poller.severities` and `poller.page_size`. The `[oneview]` keys are repeated rather than
+/// a `#[serde(flatten)] RawOneView`: serde cannot deny unknown fields through a flatten, and a
+/// misspelt key in an appliance must be an error that names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAppliance {

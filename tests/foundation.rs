@@ -10,9 +10,8 @@ use bridge::config::{self, RawConfig, Role};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::promtool_accepts;
+use common::{BIN, KillOnDrop, promtool_accepts, spawn_lines};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oneview-pagerduty-bridge");
 const ROUTING_KEY: &str = "R0UTINGKEY0123456789abcdefABCDEF";
 const PASSWORD: &str = "s3cr3t-Passw0rd!";
 
@@ -528,17 +527,6 @@ fn usage_errors_exit_2_and_version_works() {
     }
 }
 
-/// Kills the child when the test ends, also when an assertion fails before the test's own
-/// shutdown: a failing test must not leave a bridge or a demo running.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Picks a free loopback port for a child process (the child binds it right after).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -643,24 +631,17 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
 /// `--churn-every 0s` reads as "off", not "every 0ns".
 #[test]
 fn demo_banner_urls_and_incident_links_answer() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--interval", "1s"])
-        .args(["--churn-every", "0s", "--alerts", "2"])
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut child = KillOnDrop(child);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_lines(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "1s",
+        "--churn-every",
+        "0s",
+        "--alerts",
+        "2",
+    ]);
     // The banner ends with an empty line; then one line per accepted event.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut banner = Vec::new();
@@ -772,6 +753,4 @@ fn demo_banner_urls_and_incident_links_answer() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    drop(rx);
-    reader.join().unwrap();
 }

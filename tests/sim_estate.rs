@@ -2,45 +2,15 @@
 //! as child processes, talked to over real HTTP on loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oneview-pagerduty-bridge");
+mod common;
+use common::{BIN, spawn_lines as spawn};
 const ESTATE: [&str; 3] = ["synergy-dc1", "synergy-dc2", "bladesystem-lab"];
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary with `args`, its stdout lines on a channel.
-fn spawn(args: &[&str]) -> (KillOnDrop, Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (KillOnDrop(child), rx)
-}
 
 /// Lines from `rx` up to and including the first that `last` accepts.
 fn lines_until(rx: &Receiver<String>, mut last: impl FnMut(&str) -> bool) -> Vec<String> {

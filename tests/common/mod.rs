@@ -38,3 +38,41 @@ pub fn promtool_accepts(text: &str) {
         "promtool: {said}"
     );
 }
+
+/// The bridge binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_oneview-pagerduty-bridge");
+
+/// Kills the child when the test ends, also when an assertion fails before the test's own
+/// shutdown: a failing test must not leave a bridge or a demo running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary with `args` and an empty environment, its stdout lines on a channel (the
+/// reader thread ends when the child closes its stdout).
+pub fn spawn_lines(args: &[&str]) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (KillOnDrop(child), rx)
+}
