@@ -36,6 +36,16 @@ pub enum AppError {
     /// refuses to start rather than forget what PagerDuty was told.
     #[error("{0}")]
     State(#[from] crate::state::StateError),
+    /// This poller led and lost (or could not renew) its lease: it stopped sending and exits,
+    /// so its supervisor restarts it as a standby.
+    #[error("{0}")]
+    Leadership(#[from] crate::leader::LeadershipError),
+}
+
+/// A poller's lease, once it leads (state backend `postgres`).
+struct Leading {
+    leadership: Arc<crate::leader::Leadership>,
+    epoch: u64,
 }
 
 /// An assembled, not yet running bridge.
@@ -48,11 +58,24 @@ pub struct App {
     /// Cancelled when the role's work must stop (after the drain delay).
     work: CancellationToken,
     tasks: Vec<Task>,
+    leading: Option<Leading>,
 }
 
 impl App {
     /// Binds the listener and assembles the role's components.
     pub async fn build(config: Config) -> Result<App, AppError> {
+        Self::build_until(config, &CancellationToken::new())
+            .await?
+            .ok_or_else(|| AppError::Component("stopped while standing by".into()))
+    }
+
+    /// [`App::build`], for a poller that may have to stand by first: with a shared state
+    /// database it serves `/health`, `/ready` and `/metrics` while another poller leads, and
+    /// assembles the pipeline once it holds the lease. `None`: `shutdown` fired while standing by.
+    pub async fn build_until(
+        config: Config,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<App>, AppError> {
         let config = Arc::new(config);
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -68,17 +91,54 @@ impl App {
         let mut tasks: Vec<Task> = Vec::new();
         let mut extra_routes = Router::new();
         let mut local = None;
+        let mut leading = None;
+        let mut listener = listener;
 
         if config.role.polls() {
             let state_cfg = config.state.clone();
             // Opening and loading read the whole file: off the async workers.
-            let opened = tokio::task::spawn_blocking(move || {
-                let store = crate::state::open(&state_cfg)?;
-                let snapshot = store.load()?;
-                Ok::<_, crate::state::StateError>((store, snapshot))
-            })
-            .await
-            .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))?;
+            let opened = tokio::task::spawn_blocking(move || crate::state::open(&state_cfg))
+                .await
+                .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))?;
+            // A shared database: lead, or stand by until the lease is ours. The snapshot is
+            // read only then, so it holds everything the previous leader committed.
+            if let Ok(store) = &opened {
+                if let Some(lease_store) = store.clone().lease() {
+                    let metrics = crate::leader::LeaderMetrics::default();
+                    metrics.register(&mut registry);
+                    let leadership = crate::leader::Leadership::new(
+                        lease_store,
+                        config.lease.clone(),
+                        metrics.clone(),
+                        readiness.clone(),
+                    );
+                    let (l, epoch) = stand_by(
+                        listener,
+                        &config,
+                        &leadership,
+                        &metrics,
+                        readiness.clone(),
+                        http_metrics.clone(),
+                        connections.clone(),
+                        shutdown,
+                    )
+                    .await?;
+                    listener = l;
+                    let Some(epoch) = epoch else {
+                        return Ok(None);
+                    };
+                    leading = Some(Leading { leadership, epoch });
+                }
+            }
+            let opened = match opened {
+                Ok(store) => tokio::task::spawn_blocking(move || {
+                    let snapshot = store.load()?;
+                    Ok::<_, crate::state::StateError>((store, snapshot))
+                })
+                .await
+                .map_err(|e| AppError::Component(format!("loading the state store failed: {e}")))?,
+                Err(e) => Err(e),
+            };
             let (store, snapshot) = match opened {
                 Ok(o) => o,
                 // The OS refused (read-only volume, full disk, permissions): the file itself
@@ -115,6 +175,7 @@ impl App {
                     store,
                     snapshot,
                     retention: config.state.retention,
+                    gate: leading.as_ref().map(|l| l.leadership.gate()),
                 }),
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
@@ -164,7 +225,7 @@ impl App {
             health_warnings: Arc::new(health_warnings),
         };
         let router = http::finish(http::core_routes(core).merge(extra_routes), http_metrics);
-        Ok(App {
+        Ok(Some(App {
             config,
             listener,
             router,
@@ -172,7 +233,8 @@ impl App {
             connections,
             work,
             tasks,
-        })
+            leading,
+        }))
     }
 
     /// The address the HTTP server listens on (useful with port 0).
@@ -200,12 +262,27 @@ impl App {
             connections,
             work,
             tasks,
+            leading,
         } = self;
         let tracker = TaskTracker::new();
         for t in tasks {
             tracker.spawn(t);
         }
         tracker.close();
+        // The lease is kept beside the work; losing it stops the work at once.
+        let mut lost = {
+            let leading = leading.as_ref().map(|l| (l.leadership.clone(), l.epoch));
+            let work = work.clone();
+            tokio::spawn(async move {
+                match leading {
+                    Some((l, epoch)) => l.keep(epoch, work).await,
+                    None => {
+                        work.cancelled().await;
+                        Ok(())
+                    }
+                }
+            })
+        };
 
         let stop_server = CancellationToken::new();
         let server = {
@@ -226,6 +303,17 @@ impl App {
         let mut server = server;
         tokio::select! {
             _ = shutdown.cancelled() => {}
+            res = &mut lost => {
+                if let Ok(Err(e)) = res {
+                    // Not leading any more: no drain delay, the new leader is already working.
+                    readiness.begin_shutdown();
+                    work.cancel();
+                    let _ = tokio::time::timeout(config.server.shutdown_timeout, tracker.wait()).await;
+                    stop_server.cancel();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+                    return Err(AppError::Leadership(e));
+                }
+            }
             res = &mut server => {
                 work.cancel();
                 return match res {
@@ -253,6 +341,10 @@ impl App {
                 "background work did not finish within server.shutdown_timeout; exiting anyway"
             );
         }
+        // Only now, with the work drained, may a standby take over: at once, not at expiry.
+        if let Some(l) = &leading {
+            l.leadership.release(l.epoch).await;
+        }
         stop_server.cancel();
         // Open keep-alive connections must not hold the exit hostage.
         if let Ok(Ok(Err(e))) =
@@ -263,4 +355,49 @@ impl App {
         tracing::info!("bridge stopped");
         Ok(())
     }
+}
+
+/// Serves `/health`, `/ready` and `/metrics` on `listener` while `leadership` waits for the
+/// lease; gives the listener back for the full app. The epoch is `None` when `shutdown` fired.
+#[allow(clippy::too_many_arguments)]
+async fn stand_by(
+    listener: TcpListener,
+    config: &Config,
+    leadership: &crate::leader::Leadership,
+    metrics: &crate::leader::LeaderMetrics,
+    readiness: Arc<Readiness>,
+    http_metrics: HttpMetrics,
+    connections: http::serve::ConnectionMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(TcpListener, Option<u64>), AppError> {
+    let addr = config.server.listen;
+    let io = |source: std::io::Error| AppError::Bind { addr, source };
+    // Two handles on one socket: the standby server's is closed before the app takes over.
+    let std = listener.into_std().map_err(io)?;
+    let dup = std.try_clone().map_err(io)?;
+    let listener = TcpListener::from_std(std).map_err(io)?;
+    let standby_listener = TcpListener::from_std(dup).map_err(io)?;
+    let mut registry = metrics::new_registry(config.role.as_str());
+    metrics.register(&mut registry);
+    let core = CoreState {
+        role: config.role,
+        started: Instant::now(),
+        readiness,
+        registry: Arc::new(registry),
+        health_warnings: Arc::new(Vec::new()),
+    };
+    let router = http::finish(http::core_routes(core), http_metrics);
+    let stop = CancellationToken::new();
+    let server = {
+        let stop = stop.clone();
+        let limits = http::serve::Limits::from_config(&config.server);
+        tokio::spawn(async move {
+            http::serve::serve(standby_listener, router, limits, connections, stop).await
+        })
+    };
+    tracing::info!(holder = %leadership.holder(), listen = %addr, "poller started; waiting for the leadership lease");
+    let epoch = leadership.acquire(shutdown).await;
+    stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    Ok((listener, epoch))
 }

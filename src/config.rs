@@ -78,6 +78,7 @@ pub struct RawConfig {
     pub sync: RawSync,
     pub log: RawLog,
     pub state: RawState,
+    pub lease: RawLease,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -564,6 +565,35 @@ impl Default for RawState {
     }
 }
 
+/// `[lease]`: the leadership lease of pollers sharing a PostgreSQL state database
+/// (`crate::leader`). Ignored by the other backends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLease {
+    /// How long a lease lasts without renewal: a dead leader is replaced after at most this.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often the leader renews (and a standby tries to take over).
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// This poller's name in the lease row; default: `$HOSTNAME` (the pod name) plus a random
+    /// suffix, so a restarted pod never mistakes its predecessor's lease for its own.
+    pub holder: Option<String>,
+    /// The URL other replicas reach this poller at, kept in the lease row for operators.
+    pub advertise_url: Option<String>,
+}
+
+impl Default for RawLease {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
+            holder: None,
+            advertise_url: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -654,6 +684,7 @@ pub struct Config {
     pub web: WebConfig,
     pub log: RawLog,
     pub state: StateConfig,
+    pub lease: LeaseConfig,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
 }
@@ -725,6 +756,15 @@ pub struct StateConfig {
     /// `None`: in-memory state (lost on restart).
     pub path: Option<PathBuf>,
     pub retention: Duration,
+}
+
+/// See [`RawLease`].
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub ttl: Duration,
+    pub renew_interval: Duration,
+    pub holder: String,
+    pub advertise_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -2133,6 +2173,47 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         );
     }
 
+    // [lease]
+    let ls = &raw.lease;
+    if ls.ttl < Duration::from_secs(2) || ls.ttl > Duration::from_secs(600) {
+        c.problem(
+            "lease.ttl",
+            Some(&humantime::format_duration(ls.ttl).to_string()),
+            "must be between 2s and 10m",
+            "15s replaces a dead leader within 15 seconds without making a slow database look like one",
+        );
+    } else if ls.renew_interval.is_zero() || ls.renew_interval * 2 > ls.ttl {
+        c.problem(
+            "lease.renew_interval",
+            Some(&humantime::format_duration(ls.renew_interval).to_string()),
+            "must be more than zero and at most half of lease.ttl",
+            "a third of lease.ttl (5s for 15s) leaves two renewals before the lease could lapse",
+        );
+    }
+    if let Some(h) = &ls.holder {
+        if h.trim().is_empty() || h.len() > 200 {
+            c.problem(
+                "lease.holder",
+                Some(h),
+                "must be 1 to 200 characters",
+                "remove it to use the host name plus a random suffix",
+            );
+        }
+    }
+    let lease = LeaseConfig {
+        ttl: ls.ttl,
+        renew_interval: ls.renew_interval,
+        holder: ls.holder.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "poller".to_owned());
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &id[..8])
+        }),
+        advertise_url: ls.advertise_url.clone().unwrap_or_default(),
+    };
+
     if !c.problems.is_empty() {
         return Err(ConfigError::Invalid(c.problems));
     }
@@ -2177,6 +2258,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             path: raw.state.path.clone(),
             retention: raw.state.retention,
         },
+        lease,
         appliances,
         pagerduty,
         warnings: c.warnings,

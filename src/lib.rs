@@ -35,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod oneview;

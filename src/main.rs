@@ -34,8 +34,10 @@ fn main() -> ExitCode {
                 // Signals are caught from before the build, so a SIGTERM while the state file
                 // loads still ends in an orderly drain.
                 let shutdown = shutdown_on_signals();
-                let app = bridge::App::build(cfg).await?;
-                app.run(shutdown).await?;
+                // A standby poller waits inside build_until (serving health and readiness).
+                if let Some(app) = bridge::App::build_until(cfg, &shutdown).await? {
+                    app.run(shutdown).await?;
+                }
                 Ok(())
             })
         }

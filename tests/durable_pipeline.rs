@@ -41,6 +41,7 @@ fn start(events_url: &str, store: Arc<dyn StateStore>) -> Run {
             store,
             snapshot,
             retention: Duration::from_secs(3600),
+            gate: None,
         }),
     )
     .unwrap();

@@ -254,6 +254,8 @@ pub struct DurableState {
     pub snapshot: crate::state::Snapshot,
     /// `state.retention`: resolved ledger entries older than this are pruned every hour.
     pub retention: Duration,
+    /// With a shared state database, the leader's send gate (`crate::leader`).
+    pub gate: Option<Arc<crate::leader::SendGate>>,
 }
 
 /// Assembles the delivery pipeline from `cfg.pagerduty`, registering its metrics.
@@ -293,13 +295,15 @@ pub fn assemble_durable(
         store: Arc::new(crate::state::MemoryStore::new()),
         snapshot: crate::state::Snapshot::default(),
         retention: cfg.state.retention,
+        gate: None,
     });
     let pd = cfg
         .pagerduty
         .as_ref()
         .ok_or(PagerDutyError::NotConfigured)?;
     let router = routing::Router::new(pd)?;
-    let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?;
+    let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?
+        .with_gate(state.gate.clone());
     let metrics = Metrics::register(registry);
     let status = Arc::new(DeliveryStatus::new());
     let incidents = Arc::new(crate::pipeline::Incidents::new(cfg.dedup_ttl));

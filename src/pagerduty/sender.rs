@@ -14,6 +14,7 @@
 //! Retries back off exponentially with full jitter (see `dispatcher`) and never give up while
 //! the process runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -65,6 +66,7 @@ pub const CODE_LABELS: &[&str] = &[
     "other",
     "timeout",
     "connect_error",
+    "not_leader",
 ];
 
 /// PagerDuty's answer body (202 and errors share it).
@@ -103,6 +105,9 @@ pub enum Attempt {
 pub struct Sender {
     client: reqwest::Client,
     url: Url,
+    /// With a shared state database: sending is allowed only while this poller's lease is
+    /// surely still valid (`crate::leader`).
+    gate: Option<Arc<crate::leader::SendGate>>,
 }
 
 impl Sender {
@@ -120,15 +125,36 @@ impl Sender {
             ))
             .build()
             .map_err(|e| PagerDutyError::Client(e.to_string()))?;
-        Ok(Self { client, url })
+        Ok(Self {
+            client,
+            url,
+            gate: None,
+        })
     }
 
     pub fn url(&self) -> &Url {
         &self.url
     }
 
+    /// Sends only while `gate` is open (see [`crate::leader`]).
+    pub fn with_gate(mut self, gate: Option<Arc<crate::leader::SendGate>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
     /// Posts one request body. Errors are described without the body (which holds the key).
     pub async fn post(&self, body: Vec<u8>) -> Attempt {
+        if self.gate.as_ref().is_some_and(|g| !g.is_open()) {
+            // Checked last thing before the request: past this instant another poller may lead.
+            return Attempt::Retry {
+                status: None,
+                code: "not_leader",
+                retry_after: None,
+                reason:
+                    "this poller does not hold the leadership lease (any more); the leader sends"
+                        .into(),
+            };
+        }
         let res = self
             .client
             .post(self.url.clone())

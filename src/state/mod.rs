@@ -187,6 +187,11 @@ pub trait StateStore: Send + Sync + 'static {
             ledger: s.ledger.len(),
         })
     }
+    /// The leadership lease kept beside the state, when the store is shared by several pollers
+    /// (`crate::leader`); `None` for stores only one process can use.
+    fn lease(self: Arc<Self>) -> Option<Arc<dyn crate::leader::LeaseStore>> {
+        None
+    }
     /// `"memory"` or `"file"`, for logs.
     fn kind(&self) -> &'static str;
     /// The state file, when there is one.
