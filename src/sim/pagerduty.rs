@@ -145,6 +145,10 @@ pub struct LoggedEvent {
     pub incident: Option<u64>,
     /// The whole body, when it was JSON (only for the last [`BODIES_KEPT`] events).
     pub body: Option<Arc<Value>>,
+    /// The query string of the request URL: tests give each sender its own events URL
+    /// (`/v2/enqueue?from=a`) to tell which process sent what.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// Request counters.
@@ -496,6 +500,7 @@ pub fn validate(v: &Value) -> Vec<String> {
 async fn enqueue(
     State(sim): State<Arc<Sim>>,
     conn: Option<Extension<ConnKill>>,
+    uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
     let received = sim.started.elapsed();
@@ -541,6 +546,7 @@ async fn enqueue(
         summary: payload_field("summary"),
         incident: None,
         body: parsed.clone(),
+        source: uri.query().map(str::to_owned),
     };
 
     // Faults first: a real outage or throttle does not look at the body.

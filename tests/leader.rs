@@ -1,0 +1,354 @@
+//! Two pollers, one PostgreSQL database: one leads, the other stands by and takes over. The
+//! real binary, a real PostgreSQL (tests/pg_support), our OneView and PagerDuty simulators;
+//! each poller has its own events URL (`?from=a`, `?from=b`) so the PagerDuty simulator knows
+//! which process sent every event.
+
+mod bridge_proc;
+mod pg_support;
+
+use std::collections::HashMap;
+use std::process::Child;
+use std::time::Duration;
+
+use bridge::sim::oneview::{self as ovsim, GenerateSpec, SimConfig};
+use bridge::sim::pagerduty::{self as pdsim, Faults, IncidentStatus};
+
+use bridge_proc::{BridgeEnv, dedup_key, free_port, sigkill, sigterm};
+use pg_support::PgServer;
+
+const TTL: &str = "3s";
+const RENEW: &str = "1s";
+
+struct Poller {
+    env: BridgeEnv,
+    port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Poller {
+    fn new(name: &str, ov: &ovsim::RunningSim, pd: &pdsim::SimHandle, url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = BridgeEnv::new(
+            ov.url(),
+            format!("{}?from={name}", pd.events_url()),
+            dir.path(),
+        );
+        env.state_path = None;
+        let port = free_port();
+        env.set("BRIDGE_STATE__BACKEND", "postgres");
+        env.set("BRIDGE_STATE__URL", url);
+        env.set("BRIDGE_LEASE__TTL", TTL);
+        env.set("BRIDGE_LEASE__RENEW_INTERVAL", RENEW);
+        env.set("BRIDGE_LEASE__HOLDER", name);
+        env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+        env.set("BRIDGE_PAGERDUTY__CONCURRENCY", "16");
+        Self {
+            env,
+            port,
+            child: None,
+            _dir: dir,
+        }
+    }
+
+    fn start(&mut self) {
+        // Each run appends to the same log; what a run said is counted from its start.
+        self.child = Some(self.env.spawn());
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = &mut self.child {
+            sigkill(c);
+        }
+        self.child = None;
+    }
+
+    fn log(&self) -> String {
+        self.env.log()
+    }
+
+    fn took_over(&self) -> usize {
+        self.log().matches("took the leadership lease").count()
+    }
+
+    fn signal(&self, sig: &str) {
+        std::process::Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    async fn ready_body(&self) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://127.0.0.1:{}/ready", self.port))
+            .await
+            .ok()?;
+        let s = r.status().as_u16();
+        Some((s, r.text().await.ok()?))
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+fn from(pd: &pdsim::SimHandle, name: &str) -> usize {
+    let want = format!("from={name}");
+    pd.events()
+        .iter()
+        .filter(|e| e.source.as_deref() == Some(want.as_str()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice() {
+    const ALERTS: usize = 600;
+    let Some(pg) = PgServer::start("the_standby_takes_over_after_each_sigkill") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(
+        loopback,
+        Faults {
+            error_rate: 0.3,
+            seed: 15,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
+        "a leads:\n{}",
+        a.log()
+    );
+    b.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || b
+            .log()
+            .contains("standing by: another poller leads"))
+        .await,
+        "b stands by:\n{}",
+        b.log()
+    );
+    // A standby is ready (it is healthy, just not leading) and says who leads.
+    let (status, body) = b.ready_body().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("standby") && body.contains("held by a"), "{body}");
+
+    let ids: Vec<u64> = ov
+        .handle
+        .generate(&GenerateSpec {
+            count: ALERTS,
+            ..Default::default()
+        })
+        .collect();
+    // Three kills at different points of the storm, the killed one restarting as a standby.
+    let mut leader_is_a = true;
+    for (round, at) in [ALERTS / 6, ALERTS / 2, ALERTS * 5 / 6].into_iter().enumerate() {
+        assert!(
+            pd.wait_until(Duration::from_secs(60), |pd| pd.incidents().len() >= at)
+                .await,
+            "round {round}: {} incidents",
+            pd.incidents().len()
+        );
+        let (old, new) = if leader_is_a {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        let before = new.took_over();
+        old.kill();
+        assert!(
+            wait_for(Duration::from_secs(30), || new.took_over() > before).await,
+            "round {round}: the standby takes over:\n{}",
+            new.log()
+        );
+        old.start();
+        leader_is_a = !leader_is_a;
+    }
+    assert!(
+        pd.wait_until(Duration::from_secs(60), |pd| pd.incidents().len() >= ALERTS)
+            .await
+    );
+    let cleared: Vec<u64> = ids.iter().copied().step_by(3).collect();
+    for id in &cleared {
+        ov.handle.clear(*id).unwrap();
+    }
+    assert!(
+        pd.wait_until(Duration::from_secs(60), |pd| {
+            pd.counters().incidents_resolved as usize == cleared.len()
+        })
+        .await,
+        "{:?}",
+        pd.counters()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
+    for i in pd.incidents() {
+        by_key.entry(i.dedup_key.clone()).or_default().push(i.status);
+    }
+    let c = pd.counters();
+    eprintln!(
+        "3 leader kills: {} requests, {} accepted, {} opened, {} resolved; a sent {}, b sent {}",
+        c.requests,
+        c.accepted,
+        c.incidents_opened,
+        c.incidents_resolved,
+        from(&pd, "a"),
+        from(&pd, "b")
+    );
+    assert_eq!(c.incidents_opened as usize, ALERTS, "none opened twice");
+    for id in &ids {
+        let want = if cleared.contains(id) {
+            IncidentStatus::Resolved
+        } else {
+            IncidentStatus::Triggered
+        };
+        assert_eq!(by_key[&dedup_key(*id)], vec![want], "alert {id}");
+    }
+    assert!(from(&pd, "a") > 0 && from(&pd, "b") > 0);
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_sends_nothing_after_the_takeover_and_steps_down() {
+    let Some(pg) = PgServer::start("a_paused_leader_sends_nothing") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    a.start();
+    assert!(wait_for(Duration::from_secs(30), || a.took_over() == 1).await);
+    b.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || b
+            .log()
+            .contains("standing by"))
+        .await
+    );
+    ov.handle.generate(&GenerateSpec {
+        count: 20,
+        ..Default::default()
+    });
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 20)
+            .await
+    );
+    assert_eq!(from(&pd, "a"), 20);
+
+    // Paused for twice the lease: b takes over and pages what comes meanwhile.
+    a.signal("-STOP");
+    assert!(
+        wait_for(Duration::from_secs(20), || b.took_over() == 1).await,
+        "b takes over:\n{}",
+        b.log()
+    );
+    ov.handle.generate(&GenerateSpec {
+        count: 20,
+        ..Default::default()
+    });
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 40)
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a_sent = from(&pd, "a");
+    a.signal("-CONT");
+    // a wakes, finds its lease could have expired, and steps down on its own (it exits so that
+    // its supervisor restarts it as a standby).
+    let exited = wait_for(Duration::from_secs(15), || {
+        a.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    })
+    .await;
+    // New alerts after the wake: only b may page them.
+    ov.handle.generate(&GenerateSpec {
+        count: 10,
+        ..Default::default()
+    });
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 50)
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(exited, "a exits after waking:\n{}", a.log());
+    assert!(
+        a.log().contains("leadership"),
+        "a says why it stopped:\n{}",
+        a.log()
+    );
+    assert_eq!(from(&pd, "a"), a_sent, "a sent nothing after waking");
+    let c = pd.counters();
+    assert_eq!(c.incidents_opened, 50, "{c:?}");
+    assert_eq!(c.accepted, 50, "nothing sent twice: {c:?}");
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_the_lease_over_at_once() {
+    let Some(pg) = PgServer::start("a_graceful_stop_hands_the_lease_over") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    // A lease long enough that only a release explains a quick takeover.
+    a.env.set("BRIDGE_LEASE__TTL", "60s");
+    b.env.set("BRIDGE_LEASE__TTL", "60s");
+    a.start();
+    assert!(wait_for(Duration::from_secs(30), || a.took_over() == 1).await);
+    b.start();
+    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    let status = sigterm(a.child.as_mut().unwrap(), Duration::from_secs(15));
+    a.child = None;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(a.log().contains("leadership lease released"), "{}", a.log());
+    assert!(
+        wait_for(Duration::from_secs(10), || b.took_over() == 1).await,
+        "b takes over well before the 60 s lease would expire:\n{}",
+        b.log()
+    );
+    ov.handle.generate(&GenerateSpec {
+        count: 5,
+        ..Default::default()
+    });
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 5)
+            .await
+    );
+    assert_eq!(from(&pd, "b"), 5);
+    pd.shutdown();
+    ov.stop().await;
+}
