@@ -2196,7 +2196,11 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
                 Some(&path.display().to_string()),
                 &format!(
                     "is set but state.backend is {}",
-                    if backend == StateBackend::Postgres { "postgres" } else { "memory" }
+                    if backend == StateBackend::Postgres {
+                        "postgres"
+                    } else {
+                        "memory"
+                    }
                 ),
                 "remove state.path (the database holds the state), or set state.backend = \"file\"",
             );
@@ -2325,7 +2329,9 @@ fn state_postgres_check(
             "the default 4 is plenty: one writer thread commits for the whole poller",
         );
     }
-    if st.connect_timeout < Duration::from_millis(100) || st.connect_timeout > Duration::from_secs(300) {
+    if st.connect_timeout < Duration::from_millis(100)
+        || st.connect_timeout > Duration::from_secs(300)
+    {
         c.problem(
             "state.connect_timeout",
             Some(&humantime::format_duration(st.connect_timeout).to_string()),
@@ -2659,6 +2665,78 @@ mod tests {
             assert_eq!(p.len(), 1, "{p:?}");
             assert_eq!(p[0].key, "state.path");
         }
+    }
+
+    #[test]
+    fn state_backend_postgres_keys_are_checked_and_the_url_stays_secret() {
+        let r = RawConfig::default();
+        assert_eq!(
+            validate(r, Role::Web).unwrap().state.backend,
+            StateBackend::Memory
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("url");
+        std::fs::write(
+            &url_file,
+            "postgres://bridge:hunter2@db.internal:6432/state?sslmode=verify-full\n",
+        )
+        .unwrap();
+        let fig = figment(None).merge(figment::providers::Toml::string(&format!(
+            "[state]\nbackend = \"postgres\"\nurl_file = {:?}\npool_size = 2\nconnect_timeout = \"3s\"\n",
+            url_file.display().to_string()
+        )));
+        let raw = extract(&fig).unwrap();
+        let c = validate(raw.clone(), Role::Web).unwrap();
+        assert_eq!(c.state.backend, StateBackend::Postgres);
+        let pg = c.state.postgres.as_ref().unwrap();
+        assert_eq!(pg.target, "db.internal:6432/state");
+        assert_eq!(
+            (pg.pool_size, pg.connect_timeout),
+            (2, Duration::from_secs(3))
+        );
+        assert_eq!(pg.lease_name, "poller");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let refused = |r: RawConfig| -> Vec<Problem> {
+            let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+                panic!("should be refused")
+            };
+            let text = ConfigError::Invalid(p.clone()).to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            p
+        };
+        let keys = |p: Vec<Problem>| p.into_iter().map(|p| p.key).collect::<Vec<_>>();
+        let mut r = raw.clone();
+        r.state.path = Some(dir.path().join("state.redb"));
+        assert_eq!(keys(refused(r)), ["state.path"]);
+        let mut r = raw.clone();
+        r.state.url_file = None;
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.url_file = None;
+        r.state.url = Some(SecretString::from("mysql://bridge:hunter2@db/x".to_owned()));
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.url = Some(SecretString::from(
+            "postgres://bridge:hunter2@db/x?sslmode=allow".to_owned(),
+        ));
+        r.state.url_file = None;
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.pool_size = 0;
+        r.state.connect_timeout = Duration::ZERO;
+        r.state.ca_file = Some(dir.path().join("missing.pem"));
+        assert_eq!(
+            keys(refused(r)),
+            ["state.ca_file", "state.pool_size", "state.connect_timeout"]
+        );
+        let mut r = raw.clone();
+        r.state.backend = None;
+        assert_eq!(keys(refused(r)), ["state.url_file"]);
+        let mut r = RawConfig::default();
+        r.state.backend = Some(StateBackend::File);
+        assert_eq!(keys(refused(r)), ["state.backend"]);
     }
 
     #[test]

@@ -41,7 +41,8 @@ fn batch(from: u64, n: u64) -> Vec<Op> {
 
 #[test]
 fn migrations_create_the_schema_once_and_reopen_keeps_the_data() {
-    let Some(pg) = pg_support::shared("migrations_create_the_schema_once_and_reopen_keeps_the_data")
+    let Some(pg) =
+        pg_support::shared("migrations_create_the_schema_once_and_reopen_keeps_the_data")
     else {
         return;
     };
@@ -73,7 +74,13 @@ fn migrations_create_the_schema_once_and_reopen_keeps_the_data() {
     assert_eq!(again.load().unwrap(), before, "reopen keeps everything");
     assert_eq!(again.counts().unwrap().outbox, 9);
     assert_eq!(again.counts().unwrap().ledger, 1);
-    assert!(pg.psql_in(&db, "SELECT indexname FROM pg_indexes WHERE tablename = 'bridge_ledger'").contains("bridge_ledger_prune"));
+    assert!(
+        pg.psql_in(
+            &db,
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'bridge_ledger'"
+        )
+        .contains("bridge_ledger_prune")
+    );
 }
 
 #[test]
@@ -277,7 +284,9 @@ async fn the_journal_over_postgres_catches_up_after_a_database_restart() {
 
     let pg = Arc::new(pg);
     let pg2 = pg.clone();
-    tokio::task::spawn_blocking(move || pg2.stop()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg2.stop())
+        .await
+        .unwrap();
     // During the outage: 25 accepted, 50 new events.
     for seq in 0..25 {
         j.submit(vec![accepted(
@@ -320,7 +329,11 @@ async fn the_journal_over_postgres_catches_up_after_a_database_restart() {
         .unwrap()
         .unwrap();
     assert_eq!(snap.ledger.len(), 25, "accepted during the outage");
-    assert_eq!(snap.outbox.len(), 75, "25 left of the first 50, and the 50 new");
+    assert_eq!(
+        snap.outbox.len(),
+        75,
+        "25 left of the first 50, and the 50 new"
+    );
     assert_eq!(snap.next_seq, 100);
     j.close();
 }
@@ -377,7 +390,10 @@ fn the_lease_elects_one_holder_expires_by_the_database_clock_and_fences_old_writ
         "{err}"
     );
     assert!(err.to_string().contains("no longer the leader"), "{err}");
-    assert!(matches!(a.prune(t(1_000_000)), Err(StateError::Fenced { .. })));
+    assert!(matches!(
+        a.prune(t(1_000_000)),
+        Err(StateError::Fenced { .. })
+    ));
     assert_eq!(b.load().unwrap(), before, "the fenced batch wrote nothing");
     b.set_fence(Some(("b".into(), 2)));
     b.apply(&batch(2, 3)).unwrap();
@@ -395,7 +411,11 @@ fn the_lease_elects_one_holder_expires_by_the_database_clock_and_fences_old_writ
     assert!(cur.expires_at > std::time::SystemTime::now() - Duration::from_secs(60));
     assert!(matches!(
         b.apply(&batch(5, 1)),
-        Err(StateError::Fenced { epoch: 2, current: Some(3), .. })
+        Err(StateError::Fenced {
+            epoch: 2,
+            current: Some(3),
+            ..
+        })
     ));
     b.set_fence(None);
     b.apply(&batch(5, 1)).unwrap();

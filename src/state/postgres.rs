@@ -350,11 +350,12 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects, applies the migrations this build knows and checks the schema is not newer.
     pub fn open(opts: &PostgresOptions) -> Result<Self, StateError> {
-        let parsed = parse_url(opts.url.expose_secret()).map_err(|detail| StateError::Database {
-            target: "state.url".to_owned(),
-            op: "parse state.url",
-            detail: format!("{detail}; fix state.url (or the file of state.url_file)"),
-        })?;
+        let parsed =
+            parse_url(opts.url.expose_secret()).map_err(|detail| StateError::Database {
+                target: "state.url".to_owned(),
+                op: "parse state.url",
+                detail: format!("{detail}; fix state.url (or the file of state.url_file)"),
+            })?;
         let target: Arc<str> = Arc::from(parsed.target.as_str());
         let tls = tls_config(parsed.sslmode, opts.ca_file.as_deref()).map_err(|detail| {
             StateError::Database {
@@ -436,10 +437,7 @@ impl PostgresStore {
                 Ok(r) => r,
                 Err(_) => Err(task_ctx.err(
                     op,
-                    format!(
-                        "no answer within {}",
-                        humantime::format_duration(timeout)
-                    ),
+                    format!("no answer within {}", humantime::format_duration(timeout)),
                 )),
             };
             let _ = tx.send(r);
@@ -631,10 +629,12 @@ async fn migrate(ctx: Ctx) -> Result<(), StateError> {
 }
 
 fn nanos(what: &'static str, t: SystemTime) -> Result<i64, StateError> {
-    let d = t.duration_since(UNIX_EPOCH).map_err(|_| StateError::Encode {
-        what,
-        detail: "time before 1970".to_owned(),
-    })?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| StateError::Encode {
+            what,
+            detail: "time before 1970".to_owned(),
+        })?;
     i64::try_from(d.as_nanos()).map_err(|_| StateError::Encode {
         what,
         detail: "time after 2262".to_owned(),
@@ -1019,7 +1019,10 @@ async fn prune_old(
         .await
         .map_err(ctx.pg(OP))?;
     let dead = tx
-        .execute("DELETE FROM bridge_dead_letters WHERE at_ns < $1", &[&cutoff])
+        .execute(
+            "DELETE FROM bridge_dead_letters WHERE at_ns < $1",
+            &[&cutoff],
+        )
         .await
         .map_err(ctx.pg(OP))?;
     tx.commit().await.map_err(ctx.pg(OP))?;
@@ -1103,9 +1106,7 @@ fn tls_config(mode: SslMode, ca_file: Option<&Path>) -> Result<rustls::ClientCon
         .build()
         .map_err(|e| format!("cannot use the CA certificates: {e}"))?;
     Ok(if mode == SslMode::VerifyFull {
-        builder
-            .with_webpki_verifier(webpki)
-            .with_no_client_auth()
+        builder.with_webpki_verifier(webpki).with_no_client_auth()
     } else {
         builder
             .dangerous()
@@ -1193,9 +1194,7 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -1212,13 +1211,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -1256,8 +1252,9 @@ mod tests {
 
     #[test]
     fn urls_are_named_without_their_password() {
-        let p = parse_url("postgres://bridge:s3cr%40t@db.example.com:6432/state?sslmode=verify-full")
-            .unwrap();
+        let p =
+            parse_url("postgres://bridge:s3cr%40t@db.example.com:6432/state?sslmode=verify-full")
+                .unwrap();
         assert_eq!(p.target, "db.example.com:6432/state");
         assert_eq!(p.sslmode, SslMode::VerifyFull);
         assert!(!format!("{p:?}").contains("s3cr"));
@@ -1268,7 +1265,10 @@ mod tests {
             "postgres://bridge:hunter2@db:5432/x".to_owned(),
         ));
         let dbg = format!("{opts:?}");
-        assert!(dbg.contains("db:5432/x") && !dbg.contains("hunter2"), "{dbg}");
+        assert!(
+            dbg.contains("db:5432/x") && !dbg.contains("hunter2"),
+            "{dbg}"
+        );
         for bad in [
             "postgres://u:hunter2@db/x?sslmode=allow",
             "mysql://u:hunter2@db/x",
