@@ -460,3 +460,225 @@ fn concurrent_acquires_have_exactly_one_winner() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The built binary with state.backend = postgres.
+
+mod bridge_proc;
+
+mod process {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use bridge::sim::oneview::{self as ovsim, GenerateSpec, SimConfig};
+    use bridge::sim::pagerduty::{self as pdsim, Faults, IncidentStatus};
+    use bridge::state::StateStore;
+
+    use super::bridge_proc::{BridgeEnv, dedup_key, sigkill, sigterm};
+    use super::pg_support::{PASSWORD, PgServer};
+
+    fn incidents_by_key(pd: &pdsim::SimHandle) -> HashMap<String, Vec<IncidentStatus>> {
+        let mut m: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
+        for i in pd.incidents() {
+            m.entry(i.dedup_key.clone()).or_default().push(i.status);
+        }
+        m
+    }
+
+    fn env_for(
+        ov: &ovsim::RunningSim,
+        pd: &pdsim::SimHandle,
+        dir: &std::path::Path,
+        url: &str,
+    ) -> BridgeEnv {
+        let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir);
+        env.state_path = None;
+        env.set("BRIDGE_STATE__BACKEND", "postgres");
+        env.set("BRIDGE_STATE__URL", url);
+        env.set("BRIDGE_PAGERDUTY__CONCURRENCY", "32");
+        env
+    }
+
+    /// Polls `f` off the async workers (it talks to the database) until it holds.
+    async fn eventually(within: Duration, f: impl Fn() -> bool + Send + Sync + 'static) -> bool {
+        let f = std::sync::Arc::new(f);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let g = f.clone();
+            if tokio::task::spawn_blocking(move || g()).await.unwrap() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigkill_and_restart_on_postgres_pages_nothing_twice_and_resolves_the_cleared() {
+        let Some(pg) = PgServer::start("sigkill_and_restart_on_postgres") else {
+            return;
+        };
+        let (url, _) = pg.fresh_database();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+        let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_for(&ov, &pd, dir.path(), &url);
+        let ids: Vec<u64> = ov
+            .handle
+            .generate(&GenerateSpec {
+                count: 50,
+                ..Default::default()
+            })
+            .collect();
+
+        let mut child = env.spawn();
+        let reader = {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || super::open(&url).unwrap())
+                .await
+                .unwrap()
+        };
+        let reader = std::sync::Arc::new(reader);
+        assert!(
+            pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 50)
+                .await,
+            "50 incidents:\n{}",
+            env.log()
+        );
+        // Killed only once the ledger has all 50 in the database: what survives is the point.
+        let r = reader.clone();
+        assert!(
+            eventually(Duration::from_secs(10), move || r
+                .counts()
+                .is_ok_and(|c| c.ledger == 50))
+            .await
+        );
+        sigkill(&mut child);
+
+        let cleared: Vec<u64> = ids.iter().copied().take(10).collect();
+        for id in &cleared {
+            ov.handle.clear(*id).unwrap();
+        }
+        let mut child = env.spawn();
+        let resolved = pd
+            .wait_until(Duration::from_secs(30), |pd| {
+                pd.counters().incidents_resolved == 10
+            })
+            .await;
+        // A little longer, so a re-page after the restart would have happened by now.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let status = sigterm(&mut child, Duration::from_secs(10));
+        let by_key = incidents_by_key(&pd);
+        let c = pd.counters();
+        eprintln!(
+            "postgres restart: {} events accepted, {} incidents opened, {} resolved",
+            c.accepted, c.incidents_opened, c.incidents_resolved
+        );
+        assert!(resolved, "the cleared ones resolve:\n{}", env.log());
+        assert_eq!(c.incidents_opened, 50, "nothing opened twice");
+        assert_eq!(
+            c.accepted, 60,
+            "50 triggers + 10 resolves, nothing sent again"
+        );
+        for id in &ids {
+            let want = if cleared.contains(id) {
+                IncidentStatus::Resolved
+            } else {
+                IncidentStatus::Triggered
+            };
+            assert_eq!(by_key[&dedup_key(*id)], vec![want], "alert {id}");
+        }
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        let log = env.log();
+        assert!(!log.contains(PASSWORD), "the password reached the log");
+        assert!(log.contains("postgres"), "the log names the backend");
+        pd.shutdown();
+        ov.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_restart_in_the_middle_of_a_storm_loses_and_doubles_nothing() {
+        const STORM: usize = 1000;
+        let Some(pg) = PgServer::start("a_postgres_restart_in_the_middle_of_a_storm") else {
+            return;
+        };
+        let pg = std::sync::Arc::new(pg);
+        let (url, _) = pg.fresh_database();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+        let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_for(&ov, &pd, dir.path(), &url);
+        let mut child = env.spawn();
+        // The bridge is up (its first sync done) before the storm starts.
+        for _ in 0..300 {
+            if env.log().contains("OneView full sync finished") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ids: Vec<u64> = ov
+            .handle
+            .generate(&GenerateSpec {
+                count: STORM,
+                ..Default::default()
+            })
+            .collect();
+        pd.wait_until(Duration::from_secs(30), |pd| {
+            pd.incidents().len() >= STORM / 10
+        })
+        .await;
+        let at_restart = pd.incidents().len();
+        let p = pg.clone();
+        tokio::task::spawn_blocking(move || p.restart())
+            .await
+            .unwrap();
+
+        let all = pd
+            .wait_until(Duration::from_secs(60), |pd| pd.incidents().len() >= STORM)
+            .await;
+        let reader = std::sync::Arc::new({
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || super::open(&url).unwrap())
+                .await
+                .unwrap()
+        });
+        let r = reader.clone();
+        let caught_up = eventually(Duration::from_secs(20), move || {
+            r.counts().is_ok_and(|c| c.ledger == STORM && c.outbox == 0)
+        })
+        .await;
+        let status = sigterm(&mut child, Duration::from_secs(10));
+        let c = pd.counters();
+        let by_key = incidents_by_key(&pd);
+        eprintln!(
+            "postgres restart mid-storm: restarted after {at_restart} of {STORM} incidents; {} events accepted, {} incidents opened",
+            c.accepted, c.incidents_opened
+        );
+        assert!(all, "every alert paged:\n{}", env.log());
+        assert!(
+            at_restart < STORM,
+            "the restart fell in the middle of the storm"
+        );
+        assert_eq!(c.incidents_opened, STORM as u64, "nothing opened twice");
+        assert_eq!(c.accepted, STORM as u64, "nothing sent twice");
+        assert!(ids.iter().all(|id| by_key[&dedup_key(*id)].len() == 1));
+        assert!(
+            caught_up,
+            "the ledger in PostgreSQL has all {STORM} and the outbox is empty: {:?}",
+            reader.counts()
+        );
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        let log = env.log();
+        assert!(
+            log.contains("state database 127.0.0.1:"),
+            "the outage was felt (a failed commit logged, naming the database)"
+        );
+        assert!(!log.contains(PASSWORD));
+        pd.shutdown();
+        ov.stop().await;
+    }
+}
