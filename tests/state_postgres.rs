@@ -682,3 +682,41 @@ mod process {
         ov.stop().await;
     }
 }
+
+#[test]
+fn tls_sslmodes_verify_the_server_as_libpq_does() {
+    let Some(pg) = PgServer::start_tls("tls_sslmodes_verify_the_server_as_libpq_does") else {
+        return;
+    };
+    let (_, db) = pg.fresh_database();
+    let with = |host: &str, mode: &str, ca: bool| {
+        let mut o = opts(&pg.url_with(&db, host, mode));
+        if ca {
+            o.ca_file = Some(PgServer::tls_ca());
+        }
+        PostgresStore::open(&o)
+    };
+    // The role is let in over TLS only (hostssl): each Ok below is a TLS session.
+    for (host, mode, ca) in [
+        ("127.0.0.1", "verify-full", true),
+        ("localhost", "verify-full", true),
+        ("127.0.0.1", "verify-ca", true),
+        ("127.0.0.1", "require", true),
+        ("127.0.0.1", "require", false),
+        ("127.0.0.1", "prefer", false),
+    ] {
+        let s = with(host, mode, ca).unwrap_or_else(|e| panic!("{host} {mode} ca={ca}: {e}"));
+        s.apply(&batch(0, 1)).ok();
+        assert_eq!(s.load().unwrap().next_seq, 1, "{host} {mode}");
+    }
+    // Not our CA: the system roots do not know the test CA.
+    let err = with("127.0.0.1", "verify-full", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    no_password(&err);
+    // Plain TCP is refused by the server (hostssl only).
+    let err = with("127.0.0.1", "disable", false).unwrap_err().to_string();
+    assert!(err.contains("no pg_hba.conf entry"), "{err}");
+    no_password(&err);
+}

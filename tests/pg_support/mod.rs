@@ -58,7 +58,7 @@ pub fn shared(test: &str) -> Option<&'static PgServer> {
     if !available(test) {
         return None;
     }
-    Some(SERVER.get_or_init(PgServer::start_unchecked))
+    Some(SERVER.get_or_init(|| PgServer::start_unchecked(false)))
 }
 
 pub struct PgServer {
@@ -75,10 +75,21 @@ pub struct PgServer {
 impl PgServer {
     /// A server of this test's own; `None` (SKIPPED printed) without PostgreSQL.
     pub fn start(test: &str) -> Option<PgServer> {
-        available(test).then(Self::start_unchecked)
+        available(test).then(|| Self::start_unchecked(false))
     }
 
-    fn start_unchecked() -> PgServer {
+    /// A server of this test's own that takes [`ROLE`] over TLS only (`hostssl`), with the
+    /// certificate of `tests/fixtures/tls` (127.0.0.1 and localhost, signed by its `ca.pem`).
+    pub fn start_tls(test: &str) -> Option<PgServer> {
+        available(test).then(|| Self::start_unchecked(true))
+    }
+
+    /// The CA the TLS server's certificate is signed by.
+    pub fn tls_ca() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem")
+    }
+
+    fn start_unchecked(tls: bool) -> PgServer {
         let bin = bin_dir().expect("checked by available()");
         let dir = tempfile::Builder::new()
             .prefix("bridge-pg-")
@@ -131,11 +142,39 @@ impl PgServer {
         );
         // The superuser comes in by trust over the socket; the bridge's role only with its
         // password over TCP.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        if tls {
+            for f in ["server.pem", "server.key"] {
+                std::fs::copy(fixtures.join(f), data.join(f)).unwrap();
+            }
+            // The server refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            if server.as_user.is_some() {
+                chown_to_postgres(&data);
+            }
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str(
+                "\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        }
+        let bridge_line = if tls {
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+        } else {
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        };
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\n\
-             host all postgres 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
+            format!(
+                "local all all trust\n\
+                 host all postgres 127.0.0.1/32 trust\n\
+                 {bridge_line}"
+            ),
         )
         .unwrap();
         server.start_server();
@@ -282,8 +321,13 @@ impl PgServer {
 
     /// The bridge's URL of database `name`.
     pub fn url(&self, name: &str) -> String {
+        self.url_with(name, "127.0.0.1", "disable")
+    }
+
+    /// The URL of database `name` through `host` with `sslmode`.
+    pub fn url_with(&self, name: &str, host: &str, sslmode: &str) -> String {
         format!(
-            "postgres://{ROLE}:{PASSWORD_IN_URL}@127.0.0.1:{}/{name}?sslmode=disable",
+            "postgres://{ROLE}:{PASSWORD_IN_URL}@{host}:{}/{name}?sslmode={sslmode}",
             self.port
         )
     }
