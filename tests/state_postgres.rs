@@ -84,6 +84,31 @@ fn migrations_create_the_schema_once_and_reopen_keeps_the_data() {
 }
 
 #[test]
+fn state_open_picks_postgres_from_the_config() {
+    let Some(pg) = pg_support::shared("state_open_picks_postgres_from_the_config") else {
+        return;
+    };
+    let (url, db) = pg.fresh_database();
+    let cfg = bridge::config::StateConfig {
+        backend: bridge::config::StateBackend::Postgres,
+        postgres: Some(bridge::config::PostgresConfig {
+            url: Arc::new(bridge::secret::Secret::inline("state.url", url.into())),
+            target: pg.target(&db),
+            ca_file: None,
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(2),
+            lease_name: "poller".into(),
+        }),
+        ..Default::default()
+    };
+    let s = bridge::state::open(&cfg).unwrap();
+    assert_eq!(s.kind(), "postgres");
+    assert!(s.path().is_none());
+    s.apply(&batch(0, 1)).unwrap();
+    assert_eq!(s.counts().unwrap().outbox, 1);
+}
+
+#[test]
 fn a_newer_schema_is_refused_naming_the_database_without_the_password() {
     let Some(pg) = pg_support::shared("a_newer_schema_is_refused_naming_the_database") else {
         return;

@@ -282,7 +282,7 @@ pub enum StateError {
     /// a timeout. `target` is `host:port/dbname` (never the URL, which may hold a password).
     /// Nothing of the failed call was written; the journal keeps its ops and retries.
     #[error(
-        "state database {target}: {op} failed: {detail}; check that PostgreSQL is up and reachable from the bridge and that state.url (user, password, database) and state.ca_file are right; the bridge keeps unwritten ops in memory and retries every 2s"
+        "state database {target}: {op} failed: {detail}; check that PostgreSQL is up and reachable from the bridge and that state.url (user, password, database) and state.ca_file are right; while the bridge runs, writes that fail are kept in memory and retried every 2s"
     )]
     Database {
         target: String,
