@@ -234,7 +234,7 @@ fn a_stopped_database_fails_apply_whole_and_the_pool_reconnects_after_restart() 
     assert!(matches!(err, StateError::Database { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains(&pg.target(&db)), "{msg}");
-    assert!(msg.contains("retries"), "{msg}");
+    assert!(msg.contains("retried every 2s"), "{msg}");
     no_password(&msg);
     assert!(s.load().is_err());
 
@@ -250,6 +250,38 @@ fn a_stopped_database_fails_apply_whole_and_the_pool_reconnects_after_restart() 
     assert_eq!(after.outbox.len(), 3);
     assert_eq!(after.ledger.len(), 1);
     assert_eq!(after.next_seq, 4);
+}
+
+#[test]
+fn a_database_that_stops_answering_is_an_error_within_the_operation_timeout() {
+    let Some(pg) = PgServer::start("a_database_that_stops_answering") else {
+        return;
+    };
+    let (url, db) = pg.fresh_database();
+    let mut o = opts(&url);
+    o.operation_timeout = Duration::from_secs(1);
+    o.connect_timeout = Duration::from_millis(500);
+    let s = PostgresStore::open(&o).unwrap();
+    s.apply(&batch(0, 2)).unwrap();
+    let before = s.load().unwrap();
+
+    pg.freeze();
+    let started = std::time::Instant::now();
+    let res = s.apply(&batch(2, 2));
+    let took = started.elapsed();
+    pg.thaw();
+    let err = res.unwrap_err();
+    assert!(matches!(err, StateError::Database { .. }), "{err}");
+    assert!(err.to_string().contains("no answer within 1s"), "{err}");
+    assert!(err.to_string().contains(&pg.target(&db)), "{err}");
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+    assert_eq!(
+        s.load().unwrap(),
+        before,
+        "nothing of the batch was written"
+    );
+    s.apply(&batch(2, 2)).unwrap();
+    assert_eq!(s.load().unwrap().outbox.len(), 4);
 }
 
 #[test]

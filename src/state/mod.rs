@@ -211,6 +211,13 @@ pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StateError> {
 
 /// The [`PostgresStore`] of `cfg` as its own type, for the lease primitives.
 pub fn open_postgres(cfg: &StateConfig) -> Result<PostgresStore, StateError> {
+    PostgresStore::open(&postgres_options(cfg)?)
+}
+
+/// The [`PostgresOptions`] of `cfg` (the URL read from its file now), for callers that tune
+/// what the config does not set (the per-call timeout, for instance) before
+/// [`PostgresStore::open`].
+pub fn postgres_options(cfg: &StateConfig) -> Result<PostgresOptions, StateError> {
     let Some(pg) = &cfg.postgres else {
         return Err(StateError::Database {
             target: "state.url".to_owned(),
@@ -228,7 +235,7 @@ pub fn open_postgres(cfg: &StateConfig) -> Result<PostgresStore, StateError> {
     opts.pool_size = pg.pool_size;
     opts.connect_timeout = pg.connect_timeout;
     opts.lease_name = pg.lease_name.clone();
-    PostgresStore::open(&opts)
+    Ok(opts)
 }
 
 /// What an operator can do about a state file the bridge cannot use. Delivery state can always

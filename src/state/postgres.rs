@@ -366,6 +366,11 @@ impl PostgresStore {
         })?;
         let mut config = parsed.config;
         config.connect_timeout(opts.connect_timeout);
+        // A peer that vanished (failover to another address, a partition) is noticed by the
+        // kernel rather than after TCP's 15 minutes of retransmissions.
+        config.keepalives_idle(Duration::from_secs(30));
+        #[cfg(target_os = "linux")]
+        config.tcp_user_timeout(opts.operation_timeout);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("bridge-postgres")
@@ -435,10 +440,17 @@ impl PostgresStore {
         rt.spawn(async move {
             let r = match tokio::time::timeout(timeout, f).await {
                 Ok(r) => r,
-                Err(_) => Err(task_ctx.err(
-                    op,
-                    format!("no answer within {}", humantime::format_duration(timeout)),
-                )),
+                Err(_) => {
+                    // The connection that did not answer went back to the pool with the
+                    // dropped future; a black-holed peer never closes it, so the next call
+                    // would wait on it again. Drop every idle connection: the next call
+                    // connects afresh (and fails fast if the database is really gone).
+                    task_ctx.pool.retain(|_, _| false);
+                    Err(task_ctx.err(
+                        op,
+                        format!("no answer within {}", humantime::format_duration(timeout)),
+                    ))
+                }
             };
             let _ = tx.send(r);
         });

@@ -285,6 +285,41 @@ impl PgServer {
         self.start_again();
     }
 
+    /// The server's processes (postmaster and its children), by pid.
+    fn pids(&self) -> Vec<String> {
+        let pm = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+            .expect("server running");
+        let out = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &pm])
+            .output()
+            .expect("ps");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pm);
+        pids
+    }
+
+    fn signal(&self, sig: &str) {
+        for pid in self.pids() {
+            let _ = Command::new("kill").args([sig, &pid]).status();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP to its processes): connections stay open, nothing answers,
+    /// as with a partition or a hung host.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`PgServer::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
     /// Runs SQL as the superuser over the socket (`-d` a database, default `postgres`).
     pub fn psql_in(&self, db: &str, sql: &str) -> String {
         self.tool(
