@@ -546,6 +546,8 @@ impl Default for RawSync {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawState {
+    /// `memory`, `file` or `postgres`. Unset: `file` when `path` is set, else `memory`.
+    pub backend: Option<StateBackend>,
     /// State file (redb), like `/var/lib/oneview-pagerduty-bridge/state.redb`. Unset: state is
     /// kept in memory only and a restart forgets it. Its directory must exist; on Kubernetes
     /// mount a volume there.
@@ -554,13 +556,36 @@ pub struct RawState {
     /// (and dead letters) are pruned so the file stops growing.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The PostgreSQL database (backend `postgres`), a libpq-style URL:
+    /// `postgres://user:password@host:5432/dbname?sslmode=verify-full`.
+    #[serde(serialize_with = "redact")]
+    pub url: Option<SecretString>,
+    pub url_file: Option<PathBuf>,
+    /// PEM CA bundle the database's certificate must chain to (`sslmode=verify-ca`/`verify-full`,
+    /// and `require`, which then verifies the chain too). Unset: the system's CAs.
+    pub ca_file: Option<PathBuf>,
+    /// Connections to the database at most.
+    pub pool_size: usize,
+    /// Connecting to the database (TCP, TLS, authentication) gives up after this long.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Name of the leadership lease row: pollers sharing the database and this name elect one
+    /// leader.
+    pub lease_name: String,
 }
 
 impl Default for RawState {
     fn default() -> Self {
         Self {
+            backend: None,
             path: None,
             retention: Duration::from_secs(7 * 24 * 3600),
+            url: None,
+            url_file: None,
+            ca_file: None,
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            lease_name: "poller".to_owned(),
         }
     }
 }
@@ -592,6 +617,15 @@ impl Default for RawLease {
             advertise_url: None,
         }
     }
+}
+
+/// `state.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    Memory,
+    File,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -751,11 +785,38 @@ pub struct PollerConfig {
     pub watermark_overlap: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StateConfig {
-    /// `None`: in-memory state (lost on restart).
+    pub backend: StateBackend,
+    /// `None`: in-memory state (lost on restart). Only with backend `file`.
     pub path: Option<PathBuf>,
     pub retention: Duration,
+    /// Set with backend `postgres` only.
+    pub postgres: Option<PostgresConfig>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Memory,
+            path: None,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            postgres: None,
+        }
+    }
+}
+
+/// `[state]` of backend `postgres`, validated.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `state.url` / `state.url_file`; `Debug` shows only its key.
+    pub url: Arc<Secret>,
+    /// `host:port/dbname` of the URL, for logs.
+    pub target: String,
+    pub ca_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub lease_name: String,
 }
 
 /// See [`RawLease`].
@@ -2161,9 +2222,39 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
 
     // [state]
     let st = &raw.state;
+    let backend = st.backend.unwrap_or(if st.path.is_some() {
+        StateBackend::File
+    } else {
+        StateBackend::Memory
+    });
     if let Some(path) = &st.path {
-        state_path_check(&mut c, path);
+        if backend == StateBackend::File {
+            state_path_check(&mut c, path);
+        } else {
+            c.problem(
+                "state.path",
+                Some(&path.display().to_string()),
+                &format!(
+                    "is set but state.backend is {}",
+                    if backend == StateBackend::Postgres {
+                        "postgres"
+                    } else {
+                        "memory"
+                    }
+                ),
+                "remove state.path (the database holds the state), or set state.backend = \"file\"",
+            );
+        }
     }
+    if backend == StateBackend::File && st.path.is_none() {
+        c.problem(
+            "state.backend",
+            Some("file"),
+            "needs state.path",
+            "set state.path to a file like /var/lib/oneview-pagerduty-bridge/state.redb",
+        );
+    }
+    let postgres = state_postgres_check(&mut c, st, backend);
     if st.retention < Duration::from_secs(60) {
         c.problem(
             "state.retention",
@@ -2255,14 +2346,96 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         web,
         log: raw.log.clone(),
         state: StateConfig {
+            backend,
             path: raw.state.path.clone(),
             retention: raw.state.retention,
+            postgres,
         },
         lease,
         appliances,
         pagerduty,
         warnings: c.warnings,
         raw,
+    })
+}
+
+/// The `state.url` & co. of backend `postgres`; with another backend they must be unset.
+fn state_postgres_check(
+    c: &mut Checker,
+    st: &RawState,
+    backend: StateBackend,
+) -> Option<PostgresConfig> {
+    if backend != StateBackend::Postgres {
+        if st.url.is_some() || st.url_file.is_some() {
+            c.problem(
+                if st.url.is_some() { "state.url" } else { "state.url_file" },
+                None,
+                "is set but state.backend is not postgres",
+                "set state.backend = \"postgres\" to keep state in that database, or remove the key",
+            );
+        }
+        return None;
+    }
+    let url = c.secret("state.url", &st.url, &st.url_file, true, None)?;
+    let target = match url.current() {
+        Ok(v) => match crate::state::postgres::parse_url(v.expose_secret()) {
+            Ok(p) => p.target,
+            Err(why) => {
+                c.problem(
+                    "state.url",
+                    None,
+                    &why,
+                    "write it like postgres://user:password@host:5432/dbname?sslmode=verify-full (percent-encode special characters of the password)",
+                );
+                return None;
+            }
+        },
+        // Reported by `secret` already.
+        Err(_) => return None,
+    };
+    if let Some(ca) = &st.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            c.problem(
+                "state.ca_file",
+                Some(&ca.display().to_string()),
+                &format!("cannot read it: {e}"),
+                "point it at a PEM file with the CA certificate of the database server",
+            );
+        }
+    }
+    if !(1..=64).contains(&st.pool_size) {
+        c.problem(
+            "state.pool_size",
+            Some(&st.pool_size.to_string()),
+            "must be between 1 and 64",
+            "the default 4 is plenty: one writer thread commits for the whole poller",
+        );
+    }
+    if st.connect_timeout < Duration::from_millis(100)
+        || st.connect_timeout > Duration::from_secs(300)
+    {
+        c.problem(
+            "state.connect_timeout",
+            Some(&humantime::format_duration(st.connect_timeout).to_string()),
+            "must be between 100ms and 5m",
+            "the default 5s suits a database in the same region",
+        );
+    }
+    if st.lease_name.trim().is_empty() {
+        c.problem(
+            "state.lease_name",
+            Some(&st.lease_name),
+            "empty",
+            "remove the key for the default \"poller\"",
+        );
+    }
+    Some(PostgresConfig {
+        url,
+        target,
+        ca_file: st.ca_file.clone(),
+        pool_size: st.pool_size,
+        connect_timeout: st.connect_timeout,
+        lease_name: st.lease_name.clone(),
     })
 }
 
@@ -2574,6 +2747,78 @@ mod tests {
             assert_eq!(p.len(), 1, "{p:?}");
             assert_eq!(p[0].key, "state.path");
         }
+    }
+
+    #[test]
+    fn state_backend_postgres_keys_are_checked_and_the_url_stays_secret() {
+        let r = RawConfig::default();
+        assert_eq!(
+            validate(r, Role::Web).unwrap().state.backend,
+            StateBackend::Memory
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("url");
+        std::fs::write(
+            &url_file,
+            "postgres://bridge:hunter2@db.internal:6432/state?sslmode=verify-full\n",
+        )
+        .unwrap();
+        let fig = figment(None).merge(figment::providers::Toml::string(&format!(
+            "[state]\nbackend = \"postgres\"\nurl_file = {:?}\npool_size = 2\nconnect_timeout = \"3s\"\n",
+            url_file.display().to_string()
+        )));
+        let raw = extract(&fig).unwrap();
+        let c = validate(raw.clone(), Role::Web).unwrap();
+        assert_eq!(c.state.backend, StateBackend::Postgres);
+        let pg = c.state.postgres.as_ref().unwrap();
+        assert_eq!(pg.target, "db.internal:6432/state");
+        assert_eq!(
+            (pg.pool_size, pg.connect_timeout),
+            (2, Duration::from_secs(3))
+        );
+        assert_eq!(pg.lease_name, "poller");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        let refused = |r: RawConfig| -> Vec<Problem> {
+            let Err(ConfigError::Invalid(p)) = validate(r, Role::Web) else {
+                panic!("should be refused")
+            };
+            let text = ConfigError::Invalid(p.clone()).to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            p
+        };
+        let keys = |p: Vec<Problem>| p.into_iter().map(|p| p.key).collect::<Vec<_>>();
+        let mut r = raw.clone();
+        r.state.path = Some(dir.path().join("state.redb"));
+        assert_eq!(keys(refused(r)), ["state.path"]);
+        let mut r = raw.clone();
+        r.state.url_file = None;
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.url_file = None;
+        r.state.url = Some(SecretString::from("mysql://bridge:hunter2@db/x".to_owned()));
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.url = Some(SecretString::from(
+            "postgres://bridge:hunter2@db/x?sslmode=allow".to_owned(),
+        ));
+        r.state.url_file = None;
+        assert_eq!(keys(refused(r)), ["state.url"]);
+        let mut r = raw.clone();
+        r.state.pool_size = 0;
+        r.state.connect_timeout = Duration::ZERO;
+        r.state.ca_file = Some(dir.path().join("missing.pem"));
+        assert_eq!(
+            keys(refused(r)),
+            ["state.ca_file", "state.pool_size", "state.connect_timeout"]
+        );
+        let mut r = raw.clone();
+        r.state.backend = None;
+        assert_eq!(keys(refused(r)), ["state.url_file"]);
+        let mut r = RawConfig::default();
+        r.state.backend = Some(StateBackend::File);
+        assert_eq!(keys(refused(r)), ["state.backend"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -37,22 +37,7 @@ use crate::state::StateError;
 /// The readiness warning a standby shows (it is ready: it is healthy, just not leading).
 pub const READY_LEADERSHIP: &str = "leadership";
 
-/// Who holds the lease, as the database reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseHolder {
-    pub holder: String,
-    pub epoch: u64,
-    pub advertise_url: String,
-    /// By the database's clock.
-    pub expires_at: SystemTime,
-}
-
-/// The answer to an attempt to take the lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquired {
-    Granted { epoch: u64 },
-    Held(LeaseHolder),
-}
+pub use crate::state::{Acquired, LeaseHolder};
 
 /// The lease row and the fencing of writes, implemented by the PostgreSQL store. Methods block
 /// (they run a transaction): call them from blocking threads.
@@ -70,6 +55,26 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn release(&self, holder: &str, epoch: u64) -> Result<(), StateError>;
     /// From now on every write checks that the lease epoch is still `epoch`.
     fn set_fence(&self, fence: Option<(String, u64)>);
+}
+
+impl LeaseStore for crate::state::PostgresStore {
+    fn acquire(
+        &self,
+        holder: &str,
+        advertise_url: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, StateError> {
+        crate::state::PostgresStore::acquire(self, holder, advertise_url, ttl)
+    }
+    fn renew(&self, holder: &str, epoch: u64, ttl: Duration) -> Result<bool, StateError> {
+        crate::state::PostgresStore::renew(self, holder, epoch, ttl)
+    }
+    fn release(&self, holder: &str, epoch: u64) -> Result<(), StateError> {
+        crate::state::PostgresStore::release(self, holder, epoch)
+    }
+    fn set_fence(&self, fence: Option<(String, u64)>) {
+        crate::state::PostgresStore::set_fence(self, fence);
+    }
 }
 
 /// Whether this process may send to PagerDuty right now. Checked before every request.

@@ -61,6 +61,7 @@ fn open_picks_the_store_from_config() {
     let mem = state::open(&StateConfig {
         path: None,
         retention: Duration::from_secs(3600),
+        ..StateConfig::default()
     })
     .unwrap();
     assert_eq!(mem.kind(), "memory");
@@ -70,6 +71,7 @@ fn open_picks_the_store_from_config() {
     let file = state::open(&StateConfig {
         path: Some(state_path(&dir)),
         retention: Duration::from_secs(3600),
+        ..StateConfig::default()
     })
     .unwrap();
     assert_eq!(file.kind(), "file");

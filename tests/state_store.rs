@@ -1,14 +1,16 @@
-//! The behaviour every [`StateStore`] must have, run against both implementations: each
-//! `fn` below is one behaviour, and `suite!` turns it into a test for `MemoryStore` and one for
-//! `FileStore`.
+//! The behaviour every [`StateStore`] must have, run against all implementations: each
+//! `fn` below is one behaviour, and `suite!` turns it into a test for `MemoryStore`, one for
+//! `FileStore` and one for `PostgresStore` (on a real PostgreSQL, see `tests/pg_support`).
 
+mod pg_support;
 mod state_common;
 
 use std::sync::Arc;
 use std::thread;
 
 use bridge::state::{
-    Action, FileStore, LedgerEntry, MemoryStore, Op, Snapshot, StateError, StateStore,
+    Action, FileStore, LedgerEntry, MemoryStore, Op, PostgresOptions, PostgresStore, Snapshot,
+    StateError, StateStore,
 };
 use state_common::{accepted, dead_letter, enqueue, entry, t};
 
@@ -34,6 +36,18 @@ fn file() -> Subject {
     }
 }
 
+/// A store on a fresh database of the binary's shared server; `None` (SKIPPED printed)
+/// without PostgreSQL.
+fn postgres(test: &str) -> Option<Subject> {
+    let server = pg_support::shared(test)?;
+    let (url, _) = server.fresh_database();
+    let store = PostgresStore::open(&PostgresOptions::new(url.into())).unwrap();
+    Some(Subject {
+        store: Arc::new(store),
+        _dir: None,
+    })
+}
+
 macro_rules! suite {
     ($($name:ident),+ $(,)?) => {
         mod memory_store {
@@ -41,6 +55,12 @@ macro_rules! suite {
         }
         mod file_store {
             $(#[test] fn $name() { let s = super::file(); super::$name(&*s.store) })+
+        }
+        mod postgres_store {
+            $(#[test] fn $name() {
+                let Some(s) = super::postgres(concat!("postgres_store::", stringify!($name))) else { return };
+                super::$name(&*s.store)
+            })+
         }
     };
 }

@@ -6,9 +6,11 @@
 //! pipeline collects the [`Op`]s of many events and hands them to [`StateStore::apply`], which
 //! commits them in one transaction (group commit), so a single fsync covers a whole batch.
 //!
-//! Two implementations, picked by [`open`] from `state.path`:
+//! Three implementations, picked by [`open`] from `state.backend`:
 //! - [`MemoryStore`] when no path is set: same semantics, forgotten on restart.
 //! - [`FileStore`], an embedded [redb](https://www.redb.org) file.
+//! - [`PostgresStore`], a PostgreSQL database several pollers can share, with the leadership
+//!   lease they elect their leader with and the fencing of writes by its epoch.
 //!
 //! ## Guarantees
 //! - A batch is atomic: after a crash at any instant (SIGKILL, power loss) a reopened store
@@ -25,6 +27,7 @@
 mod file;
 pub mod journal;
 mod memory;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -34,11 +37,12 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::StateConfig;
+use crate::config::{StateBackend, StateConfig};
 
 pub use file::FileStore;
 pub use journal::{Journal, READY_STATE};
 pub use memory::MemoryStore;
+pub use postgres::{Acquired, LeaseHolder, PostgresOptions, PostgresStore};
 
 /// Version of the record layout this build writes. Bump it when a stored type changes shape;
 /// older files are migrated on open, newer ones are refused.
@@ -192,18 +196,51 @@ pub trait StateStore: Send + Sync + 'static {
     fn lease(self: Arc<Self>) -> Option<Arc<dyn crate::leader::LeaseStore>> {
         None
     }
-    /// `"memory"` or `"file"`, for logs.
+    /// `"memory"`, `"file"` or `"postgres"`, for logs.
     fn kind(&self) -> &'static str;
     /// The state file, when there is one.
     fn path(&self) -> Option<&Path>;
 }
 
-/// Opens the store `cfg` asks for: the file at `state.path` (created when missing), or memory.
+/// Opens the store `cfg` asks for: the file at `state.path` (created when missing), the
+/// database at `state.url` (schema migrated), or memory.
 pub fn open(cfg: &StateConfig) -> Result<Arc<dyn StateStore>, StateError> {
-    match &cfg.path {
-        Some(path) => Ok(Arc::new(FileStore::open(path)?)),
-        None => Ok(Arc::new(MemoryStore::new())),
-    }
+    Ok(match cfg.backend {
+        StateBackend::Postgres => Arc::new(open_postgres(cfg)?),
+        StateBackend::File | StateBackend::Memory => match &cfg.path {
+            Some(path) => Arc::new(FileStore::open(path)?),
+            None => Arc::new(MemoryStore::new()),
+        },
+    })
+}
+
+/// The [`PostgresStore`] of `cfg` as its own type, for the lease primitives.
+pub fn open_postgres(cfg: &StateConfig) -> Result<PostgresStore, StateError> {
+    PostgresStore::open(&postgres_options(cfg)?)
+}
+
+/// The [`PostgresOptions`] of `cfg` (the URL read from its file now), for callers that tune
+/// what the config does not set (the per-call timeout, for instance) before
+/// [`PostgresStore::open`].
+pub fn postgres_options(cfg: &StateConfig) -> Result<PostgresOptions, StateError> {
+    let Some(pg) = &cfg.postgres else {
+        return Err(StateError::Database {
+            target: "state.url".to_owned(),
+            op: "open",
+            detail: "state.backend is postgres but state.url is not set; set state.url_file (or state.url)".to_owned(),
+        });
+    };
+    let url = pg.url.current().map_err(|e| StateError::Database {
+        target: "state.url".to_owned(),
+        op: "read state.url_file",
+        detail: e.to_string(),
+    })?;
+    let mut opts = PostgresOptions::new(url);
+    opts.ca_file = pg.ca_file.clone();
+    opts.pool_size = pg.pool_size;
+    opts.connect_timeout = pg.connect_timeout;
+    opts.lease_name = pg.lease_name.clone();
+    Ok(opts)
 }
 
 /// What an operator can do about a state file the bridge cannot use. Delivery state can always
@@ -253,6 +290,36 @@ pub enum StateError {
         "outbox sequence number {seq} was already used (next free is {next_seq}); the batch was not applied"
     )]
     SeqReused { seq: u64, next_seq: u64 },
+    /// The state database refused or did not answer: unreachable, wrong credentials, TLS,
+    /// a timeout. `target` is `host:port/dbname` (never the URL, which may hold a password).
+    /// Nothing of the failed call was written; the journal keeps its ops and retries.
+    #[error(
+        "state database {target}: {op} failed: {detail}; check that PostgreSQL is up and reachable from the bridge and that state.url (user, password, database) and state.ca_file are right; while the bridge runs, writes that fail are kept in memory and retried every 2s"
+    )]
+    Database {
+        target: String,
+        op: &'static str,
+        detail: String,
+    },
+    /// The database was migrated by a newer bridge.
+    #[error(
+        "state database {target} was written by a newer version of the bridge (database schema {found}, this version reads up to {supported}); run that newer version, or point state.url at a new empty database (the bridge rebuilds from a full sync; open incidents are not re-triggered as new ones because the dedup_key is stable)"
+    )]
+    NewerDatabaseSchema {
+        target: String,
+        found: u64,
+        supported: u64,
+    },
+    /// Another poller took the leadership lease over (its epoch is `current`): this one must
+    /// stop writing and sending. Nothing of the refused batch was written.
+    #[error(
+        "state database {target}: the leadership lease moved on (this poller held epoch {epoch}, the lease is now at {}); the batch was refused and nothing was written: this poller is no longer the leader", current.map_or_else(|| "no holder".to_owned(), |c| format!("epoch {c}"))
+    )]
+    Fenced {
+        target: String,
+        epoch: u64,
+        current: Option<u64>,
+    },
     /// A record could not be encoded (a time before 1970, for instance); nothing was written.
     #[error("cannot encode {what} for the state store: {detail}; the batch was not applied")]
     Encode { what: &'static str, detail: String },
