@@ -777,3 +777,87 @@ fn tls_sslmodes_verify_the_server_as_libpq_does() {
     assert!(err.contains("no pg_hba.conf entry"), "{err}");
     no_password(&err);
 }
+
+#[test]
+fn random_batches_leave_postgres_exactly_as_memory() {
+    use rand::{Rng, SeedableRng};
+    let Some(pg) = pg_support::shared("random_batches_leave_postgres_exactly_as_memory") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let p = open(&url).unwrap();
+    let m = bridge::state::MemoryStore::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut next = 0u64;
+    let key = |rng: &mut rand::rngs::StdRng| format!("ov1/rest/alerts/{}", rng.random_range(0..8));
+    for round in 0..300 {
+        let mut ops = Vec::new();
+        let mut batch_next = next;
+        for _ in 0..rng.random_range(0..12) {
+            let seq_near =
+                |rng: &mut rand::rngs::StdRng, top: u64| top.saturating_sub(rng.random_range(0..6));
+            let op = match rng.random_range(0..10) {
+                0..=2 => {
+                    let seq = if rng.random_range(0..40) == 0 {
+                        seq_near(&mut rng, batch_next) // sometimes a reused seq
+                    } else {
+                        batch_next + rng.random_range(0..2)
+                    };
+                    batch_next = batch_next.max(seq + 1);
+                    enqueue(seq, &key(&mut rng), Action::Trigger)
+                }
+                3 | 4 => {
+                    let action = if rng.random_bool(0.5) {
+                        Action::Trigger
+                    } else {
+                        Action::Resolve
+                    };
+                    accepted(
+                        seq_near(&mut rng, batch_next),
+                        &key(&mut rng),
+                        action,
+                        t(rng.random_range(0..100)),
+                    )
+                }
+                5 => Op::Cancelled {
+                    seq: seq_near(&mut rng, batch_next),
+                },
+                6 => {
+                    let k = key(&mut rng);
+                    Op::DeadLetter {
+                        seq: seq_near(&mut rng, batch_next),
+                        entry: state_common::dead_letter(&k, t(rng.random_range(0..100))),
+                    }
+                }
+                7 => Op::RemoveDeadLetter { key: key(&mut rng) },
+                8 => Op::Watermark {
+                    appliance: format!("ov{}", rng.random_range(0..3)),
+                    value: rng.random_range(0..1000).to_string(),
+                },
+                _ => Op::ForgetKey { key: key(&mut rng) },
+            };
+            ops.push(op);
+        }
+        let (pr, mr) = (p.apply(&ops), m.apply(&ops));
+        assert_eq!(
+            pr.as_ref().map_err(|e| e.to_string()),
+            mr.as_ref().map_err(|e| e.to_string()),
+            "round {round}: {ops:?}"
+        );
+        if round % 50 == 49 {
+            let cutoff = t(50);
+            assert_eq!(p.prune(cutoff).unwrap(), m.prune(cutoff).unwrap());
+        }
+        assert_eq!(
+            p.load().unwrap(),
+            m.load().unwrap(),
+            "round {round}: {ops:?}"
+        );
+        next = m.load().unwrap().next_seq;
+    }
+    let snap = m.load().unwrap();
+    assert!(
+        !snap.ledger.is_empty() && !snap.dead_letters.is_empty() && !snap.outbox.is_empty(),
+        "the rounds exercised every table"
+    );
+}

@@ -16,6 +16,7 @@
 //!
 //! Errors name the database as `host:port/dbname`, never the URL (which may hold a password).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -718,97 +719,213 @@ async fn check_fence(
     })
 }
 
-// Statement indexes into `STATEMENTS`.
-const ENQUEUE: usize = 0;
-const DEL_OUTBOX: usize = 1;
-const PUT_LEDGER: usize = 2;
-const DEL_DEAD: usize = 3;
-const PUT_DEAD: usize = 4;
-const PUT_WATERMARK: usize = 5;
-const DEL_LEDGER: usize = 6;
-const STATEMENTS: [&str; 7] = [
-    "INSERT INTO bridge_outbox (seq, key, action, priority, enqueued_at_ns, fingerprint, payload)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    "DELETE FROM bridge_outbox WHERE seq = $1",
-    "INSERT INTO bridge_ledger (key, action, fingerprint, at_ns, route) VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (key) DO UPDATE SET action = excluded.action, fingerprint = excluded.fingerprint,
-       at_ns = excluded.at_ns, route = excluded.route",
-    "DELETE FROM bridge_dead_letters WHERE key = $1",
-    "INSERT INTO bridge_dead_letters (key, action, reason, errors, at_ns, payload)
-     VALUES ($1, $2, $3, $4, $5, $6)
-     ON CONFLICT (key) DO UPDATE SET action = excluded.action, reason = excluded.reason,
-       errors = excluded.errors, at_ns = excluded.at_ns, payload = excluded.payload",
-    "INSERT INTO bridge_watermarks (appliance, value) VALUES ($1, $2)
-     ON CONFLICT (appliance) DO UPDATE SET value = excluded.value",
-    "DELETE FROM bridge_ledger WHERE key = $1",
-];
+/// A batch reduced to its net effect per table: the tables are independent, and within one
+/// table only the last op on a row counts, so a batch of any size becomes at most a handful of
+/// bulk statements (`unnest` of arrays) instead of one statement per op.
+#[derive(Default)]
+struct Net<'a> {
+    /// New outbox rows (seqs not used before this batch), minus those removed again.
+    enqueue: BTreeMap<u64, &'a OutboxEntry>,
+    /// Outbox rows to remove that this batch did not add (run before the inserts, so removing a
+    /// seq the batch enqueues later is the no-op it is in the other stores).
+    delete_seqs: BTreeSet<u64>,
+    /// Per key, the ledger entry to keep (`None`: forget it).
+    ledger: BTreeMap<&'a str, Option<LedgerRow<'a>>>,
+    /// Per key, the dead letter to keep (`None`: forget it).
+    dead: BTreeMap<&'a str, Option<&'a DeadLetter>>,
+    watermarks: BTreeMap<&'a str, &'a str>,
+}
 
-type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+struct LedgerRow<'a> {
+    action: Action,
+    fingerprint: &'a str,
+    at: SystemTime,
+    route: &'a str,
+}
 
-/// The statements one op becomes, in the order the other stores apply its effects.
-fn writes<'a>(op: &'a Op, out: &mut Vec<(usize, Vec<Param<'a>>)>) -> Result<(), StateError> {
-    match op {
-        Op::Enqueue(e) => out.push((
-            ENQUEUE,
-            vec![
-                Box::new(seq_i64(e.seq)?),
-                Box::new(e.key.as_str()),
-                Box::new(action_code(e.action)),
-                Box::new(i16::from(e.priority)),
-                Box::new(nanos("outbox enqueued_at", e.enqueued_at)?),
-                Box::new(e.fingerprint.as_str()),
-                Box::new(e.payload.as_str()),
-            ],
-        )),
-        Op::Accepted {
-            seq,
-            key,
-            action,
-            fingerprint,
-            at,
-            route,
-        } => {
-            out.push((DEL_OUTBOX, vec![Box::new(seq_i64(*seq)?)]));
-            // PagerDuty took an event for this key: an older rejection is moot.
-            out.push((DEL_DEAD, vec![Box::new(key.as_str())]));
-            out.push((
-                PUT_LEDGER,
-                vec![
-                    Box::new(key.as_str()),
-                    Box::new(action_code(*action)),
-                    Box::new(fingerprint.as_str()),
-                    Box::new(nanos("ledger at", *at)?),
-                    Box::new(route.as_str()),
-                ],
-            ));
-        }
-        Op::Cancelled { seq } => out.push((DEL_OUTBOX, vec![Box::new(seq_i64(*seq)?)])),
-        Op::DeadLetter { seq, entry } => {
-            out.push((DEL_OUTBOX, vec![Box::new(seq_i64(*seq)?)]));
-            out.push((
-                PUT_DEAD,
-                vec![
-                    Box::new(entry.key.as_str()),
-                    Box::new(action_code(entry.action)),
-                    Box::new(entry.reason.as_str()),
-                    Box::new(entry.errors.as_slice()),
-                    Box::new(nanos("dead letter at", entry.at)?),
-                    Box::new(entry.payload.as_str()),
-                ],
-            ));
-        }
-        Op::RemoveDeadLetter { key } => out.push((DEL_DEAD, vec![Box::new(key.as_str())])),
-        Op::Watermark { appliance, value } => out.push((
-            PUT_WATERMARK,
-            vec![Box::new(appliance.as_str()), Box::new(value.as_str())],
-        )),
-        Op::ForgetKey { key } => {
-            out.push((DEL_LEDGER, vec![Box::new(key.as_str())]));
-            out.push((DEL_DEAD, vec![Box::new(key.as_str())]));
+impl<'a> Net<'a> {
+    fn add(&mut self, op: &'a Op) {
+        match op {
+            Op::Enqueue(e) => {
+                self.enqueue.insert(e.seq, e);
+            }
+            Op::Accepted {
+                seq,
+                key,
+                action,
+                fingerprint,
+                at,
+                route,
+            } => {
+                self.remove_seq(*seq);
+                // PagerDuty took an event for this key: an older rejection is moot.
+                self.dead.insert(key, None);
+                self.ledger.insert(
+                    key,
+                    Some(LedgerRow {
+                        action: *action,
+                        fingerprint,
+                        at: *at,
+                        route,
+                    }),
+                );
+            }
+            Op::Cancelled { seq } => self.remove_seq(*seq),
+            Op::DeadLetter { seq, entry } => {
+                self.remove_seq(*seq);
+                self.dead.insert(&entry.key, Some(entry));
+            }
+            Op::RemoveDeadLetter { key } => {
+                self.dead.insert(key, None);
+            }
+            Op::Watermark { appliance, value } => {
+                self.watermarks.insert(appliance, value);
+            }
+            Op::ForgetKey { key } => {
+                self.ledger.insert(key, None);
+                self.dead.insert(key, None);
+            }
         }
     }
-    Ok(())
+
+    fn remove_seq(&mut self, seq: u64) {
+        if self.enqueue.remove(&seq).is_none() {
+            self.delete_seqs.insert(seq);
+        }
+    }
+
+    /// The statements, in an order that gives the same result as applying the ops one by one,
+    /// with their parameters (encoded here, so an unencodable record fails before any write).
+    fn statements(&self) -> Result<Vec<(&'static str, Vec<Param<'a>>)>, StateError> {
+        let mut out: Vec<(&'static str, Vec<Param<'a>>)> = Vec::new();
+        if !self.delete_seqs.is_empty() {
+            let seqs = self
+                .delete_seqs
+                .iter()
+                .map(|s| seq_i64(*s))
+                .collect::<Result<Vec<i64>, _>>()?;
+            out.push((
+                "DELETE FROM bridge_outbox WHERE seq = ANY($1)",
+                vec![Box::new(seqs)],
+            ));
+        }
+        if !self.enqueue.is_empty() {
+            let n = self.enqueue.len();
+            let (mut seq, mut key, mut action, mut prio, mut at, mut fp, mut payload) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for e in self.enqueue.values() {
+                seq.push(seq_i64(e.seq)?);
+                key.push(e.key.as_str());
+                action.push(action_code(e.action));
+                prio.push(i16::from(e.priority));
+                at.push(nanos("outbox enqueued_at", e.enqueued_at)?);
+                fp.push(e.fingerprint.as_str());
+                payload.push(e.payload.as_str());
+            }
+            out.push((
+                "INSERT INTO bridge_outbox (seq, key, action, priority, enqueued_at_ns, fingerprint, payload)
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int2[], $4::int2[], $5::int8[], $6::text[], $7::text[])",
+                vec![
+                    Box::new(seq),
+                    Box::new(key),
+                    Box::new(action),
+                    Box::new(prio),
+                    Box::new(at),
+                    Box::new(fp),
+                    Box::new(payload),
+                ],
+            ));
+        }
+        let forget: Vec<&str> = self
+            .ledger
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !forget.is_empty() {
+            out.push((
+                "DELETE FROM bridge_ledger WHERE key = ANY($1)",
+                vec![Box::new(forget)],
+            ));
+        }
+        let (mut key, mut action, mut fp, mut at, mut route) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, row) in &self.ledger {
+            if let Some(r) = row {
+                key.push(*k);
+                action.push(action_code(r.action));
+                fp.push(r.fingerprint);
+                at.push(nanos("ledger at", r.at)?);
+                route.push(r.route);
+            }
+        }
+        if !key.is_empty() {
+            out.push((
+                "INSERT INTO bridge_ledger (key, action, fingerprint, at_ns, route)
+                 SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::int8[], $5::text[])
+                 ON CONFLICT (key) DO UPDATE SET action = excluded.action,
+                   fingerprint = excluded.fingerprint, at_ns = excluded.at_ns, route = excluded.route",
+                vec![
+                    Box::new(key),
+                    Box::new(action),
+                    Box::new(fp),
+                    Box::new(at),
+                    Box::new(route),
+                ],
+            ));
+        }
+        let forget: Vec<&str> = self
+            .dead
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !forget.is_empty() {
+            out.push((
+                "DELETE FROM bridge_dead_letters WHERE key = ANY($1)",
+                vec![Box::new(forget)],
+            ));
+        }
+        // Dead letters are rare and carry an array each (which `unnest` cannot take apart
+        // row by row): one statement per letter.
+        for d in self.dead.values().flatten() {
+            out.push((
+                "INSERT INTO bridge_dead_letters (key, action, reason, errors, at_ns, payload)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (key) DO UPDATE SET action = excluded.action, reason = excluded.reason,
+                   errors = excluded.errors, at_ns = excluded.at_ns, payload = excluded.payload",
+                vec![
+                    Box::new(d.key.as_str()),
+                    Box::new(action_code(d.action)),
+                    Box::new(d.reason.as_str()),
+                    Box::new(d.errors.as_slice()),
+                    Box::new(nanos("dead letter at", d.at)?),
+                    Box::new(d.payload.as_str()),
+                ],
+            ));
+        }
+        if !self.watermarks.is_empty() {
+            let (apps, values): (Vec<&str>, Vec<&str>) =
+                self.watermarks.iter().map(|(a, v)| (*a, *v)).unzip();
+            out.push((
+                "INSERT INTO bridge_watermarks (appliance, value)
+                 SELECT * FROM unnest($1::text[], $2::text[])
+                 ON CONFLICT (appliance) DO UPDATE SET value = excluded.value",
+                vec![Box::new(apps), Box::new(values)],
+            ));
+        }
+        Ok(out)
+    }
 }
+
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
 
 /// Whether outbox row `e.seq` is already stored exactly as `e`: the replay of a batch whose
 /// commit reached the database but whose answer did not (a connection cut at the wrong
@@ -868,7 +985,7 @@ async fn apply_batch(
     // Validate everything before the first write, like the other stores (a refused batch
     // rolls back anyway, but the error must be the caller's, not the database's).
     let mut next_seq = stored;
-    let mut plan = Vec::with_capacity(batch.len() * 2);
+    let mut net = Net::default();
     for op in &batch {
         if let Op::Enqueue(e) = op {
             if e.seq < next_seq {
@@ -882,26 +999,23 @@ async fn apply_batch(
             }
             next_seq = e.seq.saturating_add(1);
         }
-        writes(op, &mut plan)?;
+        net.add(op);
     }
-    if plan.is_empty() {
-        return Ok(());
-    }
+    let plan = net.statements()?;
+    let next_seq_param = seq_i64(next_seq)?;
 
-    let mut statements = Vec::with_capacity(STATEMENTS.len());
-    for sql in STATEMENTS {
+    let mut statements = Vec::with_capacity(plan.len());
+    for (sql, _) in &plan {
         statements.push(tx.prepare_cached(sql).await.map_err(ctx.pg(OP))?);
     }
     // Sent back to back without waiting for each answer (tokio-postgres pipelines the
     // requests of futures polled together, in the order they are first polled, and the server
-    // runs them in that order): one round trip per batch, not per op.
+    // runs them in that order).
     let pending: Vec<Pending<'_>> = plan
         .iter()
-        .map(|(i, params)| -> Pending<'_> {
-            Box::pin(tx.execute_raw(
-                &statements[*i],
-                params.iter().map(|p| &**p as &(dyn ToSql + Sync)),
-            ))
+        .zip(&statements)
+        .map(|((_, params), st)| -> Pending<'_> {
+            Box::pin(tx.execute_raw(st, params.iter().map(|p| &**p as &(dyn ToSql + Sync))))
         })
         .collect();
     futures::future::try_join_all(pending)
@@ -910,7 +1024,7 @@ async fn apply_batch(
     if next_seq != stored {
         tx.execute(
             "UPDATE bridge_meta SET next_seq = $1 WHERE id = 1",
-            &[&seq_i64(next_seq)?],
+            &[&next_seq_param],
         )
         .await
         .map_err(ctx.pg(OP))?;
