@@ -155,13 +155,44 @@ impl Sender {
                         .into(),
             };
         }
+        let len = body.len();
+        let body = match &self.gate {
+            None => reqwest::Body::from(body),
+            // Checked again when the connection writes the body: between the check above and
+            // the write there may be a connection to open, or a pause (GC, SIGSTOP) that outlasts
+            // the lease. A request whose body is refused never reaches PagerDuty whole, so it is
+            // not an event there.
+            Some(gate) => {
+                let gate = gate.clone();
+                reqwest::Body::wrap_stream(futures::stream::once(async move {
+                    if gate.is_open() {
+                        Ok(bytes::Bytes::from(body))
+                    } else {
+                        Err(std::io::Error::other(
+                            "the leadership lease could have expired",
+                        ))
+                    }
+                }))
+            }
+        };
         let res = self
             .client
             .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body)
             .send()
             .await;
+        if res.is_err() && self.gate.as_ref().is_some_and(|g| !g.is_open()) {
+            return Attempt::Retry {
+                status: None,
+                code: "not_leader",
+                retry_after: None,
+                reason:
+                    "this poller does not hold the leadership lease (any more); the leader sends"
+                        .into(),
+            };
+        }
         let resp = match res {
             Ok(r) => r,
             Err(e) => {
