@@ -182,7 +182,6 @@ pub enum LeadershipError {
 pub struct Leadership {
     store: Arc<dyn LeaseStore>,
     cfg: LeaseConfig,
-    holder: String,
     gate: Arc<SendGate>,
     metrics: LeaderMetrics,
     readiness: Arc<Readiness>,
@@ -192,7 +191,7 @@ pub struct Leadership {
 impl std::fmt::Debug for Leadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leadership")
-            .field("holder", &self.holder)
+            .field("holder", &self.cfg.holder)
             .finish_non_exhaustive()
     }
 }
@@ -204,11 +203,9 @@ impl Leadership {
         metrics: LeaderMetrics,
         readiness: Arc<Readiness>,
     ) -> Arc<Self> {
-        let holder = cfg.holder.clone();
         Arc::new(Self {
             store,
             cfg,
-            holder,
             gate: Arc::new(SendGate::new()),
             metrics,
             readiness,
@@ -222,7 +219,7 @@ impl Leadership {
     }
 
     pub fn holder(&self) -> &str {
-        &self.holder
+        &self.cfg.holder
     }
 
     fn margin(&self) -> Duration {
@@ -264,19 +261,19 @@ impl Leadership {
         loop {
             let t0 = Instant::now();
             let (holder, url, ttl) = (
-                self.holder.clone(),
+                self.cfg.holder.clone(),
                 self.cfg.advertise_url.clone(),
                 self.cfg.ttl,
             );
             match self.blocking(move |s| s.acquire(&holder, &url, ttl)).await {
                 Ok(Acquired::Granted { epoch }) => {
-                    self.store.set_fence(Some((self.holder.clone(), epoch)));
+                    self.store.set_fence(Some((self.cfg.holder.clone(), epoch)));
                     self.renewed(t0);
                     self.metrics.leader.set(1);
                     self.metrics.epoch.set(epoch as i64);
                     self.metrics.takeovers.inc();
                     self.readiness.set_warning(READY_LEADERSHIP, None);
-                    tracing::info!(holder = %self.holder, epoch, "took the leadership lease; this poller now polls and pages");
+                    tracing::info!(holder = %self.cfg.holder, epoch, "took the leadership lease; this poller now polls and pages");
                     return Some(epoch);
                 }
                 Ok(Acquired::Held(h)) => {
@@ -330,7 +327,7 @@ impl Leadership {
                 _ = tokio::time::sleep_until(next_renew) => {
                     next_renew = tokio::time::Instant::now() + self.cfg.renew_interval;
                     let t0 = Instant::now();
-                    let (holder, ttl) = (self.holder.clone(), self.cfg.ttl);
+                    let (holder, ttl) = (self.cfg.holder.clone(), self.cfg.ttl);
                     match self.blocking(move |s| s.renew(&holder, epoch, ttl)).await {
                         Ok(true) => self.renewed(t0),
                         Ok(false) => {
@@ -371,7 +368,7 @@ impl Leadership {
     pub async fn release(&self, epoch: u64) {
         self.gate.close();
         self.metrics.leader.set(0);
-        let holder = self.holder.clone();
+        let holder = self.cfg.holder.clone();
         match self.blocking(move |s| s.release(&holder, epoch)).await {
             Ok(()) => tracing::info!(epoch, "leadership lease released"),
             Err(e) => {

@@ -100,6 +100,17 @@ pub enum Attempt {
     },
 }
 
+/// The attempt of a poller whose send gate is closed: kept for the leader, never sent.
+fn not_leader() -> Attempt {
+    Attempt::Retry {
+        status: None,
+        code: "not_leader",
+        retry_after: None,
+        reason: "this poller does not hold the leadership lease (any more); the leader sends"
+            .into(),
+    }
+}
+
 /// The pooled keep-alive client and the Events API URL.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -142,18 +153,15 @@ impl Sender {
         self
     }
 
+    fn gate_closed(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| !g.is_open())
+    }
+
     /// Posts one request body. Errors are described without the body (which holds the key).
     pub async fn post(&self, body: Vec<u8>) -> Attempt {
-        if self.gate.as_ref().is_some_and(|g| !g.is_open()) {
+        if self.gate_closed() {
             // Checked last thing before the request: past this instant another poller may lead.
-            return Attempt::Retry {
-                status: None,
-                code: "not_leader",
-                retry_after: None,
-                reason:
-                    "this poller does not hold the leadership lease (any more); the leader sends"
-                        .into(),
-            };
+            return not_leader();
         }
         let len = body.len();
         let body = match &self.gate {
@@ -183,15 +191,8 @@ impl Sender {
             .body(body)
             .send()
             .await;
-        if res.is_err() && self.gate.as_ref().is_some_and(|g| !g.is_open()) {
-            return Attempt::Retry {
-                status: None,
-                code: "not_leader",
-                retry_after: None,
-                reason:
-                    "this poller does not hold the leadership lease (any more); the leader sends"
-                        .into(),
-            };
+        if res.is_err() && self.gate_closed() {
+            return not_leader();
         }
         let resp = match res {
             Ok(r) => r,
