@@ -95,32 +95,59 @@ impl App {
         let mut listener = listener;
 
         if config.role.polls() {
-            let state_cfg = config.state.clone();
-            // Opening and loading read the whole file: off the async workers.
-            let opened = tokio::task::spawn_blocking(move || crate::state::open(&state_cfg))
-                .await
-                .map_err(|e| AppError::Component(format!("opening the state store failed: {e}")))?;
+            let shared = config.state.backend == crate::config::StateBackend::Postgres;
+            let leader_metrics = crate::leader::LeaderMetrics::default();
+            if shared {
+                leader_metrics.register(&mut registry);
+            }
+            let opened = if shared {
+                // A database that is down at start is waited for (a crash loop would only
+                // back off longer), serving /health, /ready (503: state_store) and /metrics.
+                let (l, opened) = serve_core_while(
+                    listener,
+                    &config,
+                    &leader_metrics,
+                    readiness.clone(),
+                    http_metrics.clone(),
+                    connections.clone(),
+                    open_shared(&config, &readiness, &leader_metrics, shutdown),
+                )
+                .await?;
+                listener = l;
+                let Some(opened) = opened else {
+                    return Ok(None);
+                };
+                opened
+            } else {
+                let state_cfg = config.state.clone();
+                // Opening and loading read the whole file: off the async workers.
+                tokio::task::spawn_blocking(move || crate::state::open(&state_cfg))
+                    .await
+                    .map_err(|e| {
+                        AppError::Component(format!("opening the state store failed: {e}"))
+                    })?
+            };
             // A shared database: lead, or stand by until the lease is ours. The snapshot is
             // read only then, so it holds everything the previous leader committed.
             if let Ok(store) = &opened {
                 if let Some(lease_store) = store.clone().lease() {
-                    let metrics = crate::leader::LeaderMetrics::default();
-                    metrics.register(&mut registry);
                     let leadership = crate::leader::Leadership::new(
                         lease_store,
                         config.lease.clone(),
-                        metrics.clone(),
+                        leader_metrics.clone(),
                         readiness.clone(),
                     );
-                    let (l, epoch) = stand_by(
+                    let (l, epoch) = serve_core_while(
                         listener,
                         &config,
-                        &leadership,
-                        &metrics,
+                        &leader_metrics,
                         readiness.clone(),
                         http_metrics.clone(),
                         connections.clone(),
-                        shutdown,
+                        async {
+                            tracing::info!(holder = %leadership.holder(), listen = %config.server.listen, "poller started; waiting for the leadership lease");
+                            leadership.acquire(shutdown).await
+                        },
                     )
                     .await?;
                     listener = l;
@@ -203,7 +230,7 @@ impl App {
             )));
             tasks.push(delivery.task);
         }
-        let web = crate::web::assemble(&config, local, &mut registry, work.clone());
+        let web = crate::web::assemble(&config, local, &mut registry, work.clone())?;
         extra_routes = extra_routes.merge(web.router);
         tasks.extend(web.tasks);
 
@@ -357,19 +384,64 @@ impl App {
     }
 }
 
-/// Serves `/health`, `/ready` and `/metrics` on `listener` while `leadership` waits for the
-/// lease; gives the listener back for the full app. The epoch is `None` when `shutdown` fired.
+/// Opens the shared state database, trying again with backoff while it cannot be reached
+/// (down, not accepting connections yet, credentials not yet mounted). `None`: `shutdown` fired.
+/// Errors no retry can fix (a newer schema, a TLS setup that cannot work) are returned at once.
+async fn open_shared(
+    config: &Config,
+    readiness: &Readiness,
+    metrics: &crate::leader::LeaderMetrics,
+    shutdown: &CancellationToken,
+) -> Option<Result<Arc<dyn crate::state::StateStore>, crate::state::StateError>> {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        let state_cfg = config.state.clone();
+        let opened = match tokio::task::spawn_blocking(move || crate::state::open(&state_cfg)).await
+        {
+            Ok(r) => r,
+            Err(e) => Err(crate::state::StateError::Database {
+                target: "state.url".to_owned(),
+                op: "open",
+                detail: format!("the opening task failed: {e}"),
+            }),
+        };
+        match opened {
+            Ok(store) => {
+                metrics.set_database_up(true);
+                readiness.set_met(crate::state::READY_STATE);
+                return Some(Ok(store));
+            }
+            Err(e) if e.is_transient() => {
+                metrics.set_database_up(false);
+                readiness.set_unmet(crate::state::READY_STATE, e.to_string());
+                tracing::error!(error = %e, retry_in = ?delay, "cannot open the state database; this poller neither leads nor stands by until it can");
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        // Full jitter would let a fleet restarted together retry together less; the spread
+        // matters less than not hammering a database that is coming back.
+        let wait = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Serves `/health`, `/ready` and `/metrics` on `listener` (and answers the internal API with
+/// 503 `not_leader`) while `until` runs: a poller opening the shared database or standing by
+/// for the lease. Gives the listener back for the full app.
 #[allow(clippy::too_many_arguments)]
-async fn stand_by(
+async fn serve_core_while<T>(
     listener: TcpListener,
     config: &Config,
-    leadership: &crate::leader::Leadership,
     metrics: &crate::leader::LeaderMetrics,
     readiness: Arc<Readiness>,
     http_metrics: HttpMetrics,
     connections: http::serve::ConnectionMetrics,
-    shutdown: &CancellationToken,
-) -> Result<(TcpListener, Option<u64>), AppError> {
+    until: impl std::future::Future<Output = T>,
+) -> Result<(TcpListener, T), AppError> {
     let addr = config.server.listen;
     let io = |source: std::io::Error| AppError::Bind { addr, source };
     // Two handles on one socket: the standby server's is closed before the app takes over.
@@ -386,7 +458,27 @@ async fn stand_by(
         registry: Arc::new(registry),
         health_warnings: Arc::new(Vec::new()),
     };
-    let router = http::finish(http::core_routes(core), http_metrics);
+    // A web replica that read the lease just before a takeover may still call here: tell it to
+    // look again rather than answer 404.
+    let standby_readiness = core.readiness.clone();
+    let internal = Router::new().route(
+        "/internal/{*rest}",
+        axum::routing::any(move || {
+            let r = standby_readiness.clone();
+            async move {
+                http::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    crate::web::control::NOT_LEADER,
+                    r.warning(crate::leader::READY_LEADERSHIP)
+                        .unwrap_or_else(|| {
+                            "this poller stands by; another poller leads".to_owned()
+                        }),
+                )
+                .retry_after(1)
+            }
+        }),
+    );
+    let router = http::finish(http::core_routes(core).merge(internal), http_metrics);
     let stop = CancellationToken::new();
     let server = {
         let stop = stop.clone();
@@ -395,9 +487,8 @@ async fn stand_by(
             http::serve::serve(standby_listener, router, limits, connections, stop).await
         })
     };
-    tracing::info!(holder = %leadership.holder(), listen = %addr, "poller started; waiting for the leadership lease");
-    let epoch = leadership.acquire(shutdown).await;
+    let out = until.await;
     stop.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    Ok((listener, epoch))
+    Ok((listener, out))
 }

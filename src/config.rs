@@ -2141,14 +2141,24 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         c.warnings.truncate(warnings);
         url
     });
+    // With the shared database, web replicas follow the lease row to whichever poller leads.
+    let finds_leader = role == Role::Web && raw.state.backend == Some(StateBackend::Postgres);
     let poller_token = c.secret(
         "web.poller_token",
         &raw.web.poller_token,
         &raw.web.poller_token_file,
-        role == Role::Web && raw.web.poller_url.is_some(),
+        role == Role::Web && (raw.web.poller_url.is_some() || finds_leader),
         None,
     );
-    if role == Role::Web && raw.web.poller_url.is_none() {
+    if finds_leader && raw.web.poller_url.is_some() {
+        c.problem(
+            "web.poller_url",
+            raw.web.poller_url.as_deref(),
+            "is set but state.backend is postgres, where web replicas find the leading poller through the lease row (its lease.advertise_url)",
+            "remove web.poller_url (several pollers: the lease names the leader), or remove state.backend and the state.url keys (one poller behind web.poller_url)",
+        );
+    }
+    if role == Role::Web && raw.web.poller_url.is_none() && !finds_leader {
         c.warnings.push("web.poller_url is not set: endpoints that need the poller (alerts, poll, dead letters, webhook write-back) answer 503".to_owned());
     }
     if role == Role::Poller && poller_token.is_none() {
@@ -2765,7 +2775,7 @@ mod tests {
         )
         .unwrap();
         let fig = figment(None).merge(figment::providers::Toml::string(&format!(
-            "[state]\nbackend = \"postgres\"\nurl_file = {:?}\npool_size = 2\nconnect_timeout = \"3s\"\n",
+            "[state]\nbackend = \"postgres\"\nurl_file = {:?}\npool_size = 2\nconnect_timeout = \"3s\"\n[web]\npoller_token = \"t\"\n",
             url_file.display().to_string()
         )));
         let raw = extract(&fig).unwrap();
@@ -2819,6 +2829,35 @@ mod tests {
         let mut r = RawConfig::default();
         r.state.backend = Some(StateBackend::File);
         assert_eq!(keys(refused(r)), ["state.backend"]);
+    }
+
+    #[test]
+    fn web_replicas_with_the_shared_database_find_the_leader_not_a_fixed_url() {
+        let base = "[state]\nbackend = \"postgres\"\nurl = \"postgres://b:pw@db:5432/s\"\n";
+        let parse = |extra: &str| {
+            let fig =
+                figment(None).merge(figment::providers::Toml::string(&format!("{base}{extra}")));
+            validate(extract(&fig).unwrap(), Role::Web)
+        };
+        let c = parse("[web]\npoller_token = \"t\"\n").unwrap();
+        assert!(c.web.poller_url.is_none());
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("web.poller_url")),
+            "{:?}",
+            c.warnings
+        );
+        let keys = |r: Result<Config, ConfigError>| match r {
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.key).collect::<Vec<_>>(),
+            other => panic!("should be refused: {:?}", other.map(|_| ())),
+        };
+        assert_eq!(
+            keys(parse(
+                "[web]\npoller_token = \"t\"\npoller_url = \"http://poller:8080\"\n"
+            )),
+            ["web.poller_url"]
+        );
+        // It calls the leader's internal API, which needs the shared token.
+        assert_eq!(keys(parse("")), ["web.poller_token"]);
     }
 
     #[test]

@@ -133,9 +133,15 @@ pub struct LeaderMetrics {
     takeovers: Counter,
     renew_failures: Counter,
     since_renewal: Gauge<f64, std::sync::atomic::AtomicU64>,
+    database_up: Gauge,
 }
 
 impl LeaderMetrics {
+    /// Whether the state database answered the last attempt to use it.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "bridge_leader",
@@ -161,6 +167,11 @@ impl LeaderMetrics {
             "bridge_leader_seconds_since_renewal",
             "Seconds since the lease was last renewed (or taken) by this poller; 0 while standing by",
             self.since_renewal.clone(),
+        );
+        registry.register(
+            "bridge_state_database_up",
+            "1 when the last lease acquire or renew reached the state database, 0 when it failed",
+            self.database_up.clone(),
         );
     }
 }
@@ -267,6 +278,7 @@ impl Leadership {
             );
             match self.blocking(move |s| s.acquire(&holder, &url, ttl)).await {
                 Ok(Acquired::Granted { epoch }) => {
+                    self.metrics.database_up.set(1);
                     self.store.set_fence(Some((self.cfg.holder.clone(), epoch)));
                     self.renewed(t0);
                     self.metrics.leader.set(1);
@@ -277,6 +289,7 @@ impl Leadership {
                     return Some(epoch);
                 }
                 Ok(Acquired::Held(h)) => {
+                    self.metrics.database_up.set(1);
                     self.metrics.epoch.set(h.epoch as i64);
                     let msg = format!(
                         "standby: the leadership lease is held by {} (epoch {}{}); this poller takes over when it expires",
@@ -295,6 +308,7 @@ impl Leadership {
                     }
                 }
                 Err(e) => {
+                    self.metrics.database_up.set(0);
                     self.readiness.set_warning(
                         READY_LEADERSHIP,
                         Some(format!(
@@ -329,14 +343,19 @@ impl Leadership {
                     let t0 = Instant::now();
                     let (holder, ttl) = (self.cfg.holder.clone(), self.cfg.ttl);
                     match self.blocking(move |s| s.renew(&holder, epoch, ttl)).await {
-                        Ok(true) => self.renewed(t0),
+                        Ok(true) => {
+                            self.metrics.database_up.set(1);
+                            self.renewed(t0);
+                        }
                         Ok(false) => {
+                            self.metrics.database_up.set(1);
                             self.step_down();
                             let e = LeadershipError::Lost { epoch };
                             tracing::error!(error = %e, "leadership lost");
                             return Err(e);
                         }
                         Err(detail) => {
+                            self.metrics.database_up.set(0);
                             self.metrics.renew_failures.inc();
                             tracing::warn!(error = %detail, epoch, remaining = ?self.gate.remaining(), "lease renewal failed; trying again until the lease could expire");
                         }

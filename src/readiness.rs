@@ -100,6 +100,11 @@ impl Readiness {
         };
     }
 
+    /// The warning `name`, when set.
+    pub fn warning(&self, name: &str) -> Option<String> {
+        self.lock().warnings.get(name).cloned()
+    }
+
     /// Declares an appliance: not logged in, not synced.
     pub fn register_appliance(&self, name: &str) {
         self.lock().appliances.insert(

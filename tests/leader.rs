@@ -402,3 +402,242 @@ async fn a_graceful_stop_hands_the_lease_over_at_once() {
     pd.shutdown();
     ov.stop().await;
 }
+
+const POLLER_TOKEN: &str = "leader-test-poller-token";
+
+/// A poller of role `poller` (internal API for web replicas, advertised in the lease row).
+fn split_poller(name: &str, ov: &ovsim::RunningSim, pd: &pdsim::SimHandle, url: &str) -> Poller {
+    let mut p = Poller::new(name, ov, pd, url);
+    p.env.role = "poller";
+    p.env.set("BRIDGE_WEB__POLLER_TOKEN", POLLER_TOKEN);
+    p.env.set(
+        "BRIDGE_LEASE__ADVERTISE_URL",
+        format!("http://127.0.0.1:{}", p.port),
+    );
+    p
+}
+
+/// Status, `Retry-After` and JSON body of a GET; `None` when nothing answered.
+async fn get(url: &str) -> Option<(u16, Option<String>, serde_json::Value)> {
+    let r = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Some((status, retry, r.json().await.unwrap_or_default()))
+}
+
+/// Requests `p` served for a web replica.
+fn forwarded(p: &Poller) -> usize {
+    p.log()
+        .lines()
+        .filter(|l| l.contains("request served") && l.contains("/internal/v1/alerts"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_replicas_follow_the_leader_through_the_lease_row() {
+    let Some(pg) = PgServer::start("web_replicas_follow_the_leader") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+
+    let web_dir = tempfile::tempdir().unwrap();
+    let mut web = BridgeEnv::new(ov.url(), pd.events_url(), web_dir.path());
+    web.role = "web";
+    web.state_path = None;
+    let web_port = free_port();
+    web.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{web_port}"));
+    web.set("BRIDGE_SERVER__STATUS_PUBLIC", "true");
+    web.set("BRIDGE_STATE__BACKEND", "postgres");
+    web.set("BRIDGE_STATE__URL", &url);
+    web.set("BRIDGE_WEB__POLLER_TOKEN", POLLER_TOKEN);
+    let mut web_child = web.spawn();
+    let status_url = format!("http://127.0.0.1:{web_port}/api/v1/alerts");
+    let health = format!("http://127.0.0.1:{web_port}/health");
+    let mut up = false;
+    for _ in 0..300 {
+        if get(&health).await.is_some_and(|(s, _, _)| s == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up,
+        "the web replica starts without a poller:\n{}",
+        web.log()
+    );
+
+    // No poller has taken the lease yet: a handover, not a broken replica.
+    let (s, retry, body) = get(&status_url).await.unwrap();
+    assert_eq!((s, retry.as_deref()), (503, Some("1")), "{body}");
+    assert_eq!(body["error"], "leader_handover", "{body}");
+
+    let mut a = split_poller("a", &ov, &pd, &url);
+    let mut b = split_poller("b", &ov, &pd, &url);
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
+        "{}",
+        a.log()
+    );
+    b.start();
+    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+
+    let (s, _, body) = get(&status_url).await.unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert_eq!((forwarded(&a), forwarded(&b)), (1, 0));
+
+    // The standby tells a stale caller to look again, and says who leads on /health.
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/internal/v1/status", b.port))
+        .bearer_auth(POLLER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_leader", "{v}");
+    let (s, _, h) = get(&format!("http://127.0.0.1:{}/health", b.port))
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    assert!(
+        h["leadership"]
+            .as_str()
+            .is_some_and(|m| m.contains("held by a")),
+        "{h}"
+    );
+
+    // The leader dies. Until b leads, every answer is a handover with Retry-After, never an
+    // error of another kind; then b answers.
+    a.kill();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, retry, body) = get(&status_url).await.unwrap();
+        if s == 200 {
+            break;
+        }
+        seen.push((s, retry, body["error"].as_str().unwrap_or("").to_owned()));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{seen:?}\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!seen.is_empty(), "a 3 s lease leaves a handover to see");
+    assert!(
+        seen.iter()
+            .all(|(s, r, e)| *s == 503 && r.as_deref() == Some("1") && e == "leader_handover"),
+        "{seen:?}"
+    );
+    assert_eq!(b.took_over(), 1);
+    assert!(forwarded(&b) >= 1);
+
+    // A graceful stop of b: a (restarted as a standby) leads within a second or two, and the
+    // replica follows it.
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.log().contains("standing by")).await,
+        "{}",
+        a.log()
+    );
+    let before = forwarded(&a);
+    let status = sigterm(b.child.as_mut().unwrap(), Duration::from_secs(15));
+    b.child = None;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        wait_for(Duration::from_secs(10), || a.took_over() == 2).await,
+        "{}",
+        a.log()
+    );
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&status_url).await.is_some_and(|(s, _, _)| s == 200) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "{}", web.log());
+    assert!(forwarded(&a) > before);
+
+    sigkill(&mut web_child);
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_started_while_the_database_is_down_waits_for_it() {
+    let Some(pg) = PgServer::start("a_poller_started_while_the_database_is_down") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    pg.stop();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    a.start();
+    let ready = format!("http://127.0.0.1:{}/ready", a.port);
+    let metrics = format!("http://127.0.0.1:{}/metrics", a.port);
+    let mut answered = None;
+    for _ in 0..200 {
+        if let Some(r) = get(&ready).await {
+            answered = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, _, body) = answered.expect("the poller serves /ready while the database is down");
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["unmet"][0]["condition"], "state_store", "{body}");
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(text.contains("bridge_state_database_up 0"), "{text}");
+    // Still waiting, not exited, after a few retries.
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .log()
+            .matches("cannot open the state database")
+            .count()
+            >= 2)
+        .await,
+        "{}",
+        a.log()
+    );
+    assert!(a.child.as_mut().unwrap().try_wait().unwrap().is_none());
+
+    pg.start_again();
+    assert!(
+        wait_for(Duration::from_secs(60), || a.took_over() == 1).await,
+        "{}",
+        a.log()
+    );
+    ov.handle.generate(&GenerateSpec {
+        count: 3,
+        ..Default::default()
+    });
+    assert!(
+        pd.wait_until(Duration::from_secs(30), |pd| pd.incidents().len() == 3)
+            .await
+    );
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(text.contains("bridge_state_database_up 1"), "{text}");
+    let (s, _, body) = get(&ready).await.unwrap();
+    assert_eq!(s, 200, "{body}");
+    pd.shutdown();
+    ov.stop().await;
+}

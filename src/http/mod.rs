@@ -58,6 +58,8 @@ pub struct ApiError {
     /// cannot carry another request (a keep-alive client would send its next request into
     /// the unread body otherwise).
     pub close: bool,
+    /// Seconds for a `Retry-After` header: the condition is expected to pass by itself.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -67,7 +69,14 @@ impl ApiError {
             error,
             message: message.into(),
             close: false,
+            retry_after: None,
         }
+    }
+
+    /// The same error with `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// The same error, answered with `Connection: close`.
@@ -88,6 +97,10 @@ impl IntoResponse for ApiError {
         if self.close {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }
@@ -163,6 +176,9 @@ struct Health {
     uptime_seconds: u64,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     warnings: Vec<String>,
+    /// A standby poller: who leads, or why the lease cannot be read. Healthy either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leadership: Option<String>,
 }
 
 async fn health(State(s): State<CoreState>) -> impl IntoResponse {
@@ -172,6 +188,7 @@ async fn health(State(s): State<CoreState>) -> impl IntoResponse {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: s.started.elapsed().as_secs(),
         warnings: s.health_warnings.as_ref().clone(),
+        leadership: s.readiness.warning(crate::leader::READY_LEADERSHIP),
     })
 }
 

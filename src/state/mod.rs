@@ -325,6 +325,22 @@ pub enum StateError {
     Encode { what: &'static str, detail: String },
 }
 
+impl StateError {
+    /// Whether trying again later can succeed without a change by the user: the database
+    /// was unreachable, slow or refused the connection (it may be restarting), or the secret
+    /// file of `state.url_file` is not mounted yet. A newer schema, a TLS setup that cannot
+    /// work or a corrupt file are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Database { op, .. } => !matches!(
+                *op,
+                "parse state.url" | "set up TLS" | "build the connection pool" | "open"
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn io_hint(e: &io::Error) -> &'static str {
     match e.kind() {
         io::ErrorKind::PermissionDenied => {

@@ -254,6 +254,8 @@ pub struct LeaseHolder {
     pub advertise_url: String,
     /// By the DATABASE clock.
     pub expires_at: SystemTime,
+    /// `expires_at` is still ahead of the database clock when the row was read.
+    pub live: bool,
 }
 
 /// The outcome of [`PostgresStore::acquire`].
@@ -351,6 +353,16 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects, applies the migrations this build knows and checks the schema is not newer.
     pub fn open(opts: &PostgresOptions) -> Result<Self, StateError> {
+        let store = Self::connect(opts)?;
+        let ctx = store.ctx.clone();
+        store.run("migrate", migrate(ctx))?;
+        Ok(store)
+    }
+
+    /// Builds the pool without touching the schema: for web replicas, which only read the
+    /// lease row (the pollers own the schema; a web replica of another version must not
+    /// migrate it). Connects lazily, so a database that is down now is not an error here.
+    pub fn connect(opts: &PostgresOptions) -> Result<Self, StateError> {
         let parsed =
             parse_url(opts.url.expose_secret()).map_err(|detail| StateError::Database {
                 target: "state.url".to_owned(),
@@ -415,8 +427,6 @@ impl PostgresStore {
             operation_timeout: opts.operation_timeout,
             rt: Some(rt),
         };
-        let ctx = store.ctx.clone();
-        store.run("migrate", migrate(ctx))?;
         Ok(store)
     }
 
@@ -579,19 +589,28 @@ async fn current_lease(
     client: &impl GenericClient,
     op: &'static str,
 ) -> Result<Option<LeaseHolder>, StateError> {
-    let row = client
+    let row = match client
         .query_opt(
-            "SELECT holder, epoch, advertise_url, expires_at FROM bridge_lease WHERE name = $1",
+            "SELECT holder, epoch, advertise_url, expires_at, expires_at > now()
+             FROM bridge_lease WHERE name = $1",
             &[&&*ctx.lease],
         )
         .await
-        .map_err(ctx.pg(op))?;
+    {
+        Ok(row) => row,
+        // A web replica may read before any poller created the schema: nobody leads yet.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(ctx.pg(op)(e)),
+    };
     let Some(r) = row else { return Ok(None) };
     Ok(Some(LeaseHolder {
         holder: r.try_get(0).map_err(ctx.pg(op))?,
         epoch: epoch_of(ctx, op, r.try_get(1).map_err(ctx.pg(op))?)?,
         advertise_url: r.try_get(2).map_err(ctx.pg(op))?,
         expires_at: r.try_get(3).map_err(ctx.pg(op))?,
+        live: r.try_get(4).map_err(ctx.pg(op))?,
     }))
 }
 

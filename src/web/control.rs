@@ -34,7 +34,7 @@ use crate::web::auth::ApiTokens;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error(
-        "the poller is unreachable at {url} (web.poller_url): {detail}; retry later, and check that the poller runs and web.poller_token matches its token"
+        "the poller is unreachable at {url}: {detail}; retry later, and check that the poller runs, that this replica reaches it there (web.poller_url, or the poller's lease.advertise_url with state.backend postgres) and that web.poller_token matches its token"
     )]
     Unreachable { url: String, detail: String },
     #[error("{message}")]
@@ -47,6 +47,9 @@ pub enum ControlError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// No poller leads at this moment (a handover): answered 503 with `Retry-After`.
+    #[error("{0}")]
+    Handover(String),
 }
 
 impl From<ControlError> for ApiError {
@@ -69,6 +72,7 @@ impl From<ControlError> for ApiError {
                     "forbidden" => "poller_forbidden",
                     "bad_request" => "bad_request",
                     "queue_full" => "queue_full",
+                    NOT_LEADER => "leader_handover",
                     _ => "poller_error",
                 };
                 // A web replica whose token the poller refuses is misconfigured, not the caller.
@@ -82,6 +86,9 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             ControlError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            ControlError::Handover(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "leader_handover", m).retry_after(1)
             }
         }
     }
@@ -916,22 +923,115 @@ pub fn oneview_link(ui_url: &str, uri: &str) -> String {
     format!("{}/#/activity/r{}", ui_url.trim_end_matches('/'), uri)
 }
 
+/// Where role `web` finds the poller it forwards to.
+#[derive(Clone)]
+pub enum PollerLocator {
+    /// `web.poller_url` (one poller, behind a Service); `None` when it is not set.
+    Fixed(Option<url::Url>),
+    /// `state.backend = "postgres"`: the lease row names the leader and its
+    /// `lease.advertise_url`.
+    Lease(Arc<LeaseLocator>),
+}
+
+/// Reads the leader's URL from the lease row, at most once per [`LeaseLocator::FRESH`] unless a
+/// call to the cached leader failed.
+pub struct LeaseLocator {
+    store: Arc<crate::state::PostgresStore>,
+    /// One lookup at a time: a burst of requests during a handover reads the row once.
+    cached: tokio::sync::Mutex<Option<(tokio::time::Instant, Located)>>,
+}
+
+#[derive(Clone)]
+enum Located {
+    Leader { url: url::Url, holder: String },
+    Handover(String),
+    Unavailable(String),
+}
+
+impl LeaseLocator {
+    /// How long a lookup is trusted: well under the 1 s a standby needs to notice a released
+    /// lease, so a handover costs a caller at most one `leader_handover` answer.
+    const FRESH: Duration = Duration::from_millis(500);
+
+    /// Builds the database client of a web replica; it never touches the schema.
+    pub fn connect(cfg: &crate::config::StateConfig) -> Result<Self, crate::state::StateError> {
+        let mut opts = crate::state::postgres_options(cfg)?;
+        // A request waits for this lookup: fail fast, the caller retries.
+        opts.operation_timeout = Duration::from_secs(3);
+        opts.pool_size = 1;
+        Ok(Self {
+            store: Arc::new(crate::state::PostgresStore::connect(&opts)?),
+            cached: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn locate(&self, fresh: bool) -> Located {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, found)) = cached.as_ref() {
+            // "Nobody leads" is re-read sooner: a takeover ends it at any moment.
+            let trusted = match found {
+                Located::Leader { .. } => Self::FRESH,
+                _ => Self::FRESH / 5,
+            };
+            if !fresh && at.elapsed() < trusted {
+                return found.clone();
+            }
+        }
+        let store = self.store.clone();
+        let found = match tokio::task::spawn_blocking(move || store.current()).await {
+            Ok(Ok(Some(h))) if h.live => match url::Url::parse(&h.advertise_url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Located::Leader {
+                    url,
+                    holder: h.holder,
+                },
+                _ => Located::Unavailable(format!(
+                    "the leading poller {} advertises no usable URL ({:?}); set lease.advertise_url on the pollers to the address web replicas reach them at, like http://POD_IP:8080",
+                    h.holder, h.advertise_url
+                )),
+            },
+            Ok(Ok(Some(h))) => Located::Handover(format!(
+                "no poller leads right now: the lease of {} (epoch {}) has expired and a standby takes over within lease.renew_interval; retry in a second",
+                h.holder, h.epoch
+            )),
+            Ok(Ok(None)) => Located::Handover(
+                "no poller has taken the leadership lease yet; retry once a poller runs".to_owned(),
+            ),
+            Ok(Err(e)) => Located::Unavailable(format!("cannot find the leading poller: {e}")),
+            Err(e) => Located::Unavailable(format!("cannot find the leading poller: {e}")),
+        };
+        *cached = Some((tokio::time::Instant::now(), found.clone()));
+        found
+    }
+}
+
 /// The HTTP client of the poller's internal API (role `web`).
 #[derive(Clone)]
 pub struct Remote {
-    base: Option<url::Url>,
+    locator: PollerLocator,
     token: Option<Arc<Secret>>,
     http: reqwest::Client,
 }
 
+/// Why one call to one poller failed.
+enum CallError {
+    /// Nothing reached the poller (connection refused or reset before the request was
+    /// written), or it answered that it does not lead: another poller may.
+    Elsewhere(ControlError),
+    Other(ControlError),
+}
+
 impl Remote {
-    pub fn new(base: Option<url::Url>, token: Option<Arc<Secret>>, timeout: Duration) -> Self {
+    pub fn new(locator: PollerLocator, token: Option<Arc<Secret>>, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_default();
-        Self { base, token, http }
+        Self {
+            locator,
+            token,
+            http,
+        }
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -940,19 +1040,68 @@ impl Remote {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, ControlError> {
-        let Some(base) = &self.base else {
-            return Err(ControlError::Unreachable {
-                url: "(not set)".to_owned(),
-                detail: "web.poller_url is not configured".to_owned(),
-            });
+        let lease = match &self.locator {
+            PollerLocator::Fixed(Some(base)) => {
+                return match self.call_at(base, method, path, body).await {
+                    Ok(v) => Ok(v),
+                    Err(CallError::Elsewhere(e) | CallError::Other(e)) => Err(e),
+                };
+            }
+            PollerLocator::Fixed(None) => {
+                return Err(ControlError::Unreachable {
+                    url: "(not set)".to_owned(),
+                    detail: "web.poller_url is not configured".to_owned(),
+                });
+            }
+            PollerLocator::Lease(l) => l,
         };
+        let mut fresh = false;
+        let mut tried: Option<String> = None;
+        loop {
+            let (base, holder) = match lease.locate(fresh).await {
+                Located::Leader { url, holder } => (url, holder),
+                Located::Handover(m) => return Err(ControlError::Handover(m)),
+                Located::Unavailable(m) => return Err(ControlError::Unavailable(m)),
+            };
+            if tried.as_deref() == Some(holder.as_str()) {
+                // The row still names the poller that just failed: it died or paused and its
+                // lease has not run out yet. A standby takes over within lease.ttl.
+                return Err(ControlError::Handover(format!(
+                    "the leading poller {holder} ({base}) does not answer; its lease runs out within lease.ttl and a standby takes over; retry in a few seconds"
+                )));
+            }
+            match self
+                .call_at(&base, method.clone(), path, body.clone())
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(CallError::Other(e)) => return Err(e),
+                Err(CallError::Elsewhere(e)) => {
+                    tracing::info!(leader = %holder, error = %e, "the poller the lease named did not take the call; reading the lease again");
+                    tried = Some(holder);
+                    fresh = true;
+                }
+            }
+        }
+    }
+
+    async fn call_at<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &url::Url,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, CallError> {
         let url = format!("{}{path}", base.as_str().trim_end_matches('/'));
+        let unreachable = |detail: String| ControlError::Unreachable {
+            url: url.clone(),
+            detail,
+        };
         let mut rb = self.http.request(method, &url);
         if let Some(t) = &self.token {
-            let t = t.current().map_err(|e| ControlError::Unreachable {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
+            let t = t
+                .current()
+                .map_err(|e| CallError::Other(unreachable(e.to_string())))?;
             rb = rb.bearer_auth(t.expose_secret());
         }
         if let Some(id) = crate::http::current_request_id() {
@@ -961,37 +1110,54 @@ impl Remote {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb.send().await.map_err(|e| ControlError::Unreachable {
-            url: url.clone(),
-            detail: if e.is_timeout() {
+        let resp = rb.send().await.map_err(|e| {
+            let detail = if e.is_timeout() {
                 "timed out".to_owned()
             } else {
                 format!("connection failed ({e})")
-            },
+            };
+            // Only a refused connection is safe to send elsewhere: after a timeout the poller
+            // may have acted on it.
+            if e.is_connect() {
+                CallError::Elsewhere(unreachable(detail))
+            } else {
+                CallError::Other(unreachable(detail))
+            }
         })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ControlError::Unreachable {
-            url: url.clone(),
-            detail: format!("reading the answer failed ({e})"),
+        let bytes = resp.bytes().await.map_err(|e| {
+            CallError::Other(unreachable(format!("reading the answer failed ({e})")))
         })?;
         if !(200..300).contains(&status) {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ControlError::Upstream {
+            let error = v["error"].as_str().unwrap_or("poller_error").to_owned();
+            let e = ControlError::Upstream {
                 status,
-                error: v["error"].as_str().unwrap_or("poller_error").to_owned(),
                 message: v["message"]
                     .as_str()
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("HTTP {status} from {url}")),
+                error,
+            };
+            return Err(match &e {
+                ControlError::Upstream { error, .. } if error == NOT_LEADER => {
+                    CallError::Elsewhere(e)
+                }
+                _ => CallError::Other(e),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ControlError::Upstream {
-            status: 502,
-            error: "poller_error".to_owned(),
-            message: format!("unusable answer from {url}: {e}"),
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::Other(ControlError::Upstream {
+                status: 502,
+                error: "poller_error".to_owned(),
+                message: format!("unusable answer from {url}: {e}"),
+            })
         })
     }
 }
+
+/// The `error` of a standby poller's answer to the internal API.
+pub const NOT_LEADER: &str = "not_leader";
 
 /// What the web handlers ask of the poller.
 #[derive(Clone)]

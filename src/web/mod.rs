@@ -20,8 +20,8 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Role};
-use control::{Control, Local, Remote};
+use crate::config::{Config, Role, StateBackend};
+use control::{Control, LeaseLocator, Local, PollerLocator, Remote};
 
 /// The routes and background tasks of the web side for one role.
 pub struct WebParts {
@@ -31,29 +31,35 @@ pub struct WebParts {
 
 /// Builds the web side: role `all` serves the public API on `local`; role `poller` serves only
 /// the internal API for web replicas; role `web` serves the public API through the poller's
-/// internal API at `web.poller_url`.
+/// internal API at `web.poller_url`, or of the leading poller the lease row names (state
+/// backend `postgres`). Fails only when the state database's client cannot be set up (its TLS
+/// configuration).
 pub fn assemble(
     config: &Arc<Config>,
     local: Option<Arc<Local>>,
     registry: &mut Registry,
     work: CancellationToken,
-) -> WebParts {
+) -> Result<WebParts, crate::state::StateError> {
     let control = match (config.role, local) {
         (Role::Poller, Some(l)) => {
-            return WebParts {
+            return Ok(WebParts {
                 router: control::internal_routes(l, config.web.poller_token.clone()),
                 tasks: Vec::new(),
-            };
+            });
         }
         (Role::Poller, None) => {
-            return WebParts {
+            return Ok(WebParts {
                 router: Router::new(),
                 tasks: Vec::new(),
-            };
+            });
         }
         (_, Some(l)) => Control::Local(l),
         (_, None) => Control::Remote(Remote::new(
-            config.web.poller_url.clone(),
+            if config.state.backend == StateBackend::Postgres {
+                PollerLocator::Lease(Arc::new(LeaseLocator::connect(&config.state)?))
+            } else {
+                PollerLocator::Fixed(config.web.poller_url.clone())
+            },
             config.web.poller_token.clone(),
             config
                 .server
@@ -80,8 +86,8 @@ pub fn assemble(
     };
     let dispatcher = webhook::dispatcher(state.clone(), queue, work.clone());
     let (router, task) = api::routes(state, work);
-    WebParts {
+    Ok(WebParts {
         router,
         tasks: vec![task, dispatcher],
-    }
+    })
 }

@@ -1,4 +1,4 @@
-//! Runs the built binary (`run --role all`) as a child process against in-process simulators,
+//! Runs the built binary (`run --role all`, or the role a test sets) as a child process against in-process simulators,
 //! configured only through `BRIDGE_*` environment variables.
 #![allow(dead_code)]
 
@@ -18,6 +18,8 @@ pub struct BridgeEnv {
     pub log_path: PathBuf,
     /// Extra or overriding variables.
     pub extra: Vec<(String, String)>,
+    /// `--role`: `all` unless a test runs the split roles.
+    pub role: &'static str,
 }
 
 impl BridgeEnv {
@@ -28,6 +30,7 @@ impl BridgeEnv {
             state_path: Some(dir.join("state.redb")),
             log_path: dir.join("bridge.log"),
             extra: Vec::new(),
+            role: "all",
         }
     }
 
@@ -44,7 +47,7 @@ impl BridgeEnv {
             .open(&self.log_path)
             .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--role", "all"])
+        cmd.args(["run", "--role", self.role])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BRIDGE_ONEVIEW__URL", &self.ov_url)
