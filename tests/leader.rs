@@ -139,7 +139,7 @@ fn from(pd: &pdsim::SimHandle, name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice() {
-    const ALERTS: usize = 600;
+    const ALERTS: usize = 2000;
     let Some(pg) = PgServer::start("the_standby_takes_over_after_each_sigkill") else {
         return;
     };
@@ -638,6 +638,300 @@ async fn a_poller_started_while_the_database_is_down_waits_for_it() {
     assert!(text.contains("bridge_state_database_up 1"), "{text}");
     let (s, _, body) = get(&ready).await.unwrap();
     assert_eq!(s, 200, "{body}");
+    pd.shutdown();
+    ov.stop().await;
+}
+
+/// Samples the lease row every 20 ms until dropped; `max_gap` is the longest run of samples in
+/// which no poller held a live lease.
+struct LeaseWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Duration, usize, usize)>>,
+}
+
+impl LeaseWatch {
+    fn start(url: &str) -> Self {
+        let mut o = bridge::state::PostgresOptions::new(url.to_owned().into());
+        o.connect_timeout = Duration::from_secs(2);
+        o.operation_timeout = Duration::from_secs(2);
+        let store = bridge::state::PostgresStore::connect(&o).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut max_gap, mut samples, mut epochs) = (Duration::ZERO, 0, 0);
+            let mut gap_since: Option<std::time::Instant> = None;
+            let mut last_epoch = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = std::time::Instant::now();
+                match store.current() {
+                    Ok(Some(h)) if h.live => {
+                        if let Some(t) = gap_since.take() {
+                            max_gap = max_gap.max(now - t);
+                        }
+                        if h.epoch != last_epoch {
+                            epochs += 1;
+                            last_epoch = h.epoch;
+                        }
+                    }
+                    _ => {
+                        gap_since.get_or_insert(now);
+                    }
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (max_gap, samples, epochs)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (longest gap without a live lease, samples, distinct epochs seen).
+    fn finish(mut self) -> (Duration, usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Every generated alert has exactly one incident, resolved iff it was cleared.
+fn assert_exactly_once(pd: &pdsim::SimHandle, ids: &[u64], cleared: &[u64]) {
+    let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
+    for i in pd.incidents() {
+        by_key
+            .entry(i.dedup_key.clone())
+            .or_default()
+            .push(i.status);
+    }
+    assert_eq!(
+        pd.counters().incidents_opened as usize,
+        ids.len(),
+        "none opened twice"
+    );
+    for id in ids {
+        let want = if cleared.contains(id) {
+            IncidentStatus::Resolved
+        } else {
+            IncidentStatus::Triggered
+        };
+        assert_eq!(by_key.get(&dedup_key(*id)), Some(&vec![want]), "alert {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_rolling_restarts_of_both_pollers_leave_no_leaderless_gap_and_no_duplicate() {
+    let Some(pg) = PgServer::start("ten_rolling_restarts_of_both_pollers") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(
+        loopback,
+        Faults {
+            error_rate: 0.1,
+            seed: 16,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
+        "{}",
+        a.log()
+    );
+    b.start();
+    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    let watch = LeaseWatch::start(&url);
+
+    let mut ids: Vec<u64> = Vec::new();
+    let mut cleared: Vec<u64> = Vec::new();
+    for round in 0..10 {
+        // Alerts keep arriving and clearing while the pollers roll: a quarter of the previous
+        // round's alerts clear (once paged: an alert cleared before its page is never paged).
+        if round > 0 {
+            assert!(
+                pd.wait_until(Duration::from_secs(60), |pd| pd.incidents().len()
+                    == ids.len())
+                    .await,
+                "round {round}: {} incidents of {}",
+                pd.incidents().len(),
+                ids.len()
+            );
+            for id in ids.iter().copied().skip((round - 1) * 40).step_by(4) {
+                ov.handle.clear(id).unwrap();
+                cleared.push(id);
+            }
+        }
+        ids.extend(ov.handle.generate(&GenerateSpec {
+            count: 40,
+            ..Default::default()
+        }));
+        for p in [&mut a, &mut b] {
+            let starts = p.log().matches("poller started").count();
+            let status = sigterm(p.child.as_mut().unwrap(), Duration::from_secs(15));
+            p.child = None;
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "round {round}: graceful stop: {status:?}\n{}",
+                p.log()
+            );
+            p.start();
+            // Back up (leading or standing by) before the other one goes.
+            assert!(
+                wait_for(Duration::from_secs(30), || {
+                    let log = p.log();
+                    let tail = log.split("poller started").nth(starts + 1).unwrap_or("");
+                    tail.contains("standing by") || tail.contains("took the leadership lease")
+                })
+                .await,
+                "round {round}:\n{}",
+                p.log()
+            );
+        }
+    }
+    assert!(
+        pd.wait_until(Duration::from_secs(60), |pd| {
+            pd.incidents().len() == ids.len()
+                && pd.counters().incidents_resolved as usize == cleared.len()
+        })
+        .await,
+        "{} incidents of {}, {:?}",
+        pd.incidents().len(),
+        ids.len(),
+        pd.counters()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (max_gap, samples, epochs) = watch.finish();
+    let c = pd.counters();
+    eprintln!(
+        "20 restarts: {} alerts, {} cleared; {} requests, {} opened, {} resolved; longest gap without a leader {:?} ({samples} lease samples, {epochs} epochs)",
+        ids.len(),
+        cleared.len(),
+        c.requests,
+        c.incidents_opened,
+        c.incidents_resolved,
+        max_gap
+    );
+    let ttl = humantime::parse_duration(TTL).unwrap();
+    assert!(
+        max_gap < ttl,
+        "a leaderless gap of {max_gap:?} (ttl {ttl:?})"
+    );
+    // Every graceful stop of the leader hands over: one epoch per leader change.
+    assert!(epochs >= 10, "{epochs} epochs");
+    assert_exactly_once(&pd, &ids, &cleared);
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_storm_loses_nothing_and_both_pollers_reconnect() {
+    const ALERTS: usize = 1000;
+    let Some(pg) = PgServer::start("a_database_restart_mid_storm") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(
+        loopback,
+        Faults {
+            error_rate: 0.2,
+            seed: 17,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    // Long enough that the restart (about a second) does not cost a's leadership: this is
+    // about reconnecting, the takeover has its own tests.
+    for p in [&mut a, &mut b] {
+        p.env.set("BRIDGE_LEASE__TTL", "20s");
+    }
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
+        "{}",
+        a.log()
+    );
+    b.start();
+    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+
+    let ids: Vec<u64> = ov
+        .handle
+        .generate(&GenerateSpec {
+            count: ALERTS,
+            ..Default::default()
+        })
+        .collect();
+    assert!(
+        pd.wait_until(Duration::from_secs(60), |pd| pd.incidents().len()
+            >= ALERTS / 4)
+            .await
+    );
+    pg.restart();
+    let at_restart = pd.incidents().len();
+    assert!(
+        pd.wait_until(Duration::from_secs(90), |pd| pd.incidents().len() == ALERTS)
+            .await,
+        "{} incidents, {:?}\n{}",
+        pd.incidents().len(),
+        pd.counters(),
+        a.log()
+    );
+    let cleared: Vec<u64> = ids.iter().copied().step_by(5).collect();
+    for id in &cleared {
+        ov.handle.clear(*id).unwrap();
+    }
+    assert!(
+        pd.wait_until(Duration::from_secs(90), |pd| {
+            pd.incidents().len() == ALERTS
+                && pd.counters().incidents_resolved as usize == cleared.len()
+        })
+        .await,
+        "{} incidents, {:?}\n{}",
+        pd.incidents().len(),
+        pd.counters(),
+        a.log()
+    );
+    // Both reconnected: a writes again (what its journal kept is committed), b reads the
+    // lease again.
+    assert!(
+        ledger_reaches(&url, ALERTS).await,
+        "every alert is in the shared ledger"
+    );
+    let log = a.log();
+    assert!(
+        !log.contains("cannot write the delivery state")
+            || log.contains("state store writes succeed again"),
+        "{log}"
+    );
+    let (status, body) = b.ready_body().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("held by a"),
+        "b reads the lease again: {body}"
+    );
+    let (status, body) = a.ready_body().await.unwrap();
+    assert_eq!(status, 200, "a's state store is usable again: {body}");
+    assert!(a.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(b.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert_eq!((a.took_over(), b.took_over()), (1, 0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = pd.counters();
+    eprintln!(
+        "database restart after {at_restart} incidents: {} requests, {} opened, {} resolved",
+        c.requests, c.incidents_opened, c.incidents_resolved
+    );
+    assert_exactly_once(&pd, &ids, &cleared);
     pd.shutdown();
     ov.stop().await;
 }
