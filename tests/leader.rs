@@ -18,6 +18,11 @@ use bridge_proc::{BridgeEnv, dedup_key, free_port, sigkill, sigterm};
 use pg_support::PgServer;
 
 const TTL: &str = "3s";
+
+/// One test of this file at a time: each runs two bridges, a PostgreSQL and a storm on a
+/// 3 s lease, and two of them at once on two cores starve a leader's renewals into real (and
+/// correct, but unasserted) takeovers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const RENEW: &str = "1s";
 
 struct Poller {
@@ -139,6 +144,7 @@ fn from(pd: &pdsim::SimHandle, name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice() {
+    let _serial = SERIAL.lock().await;
     const ALERTS: usize = 2000;
     let Some(pg) = PgServer::start("the_standby_takes_over_after_each_sigkill") else {
         return;
@@ -274,6 +280,7 @@ async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_sends_nothing_after_the_takeover_and_steps_down() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = PgServer::start("a_paused_leader_sends_nothing") else {
         return;
     };
@@ -365,6 +372,7 @@ async fn a_paused_leader_sends_nothing_after_the_takeover_and_steps_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_the_lease_over_at_once() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = PgServer::start("a_graceful_stop_hands_the_lease_over") else {
         return;
     };
@@ -444,6 +452,7 @@ fn forwarded(p: &Poller) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_replicas_follow_the_leader_through_the_lease_row() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = PgServer::start("web_replicas_follow_the_leader") else {
         return;
     };
@@ -582,6 +591,7 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poller_started_while_the_database_is_down_waits_for_it() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = PgServer::start("a_poller_started_while_the_database_is_down") else {
         return;
     };
@@ -721,6 +731,7 @@ fn assert_exactly_once(pd: &pdsim::SimHandle, ids: &[u64], cleared: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_rolling_restarts_of_both_pollers_leave_no_leaderless_gap_and_no_duplicate() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = PgServer::start("ten_rolling_restarts_of_both_pollers") else {
         return;
     };
@@ -832,6 +843,7 @@ async fn ten_rolling_restarts_of_both_pollers_leave_no_leaderless_gap_and_no_dup
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_mid_storm_loses_nothing_and_both_pollers_reconnect() {
+    let _serial = SERIAL.lock().await;
     const ALERTS: usize = 1000;
     let Some(pg) = PgServer::start("a_database_restart_mid_storm") else {
         return;
