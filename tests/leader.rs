@@ -583,6 +583,21 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
     }
     assert!(ok, "{}", web.log());
     assert!(forwarded(&a) > before);
+    let text = reqwest::get(format!("http://127.0.0.1:{web_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |outcome: &str| -> f64 {
+        let prefix = format!("bridge_web_leader_lookups_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} in\n{text}"))
+    };
+    assert!(count("leader") >= 3.0 && count("handover") >= 2.0, "{text}");
+    assert_eq!(count("unavailable"), 0.0);
 
     sigkill(&mut web_child);
     pd.shutdown();

@@ -939,6 +939,25 @@ pub struct LeaseLocator {
     store: Arc<crate::state::PostgresStore>,
     /// One lookup at a time: a burst of requests during a handover reads the row once.
     cached: tokio::sync::Mutex<Option<(tokio::time::Instant, Located)>>,
+    lookups: prometheus_client::metrics::family::Family<
+        LookupLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct LookupLabels {
+    outcome: &'static str,
+}
+
+impl Located {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Located::Leader { .. } => "leader",
+            Located::Handover(_) => "handover",
+            Located::Unavailable(_) => "unavailable",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -953,15 +972,29 @@ impl LeaseLocator {
     /// lease, so a handover costs a caller at most one `leader_handover` answer.
     const FRESH: Duration = Duration::from_millis(500);
 
-    /// Builds the database client of a web replica; it never touches the schema.
-    pub fn connect(cfg: &crate::config::StateConfig) -> Result<Self, crate::state::StateError> {
+    /// Builds the database client of a web replica; it never touches the schema. Registers
+    /// `bridge_web_leader_lookups_total{outcome}`.
+    pub fn connect(
+        cfg: &crate::config::StateConfig,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Result<Self, crate::state::StateError> {
         let mut opts = crate::state::postgres_options(cfg)?;
         // A request waits for this lookup: fail fast, the caller retries.
         opts.operation_timeout = Duration::from_secs(3);
         opts.pool_size = 1;
+        let lookups = prometheus_client::metrics::family::Family::default();
+        for outcome in ["leader", "handover", "unavailable"] {
+            let _ = lookups.get_or_create(&LookupLabels { outcome });
+        }
+        registry.register(
+            "bridge_web_leader_lookups",
+            "Reads of the lease row by this web replica, by what they found: a leader to call, a handover (no live lease), or the database unavailable",
+            lookups.clone(),
+        );
         Ok(Self {
             store: Arc::new(crate::state::PostgresStore::connect(&opts)?),
             cached: tokio::sync::Mutex::new(None),
+            lookups,
         })
     }
 
@@ -999,6 +1032,11 @@ impl LeaseLocator {
             Ok(Err(e)) => Located::Unavailable(format!("cannot find the leading poller: {e}")),
             Err(e) => Located::Unavailable(format!("cannot find the leading poller: {e}")),
         };
+        self.lookups
+            .get_or_create(&LookupLabels {
+                outcome: found.outcome(),
+            })
+            .inc();
         *cached = Some((tokio::time::Instant::now(), found.clone()));
         found
     }

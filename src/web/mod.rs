@@ -56,7 +56,7 @@ pub fn assemble(
         (_, Some(l)) => Control::Local(l),
         (_, None) => Control::Remote(Remote::new(
             if config.state.backend == StateBackend::Postgres {
-                PollerLocator::Lease(Arc::new(LeaseLocator::connect(&config.state)?))
+                PollerLocator::Lease(Arc::new(LeaseLocator::connect(&config.state, registry)?))
             } else {
                 PollerLocator::Fixed(config.web.poller_url.clone())
             },
