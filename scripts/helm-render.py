@@ -6,6 +6,7 @@ helm-python-sdk), since no helm CLI is available from our package registries.
     helm-render.py template CHART [-f VALUES]... [--name N] [--namespace NS] [--out FILE]
         [--split DIR] [--no-tests]
     helm-render.py schema-reject CHART -f VALUES...   # succeeds only if the schema rejects them
+        (for the reason each `# expect: TEXT` line of the files names)
     helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
     helm-render.py extract-config RENDERED.yaml OUT_DIR   # the ConfigMap's TOML files
 
@@ -111,6 +112,17 @@ def cmd_template(a: argparse.Namespace) -> int:
     return 0
 
 
+def expected_reasons(files: list[str]) -> list[str]:
+    """`# expect: TEXT` lines of the values files: the rejection must name each TEXT, so that a
+    file refused for another reason (an unknown key before the value existed) does not pass."""
+    out = []
+    for f in files:
+        for line in Path(f).read_text().splitlines():
+            if line.startswith("# expect:"):
+                out.append(line.removeprefix("# expect:").strip())
+    return out
+
+
 def cmd_schema_reject(a: argparse.Namespace) -> int:
     values = load_values(a.values)
     with helm.Chart.load(a.chart) as chart:
@@ -118,6 +130,10 @@ def cmd_schema_reject(a: argparse.Namespace) -> int:
             chart.validate_schema(values)
         except Exception as e:  # noqa: BLE001 - any rejection is the expected outcome
             why = " ".join(str(e).split()) or type(e).__name__
+            missing = [r for r in expected_reasons(a.values) if r not in why]
+            if missing:
+                print(f"  rejected, but not for the expected reason {missing}: {why[:300]}")
+                return 1
             print(f"  rejected as expected: {why[:300]}")
             return 0
     print(f"  NOT rejected: {' '.join(a.values)} passed the schema")
