@@ -210,6 +210,6 @@ groups:
           {{- end }}
         annotations:
           summary: "{{ "{{ $value }}" }} pollers of {{ "{{ $labels.job }}" }} claim the leadership"
-          description: "More than one poller reports bridge_leader 1 for 2 minutes. One lease row cannot have two holders, so these pollers use different databases or lease names (a state URL changed in the middle of a rollout, a restored copy of the database): each one polls and pages, so incidents may be opened twice."
+          description: "More than one poller reports bridge_leader 1 for 2 minutes. One lease row has one holder, so they use different databases or lease names (a state URL changed mid-rollout, a restored copy): each side polls and pages, so incidents may be opened twice."
           runbook_url: {{ printf "%s#oneviewbridgemultipleleaders" $rb }}
 {{- end }}
