@@ -34,6 +34,14 @@ p+= [stat("Seconds since last successful poll (worst appliance)",f'time() - min(
      stat("Dead letters",f'sum(bridge_pagerduty_dead_letters{{{J}}})',16,y,thresholds=red(1)),
      stat("OneView session age",f'max(bridge_oneview_session_age_seconds{{{JA}}})',20,y,unit="s")]
 y+=4
+# Leadership of pollers sharing a postgres state database (issue 15); empty with the file backend.
+HA="Pollers with state.backend postgres only (poller.replicas); empty with the file backend."
+p.append(row("Leadership (postgres state, several pollers)",y)); y+=1
+p+= [ts("Leader by pod (exactly one line at 1)",[(f'max by (instance) (bridge_leader{{{J}}})',"{{instance}}")],0,y,w=6,desc=HA+" Two at 1 for minutes: OneViewBridgeMultipleLeaders; none: OneViewBridgeNoLeader."),
+     ts("Lease epoch and takeovers",[(f'max(bridge_leader_epoch{{{J}}})',"epoch"),(f'sum by (instance) (increase(bridge_leader_takeovers_total{{{J}}}[$__rate_interval]))',"takeovers {{instance}}")],6,y,w=6,desc=HA+" The epoch grows by one per takeover; a rolling update of N pollers costs up to N."),
+     ts("State database reachable, by pod",[(f'min by (instance) (bridge_state_database_up{{{J}}})',"{{instance}}")],12,y,w=6,desc=HA+" 0: the last lease acquire or renewal did not reach PostgreSQL."),
+     ts("Lease renew failures and seconds since renewal",[(f'sum by (instance) (increase(bridge_leader_lease_renew_failures_total{{{J}}}[$__rate_interval]))',"renew failures {{instance}}"),(f'max by (instance) (bridge_leader_seconds_since_renewal{{{J}}})',"since renewal (s) {{instance}}")],18,y,w=6,desc=HA+" Seconds since renewal near lease.ttl: the leader is about to give the lease up.")]
+y+=8
 p.append(row("Appliances",y)); y+=1
 p+= [ts("Seconds since last successful poll, by appliance",[(f'time() - max by (appliance) (bridge_oneview_last_successful_poll_timestamp_seconds{{{JA}}})',"{{appliance}}")],0,y,w=12,unit="s",desc="An appliance that stops answering climbs here alone; the others stay flat."),
      ts("Open alerts by appliance",[(f'sum by (appliance) (bridge_oneview_open_alerts{{{JA}}})',"{{appliance}}")],12,y,w=12)]

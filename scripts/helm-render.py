@@ -6,8 +6,10 @@ helm-python-sdk), since no helm CLI is available from our package registries.
     helm-render.py template CHART [-f VALUES]... [--name N] [--namespace NS] [--out FILE]
         [--split DIR] [--no-tests]
     helm-render.py schema-reject CHART -f VALUES...   # succeeds only if the schema rejects them
+        (for the reason each `# expect: TEXT` line of the files names)
     helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
     helm-render.py extract-config RENDERED.yaml OUT_DIR   # the ConfigMap's TOML files
+    helm-render.py shape RENDERED.yaml --expect single|ha   # the poller's shape for its backend
 
 Values files merge left to right over the chart's values.yaml, as `helm -f a -f b` does.
 Exit status: 0 ok, 1 a finding (lint error, render error, unexpected schema result).
@@ -111,6 +113,17 @@ def cmd_template(a: argparse.Namespace) -> int:
     return 0
 
 
+def expected_reasons(files: list[str]) -> list[str]:
+    """`# expect: TEXT` lines of the values files: the rejection must name each TEXT, so that a
+    file refused for another reason (an unknown key before the value existed) does not pass."""
+    out = []
+    for f in files:
+        for line in Path(f).read_text().splitlines():
+            if line.startswith("# expect:"):
+                out.append(line.removeprefix("# expect:").strip())
+    return out
+
+
 def cmd_schema_reject(a: argparse.Namespace) -> int:
     values = load_values(a.values)
     with helm.Chart.load(a.chart) as chart:
@@ -118,6 +131,10 @@ def cmd_schema_reject(a: argparse.Namespace) -> int:
             chart.validate_schema(values)
         except Exception as e:  # noqa: BLE001 - any rejection is the expected outcome
             why = " ".join(str(e).split()) or type(e).__name__
+            missing = [r for r in expected_reasons(a.values) if r not in why]
+            if missing:
+                print(f"  rejected, but not for the expected reason {missing}: {why[:300]}")
+                return 1
             print(f"  rejected as expected: {why[:300]}")
             return 0
     print(f"  NOT rejected: {' '.join(a.values)} passed the schema")
@@ -184,6 +201,105 @@ def cmd_extract_config(a: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
+def _objs(rendered: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(Path(rendered).read_text()) if d]
+
+
+def _one(objs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any] | None:
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
+    return found[0] if found else None
+
+
+def cmd_shape(a: argparse.Namespace) -> int:
+    """The deployment shape the poller's state backend needs, on a rendered chart: `single`
+    (file backend: one poller, Recreate, its PVC) or `ha` (postgres: N pollers, RollingUpdate,
+    a PDB, anti-affinity, no volume, the lease env from the downward API, web replicas that
+    find the leader in the database). Prints every finding; exit 1 on any."""
+    objs = _objs(a.rendered)
+    bad: list[str] = []
+
+    def want(ok: bool, what: str) -> None:
+        print(f"  {'ok ' if ok else 'BAD'} {what}")
+        if not ok:
+            bad.append(what)
+
+    dep = _one(objs, "Deployment", "-poller")
+    web = _one(objs, "Deployment", "-web")
+    if not dep or not web:
+        print("  no poller or web Deployment rendered")
+        return 1
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    ctr = next(c for c in pod["containers"] if c["name"] == "bridge")
+    env = {e["name"]: e for e in ctr.get("env", [])}
+    env_order = [e["name"] for e in ctr.get("env", [])]
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    pvc = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    pdb = _one(objs, "PodDisruptionBudget", "-poller")
+    cm = _one(objs, "ConfigMap", "pagerduty-bridge")
+    web_toml = cm["data"]["web.toml"] if cm else ""
+    poller_toml = cm["data"]["poller.toml"] if cm else ""
+    if a.expect == "single":
+        want(spec.get("replicas") == 1, "poller replicas 1")
+        want(spec["strategy"] == {"type": "Recreate"}, "poller strategy Recreate")
+        want(len(pvc) == 1 and "persistentVolumeClaim" in vols.get("state", {}), "state on a PVC")
+        want(pdb is None, "no poller PodDisruptionBudget")
+        want(not any(n.startswith("BRIDGE_LEASE__") for n in env), "no lease env")
+        want('poller_url = "http://' in web_toml, "web.toml names web.poller_url")
+        want("[lease]" not in poller_toml and 'backend = "postgres"' not in poller_toml,
+             "poller.toml has no [lease] and no postgres backend")
+    else:
+        n = spec.get("replicas", 0)
+        want(n >= 2, f"poller replicas {n} >= 2")
+        want(spec["strategy"] == {"type": "RollingUpdate",
+                                  "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+             f"poller strategy RollingUpdate maxSurge 1 maxUnavailable 0: {spec['strategy']}")
+        want(not pvc, "no PersistentVolumeClaim")
+        want("state" not in vols, "no state volume on the poller")
+        sel = spec["selector"]["matchLabels"]
+        want(pdb is not None and pdb["spec"].get("maxUnavailable") == 1
+             and pdb["spec"]["selector"]["matchLabels"] == sel,
+             "poller PodDisruptionBudget maxUnavailable 1 selecting the pollers")
+        anti = pod.get("affinity", {}).get("podAntiAffinity", {})
+        terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution", []) + [
+            t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+        want(any(t["topologyKey"] == "kubernetes.io/hostname"
+                 and t["labelSelector"]["matchLabels"] == sel for t in terms),
+             "poller anti-affinity across kubernetes.io/hostname")
+        holder = env.get("BRIDGE_LEASE__HOLDER", {}).get("valueFrom", {}).get("fieldRef", {})
+        want(holder.get("fieldPath") == "metadata.name", "BRIDGE_LEASE__HOLDER = the pod name")
+        ip = env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {})
+        want(ip.get("fieldPath") == "status.podIP", "POD_IP = status.podIP")
+        port = ctr["ports"][0]["containerPort"]
+        adv = env.get("BRIDGE_LEASE__ADVERTISE_URL", {}).get("value")
+        want(adv == f"http://$(POD_IP):{port}", f"BRIDGE_LEASE__ADVERTISE_URL {adv}")
+        # $(VAR) expands only variables defined earlier in the list.
+        want("POD_IP" in env_order and "BRIDGE_LEASE__ADVERTISE_URL" in env_order
+             and env_order.index("POD_IP") < env_order.index("BRIDGE_LEASE__ADVERTISE_URL"),
+             "POD_IP defined before BRIDGE_LEASE__ADVERTISE_URL")
+        want("poller_url" not in web_toml, "web.toml has no web.poller_url")
+        want('backend = "postgres"' in web_toml and "url_file = " in web_toml,
+             "web.toml [state] backend postgres with url_file")
+        want("[lease]" in poller_toml and "url_file = " in poller_toml and "\npath = " not in poller_toml,
+             "poller.toml: [lease], state.url_file, no state.path")
+        wpod = web["spec"]["template"]["spec"]
+        items = [i["key"] for v in wpod.get("volumes", []) if v["name"] == "secrets"
+                 for i in v["secret"].get("items", [])]
+        want(not items or ("state-url" in items and "oneview-password" not in items),
+             f"web Secret items: the state URL, never the OneView password: {items}")
+        nps = {o["metadata"]["name"].rsplit("-", 1)[-1]: o for o in objs if o["kind"] == "NetworkPolicy"}
+        if nps:
+            for role in ("poller", "web"):
+                ports = [p.get("port") for r in nps[role]["spec"].get("egress", []) for p in r.get("ports", [])]
+                want(a.db_port in ports, f"{role} egress to the database port {a.db_port}")
+            to_poller = [r for r in nps["web"]["spec"]["egress"]
+                         if any(t.get("podSelector", {}).get("matchLabels") == sel for t in r.get("to", []))]
+            want(bool(to_poller) and any(p.get("port") == port for r in to_poller for p in r["ports"]),
+                 "web egress to the poller pods (pod selector) on the HTTP port")
+    print(f"  {len(bad)} finding(s)")
+    return 1 if bad else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -200,13 +316,18 @@ def main() -> int:
     d = sub.add_parser("deploy")
     d.add_argument("chart")
     d.add_argument("out_dir")
+    sh = sub.add_parser("shape")
+    sh.add_argument("rendered")
+    sh.add_argument("--expect", choices=["single", "ha"], required=True)
+    sh.add_argument("--db-port", type=int, default=5432)
     x = sub.add_parser("extract-config")
     x.add_argument("rendered")
     x.add_argument("out_dir")
     a = p.parse_args()
     try:
         return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject,
-                "deploy": cmd_deploy, "extract-config": cmd_extract_config}[a.cmd](a)
+                "deploy": cmd_deploy, "extract-config": cmd_extract_config,
+                "shape": cmd_shape}[a.cmd](a)
     except Exception as e:  # noqa: BLE001 - report any SDK error as a finding, not a traceback
         print(f"  {a.cmd} failed: {e}", file=sys.stderr)
         return 1

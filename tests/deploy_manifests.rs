@@ -35,3 +35,29 @@ fn web_replicas_reach_the_poller_whatever_its_readiness() {
         "the public Service keeps routing only to ready replicas"
     );
 }
+
+/// The poller Deployment, the state claim and the kustomization as rendered into `deploy/`.
+const POLLER_DEPLOYMENT: &str =
+    include_str!("../deploy/manifests/deployment-oneview-pagerduty-bridge-poller.yaml");
+const STATE_CLAIM: &str =
+    include_str!("../deploy/manifests/persistentvolumeclaim-oneview-pagerduty-bridge-state.yaml");
+const KUSTOMIZATION: &str = include_str!("../deploy/kustomization.yaml");
+
+#[test]
+fn default_manifests_keep_one_poller_on_its_state_file() {
+    // The default state backend is a redb file on a ReadWriteOnce volume: two pollers, or a
+    // rolling update that starts the new pod before the old one is gone, would have two
+    // writers (or a pod stuck waiting for the volume). Several pollers are only for the
+    // postgres backend (helm/values-ha.yaml), which deploy/ does not render.
+    let lines: Vec<&str> = POLLER_DEPLOYMENT.lines().map(str::trim).collect();
+    assert!(lines.contains(&"replicas: 1"), "{POLLER_DEPLOYMENT}");
+    assert!(lines.contains(&"type: Recreate"), "{POLLER_DEPLOYMENT}");
+    assert!(!POLLER_DEPLOYMENT.contains("RollingUpdate"));
+    assert!(!POLLER_DEPLOYMENT.contains("BRIDGE_LEASE__"));
+    assert!(lines.contains(&"claimName: oneview-pagerduty-bridge-state"));
+    assert!(STATE_CLAIM.lines().any(|l| l.trim() == "- ReadWriteOnce"));
+    assert!(
+        !KUSTOMIZATION.contains("poddisruptionbudget-oneview-pagerduty-bridge-poller"),
+        "a PodDisruptionBudget for one poller would block every node drain"
+    );
+}

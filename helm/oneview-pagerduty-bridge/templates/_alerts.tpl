@@ -162,4 +162,54 @@ groups:
           summary: "{{ "{{ $value }}" }} events have waited in the outbox for 15 minutes on {{ "{{ $labels.instance }}" }}"
           description: "The durable outbox has not been empty for 20 minutes: PagerDuty does not accept the events (down, rate limiting, rejected key) and pages are late."
           runbook_url: {{ printf "%s#oneviewbridgeoutboxstuck" $rb }}
+      # Leadership of pollers sharing a postgres state database (poller.replicas, issue 15). The
+      # bridge_leader* series exist only with that backend, so these rules stay silent on a
+      # file-backed poller; no poller target at all is OneViewBridgeDown's.
+      - alert: OneViewBridgeNoLeader
+        expr: sum by (namespace, job) (bridge_leader{ {{- $poller -}} }) == 0
+        for: 1m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "No poller of {{ "{{ $labels.job }}" }} holds the leadership lease"
+          description: "Every poller has stood by for a minute (a handover takes lease.ttl at most): nothing polls OneView or pages. Usually the state database is unreachable, so no poller can take the lease."
+          runbook_url: {{ printf "%s#oneviewbridgenoleader" $rb }}
+      - alert: OneViewBridgeStateDatabaseDown
+        expr: bridge_state_database_up{ {{- $poller -}} } == 0
+        for: 1m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Poller {{ "{{ $labels.instance }}" }} cannot reach its state database"
+          description: "The last lease acquire or renewal of {{ "{{ $labels.instance }}" }} did not reach PostgreSQL for a minute. A leader that cannot renew stops sending when its lease could expire: if every poller shows this, nothing pages."
+          runbook_url: {{ printf "%s#oneviewbridgestatedatabasedown" $rb }}
+      - alert: OneViewBridgeLeaseRenewFailures
+        expr: increase(bridge_leader_lease_renew_failures_total{ {{- $poller -}} }[10m]) > 2
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Lease renewals fail on {{ "{{ $labels.instance }}" }}"
+          description: "{{ "{{ $value | humanize }}" }} lease renewals failed in 10 minutes (database slow or flapping). A leader that misses renewals for lease.ttl gives up the lease and a standby takes over: pages pause for the handover."
+          runbook_url: {{ printf "%s#oneviewbridgeleaserenewfailures" $rb }}
+      - alert: OneViewBridgeMultipleLeaders
+        expr: sum by (namespace, job) (bridge_leader{ {{- $poller -}} }) > 1
+        for: 2m
+        labels:
+          severity: critical
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "{{ "{{ $value }}" }} pollers of {{ "{{ $labels.job }}" }} claim the leadership"
+          description: "More than one poller reports bridge_leader 1 for 2 minutes. One lease row has one holder, so they use different databases or lease names (a state URL changed mid-rollout, a restored copy): each side polls and pages, so incidents may be opened twice."
+          runbook_url: {{ printf "%s#oneviewbridgemultipleleaders" $rb }}
 {{- end }}

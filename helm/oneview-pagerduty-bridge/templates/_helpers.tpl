@@ -101,11 +101,21 @@ Usage: include "bridge.secretFileLine" (list . "apiTokens" "api_tokens_file") */
 {{- end }}
 {{- end }}
 
-{{/* The Secret keys a web replica mounts: the poller token, API tokens, webhook secrets. */}}
+{{/* "true" when the state is in PostgreSQL (several pollers, one leading), else "". */}}
+{{- define "bridge.postgres" -}}
+{{- if eq ((.Values.config.state | default dict).backend | default "file") "postgres" }}true{{ end }}
+{{- end }}
+
+{{/* The Secret keys a web replica mounts: the poller token, API tokens, webhook secrets, and
+with the postgres backend the state database URL (to find the leader in the lease row). */}}
 {{- define "bridge.webSecretKeys" -}}
 {{- $k := .Values.secrets.keys }}
-{{- range $which := list "pollerToken" "apiTokens" "webhookSecrets" }}
-{{- with index $k $which }}
+{{- $which := list "pollerToken" "apiTokens" "webhookSecrets" }}
+{{- if include "bridge.postgres" . }}
+{{- $which = append $which "stateUrl" }}
+{{- end }}
+{{- range $which }}
+{{- with index $k . }}
 - key: {{ . }}
   path: {{ . }}
 {{- end }}
@@ -158,7 +168,8 @@ Usage: include "bridge.tomlCommon" (list . "web") */}}
 {{- $server = printf "%s%s" $server (include "bridge.secretFileLine" (list $ctx "apiTokens" "api_tokens_file")) }}
 {{- end }}
 {{- $web := "" }}
-{{- if eq $role "web" }}
+{{- /* With postgres a web replica finds the leader in the lease row: no fixed poller_url. */}}
+{{- if and (eq $role "web") (not (include "bridge.postgres" $ctx)) }}
 {{- $web = printf "\npoller_url = %s" (include "bridge.pollerUrl" $ctx | toJson) }}
 {{- end }}
 {{- $web = printf "%s%s" $web (include "bridge.secretFileLine" (list $ctx "pollerToken" "poller_token_file")) -}}
@@ -178,7 +189,60 @@ Usage: include "bridge.tomlCommon" (list . "web") */}}
 {{ include "bridge.tomlTable" (list "pagerduty" dict $wh) }}
 
 {{ end -}}
+{{- if include "bridge.postgres" . -}}
+{{ include "bridge.tomlTable" (list "state" (omit .Values.config.state "retention") (include "bridge.stateDbLines" .)) }}
+
+{{ end -}}
 {{ include "bridge.tomlCommon" (list . "web") }}
+{{- end }}
+
+{{/* `\nurl_file = ...` and, with stateCA, `\nca_file = ...` of [state] (backend postgres, both roles). */}}
+{{- define "bridge.stateDbLines" -}}
+{{- include "bridge.secretFileLine" (list . "stateUrl" "url_file") }}
+{{- if or .Values.stateCA.configMap .Values.stateCA.secret }}
+ca_file = {{ printf "/etc/oneview-pagerduty-bridge/state-ca/%s" .Values.stateCA.key | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The volume of the state database's CA (stateCA), when set. */}}
+{{- define "bridge.stateCAVolume" -}}
+{{- if .Values.stateCA.secret }}
+- name: state-ca
+  secret:
+    secretName: {{ .Values.stateCA.secret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.stateCA.key }}
+        path: {{ .Values.stateCA.key }}
+{{- else if .Values.stateCA.configMap }}
+- name: state-ca
+  configMap:
+    name: {{ .Values.stateCA.configMap }}
+    items:
+      - key: {{ .Values.stateCA.key }}
+        path: {{ .Values.stateCA.key }}
+{{- end }}
+{{- end }}
+
+{{/* podAntiAffinity over nodes for one role: include "bridge.podAntiAffinity" (list . "web" "soft") */}}
+{{- define "bridge.podAntiAffinity" -}}
+{{- $ctx := index . 0 }}
+{{- $role := index . 1 }}
+{{- if eq (index . 2) "hard" }}
+requiredDuringSchedulingIgnoredDuringExecution:
+  - topologyKey: kubernetes.io/hostname
+    labelSelector:
+      matchLabels:
+        {{- include "bridge.componentSelectorLabels" (list $ctx $role) | nindent 8 }}
+{{- else }}
+preferredDuringSchedulingIgnoredDuringExecution:
+  - weight: 100
+    podAffinityTerm:
+      topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "bridge.componentSelectorLabels" (list $ctx $role) | nindent 10 }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level checkov annotations shared by both Deployments. */}}
@@ -220,7 +284,17 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
     - name: http
       containerPort: {{ $ctx.Values.server.port }}
       protocol: TCP
-  {{- with (index . 2) }}
+  {{- $env := list }}
+  {{- if and (eq $role "poller") (include "bridge.postgres" $ctx) }}
+  {{- /* The lease row names a real pod (standbys show it) and where the web replicas reach it:
+  the pod IP, since a Service would also select the standbys, which are ready too. */}}
+  {{- $env = list
+    (dict "name" "BRIDGE_LEASE__HOLDER" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name")))
+    (dict "name" "POD_IP" "valueFrom" (dict "fieldRef" (dict "fieldPath" "status.podIP")))
+    (dict "name" "BRIDGE_LEASE__ADVERTISE_URL" "value" (printf "http://$(POD_IP):%d" (int $ctx.Values.server.port))) }}
+  {{- end }}
+  {{- $env = concat $env (index . 2 | default list) }}
+  {{- with $env }}
   env:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -255,9 +329,16 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
       readOnly: true
     - name: tmp
       mountPath: /tmp
+    {{- if and (include "bridge.postgres" $ctx) (or $ctx.Values.stateCA.configMap $ctx.Values.stateCA.secret) }}
+    - name: state-ca
+      mountPath: /etc/oneview-pagerduty-bridge/state-ca
+      readOnly: true
+    {{- end }}
     {{- if eq $role "poller" }}
+    {{- if not (include "bridge.postgres" $ctx) }}
     - name: state
       mountPath: {{ $ctx.Values.poller.persistence.mountPath }}
+    {{- end }}
     {{- if ne $ctx.Values.secrets.mode "files" }}
     - name: secrets
       mountPath: {{ $ctx.Values.secrets.mountPath }}
@@ -288,6 +369,22 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
     - port: 53
       protocol: UDP
     - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/* Egress to the state database (NetworkPolicy rule), like the OneView egress: CIDRs on a port,
+plus peers for an in-cluster database. */}}
+{{- define "bridge.npDatabase" -}}
+- to:
+    {{- range .databaseCIDRs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+    {{- with .databasePeers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - port: {{ .databasePort }}
       protocol: TCP
 {{- end }}
 
@@ -341,8 +438,14 @@ routing_key_file = {{ printf "%s/%s" $.Values.secrets.mountPath $r.routingKeySec
 {{ include "bridge.tomlTable" (list "poller" .Values.config.poller) }}
 
 {{ include "bridge.tomlTable" (list "dedup" .Values.config.dedup) }}
+{{- /* backend "file" is what state.path implies: left out, so the file's TOML is unchanged. */}}
+{{ if include "bridge.postgres" . }}
+{{ include "bridge.tomlTable" (list "state" .Values.config.state (include "bridge.stateDbLines" .)) }}
 
-{{ include "bridge.tomlTable" (list "state" (.Values.config.state | default dict) (printf "\npath = %s" (printf "%s/state.redb" .Values.poller.persistence.mountPath | toJson))) }}
+{{ include "bridge.tomlTable" (list "lease" (.Values.config.lease | default dict)) }}
+{{- else }}
+{{ include "bridge.tomlTable" (list "state" (omit (.Values.config.state | default dict) "backend") (printf "\npath = %s" (printf "%s/state.redb" .Values.poller.persistence.mountPath | toJson))) }}
+{{- end }}
 
 {{ include "bridge.tomlCommon" (list . "poller") }}
 {{- end }}
