@@ -322,12 +322,14 @@ async fn a_paused_leader_sends_nothing_after_the_takeover_and_steps_down() {
         "a tries the 10 during the outage"
     );
     a.signal("-STOP");
-    pd.set_faults(Faults::default());
+    // PagerDuty stays down until b leads: a request a wrote just before the pause is answered
+    // 503, not accepted (which would be a legitimate at-least-once resend by b, and a race here).
     assert!(
         wait_for(Duration::from_secs(20), || b.took_over() == 1).await,
         "b takes over:\n{}",
         b.log()
     );
+    pd.set_faults(Faults::default());
     ov.handle.generate(&GenerateSpec {
         count: 10,
         ..Default::default()
