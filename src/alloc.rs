@@ -91,13 +91,16 @@ pub fn trim() -> u64 {
 /// Starts the trimmer thread (see the module docs). Once per process; a no-op where the
 /// allocator is not glibc's.
 pub fn start() {
-    if look().is_none() {
+    let Some(at_start) = look() else {
         return;
-    }
+    };
     let spawned = std::thread::Builder::new()
         .name("malloc-trim".into())
-        .spawn(|| {
+        .spawn(move || {
+            // The floor is the slack before any work (code and static data): a storm over
+            // before the first look still counts as growth.
             let mut policy = Policy::default();
+            policy.wants_trim(at_start);
             loop {
                 std::thread::sleep(CHECK_EVERY);
                 let Some(now) = look() else { return };
