@@ -19,6 +19,7 @@
 //!   page; the internal API between web replicas and the poller.
 //! - [`http`]: the axum surface every role serves (`/health`, `/ready`, `/metrics`, request
 //!   ids, JSON errors).
+//! - [`alloc`]: hands freed heap pages back to the system (glibc `malloc_trim`).
 //! - [`metrics`], [`readiness`], [`telemetry`], [`recent`]: the operational plumbing every part
 //!   shares; [`task`]: the background-task type every component hands to [`app`].
 //! - [`app`]: assembles a role (`all`, `poller`, `web`) from the parts above and runs it until
@@ -29,6 +30,7 @@
 //! `main.rs` only parses the command line, installs logging, maps signals to a
 //! `CancellationToken` and calls [`App::build`] / [`App::run`]; tests use the same two calls.
 
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod commands;

@@ -13,6 +13,8 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread exists, so every arena follows it (see bridge::alloc).
+    bridge::alloc::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { role, config } => match config::load(config.as_deref(), role) {
@@ -128,6 +130,8 @@ where
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Freed heap pages go back to the system once a storm is over (see bridge::alloc).
+    bridge::alloc::start();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -250,6 +250,7 @@ impl Collector for ProcessCollector {
 pub fn new_registry(role: &str) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector::new()));
+    registry.register_collector(Box::new(crate::alloc::TrimCollector));
     register_build_info(&mut registry, role);
     registry
 }

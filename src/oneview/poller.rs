@@ -20,7 +20,9 @@
 //! cycle fails with `implausible_snapshot`, nothing is resolved) and read again next cycle; a
 //! mass clear the sample confirms resolves at once.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +40,7 @@ use super::metrics::OneViewMetrics;
 use crate::config::PollerConfig;
 use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
 use crate::readiness::Readiness;
-use crate::recent::{FastMap, shrink_if_sparse};
+use crate::recent::{FastMap, FastSet, shrink_if_sparse};
 
 /// Readiness condition unmet while no appliance has finished its first full sync.
 pub const READY_SYNC: &str = crate::readiness::INITIAL_SYNC;
@@ -116,7 +118,7 @@ impl PollerStatus {
 #[derive(Default)]
 struct Memory {
     /// Watched open alerts by uri.
-    open: FastMap<Arc<str>, Arc<Alert>>,
+    open: OpenAlerts,
     /// uri -> `modified` (unix ms) of alerts already processed inside the overlap window.
     recent: FastMap<Arc<str>, i64>,
     /// Unix ms; `None` until the first full sync.
@@ -126,6 +128,64 @@ struct Memory {
     synced_from: Option<i64>,
     last_full: Option<Instant>,
     last_success: Option<Instant>,
+}
+
+/// The watched open alerts, keyed by their own `uri`: with 50,000 open alerts a separate key
+/// would be a second copy of every URI (BENCHMARKS.md, section 9).
+#[derive(Default)]
+struct OpenAlerts(FastSet<ByUri>);
+
+struct ByUri(Arc<Alert>);
+
+impl PartialEq for ByUri {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uri == other.0.uri
+    }
+}
+
+impl Eq for ByUri {}
+
+impl Hash for ByUri {
+    // As `str` hashes, which `Borrow<str>` requires.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.uri.as_str().hash(h);
+    }
+}
+
+impl Borrow<str> for ByUri {
+    fn borrow(&self) -> &str {
+        &self.0.uri
+    }
+}
+
+impl OpenAlerts {
+    fn get(&self, uri: &str) -> Option<&Arc<Alert>> {
+        self.0.get(uri).map(|b| &b.0)
+    }
+
+    /// Adds the alert or replaces the one with its uri.
+    fn insert(&mut self, a: Arc<Alert>) {
+        self.0.replace(ByUri(a));
+    }
+
+    fn remove(&mut self, uri: &str) {
+        self.0.remove(uri);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn uris(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|b| b.0.uri.as_str())
+    }
+
+    /// See [`shrink_if_sparse`].
+    fn shrink_if_sparse(&mut self) {
+        if self.0.capacity() > 1024 && self.0.len() * 8 < self.0.capacity() {
+            self.0.shrink_to(self.0.len() * 2);
+        }
+    }
 }
 
 pub(crate) struct Poller {
@@ -180,14 +240,13 @@ impl Poller {
                 unknown += 1;
                 continue;
             };
-            let uri: Arc<str> = Arc::from(uri);
-            self.mem.open.entry(uri.clone()).or_insert_with(|| {
+            if self.mem.open.get(uri).is_none() {
                 seeded += 1;
-                Arc::new(Alert {
-                    uri: uri.to_string(),
+                self.mem.open.insert(Arc::new(Alert {
+                    uri: uri.to_owned(),
                     ..Alert::default()
-                })
-            });
+                }));
+            }
         }
         if seeded > 0 || unknown > 0 {
             tracing::info!(
@@ -413,7 +472,7 @@ impl Poller {
                     if let Some(k) = kind {
                         self.emit(k, a.clone()).await?;
                     }
-                    self.mem.open.insert(uri, a);
+                    self.mem.open.insert(a);
                 }
             }
             if walk_no == 0 {
@@ -433,9 +492,9 @@ impl Poller {
         let mut gone: Vec<Arc<str>> = self
             .mem
             .open
-            .keys()
+            .uris()
             .filter(|u| !seen.contains(*u))
-            .cloned()
+            .map(Arc::from)
             .collect();
         drop(seen);
         gone.sort();
@@ -461,7 +520,7 @@ impl Poller {
                     if differs(&last, &a) {
                         self.emit(ChangeKind::Updated, a.clone()).await?;
                     }
-                    self.mem.open.insert(uri, a);
+                    self.mem.open.insert(a);
                 }
                 Some(a) => {
                     self.emit(ChangeKind::Cleared, a).await?;
@@ -473,7 +532,7 @@ impl Poller {
                 }
             }
         }
-        shrink_if_sparse(&mut self.mem.open);
+        self.mem.open.shrink_if_sparse();
         self.advance_watermark(next_watermark(walk_start, max_modified));
         if self.mem.synced_from.is_none() {
             self.mem.synced_from = self.mem.watermark;
@@ -570,7 +629,7 @@ impl Poller {
             self.mem.recent.retain(|_, m| *m >= floor);
             shrink_if_sparse(&mut self.mem.recent);
         }
-        shrink_if_sparse(&mut self.mem.open);
+        self.mem.open.shrink_if_sparse();
         tracing::debug!(
             members = w.members,
             pages = w.pages,
@@ -601,7 +660,7 @@ impl Poller {
         match (known, open_watched) {
             (None, true) => {
                 self.emit(ChangeKind::Raised, a.clone()).await?;
-                self.mem.open.insert(uri, a);
+                self.mem.open.insert(a);
             }
             (None, false) => {
                 // A cleared alert this run never saw open may still have an incident from
@@ -621,7 +680,7 @@ impl Poller {
                 if differs(&t, &a) {
                     self.emit(ChangeKind::Updated, a.clone()).await?;
                 }
-                self.mem.open.insert(uri, a);
+                self.mem.open.insert(a);
             }
             (Some(_), false) => {
                 self.emit(ChangeKind::Cleared, a).await?;
