@@ -393,8 +393,8 @@ async fn a_malformed_message_is_counted_acked_and_skipped() {
     consumer.wait_connected(1).await;
     let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
         .expect("publisher");
-    // Garbage, a message without a resource, and an alert whose severity is not a string
-    // (the simulator's corrupt alert), published like the appliance's own.
+    // Garbage and a message without a resource, published like the appliance's own; then an
+    // alert made corrupt (its severity is not a string) and cleared: two malformed updates.
     raw_publish(broker, "scmb.alerts.Created./rest/alerts/1", b"{not json").await;
     raw_publish(
         broker,
@@ -402,32 +402,38 @@ async fn a_malformed_message_is_counted_acked_and_skipped() {
         br#"{"changeType":"Created","resourceUri":"/rest/alerts/2"}"#,
     )
     .await;
-    let id = sim.handle.generate(&GenerateSpec {
-        count: 1,
-        ..GenerateSpec::default()
-    });
-    let id = id.start;
+    let id = sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 1,
+            ..GenerateSpec::default()
+        })
+        .start;
     sim.handle.corrupt(id).unwrap();
     sim.handle.clear(id).unwrap();
-    // The valid ones around the malformed ones arrive; the consumer goes on.
     let got = consumer.recv(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].change_type, "Created");
-    wait_until("3 malformed", Duration::from_secs(10), || {
-        consumer.metrics.malformed() == 3
+    assert_eq!(got[0].alert.uri, format!("/rest/alerts/{id}"));
+    wait_until("4 malformed", Duration::from_secs(10), || {
+        consumer.metrics.malformed() == 4
     })
     .await;
-    // The corrupt alert's clear is malformed too (it still serves the bad severity).
     consumer
         .assert_nothing_more(Duration::from_millis(500))
         .await;
+    // The consumer goes on.
     let more = sim.handle.generate(&GenerateSpec {
         count: 1,
         ..GenerateSpec::default()
     });
     let got = consumer.recv(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].alert.uri, format!("/rest/alerts/{}", more.start));
-    assert_eq!(consumer.metrics.delivered(), 2);
-    assert_eq!(consumer.metrics.malformed(), 3);
+    wait_until("2 delivered", Duration::from_secs(5), || {
+        consumer.metrics.delivered() == 2
+    })
+    .await;
+    assert_eq!(consumer.metrics.malformed(), 4);
+    // Acked, the malformed ones too.
     wait_queues_empty(broker).await;
     publisher.stop().await;
     consumer.stop().await;
