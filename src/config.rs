@@ -2654,6 +2654,33 @@ mod tests {
         r
     }
 
+    #[test]
+    fn scmb_is_off_by_default_and_its_bad_keys_are_named() {
+        let c = validate(raw_ok(), Role::Poller).unwrap();
+        assert!(!c.scmb.enabled);
+        assert_eq!(c.scmb.port, 5671);
+        assert_eq!(c.scmb.prefetch, 100);
+        assert_eq!(c.scmb.poll_interval, Duration::from_secs(300));
+        let mut r = raw_ok();
+        r.scmb.port = 0;
+        r.scmb.prefetch = 0;
+        r.scmb.poll_interval = Duration::from_secs(1);
+        r.scmb.client_cert_file = Some(PathBuf::from("/nonexistent/cert.pem"));
+        let Err(ConfigError::Invalid(problems)) = validate(r, Role::Poller) else {
+            panic!("invalid [scmb] accepted");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "scmb.port",
+            "scmb.prefetch",
+            "scmb.poll_interval",
+            "scmb.client_key_file",
+            "scmb.client_cert_file",
+        ] {
+            assert!(keys.contains(&k), "{k} not named: {keys:?}");
+        }
+    }
+
     fn appliance(name: &str) -> RawAppliance {
         RawAppliance {
             name: Some(name.into()),
