@@ -863,13 +863,6 @@ pub fn state_channel() -> (watch::Sender<BusState>, BusStateReceiver) {
     watch::channel(BusState::Starting)
 }
 
-/// The consumer's pieces for one appliance, for callers that spawn it.
-pub struct Bus {
-    pub state: BusStateReceiver,
-    pub metrics: ScmbMetrics,
-    pub task: Arc<tokio::task::JoinHandle<()>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
