@@ -143,5 +143,17 @@ pub enum SimTarget {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Publish every alert change to this AMQPS broker (`amqps://host:5671`) as OneView's
+        /// message bus does (exchange `scmb`, `scmb.alerts.<change>.<uri>`), logging in with
+        /// SASL EXTERNAL as a client certificate issued by --scmb-ca-cert. One appliance only.
+        #[arg(long, requires_all = ["scmb_ca_cert", "scmb_ca_key"], conflicts_with = "appliances")]
+        scmb_broker: Option<String>,
+        /// PEM CA certificate that issues the RabbitMQ client keypair the simulator serves at
+        /// /rest/certificates/client/rabbitmq/keypair/default (the broker must trust it).
+        #[arg(long, requires = "scmb_ca_key")]
+        scmb_ca_cert: Option<PathBuf>,
+        /// PEM private key of --scmb-ca-cert.
+        #[arg(long, requires = "scmb_ca_cert")]
+        scmb_ca_key: Option<PathBuf>,
     },
 }

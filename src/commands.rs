@@ -83,8 +83,25 @@ pub async fn simulate(target: SimTarget, shutdown: CancellationToken) -> anyhow:
             cleared_alerts,
             tls_cert,
             tls_key,
+            scmb_broker,
+            scmb_ca_cert,
+            scmb_ca_key,
         } => {
+            let scmb_ca = match (&scmb_ca_cert, &scmb_ca_key) {
+                (Some(c), Some(k)) => {
+                    let read = |p: &std::path::PathBuf, flag: &str| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", p.display()))
+                    };
+                    Some(crate::sim::oneview::ScmbCa {
+                        cert_pem: read(c, "--scmb-ca-cert")?,
+                        key_pem: read(k, "--scmb-ca-key")?,
+                    })
+                }
+                _ => None,
+            };
             let base = crate::sim::oneview::SimConfig {
+                scmb_ca,
                 username,
                 password,
                 current_version,
@@ -110,7 +127,7 @@ pub async fn simulate(target: SimTarget, shutdown: CancellationToken) -> anyhow:
                 cleared_alerts,
             };
             if appliances <= 1 {
-                simulate_one_oneview(base, listen, tls, seed, shutdown).await
+                simulate_one_oneview(base, listen, tls, seed, scmb_broker, shutdown).await
             } else {
                 simulate_oneview_estate(base, listen, appliances, tls, seed, shutdown).await
             }
@@ -154,6 +171,7 @@ async fn simulate_one_oneview(
     listen: std::net::SocketAddr,
     tls: Option<crate::sim::oneview::TlsFiles>,
     seed: Seed,
+    scmb_broker: Option<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (user, pass) = (cfg.username.clone(), cfg.password.clone());
@@ -161,6 +179,15 @@ async fn simulate_one_oneview(
     let running = crate::sim::oneview::start_with(cfg, listen, tls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve on {listen}: {e}"))?;
+    let publisher = match &scmb_broker {
+        Some(b) => {
+            let p = crate::sim::oneview::start_publisher(&running.handle, b)
+                .map_err(|e| anyhow::anyhow!("--scmb-broker: {e}"))?;
+            println!("  publishing alert changes to {b} (exchange scmb)");
+            Some(p)
+        }
+        None => None,
+    };
     seed.apply(&running.handle);
     let url = running.url();
     println!("OneView simulator serving {url}");
@@ -176,6 +203,9 @@ async fn simulate_one_oneview(
     );
     println!("  control API: {}", control_api(&url));
     shutdown.cancelled().await;
+    if let Some(p) = publisher {
+        p.stop().await;
+    }
     running.stop().await;
     Ok(())
 }

@@ -79,6 +79,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub state: RawState,
     pub lease: RawLease,
+    pub scmb: RawScmb,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -660,6 +661,130 @@ fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
+/// `[scmb]`: OneView's State-Change Message Bus (AMQPS at the appliance host), see
+/// [`crate::oneview::scmb`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawScmb {
+    pub enabled: bool,
+    pub port: u16,
+    /// How often the appliance is still polled while the bus is healthy (a safety net).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Unacknowledged messages the broker may send ahead.
+    pub prefetch: u16,
+    /// PEM files that replace the keypair and CA read over REST.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RawScmb {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: 5671,
+            poll_interval: Duration::from_secs(300),
+            prefetch: 100,
+            client_cert_file: None,
+            client_key_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// The validated `[scmb]` section.
+#[derive(Debug, Clone)]
+pub struct ScmbConfig {
+    pub enabled: bool,
+    pub port: u16,
+    pub poll_interval: Duration,
+    pub prefetch: u16,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ScmbConfig {
+    fn default() -> Self {
+        let r = RawScmb::default();
+        Self {
+            enabled: r.enabled,
+            port: r.port,
+            poll_interval: r.poll_interval,
+            prefetch: r.prefetch,
+            client_cert_file: None,
+            client_key_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
+    if s.port == 0 {
+        c.problem(
+            "scmb.port",
+            Some("0"),
+            "is not a port",
+            "remove it to use OneView's 5671",
+        );
+    }
+    if s.prefetch == 0 || s.prefetch > 10_000 {
+        c.problem(
+            "scmb.prefetch",
+            Some(&s.prefetch.to_string()),
+            "must be 1 to 10000 (0 would let the broker send without bound)",
+            "remove it to use 100",
+        );
+    }
+    if s.poll_interval < Duration::from_secs(10) || s.poll_interval > Duration::from_secs(86_400) {
+        c.problem(
+            "scmb.poll_interval",
+            Some(&humantime::format_duration(s.poll_interval).to_string()),
+            "must be 10s to 24h (polling is the safety net while the bus is up)",
+            "remove it to use 5m",
+        );
+    }
+    if s.client_cert_file.is_some() != s.client_key_file.is_some() {
+        let (given, missing) = if s.client_cert_file.is_some() {
+            ("scmb.client_cert_file", "scmb.client_key_file")
+        } else {
+            ("scmb.client_key_file", "scmb.client_cert_file")
+        };
+        c.problem(
+            missing,
+            None,
+            &format!("is needed with {given}: a certificate and its key go together"),
+            "give both, or neither to read the keypair from the appliance",
+        );
+    }
+    for (key, file) in [
+        ("scmb.client_cert_file", &s.client_cert_file),
+        ("scmb.client_key_file", &s.client_key_file),
+        ("scmb.ca_file", &s.ca_file),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                c.problem(
+                    key,
+                    Some(&f.display().to_string()),
+                    "is not a readable file",
+                    "point it at a PEM file, or remove it to read this from the appliance",
+                );
+            }
+        }
+    }
+    ScmbConfig {
+        enabled: s.enabled,
+        port: s.port,
+        poll_interval: s.poll_interval,
+        prefetch: s.prefetch,
+        client_cert_file: s.client_cert_file.clone(),
+        client_key_file: s.client_key_file.clone(),
+        ca_file: s.ca_file.clone(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Problems
 // ---------------------------------------------------------------------------------------------
@@ -719,6 +844,8 @@ pub struct Config {
     pub log: RawLog,
     pub state: StateConfig,
     pub lease: LeaseConfig,
+    /// `[scmb]`: the message bus (off by default).
+    pub scmb: ScmbConfig,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
 }
@@ -2315,6 +2442,8 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         advertise_url: ls.advertise_url.clone().unwrap_or_default(),
     };
 
+    let scmb = validate_scmb(&mut c, &raw.scmb);
+
     if !c.problems.is_empty() {
         return Err(ConfigError::Invalid(c.problems));
     }
@@ -2362,6 +2491,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             postgres,
         },
         lease,
+        scmb,
         appliances,
         pagerduty,
         warnings: c.warnings,
@@ -2522,6 +2652,33 @@ mod tests {
         r.oneview.password = Some(SecretString::from("pw".to_owned()));
         r.pagerduty.routing_key = Some(SecretString::from("a".repeat(32)));
         r
+    }
+
+    #[test]
+    fn scmb_is_off_by_default_and_its_bad_keys_are_named() {
+        let c = validate(raw_ok(), Role::Poller).unwrap();
+        assert!(!c.scmb.enabled);
+        assert_eq!(c.scmb.port, 5671);
+        assert_eq!(c.scmb.prefetch, 100);
+        assert_eq!(c.scmb.poll_interval, Duration::from_secs(300));
+        let mut r = raw_ok();
+        r.scmb.port = 0;
+        r.scmb.prefetch = 0;
+        r.scmb.poll_interval = Duration::from_secs(1);
+        r.scmb.client_cert_file = Some(PathBuf::from("/nonexistent/cert.pem"));
+        let Err(ConfigError::Invalid(problems)) = validate(r, Role::Poller) else {
+            panic!("invalid [scmb] accepted");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "scmb.port",
+            "scmb.prefetch",
+            "scmb.poll_interval",
+            "scmb.client_key_file",
+            "scmb.client_cert_file",
+        ] {
+            assert!(keys.contains(&k), "{k} not named: {keys:?}");
+        }
     }
 
     fn appliance(name: &str) -> RawAppliance {

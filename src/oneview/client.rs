@@ -341,6 +341,10 @@ impl OneViewClient {
         if let Some(v) = version {
             req = req.header("X-API-Version", v);
         }
+        if endpoint == Endpoint::Certificates {
+            // Without it, API 600+ leaves `certificateDetails.base64Data` (the CA) out.
+            req = req.header("If-Req-CertDetails", "true");
+        }
         if let Some(s) = session {
             let mut hv = HeaderValue::from_str(s.id.expose_secret()).map_err(|_| {
                 OneViewError::BadResponse {

@@ -19,15 +19,18 @@ pub enum Endpoint {
     Logout,
     Alerts,
     Alert,
+    /// The SCMB certificates (`/rest/certificates/...`) and the task that generates the keypair.
+    Certificates,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Version,
         Endpoint::Login,
         Endpoint::Logout,
         Endpoint::Alerts,
         Endpoint::Alert,
+        Endpoint::Certificates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Endpoint {
             Endpoint::Logout => "logout",
             Endpoint::Alerts => "alerts",
             Endpoint::Alert => "alert",
+            Endpoint::Certificates => "certificates",
         }
     }
 }
@@ -267,7 +271,7 @@ pub struct OneViewMetrics {
     poll_duration: [Histogram; 2],
     pub alerts_in_last_poll: Gauge,
     pub alerts_malformed: Counter,
-    request_duration: [[Histogram; 4]; 5],
+    request_duration: [[Histogram; 4]; Endpoint::ALL.len()],
     logins: [Counter; 3],
     request_errors: [Counter; 6],
     pub session_age: Gauge<f64, AtomicU64>,

@@ -6,11 +6,13 @@
 //! [`AlertKey`](crate::model::AlertKey) made of that id and the alert URI, so several
 //! appliances can share one bridge without key collisions.
 
+pub mod certs;
 pub mod client;
 pub mod collection;
 pub mod error;
 pub mod metrics;
 pub mod poller;
+pub mod scmb;
 pub(crate) mod session;
 
 use std::collections::HashSet;

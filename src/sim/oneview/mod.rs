@@ -15,6 +15,7 @@
 //! paused time control session expiry and `modified` stamps.
 
 pub mod filter;
+pub mod scmb;
 mod server;
 pub mod site;
 pub mod store;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use scmb::{Keypair, ScmbCa, ScmbPublisher, start_publisher};
 pub use server::router;
 pub use site::{Site, estate, estate_password};
 use store::Store;
@@ -72,6 +74,20 @@ pub struct SimConfig {
     pub name: Option<String>,
     /// How generated alerts name the hardware; read at start only.
     pub site: Site,
+    /// The appliance's internal CA (certificate and key): it issues the RabbitMQ client
+    /// keypair of `/rest/certificates/client/rabbitmq/...` and the publisher's own, and is
+    /// served at `/rest/certificates/ca` when the simulator has no TLS CA of its own. Never
+    /// serialised. Without it the keypair endpoints answer 404 and generating fails.
+    #[serde(skip)]
+    pub scmb_ca: Option<ScmbCa>,
+    /// Whether the keypair exists from the start (read at start); false: 404 until `POST`
+    /// generates it.
+    pub scmb_keypair_at_start: bool,
+    /// `POST /rest/certificates/client/rabbitmq` is refused (403 `AUTHORIZATION`), as for a
+    /// user without the Infrastructure administrator role.
+    pub scmb_generate_denied: bool,
+    /// GETs of the generate task that answer `Running` before it completes.
+    pub scmb_task_polls: u32,
 }
 
 impl Default for SimConfig {
@@ -89,6 +105,10 @@ impl Default for SimConfig {
             check_etag: true,
             name: None,
             site: Site::default(),
+            scmb_ca: None,
+            scmb_keypair_at_start: true,
+            scmb_generate_denied: false,
+            scmb_task_polls: 1,
         }
     }
 }
@@ -195,6 +215,8 @@ pub(crate) struct Inner {
     clock_start: Instant,
     /// The CA served at `/rest/certificates/ca` (PEM), when serving HTTPS.
     ca_pem: Mutex<Option<String>>,
+    /// The SCMB keypair, generate tasks and publisher.
+    scmb: Mutex<scmb::SimScmb>,
 }
 
 /// A handle on a simulator's state; cheap to clone. Tests, the demo and the control API use it.
@@ -211,7 +233,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SimHandle {
     pub fn new(cfg: SimConfig) -> Self {
         let store = Store::new(cfg.site.clone());
-        Self {
+        let keypair_at_start = cfg.scmb_keypair_at_start;
+        let h = Self {
             inner: Arc::new(Inner {
                 cfg: Mutex::new(cfg),
                 store: Mutex::new(store),
@@ -224,8 +247,13 @@ impl SimHandle {
                 clock_base_ms: chrono::Utc::now().timestamp_millis(),
                 clock_start: Instant::now(),
                 ca_pem: Mutex::new(None),
+                scmb: Mutex::new(scmb::SimScmb::default()),
             }),
+        };
+        if keypair_at_start {
+            h.generate_scmb_keypair();
         }
+        h
     }
 
     /// The simulator's clock, unix milliseconds.
@@ -234,9 +262,12 @@ impl SimHandle {
             + i64::try_from(self.inner.clock_start.elapsed().as_millis()).unwrap_or(0)
     }
 
-    /// The CA certificate (PEM) that `GET /rest/certificates/ca` serves, if any.
+    /// The CA certificate (PEM) that `GET /rest/certificates/ca` serves, if any: the TLS CA,
+    /// else the SCMB CA.
     pub fn ca_pem(&self) -> Option<String> {
-        lock(&self.inner.ca_pem).clone()
+        lock(&self.inner.ca_pem)
+            .clone()
+            .or_else(|| self.config().scmb_ca.map(|c| c.cert_pem))
     }
 
     pub fn set_ca_pem(&self, pem: Option<String>) {
@@ -269,31 +300,36 @@ impl SimHandle {
     pub fn add_alert(&self, spec: AlertSpec) -> String {
         let now = self.now_ms();
         let id = self.store().add(&spec, now);
+        self.publish([id], "Created");
         format!("/rest/alerts/{id}")
     }
 
     pub fn add_alerts(&self, specs: &[AlertSpec]) -> Vec<String> {
         let now = self.now_ms();
-        let mut s = self.store();
-        specs
-            .iter()
-            .map(|spec| format!("/rest/alerts/{}", s.add(spec, now)))
-            .collect()
+        let ids: Vec<u64> = {
+            let mut s = self.store();
+            specs.iter().map(|spec| s.add(spec, now)).collect()
+        };
+        self.publish(ids.iter().copied(), "Created");
+        ids.iter().map(|id| format!("/rest/alerts/{id}")).collect()
     }
 
     /// Adds `spec.count` realistic alerts; returns the id range.
     pub fn generate(&self, spec: &GenerateSpec) -> std::ops::Range<u64> {
         let now = self.now_ms();
         let first = self.store().generate(spec, now);
-        match first {
+        let ids = match first {
             Some(f) => f..f + spec.count as u64,
             None => 0..0,
-        }
+        };
+        self.publish(ids.clone(), "Created");
+        ids
     }
 
     fn modify(&self, id: u64, f: impl FnOnce(&mut store::SimAlert)) -> Result<(), SimError> {
         let now = self.now_ms();
         if self.store().modify(id, now, f) {
+            self.publish([id], "Updated");
             Ok(())
         } else {
             Err(SimError::NoSuchAlert(id))
@@ -326,6 +362,7 @@ impl SimHandle {
     pub fn clear(&self, id: u64) -> Result<(), SimError> {
         let now = self.now_ms();
         if self.store().clear(id, now, "System") {
+            self.publish([id], "Updated");
             Ok(())
         } else {
             Err(SimError::NoSuchAlert(id))
@@ -350,7 +387,11 @@ impl SimHandle {
     }
 
     pub fn delete(&self, id: u64) -> Result<(), SimError> {
+        let json = self.alert(id);
         if self.store().delete(id) {
+            if let Some(j) = json {
+                self.publish_json(&j, "Deleted");
+            }
             Ok(())
         } else {
             Err(SimError::NoSuchAlert(id))

@@ -35,6 +35,15 @@ pub fn router(handle: SimHandle) -> Router {
             get(get_alert).put(put_alert).delete(delete_alert),
         )
         .route("/rest/certificates/ca", get(certificates_ca))
+        .route(
+            "/rest/certificates/client/rabbitmq/keypair/default",
+            get(rabbitmq_keypair),
+        )
+        .route(
+            "/rest/certificates/client/rabbitmq",
+            post(rabbitmq_generate),
+        )
+        .route("/rest/tasks/{id}", get(get_task))
         .route("/rest/{*rest}", any(rest_not_found))
         .layer(middleware::from_fn_with_state(handle.clone(), rest_layer));
     let control = Router::new()
@@ -93,6 +102,9 @@ fn endpoint_of(method: &Method, path: &str) -> &'static str {
         "/rest/alerts" => "alerts",
         p if p.starts_with("/rest/alerts/") => "alert",
         "/rest/certificates/ca" => "ca",
+        "/rest/certificates/client/rabbitmq/keypair/default" => "keypair",
+        "/rest/certificates/client/rabbitmq" => "keypair_generate",
+        p if p.starts_with("/rest/tasks/") => "task",
         _ => "other",
     }
 }
@@ -624,6 +636,145 @@ async fn certificates_ca(
     .into_response()
 }
 
+/// `GET /rest/certificates/client/rabbitmq/keypair/default`: the RabbitMQ client keypair, 404
+/// until one exists.
+async fn rabbitmq_keypair(State(h): State<SimHandle>, headers: HeaderMap) -> Response {
+    if let Err(r) = guard(&h, &headers) {
+        return r;
+    }
+    match h.scmb_keypair() {
+        Some(kp) => axum::Json(json!({
+            "type": "RabbitMqClientCertV2",
+            "uri": "/rest/certificates/client/rabbitmq/keypair/default",
+            "commonName": "default",
+            "base64SSLCertData": kp.cert_pem,
+            "base64SSLKeyData": kp.key_pem,
+        }))
+        .into_response(),
+        None => ov_error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            "The RabbitMQ client certificate default does not exist.",
+            &["Generate it with POST /rest/certificates/client/rabbitmq."],
+        ),
+    }
+}
+
+/// `POST /rest/certificates/client/rabbitmq`: starts the task that generates the keypair;
+/// `RABBITMQ_CLIENTCERT_CONFLICT` when it exists, 403 `AUTHORIZATION` when generation is denied.
+async fn rabbitmq_generate(
+    State(h): State<SimHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = guard(&h, &headers) {
+        return r;
+    }
+    let cfg = h.config();
+    if cfg.scmb_generate_denied {
+        return ov_error(
+            StatusCode::FORBIDDEN,
+            "AUTHORIZATION",
+            "Authorization error: User not authorized for this operation.",
+            &["Log in as a user with the Infrastructure administrator role."],
+        );
+    }
+    let ok_body = serde_json::from_slice::<Value>(&body).is_ok_and(|v| {
+        v.get("type").and_then(Value::as_str) == Some("RabbitMqClientCertV2")
+            && v.get("commonName").and_then(Value::as_str) == Some("default")
+    });
+    if !ok_body {
+        return ov_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "The request must be {\"type\":\"RabbitMqClientCertV2\",\"commonName\":\"default\"}.",
+            &["Send type RabbitMqClientCertV2 and commonName default."],
+        );
+    }
+    if h.scmb_keypair().is_some() {
+        return ov_error(
+            StatusCode::CONFLICT,
+            "RABBITMQ_CLIENTCERT_CONFLICT",
+            "The RabbitMQ client certificate already exists.",
+            &["Read it with GET /rest/certificates/client/rabbitmq/keypair/default."],
+        );
+    }
+    if cfg.scmb_ca.is_none() {
+        return ov_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "SIM_NO_CA",
+            "The simulator has no SCMB CA to issue the certificate with.",
+            &["Start the simulator with an SCMB CA."],
+        );
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    h.scmb().tasks.insert(id.clone(), cfg.scmb_task_polls);
+    let uri = format!("/rest/tasks/{id}");
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, uri.clone())],
+        axum::Json(task_json(&uri, "Running", 0)),
+    )
+        .into_response()
+}
+
+fn task_json(uri: &str, state: &str, percent: u32) -> Value {
+    json!({
+        "type": "TaskResourceV2",
+        "category": "tasks",
+        "uri": uri,
+        "name": "Create RabbitMQ client certificate",
+        "taskState": state,
+        "percentComplete": percent,
+        "taskErrors": [],
+        "associatedResource": {"resourceUri": "/rest/certificates/client/rabbitmq/keypair/default"},
+    })
+}
+
+/// `GET /rest/tasks/{id}`: the generate task, `Running` for `scmb_task_polls` GETs, then
+/// `Completed` with the keypair issued.
+async fn get_task(
+    State(h): State<SimHandle>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = guard(&h, &headers) {
+        return r;
+    }
+    let uri = format!("/rest/tasks/{id}");
+    let left = {
+        let mut s = h.scmb();
+        match s.tasks.get_mut(&id) {
+            None => None,
+            Some(0) => Some(0),
+            Some(n) => {
+                *n -= 1;
+                Some(*n + 1)
+            }
+        }
+    };
+    match left {
+        None => ov_error(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            &format!("The task {uri} does not exist."),
+            &["Check the task URI."],
+        ),
+        Some(0) => {
+            if h.scmb_keypair().is_none() && !h.generate_scmb_keypair() {
+                return axum::Json(json!({
+                    "type": "TaskResourceV2", "category": "tasks", "uri": uri,
+                    "taskState": "Error", "percentComplete": 100,
+                    "taskErrors": [{"errorCode": "SIM_NO_CA", "message": "The simulator could not issue the certificate."}],
+                }))
+                .into_response();
+            }
+            axum::Json(task_json(&uri, "Completed", 100)).into_response()
+        }
+        Some(_) => axum::Json(task_json(&uri, "Running", 50)).into_response(),
+    }
+}
+
 /// A collection page as OneView shapes it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -790,7 +941,12 @@ async fn put_alert(
         return StatusCode::OK.into_response();
     }
     match store.get(id) {
-        Some(a) => axum::Json(a.to_json()).into_response(),
+        Some(a) => {
+            let v = a.to_json();
+            // Under the store lock: the bus sees this change in the order it was made.
+            h.publish_json(&v, "Updated");
+            axum::Json(v).into_response()
+        }
         None => alert_not_found(id),
     }
 }
@@ -811,6 +967,9 @@ async fn delete_alert(
     match store.get(id).map(|a| a.state.clone()) {
         None => alert_not_found(id),
         Some(AlertState::Cleared) => {
+            if let Some(v) = store.get(id).map(|a| a.to_json()) {
+                h.publish_json(&v, "Deleted");
+            }
             store.delete(id);
             StatusCode::NO_CONTENT.into_response()
         }

@@ -1,0 +1,620 @@
+//! The SCMB building blocks against a real RabbitMQ (tests/amqp_support): certificates through
+//! the simulator's REST API, the consumer, and the simulator publishing its alert changes.
+//!
+//! One broker serves the binary; the tests take turns ([`serial`]) because every consumer bound
+//! to `scmb.alerts.#` sees every simulator's changes, and one test restarts the broker.
+
+mod amqp_support;
+mod oneview_support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use amqp_support::Broker;
+use bridge::config::ScmbConfig;
+use bridge::model::AlertState;
+use bridge::oneview::certs::{self, CertError, TaskWait};
+use bridge::oneview::scmb::{
+    self, BusState, ScmbChange, ScmbError, ScmbMetrics, ScmbSettings, ScmbTls,
+};
+use bridge::sim::oneview::{GenerateSpec, RunningSim, ScmbCa, SimConfig, start_publisher};
+use secrecy::SecretString;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+const FAST: TaskWait = TaskWait {
+    every: Duration::from_millis(20),
+    at_most: Duration::from_secs(10),
+};
+
+fn sim_config(broker: &Broker, f: impl FnOnce(&mut SimConfig)) -> SimConfig {
+    let mut c = SimConfig {
+        scmb_ca: Some(ScmbCa {
+            cert_pem: broker.pki.ca.cert_pem.clone(),
+            key_pem: broker.pki.ca.key_pem.clone(),
+        }),
+        ..SimConfig::default()
+    };
+    f(&mut c);
+    c
+}
+
+fn settings(broker: &Broker) -> ScmbSettings {
+    ScmbSettings {
+        appliance: "ov-test".to_owned(),
+        host: "127.0.0.1".to_owned(),
+        port: broker.port,
+        prefetch: 100,
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+/// The keypair and CA as the bridge reads them from the simulator.
+async fn tls_from(sim: &RunningSim) -> ScmbTls {
+    let cfg = oneview_support::config(&sim.url(), |_| {});
+    let client = oneview_support::client(&cfg);
+    certs::fetch_tls(&client, &ScmbConfig::default(), FAST)
+        .await
+        .expect("certificates through REST")
+}
+
+struct Consumer {
+    rx: mpsc::Receiver<ScmbChange>,
+    state: watch::Receiver<BusState>,
+    /// Every state the consumer published, in order.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<BusState>>>,
+    metrics: ScmbMetrics,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    fn start(broker: &Broker, tls: ScmbTls) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let (state_tx, state) = scmb::state_channel();
+        let metrics = ScmbMetrics::unregistered("ov-test");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(scmb::run(
+            settings(broker),
+            tls,
+            tx,
+            state_tx,
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        {
+            let mut st = state.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    seen.lock().unwrap().push(st.borrow_and_update().clone());
+                    if st.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Consumer {
+            rx,
+            state,
+            seen,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until the bus is up on connection number `n` (1 = the first).
+    async fn wait_connected(&mut self, n: u64) {
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.state.wait_for(
+                |s| matches!(s, BusState::Connected { connection, .. } if *connection == n),
+            ),
+        )
+        .await;
+        assert!(
+            r.is_ok(),
+            "bus not connected (connection {n}) within 30 s; states: {:?}",
+            self.seen.lock().unwrap()
+        );
+    }
+
+    /// The first `Down` reason, waiting for it.
+    async fn wait_down(&mut self) -> String {
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.state.wait_for(|s| matches!(s, BusState::Down { .. })),
+        )
+        .await
+        .expect("bus down within 30 s");
+        match &*r.expect("state channel open") {
+            BusState::Down { reason, .. } => reason.clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    async fn recv(&mut self, n: usize, max: Duration) -> Vec<ScmbChange> {
+        let mut out = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + max;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => panic!("consumer ended after {} of {n} changes", out.len()),
+                Err(_) => panic!("only {} of {n} changes within {max:?}", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Nothing more arrives within `quiet`.
+    async fn assert_nothing_more(&mut self, quiet: Duration) {
+        if let Ok(Some(c)) = tokio::time::timeout(quiet, self.rx.recv()).await {
+            panic!(
+                "an extra change arrived: {} {:?}",
+                c.change_type, c.alert.uri
+            );
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn wait_until(what: &str, max: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < max, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker's queues hold no message (ready or unacknowledged).
+fn assert_queues_empty(broker: &Broker) {
+    let qs = broker.queues();
+    for (name, messages, _) in &qs {
+        assert_eq!(
+            *messages, 0,
+            "queue {name} still holds {messages} message(s): {qs:?}"
+        );
+    }
+}
+
+async fn wait_queues_empty(broker: &Broker) {
+    let start = tokio::time::Instant::now();
+    loop {
+        if broker.queues().iter().all(|(_, m, _)| *m == 0) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            assert_queues_empty(broker);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_1000_raised_and_400_cleared_arrives_once_in_order_and_acked() {
+    let Some(broker) = amqp_support::shared("scmb storm") else {
+        return;
+    };
+    let _turn = serial().await;
+    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+    let tls = tls_from(&sim).await;
+    let mut consumer = Consumer::start(broker, tls);
+    consumer.wait_connected(1).await;
+    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+        .expect("publisher");
+
+    let ids = sim.handle.generate(&GenerateSpec {
+        count: 1000,
+        ..GenerateSpec::default()
+    });
+    assert_eq!(ids.clone().count(), 1000);
+    let cleared: Vec<u64> = ids.clone().take(400).collect();
+    for id in &cleared {
+        sim.handle.clear(*id).unwrap();
+    }
+    let changes = consumer.recv(1400, Duration::from_secs(60)).await;
+    assert!(
+        publisher
+            .wait_published(1400, Duration::from_secs(10))
+            .await
+    );
+    consumer
+        .assert_nothing_more(Duration::from_millis(500))
+        .await;
+
+    // Per alert, in order: raised, then (for the first 400) cleared; nothing twice.
+    let mut by_uri: HashMap<String, Vec<(String, AlertState)>> = HashMap::new();
+    for c in &changes {
+        by_uri
+            .entry(c.alert.uri.clone())
+            .or_default()
+            .push((c.change_type.clone(), c.alert.alert_state.clone()));
+        assert!(c.etag.is_some() && c.timestamp_ms.is_some(), "{c:?}");
+    }
+    assert_eq!(by_uri.len(), 1000);
+    for id in ids {
+        let uri = format!("/rest/alerts/{id}");
+        let seq = &by_uri[&uri];
+        if cleared.contains(&id) {
+            assert_eq!(
+                seq,
+                &vec![
+                    ("Created".to_owned(), AlertState::Active),
+                    ("Updated".to_owned(), AlertState::Cleared)
+                ],
+                "{uri}"
+            );
+        } else {
+            assert_eq!(
+                seq,
+                &vec![("Created".to_owned(), AlertState::Active)],
+                "{uri}"
+            );
+        }
+    }
+    wait_until("1400 delivered", Duration::from_secs(5), || {
+        consumer.metrics.delivered() == 1400
+    })
+    .await;
+    assert_eq!(consumer.metrics.malformed(), 0);
+    assert_eq!(consumer.metrics.reconnects(), 0);
+    assert!(consumer.metrics.connected());
+    // Every message acked: the consumer's queue is empty while it is still bound.
+    wait_queues_empty(broker).await;
+    let ours: Vec<_> = broker
+        .queues()
+        .into_iter()
+        .filter(|(_, _, consumers)| *consumers == 1)
+        .collect();
+    assert_eq!(ours.len(), 1, "one consumer queue: {ours:?}");
+
+    publisher.stop().await;
+    consumer.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_broker_and_a_broker_restart_are_reconnected() {
+    let Some(broker) = amqp_support::shared("scmb reconnect") else {
+        return;
+    };
+    let _turn = serial().await;
+    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+    let tls = tls_from(&sim).await;
+    let mut consumer = Consumer::start(broker, tls);
+    consumer.wait_connected(1).await;
+    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+        .expect("publisher");
+    let mut published = 0;
+    let mut raise = |n: usize| {
+        published += n as u64;
+        sim.handle.generate(&GenerateSpec {
+            count: n,
+            ..GenerateSpec::default()
+        })
+    };
+
+    let first = raise(10);
+    let got = consumer.recv(10, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), first.count());
+
+    // The broker closes every connection (the consumer's and the publisher's).
+    broker.close_all_connections();
+    consumer.wait_connected(2).await;
+    assert_eq!(consumer.metrics.reconnects(), 1);
+    // Let the publisher reconnect too before the next changes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = raise(10);
+    let got = consumer.recv(10, Duration::from_secs(20)).await;
+    let uris: Vec<String> = second.map(|id| format!("/rest/alerts/{id}")).collect();
+    assert_eq!(
+        got.iter().map(|c| c.alert.uri.clone()).collect::<Vec<_>>(),
+        uris
+    );
+
+    // The broker restarts: the consumer rides it out and reconnects.
+    broker.restart();
+    consumer.wait_connected(3).await;
+    assert!(
+        consumer.metrics.reconnects() >= 2,
+        "{}",
+        consumer.metrics.reconnects()
+    );
+    assert!(publisher.wait_published(20, Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = raise(10);
+    let got = consumer.recv(10, Duration::from_secs(30)).await;
+    let uris: Vec<String> = third.map(|id| format!("/rest/alerts/{id}")).collect();
+    assert_eq!(
+        got.iter().map(|c| c.alert.uri.clone()).collect::<Vec<_>>(),
+        uris
+    );
+    assert!(
+        publisher
+            .wait_published(published, Duration::from_secs(10))
+            .await
+    );
+    consumer
+        .assert_nothing_more(Duration::from_millis(300))
+        .await;
+
+    // Down between each connection, with the reason.
+    let seen = consumer.seen.lock().unwrap().clone();
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|s| match s {
+            BusState::Starting => "starting",
+            BusState::Connected { .. } => "up",
+            BusState::Down { .. } => "down",
+        })
+        .collect();
+    let mut compact = kinds.clone();
+    compact.dedup();
+    assert_eq!(
+        compact,
+        ["starting", "up", "down", "up", "down", "up"],
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, BusState::Down { reason, .. } if reason.contains("lost"))),
+        "{seen:?}"
+    );
+    assert_eq!(consumer.metrics.delivered(), 30);
+    wait_queues_empty(broker).await;
+
+    publisher.stop().await;
+    consumer.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_counted_acked_and_skipped() {
+    let Some(broker) = amqp_support::shared("scmb malformed") else {
+        return;
+    };
+    let _turn = serial().await;
+    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+    let tls = tls_from(&sim).await;
+    let mut consumer = Consumer::start(broker, tls);
+    consumer.wait_connected(1).await;
+    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+        .expect("publisher");
+    // Garbage and a message without a resource, published like the appliance's own; then an
+    // alert made corrupt (its severity is not a string) and cleared: two malformed updates.
+    raw_publish(broker, "scmb.alerts.Created./rest/alerts/1", b"{not json").await;
+    raw_publish(
+        broker,
+        "scmb.alerts.Created./rest/alerts/2",
+        br#"{"changeType":"Created","resourceUri":"/rest/alerts/2"}"#,
+    )
+    .await;
+    let id = sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 1,
+            ..GenerateSpec::default()
+        })
+        .start;
+    sim.handle.corrupt(id).unwrap();
+    sim.handle.clear(id).unwrap();
+    let got = consumer.recv(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].change_type, "Created");
+    assert_eq!(got[0].alert.uri, format!("/rest/alerts/{id}"));
+    wait_until("4 malformed", Duration::from_secs(10), || {
+        consumer.metrics.malformed() == 4
+    })
+    .await;
+    consumer
+        .assert_nothing_more(Duration::from_millis(500))
+        .await;
+    // The consumer goes on.
+    let more = sim.handle.generate(&GenerateSpec {
+        count: 1,
+        ..GenerateSpec::default()
+    });
+    let got = consumer.recv(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].alert.uri, format!("/rest/alerts/{}", more.start));
+    wait_until("2 delivered", Duration::from_secs(5), || {
+        consumer.metrics.delivered() == 2
+    })
+    .await;
+    assert_eq!(consumer.metrics.malformed(), 4);
+    // Acked, the malformed ones too.
+    wait_queues_empty(broker).await;
+    publisher.stop().await;
+    consumer.stop().await;
+    sim.stop().await;
+}
+
+/// Publishes `body` to the `scmb` exchange as the broker's user.
+async fn raw_publish(broker: &Broker, routing_key: &str, body: &[u8]) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+    let tls = OwnedTLSConfig {
+        identity: Some(OwnedIdentity::PKCS8 {
+            pem: broker.pki.client.cert_pem.clone().into_bytes(),
+            key: broker.pki.client.key_pem.clone().into_bytes(),
+        }),
+        cert_chain: Some(broker.pki.ca.cert_pem.clone()),
+    };
+    let conn = lapin::Connection::connect_with_config(
+        &format!(
+            "amqps://127.0.0.1:{}/%2f?auth_mechanism=external",
+            broker.port
+        ),
+        lapin::ConnectionProperties::default(),
+        tls,
+        lapin::runtime::default_runtime().unwrap(),
+    )
+    .await
+    .expect("test publisher connects");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "scmb".into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    conn.close(200, "done".into()).await.unwrap();
+}
+
+fn tls_with(broker: &Broker, cert: &amqp_support::CertKey, ca_pem: &str) -> ScmbTls {
+    ScmbTls {
+        client_cert_pem: cert.cert_pem.clone(),
+        client_key_pem: SecretString::from(cert.key_pem.clone()),
+        ca_pem: ca_pem.to_owned(),
+        source: format!("test files of broker {}", broker.port),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_certificates_and_missing_rights_are_clear_errors() {
+    let Some(broker) = amqp_support::shared("scmb certificate errors") else {
+        return;
+    };
+    let _turn = serial().await;
+    let s = settings(broker);
+
+    // A client certificate from another CA: the broker refuses it.
+    let rogue = tls_with(broker, &broker.pki.rogue_client, &broker.pki.ca.cert_pem);
+    let e = scmb::probe(&s, &rogue).await.unwrap_err();
+    assert!(matches!(e, ScmbError::ClientCertRefused { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("refused the client certificate"), "{text}");
+    assert!(text.contains("keypair/default"), "{text}");
+    let mut consumer = Consumer::start(broker, rogue);
+    let reason = consumer.wait_down().await;
+    assert!(
+        reason.contains("refused the client certificate"),
+        "{reason}"
+    );
+    consumer.stop().await;
+
+    // A CA that did not sign the broker's certificate: the bridge refuses the broker.
+    let untrusted = tls_with(broker, &broker.pki.client, &broker.pki.other_ca.cert_pem);
+    let e = scmb::probe(&s, &untrusted).await.unwrap_err();
+    assert!(matches!(e, ScmbError::UntrustedBroker { .. }), "{e:?}");
+    assert!(e.to_string().contains("certType:INTERNAL"), "{e}");
+    let mut consumer = Consumer::start(broker, untrusted);
+    let reason = consumer.wait_down().await;
+    assert!(reason.contains("does not trust"), "{reason}");
+    consumer.stop().await;
+
+    // The right pair connects.
+    let good = tls_with(broker, &broker.pki.client, &broker.pki.ca.cert_pem);
+    scmb::probe(&s, &good)
+        .await
+        .expect("the valid pair connects");
+
+    // No keypair yet and no right to generate one: the error names the role.
+    let sim = oneview_support::start_sim(sim_config(broker, |c| {
+        c.scmb_keypair_at_start = false;
+        c.scmb_generate_denied = true;
+    }))
+    .await;
+    let cfg = oneview_support::config(&sim.url(), |_| {});
+    let client = oneview_support::client(&cfg);
+    let e = certs::fetch_tls(&client, &ScmbConfig::default(), FAST)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CertError::NoRightsToGenerate { status: 403, .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("Infrastructure administrator"), "{text}");
+    assert!(
+        text.contains("/rest/certificates/client/rabbitmq"),
+        "{text}"
+    );
+    assert!(text.contains("AUTHORIZATION"), "{text}");
+    assert!(sim.handle.scmb_keypair().is_none());
+    sim.stop().await;
+
+    // No keypair yet, with the right: generated through the task, then it connects.
+    let sim = oneview_support::start_sim(sim_config(broker, |c| {
+        c.scmb_keypair_at_start = false;
+        c.scmb_task_polls = 2;
+    }))
+    .await;
+    let tls = tls_from(&sim).await;
+    let n = sim.handle.counters();
+    assert_eq!(n.requests("keypair_generate"), 1);
+    assert_eq!(n.requests("task"), 3, "two Running answers, then Completed");
+    assert_eq!(n.requests("keypair"), 2, "404, then the new keypair");
+    scmb::probe(&s, &tls)
+        .await
+        .expect("the generated keypair connects");
+    // Asked to generate again, the appliance says it exists: that is success.
+    certs::generate(
+        &oneview_support::client(&oneview_support::config(&sim.url(), |_| {})),
+        FAST,
+    )
+    .await
+    .expect("RABBITMQ_CLIENTCERT_CONFLICT means it exists");
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_parses_in_both_shapes_and_files_override_rest() {
+    let Some(broker) = amqp_support::shared("scmb CA shapes") else {
+        return;
+    };
+    let _turn = serial().await;
+    let want = broker.pki.ca.cert_pem.trim().to_owned();
+    for version in [500, 6600] {
+        let sim = oneview_support::start_sim(sim_config(broker, |c| {
+            c.current_version = version;
+        }))
+        .await;
+        let cfg = oneview_support::config(&sim.url(), |_| {});
+        let client = oneview_support::client(&cfg);
+        let ca = certs::appliance_ca(&client).await.expect("CA");
+        assert_eq!(ca.trim(), want, "API {version}");
+        assert_eq!(client.api_version(), Some(version));
+        sim.stop().await;
+    }
+    // Files in [scmb] replace the REST answers: a simulator without keypair or CA is not asked.
+    let sim = oneview_support::start_sim(SimConfig::default()).await;
+    let cfg = oneview_support::config(&sim.url(), |_| {});
+    let client = oneview_support::client(&cfg);
+    let scmb_cfg = ScmbConfig {
+        client_cert_file: Some(broker.write_file("client.pem", &broker.pki.client.cert_pem)),
+        client_key_file: Some(broker.write_file("client.key", &broker.pki.client.key_pem)),
+        ca_file: Some(broker.ca_file()),
+        ..ScmbConfig::default()
+    };
+    let tls = certs::fetch_tls(&client, &scmb_cfg, FAST)
+        .await
+        .expect("files");
+    assert_eq!(sim.handle.counters().requests("keypair"), 0);
+    assert_eq!(sim.handle.counters().requests("ca"), 0);
+    scmb::probe(&settings(broker), &tls)
+        .await
+        .expect("the files' pair connects");
+    sim.stop().await;
+}
