@@ -391,12 +391,12 @@ async fn latency(interval_ms: u64, rate: f64, seconds: u64) -> R<Figures> {
     let origin = sims.pd.started();
     let mut received: BTreeMap<u64, Instant> = BTreeMap::new();
     for e in sims.pd.accepted() {
-        if let Some(id) = e.dedup_key.as_deref().and_then(|k| k.rsplit('/').next()) {
-            if let Ok(id) = id.parse::<u64>() {
-                received
-                    .entry(id)
-                    .or_insert(origin + Duration::from_micros(e.received_us));
-            }
+        if let Some(id) = e.dedup_key.as_deref().and_then(|k| k.rsplit('/').next())
+            && let Ok(id) = id.parse::<u64>()
+        {
+            received
+                .entry(id)
+                .or_insert(origin + Duration::from_micros(e.received_us));
         }
     }
     let polls = sims.ov.handle.alert_poll_instants();
@@ -930,10 +930,10 @@ async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> 
         if k.starts_with("oneview:dc-a:") {
             a_done += 1;
             a_last = a_last.max(at);
-        } else if let Some(id) = k.strip_prefix("oneview:dc-b:/rest/alerts/") {
-            if let Ok(id) = id.parse::<u64>() {
-                got_b.entry(id).or_insert((at, a_done));
-            }
+        } else if let Some(id) = k.strip_prefix("oneview:dc-b:/rest/alerts/")
+            && let Ok(id) = id.parse::<u64>()
+        {
+            got_b.entry(id).or_insert((at, a_done));
         }
     }
     let polls = b_ov.handle.alert_poll_instants();
@@ -1635,10 +1635,10 @@ impl Bridge {
         };
         let ready = format!("{}/ready", b.url);
         loop {
-            if let Ok(r) = b.client.get(&ready).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if let Ok(r) = b.client.get(&ready).send().await
+                && r.status().is_success()
+            {
+                break;
             }
             if let Ok(Some(st)) = b.child.try_wait() {
                 return Err(format!("bridge exited before ready: {st}"));

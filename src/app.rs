@@ -129,15 +129,16 @@ impl App {
             };
             // A shared database: lead, or stand by until the lease is ours. The snapshot is
             // read only then, so it holds everything the previous leader committed.
-            if let Ok(store) = &opened {
-                if let Some(lease_store) = store.clone().lease() {
-                    let leadership = crate::leader::Leadership::new(
-                        lease_store,
-                        config.lease.clone(),
-                        leader_metrics.clone(),
-                        readiness.clone(),
-                    );
-                    let (l, epoch) = serve_core_while(
+            if let Ok(store) = &opened
+                && let Some(lease_store) = store.clone().lease()
+            {
+                let leadership = crate::leader::Leadership::new(
+                    lease_store,
+                    config.lease.clone(),
+                    leader_metrics.clone(),
+                    readiness.clone(),
+                );
+                let (l, epoch) = serve_core_while(
                         listener,
                         &config,
                         &leader_metrics,
@@ -150,12 +151,11 @@ impl App {
                         },
                     )
                     .await?;
-                    listener = l;
-                    let Some(epoch) = epoch else {
-                        return Ok(None);
-                    };
-                    leading = Some(Leading { leadership, epoch });
-                }
+                listener = l;
+                let Some(epoch) = epoch else {
+                    return Ok(None);
+                };
+                leading = Some(Leading { leadership, epoch });
             }
             let opened = match opened {
                 Ok(store) => tokio::task::spawn_blocking(move || {

@@ -763,15 +763,15 @@ fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
         ("scmb.client_key_file", &s.client_key_file),
         ("scmb.ca_file", &s.ca_file),
     ] {
-        if let Some(f) = file {
-            if !f.is_file() {
-                c.problem(
-                    key,
-                    Some(&f.display().to_string()),
-                    "is not a readable file",
-                    "point it at a PEM file, or remove it to read this from the appliance",
-                );
-            }
+        if let Some(f) = file
+            && !f.is_file()
+        {
+            c.problem(
+                key,
+                Some(&f.display().to_string()),
+                "is not a readable file",
+                "point it at a PEM file, or remove it to read this from the appliance",
+            );
         }
     }
     ScmbConfig {
@@ -1668,25 +1668,25 @@ fn validate_oneview(
         needs_backends,
         None,
     );
-    if let ApiVersionSetting::Fixed(v) = ov.api_version {
-        if v < 120 {
-            c.problem(
-                &format!("{prefix}.api_version"),
-                Some(&v.to_string()),
-                "OneView API versions start at 120",
-                "use \"auto\" or the appliance's version, for example 4600 for OneView 8.0",
-            );
-        }
+    if let ApiVersionSetting::Fixed(v) = ov.api_version
+        && v < 120
+    {
+        c.problem(
+            &format!("{prefix}.api_version"),
+            Some(&v.to_string()),
+            "OneView API versions start at 120",
+            "use \"auto\" or the appliance's version, for example 4600 for OneView 8.0",
+        );
     }
-    if let Some(ca) = &ov.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            c.problem(
-                &format!("{prefix}.ca_file"),
-                Some(&ca.display().to_string()),
-                &format!("cannot read it: {e}"),
-                "point it at a PEM file with the appliance's CA certificate",
-            );
-        }
+    if let Some(ca) = &ov.ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        c.problem(
+            &format!("{prefix}.ca_file"),
+            Some(&ca.display().to_string()),
+            &format!("cannot read it: {e}"),
+            "point it at a PEM file with the appliance's CA certificate",
+        );
     }
     if ov.tls_insecure_skip_verify {
         c.warnings.push(format!("{prefix}.tls_insecure_skip_verify = true: the appliance's TLS certificate is NOT verified; anyone on the path can read the OneView password. Use {prefix}.ca_file instead"));
@@ -1873,15 +1873,15 @@ fn validate_poller_keys(
     severities: Option<&[String]>,
     page_size: Option<u32>,
 ) {
-    if let Some(i) = interval {
-        if i < Duration::from_secs(1) {
-            c.problem(
-                &format!("{prefix}.interval"),
-                Some(&humantime::format_duration(i).to_string()),
-                "must be at least 1s",
-                "the default is 30s; polling faster only loads the appliance",
-            );
-        }
+    if let Some(i) = interval
+        && i < Duration::from_secs(1)
+    {
+        c.problem(
+            &format!("{prefix}.interval"),
+            Some(&humantime::format_duration(i).to_string()),
+            "must be at least 1s",
+            "the default is 30s; polling faster only loads the appliance",
+        );
     }
     if let Some(sev) = severities {
         if sev.is_empty() {
@@ -1910,15 +1910,15 @@ fn validate_poller_keys(
             }
         }
     }
-    if let Some(n) = page_size {
-        if n == 0 || n > 5000 {
-            c.problem(
-                &format!("{prefix}.page_size"),
-                Some(&n.to_string()),
-                "must be between 1 and 5000",
-                "the default 500 keeps each page small",
-            );
-        }
+    if let Some(n) = page_size
+        && (n == 0 || n > 5000)
+    {
+        c.problem(
+            &format!("{prefix}.page_size"),
+            Some(&n.to_string()),
+            "must be between 1 and 5000",
+            "the default 500 keeps each page small",
+        );
     }
 }
 
@@ -2418,15 +2418,15 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             "a third of lease.ttl (5s for 15s) leaves two renewals before the lease could lapse",
         );
     }
-    if let Some(h) = &ls.holder {
-        if h.trim().is_empty() || h.len() > 200 {
-            c.problem(
-                "lease.holder",
-                Some(h),
-                "must be 1 to 200 characters",
-                "remove it to use the host name plus a random suffix",
-            );
-        }
+    if let Some(h) = &ls.holder
+        && (h.trim().is_empty() || h.len() > 200)
+    {
+        c.problem(
+            "lease.holder",
+            Some(h),
+            "must be 1 to 200 characters",
+            "remove it to use the host name plus a random suffix",
+        );
     }
     let lease = LeaseConfig {
         ttl: ls.ttl,
@@ -2533,15 +2533,15 @@ fn state_postgres_check(
         // Reported by `secret` already.
         Err(_) => return None,
     };
-    if let Some(ca) = &st.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            c.problem(
-                "state.ca_file",
-                Some(&ca.display().to_string()),
-                &format!("cannot read it: {e}"),
-                "point it at a PEM file with the CA certificate of the database server",
-            );
-        }
+    if let Some(ca) = &st.ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        c.problem(
+            "state.ca_file",
+            Some(&ca.display().to_string()),
+            &format!("cannot read it: {e}"),
+            "point it at a PEM file with the CA certificate of the database server",
+        );
     }
     if !(1..=64).contains(&st.pool_size) {
         c.problem(

@@ -291,10 +291,10 @@ pub fn openmetrics_to_prometheus_text(om: &str) -> String {
                 "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
                 _ => (name.to_owned(), "untyped"),
             };
-            if let Some((hname, help)) = pending_help.take() {
-                if hname == name {
-                    out.push_str(&format!("# HELP {name_out} {help}\n"));
-                }
+            if let Some((hname, help)) = pending_help.take()
+                && hname == name
+            {
+                out.push_str(&format!("# HELP {name_out} {help}\n"));
             }
             out.push_str(&format!("# TYPE {name_out} {kind_out}\n"));
             continue;

@@ -98,10 +98,10 @@ impl Secret {
         // A poisoned lock only means another thread panicked mid-update of a cache; the cache is
         // re-validated below, so recovering the guard is safe.
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref() {
-            if c.stamp == stamp {
-                return Ok(c.value.clone());
-            }
+        if let Some(c) = cache.as_ref()
+            && c.stamp == stamp
+        {
+            return Ok(c.value.clone());
         }
         let raw = std::fs::read_to_string(path).map_err(read_err)?;
         let value = trim_secret(&raw);
@@ -112,10 +112,10 @@ impl Secret {
             });
         }
         let value = SecretString::from(value.to_owned());
-        if let Some(old) = cache.as_ref() {
-            if old.value.expose_secret() != value.expose_secret() {
-                tracing::info!(secret = %self.name, path = %path.display(), "secret file changed; using the new value from now on");
-            }
+        if let Some(old) = cache.as_ref()
+            && old.value.expose_secret() != value.expose_secret()
+        {
+            tracing::info!(secret = %self.name, path = %path.display(), "secret file changed; using the new value from now on");
         }
         *cache = Some(Cached {
             stamp,

@@ -566,10 +566,10 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = client.get(format!("{base}/ready")).send() {
-            if r.status() == 200 {
-                break;
-            }
+        if let Ok(r) = client.get(format!("{base}/ready")).send()
+            && r.status() == 200
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "bridge never became ready");
         std::thread::sleep(Duration::from_millis(50));
@@ -593,13 +593,13 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
     // Readiness flips at once, while the drain delay keeps the server up.
     let mut saw_503 = false;
     while sent.elapsed() < Duration::from_secs(2) {
-        if let Ok(r) = client.get(format!("{base}/ready")).send() {
-            if r.status() == 503 {
-                let v: serde_json::Value = r.json().unwrap();
-                assert_eq!(v["unmet"][0]["condition"], "not_shutting_down");
-                saw_503 = true;
-                break;
-            }
+        if let Ok(r) = client.get(format!("{base}/ready")).send()
+            && r.status() == 503
+        {
+            let v: serde_json::Value = r.json().unwrap();
+            assert_eq!(v["unmet"][0]["condition"], "not_shutting_down");
+            saw_503 = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -739,11 +739,11 @@ async fn child_with_256_descriptors_answers_health_under_300_idle_and_300_slowlo
             s.write_all(b"GET /health HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
                 .await
                 .unwrap();
-            if let End::Closed(b) = read_to_end(&mut s, Duration::from_secs(2)).await {
-                if b.starts_with(b"HTTP/1.1 200") {
-                    up = true;
-                    break;
-                }
+            if let End::Closed(b) = read_to_end(&mut s, Duration::from_secs(2)).await
+                && b.starts_with(b"HTTP/1.1 200")
+            {
+                up = true;
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

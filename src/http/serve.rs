@@ -622,12 +622,11 @@ impl Server {
                 _ = conn.changed.notified() => {}
                 _ = timer, if deadline.is_some() => {
                     // Re-read: a write may have pushed the deadline while the timer ran.
-                    if let Some((at, reason)) = conn.deadline(&self.limits) {
-                        if at <= Instant::now() {
+                    if let Some((at, reason)) = conn.deadline(&self.limits)
+                        && at <= Instant::now() {
                             conn.close_as(reason);
                             break None;
                         }
-                    }
                 }
                 _ = self.stop.cancelled(), if !stopping => {
                     conn.close_as(CloseReason::Shutdown);

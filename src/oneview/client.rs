@@ -466,10 +466,10 @@ impl OneViewClient {
     /// A session to use now: the current one, or a new one when there is none or it is due
     /// for its proactive refresh.
     async fn session_for_request(&self) -> Result<Arc<Session>, OneViewError> {
-        if let Some(s) = self.session.current() {
-            if s.since.elapsed() < self.session_refresh {
-                return Ok(s);
-            }
+        if let Some(s) = self.session.current()
+            && s.since.elapsed() < self.session_refresh
+        {
+            return Ok(s);
         }
         self.login_single_flight(None).await
     }

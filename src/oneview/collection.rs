@@ -133,16 +133,14 @@ fn decode_page(body: &[u8], skip: Option<Skip<'_>>) -> Result<Page, serde_json::
     };
     page.alerts.reserve(raw.members.len());
     for (i, m) in raw.members.into_iter().enumerate() {
-        if let Some(skip) = skip {
-            if let Ok(Head {
+        if let Some(skip) = skip
+            && let Ok(Head {
                 uri: Some(uri),
                 modified,
             }) = serde_json::from_str::<Head>(m.get())
-            {
-                if skip(&uri, modified.as_deref()) {
-                    continue;
-                }
-            }
+            && skip(&uri, modified.as_deref())
+        {
+            continue;
         }
         match serde_json::from_str::<Alert>(m.get()) {
             Ok(a) if !a.uri.is_empty() => page.alerts.push(a),

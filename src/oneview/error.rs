@@ -292,9 +292,9 @@ fn redact_text(mut s: String, secrets: &[&str]) -> String {
 /// `67108864 bytes (64 MiB)`.
 pub(crate) fn human_bytes(n: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{n} bytes ({} MiB)", n / MIB)
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{n} bytes ({} KiB)", n / 1024)
     } else {
         format!("{n} bytes")
@@ -405,12 +405,11 @@ pub fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<TlsProblem
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(classify(r));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(p) = tls_problem(inner) {
-                    return Some(p);
-                }
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(p) = tls_problem(inner)
+        {
+            return Some(p);
         }
         cur = e.source();
     }

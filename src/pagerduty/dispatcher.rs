@@ -753,10 +753,10 @@ impl Dispatcher {
         if q.in_flight {
             return;
         }
-        if let Some(head) = q.jobs.front() {
-            if let Some(set) = self.ready.get_mut(&head.target.budget) {
-                set.remove(&(head.priority, head.turn, head.seq, key.to_owned()));
-            }
+        if let Some(head) = q.jobs.front()
+            && let Some(set) = self.ready.get_mut(&head.target.budget)
+        {
+            set.remove(&(head.priority, head.turn, head.seq, key.to_owned()));
         }
     }
 

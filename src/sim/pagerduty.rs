@@ -473,10 +473,12 @@ pub fn validate(v: &Value) -> Vec<String> {
                     ),
                     None => errors.push("'payload.severity' is missing or blank".to_owned()),
                 }
-                if let Some(cd) = p.get("custom_details") {
-                    if !cd.is_object() && !cd.is_null() && !cd.is_string() {
-                        errors.push("'payload.custom_details' must be an object".to_owned());
-                    }
+                if let Some(cd) = p.get("custom_details")
+                    && !cd.is_object()
+                    && !cd.is_null()
+                    && !cd.is_string()
+                {
+                    errors.push("'payload.custom_details' must be an object".to_owned());
                 }
             }
         }
@@ -644,10 +646,9 @@ async fn enqueue(
     if let (Some(pat), Some(k)) = (
         faults.reject_dedup_key_containing.as_deref(),
         logged.dedup_key.as_deref(),
-    ) {
-        if k.contains(pat) {
-            errors.push("'dedup_key' rejected by the simulator's fault injection".to_owned());
-        }
+    ) && k.contains(pat)
+    {
+        errors.push("'dedup_key' rejected by the simulator's fault injection".to_owned());
     }
     if !errors.is_empty() {
         sim.lock().counters.rejected += 1;
@@ -721,10 +722,10 @@ async fn enqueue(
 }
 
 fn add_retry_after(r: &mut Response, secs: Option<u64>) {
-    if let Some(s) = secs {
-        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(s) = secs
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
     }
 }
 

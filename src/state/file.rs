@@ -124,13 +124,13 @@ impl FileStore {
         // Close first: the file lock must be released before the file can be opened again.
         // Every user of the database is on this (the writer's) thread, so ours is the last
         // handle once taken out of the slot.
-        if let Some(old) = slot.take() {
-            if let Err(still_used) = Arc::try_unwrap(old) {
-                *slot = Some(still_used);
-                return Err(StateError::Poisoned {
-                    path: self.path.clone(),
-                });
-            }
+        if let Some(old) = slot.take()
+            && let Err(still_used) = Arc::try_unwrap(old)
+        {
+            *slot = Some(still_used);
+            return Err(StateError::Poisoned {
+                path: self.path.clone(),
+            });
         }
         let db = guard(&self.path, false, || open_db(&self.path))?;
         *slot = Some(Arc::new(db));

@@ -255,10 +255,10 @@ pub async fn page(
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let mut auth = headers.clone();
-    if let Some(t) = q.token.as_deref().filter(|t| !t.is_empty()) {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-            auth.insert(header::AUTHORIZATION, v);
-        }
+    if let Some(t) = q.token.as_deref().filter(|t| !t.is_empty())
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}"))
+    {
+        auth.insert(header::AUTHORIZATION, v);
     }
     s.check_read(&auth)?;
     let refresh = q.refresh.unwrap_or(10).clamp(1, 300);

@@ -428,10 +428,10 @@ pub async fn receive(
         tracing::info!(webhook_id = %id, "PagerDuty webhook redelivered; already taken");
         Ok((StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response())
     };
-    if let Some(id) = &webhook_id {
-        if s.seen_webhooks.contains_key(id) {
-            return duplicate(id);
-        }
+    if let Some(id) = &webhook_id
+        && s.seen_webhooks.contains_key(id)
+    {
+        return duplicate(id);
     }
     let Some(req) = req else {
         if let Some(id) = webhook_id {
