@@ -598,7 +598,9 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{prefix} in\n{text}"))
     };
-    assert!(count("leader") >= 3.0 && count("handover") >= 2.0, "{text}");
+    // One handover before any poller ran; whether a lookup also lands in the second or two
+    // between a's lease running out and b taking it is timing (the answers were checked above).
+    assert!(count("leader") >= 3.0 && count("handover") >= 1.0, "{text}");
     assert_eq!(count("unavailable"), 0.0);
 
     sigkill(&mut web_child);
