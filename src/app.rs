@@ -100,19 +100,22 @@ impl App {
             if shared {
                 leader_metrics.register(&mut registry);
             }
+            let core_only = CoreOnly {
+                config: &config,
+                metrics: &leader_metrics,
+                readiness: readiness.clone(),
+                http_metrics: http_metrics.clone(),
+                connections: connections.clone(),
+            };
             let opened = if shared {
                 // A database that is down at start is waited for (a crash loop would only
                 // back off longer), serving /health, /ready (503: state_store) and /metrics.
-                let (l, opened) = serve_core_while(
-                    listener,
-                    &config,
-                    &leader_metrics,
-                    readiness.clone(),
-                    http_metrics.clone(),
-                    connections.clone(),
-                    open_shared(&config, &readiness, &leader_metrics, shutdown),
-                )
-                .await?;
+                let (l, opened) = core_only
+                    .serve_while(
+                        listener,
+                        open_shared(&config, &readiness, &leader_metrics, shutdown),
+                    )
+                    .await?;
                 listener = l;
                 let Some(opened) = opened else {
                     return Ok(None);
@@ -138,18 +141,9 @@ impl App {
                     leader_metrics.clone(),
                     readiness.clone(),
                 );
-                let (l, epoch) = serve_core_while(
-                        listener,
-                        &config,
-                        &leader_metrics,
-                        readiness.clone(),
-                        http_metrics.clone(),
-                        connections.clone(),
-                        async {
-                            tracing::info!(holder = %leadership.holder(), listen = %config.server.listen, "poller started; waiting for the leadership lease");
-                            leadership.acquire(shutdown).await
-                        },
-                    )
+                tracing::info!(holder = %leadership.holder(), listen = %config.server.listen, "poller started; waiting for the leadership lease");
+                let (l, epoch) = core_only
+                    .serve_while(listener, leadership.acquire(shutdown))
                     .await?;
                 listener = l;
                 let Some(epoch) = epoch else {
@@ -393,7 +387,15 @@ async fn open_shared(
     metrics: &crate::leader::LeaderMetrics,
     shutdown: &CancellationToken,
 ) -> Option<Result<Arc<dyn crate::state::StateStore>, crate::state::StateError>> {
-    let mut delay = std::time::Duration::from_secs(1);
+    use backon::BackoffBuilder;
+    // The same jittered exponential backoff as the OneView session: a fleet restarted together
+    // does not retry together against a database that is coming back.
+    let mut delays = backon::ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(std::time::Duration::from_secs(1))
+        .with_max_delay(std::time::Duration::from_secs(30))
+        .without_max_times()
+        .build();
     loop {
         let state_cfg = config.state.clone();
         let opened = match tokio::task::spawn_blocking(move || crate::state::open(&state_cfg)).await
@@ -405,90 +407,98 @@ async fn open_shared(
                 detail: format!("the opening task failed: {e}"),
             }),
         };
-        match opened {
+        let wait = match opened {
             Ok(store) => {
                 metrics.set_database_up(true);
                 readiness.set_met(crate::state::READY_STATE);
                 return Some(Ok(store));
             }
             Err(e) if e.is_transient() => {
+                let wait = delays.next().unwrap_or(std::time::Duration::from_secs(30));
                 metrics.set_database_up(false);
                 readiness.set_unmet(crate::state::READY_STATE, e.to_string());
-                tracing::error!(error = %e, retry_in = ?delay, "cannot open the state database; this poller neither leads nor stands by until it can");
+                tracing::error!(error = %e, retry_in = ?wait, "cannot open the state database; this poller neither leads nor stands by until it can");
+                wait
             }
             Err(e) => return Some(Err(e)),
-        }
-        // Full jitter would let a fleet restarted together retry together less; the spread
-        // matters less than not hammering a database that is coming back.
-        let wait = delay.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(wait) => {}
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(30));
     }
 }
 
-/// Serves `/health`, `/ready` and `/metrics` on `listener` (and answers the internal API with
-/// 503 `not_leader`) while `until` runs: a poller opening the shared database or standing by
-/// for the lease. Gives the listener back for the full app.
-#[allow(clippy::too_many_arguments)]
-async fn serve_core_while<T>(
-    listener: TcpListener,
-    config: &Config,
-    metrics: &crate::leader::LeaderMetrics,
+/// What a poller serves before it has a pipeline (opening the shared database, standing by
+/// for the lease): `/health`, `/ready`, `/metrics`, and 503 `not_leader` on the internal API.
+struct CoreOnly<'a> {
+    config: &'a Config,
+    metrics: &'a crate::leader::LeaderMetrics,
     readiness: Arc<Readiness>,
     http_metrics: HttpMetrics,
     connections: http::serve::ConnectionMetrics,
-    until: impl std::future::Future<Output = T>,
-) -> Result<(TcpListener, T), AppError> {
-    let addr = config.server.listen;
-    let io = |source: std::io::Error| AppError::Bind { addr, source };
-    // Two handles on one socket: the standby server's is closed before the app takes over.
-    let std = listener.into_std().map_err(io)?;
-    let dup = std.try_clone().map_err(io)?;
-    let listener = TcpListener::from_std(std).map_err(io)?;
-    let standby_listener = TcpListener::from_std(dup).map_err(io)?;
-    let mut registry = metrics::new_registry(config.role.as_str());
-    metrics.register(&mut registry);
-    let core = CoreState {
-        role: config.role,
-        started: Instant::now(),
-        readiness,
-        registry: Arc::new(registry),
-        health_warnings: Arc::new(Vec::new()),
-    };
-    // A web replica that read the lease just before a takeover may still call here: tell it to
-    // look again rather than answer 404.
-    let standby_readiness = core.readiness.clone();
-    let internal = Router::new().route(
-        "/internal/{*rest}",
-        axum::routing::any(move || {
-            let r = standby_readiness.clone();
-            async move {
-                http::ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    crate::web::control::NOT_LEADER,
-                    r.warning(crate::leader::READY_LEADERSHIP)
-                        .unwrap_or_else(|| {
-                            "this poller stands by; another poller leads".to_owned()
-                        }),
-                )
-                .retry_after(1)
-            }
-        }),
-    );
-    let router = http::finish(http::core_routes(core).merge(internal), http_metrics);
-    let stop = CancellationToken::new();
-    let server = {
-        let stop = stop.clone();
-        let limits = http::serve::Limits::from_config(&config.server);
-        tokio::spawn(async move {
-            http::serve::serve(standby_listener, router, limits, connections, stop).await
-        })
-    };
-    let out = until.await;
-    stop.cancel();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    Ok((listener, out))
+}
+
+impl CoreOnly<'_> {
+    /// Serves on `listener` while `until` runs; gives the listener back for the full app.
+    async fn serve_while<T>(
+        &self,
+        listener: TcpListener,
+        until: impl std::future::Future<Output = T>,
+    ) -> Result<(TcpListener, T), AppError> {
+        let config = self.config;
+        let addr = config.server.listen;
+        let io = |source: std::io::Error| AppError::Bind { addr, source };
+        // Two handles on one socket: the standby server's is closed before the app takes over.
+        let std = listener.into_std().map_err(io)?;
+        let dup = std.try_clone().map_err(io)?;
+        let listener = TcpListener::from_std(std).map_err(io)?;
+        let standby_listener = TcpListener::from_std(dup).map_err(io)?;
+        let mut registry = metrics::new_registry(config.role.as_str());
+        self.metrics.register(&mut registry);
+        let core = CoreState {
+            role: config.role,
+            started: Instant::now(),
+            readiness: self.readiness.clone(),
+            registry: Arc::new(registry),
+            health_warnings: Arc::new(Vec::new()),
+        };
+        // A web replica that read the lease just before a takeover may still call here: tell it to
+        // look again rather than answer 404.
+        let standby_readiness = core.readiness.clone();
+        let internal = Router::new().route(
+            "/internal/{*rest}",
+            axum::routing::any(move || {
+                let r = standby_readiness.clone();
+                async move {
+                    http::ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        crate::web::control::NOT_LEADER,
+                        r.warning(crate::leader::READY_LEADERSHIP)
+                            .unwrap_or_else(|| {
+                                "this poller stands by; another poller leads".to_owned()
+                            }),
+                    )
+                    .retry_after(1)
+                }
+            }),
+        );
+        let router = http::finish(
+            http::core_routes(core).merge(internal),
+            self.http_metrics.clone(),
+        );
+        let stop = CancellationToken::new();
+        let server = {
+            let stop = stop.clone();
+            let limits = http::serve::Limits::from_config(&config.server);
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                http::serve::serve(standby_listener, router, limits, connections, stop).await
+            })
+        };
+        let out = until.await;
+        stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+        Ok((listener, out))
+    }
 }

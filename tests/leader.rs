@@ -103,6 +103,33 @@ impl Drop for Poller {
     }
 }
 
+/// The OneView and PagerDuty simulators of a test, on loopback.
+async fn sims(faults: Faults) -> (ovsim::RunningSim, pdsim::SimHandle) {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, faults).await.unwrap();
+    (ov, pd)
+}
+
+/// Starts `a` and waits until it leads, then `b` and waits until it stands by.
+async fn lead_then_stand_by(a: &mut Poller, b: &mut Poller) {
+    a.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
+        "a leads:\n{}",
+        a.log()
+    );
+    b.start();
+    assert!(
+        wait_for(Duration::from_secs(30), || b
+            .log()
+            .contains("standing by: another poller leads"))
+        .await,
+        "b stands by:\n{}",
+        b.log()
+    );
+}
+
 async fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
@@ -150,35 +177,15 @@ async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice()
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(
-        loopback,
-        Faults {
-            error_rate: 0.3,
-            seed: 15,
-            ..Faults::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (ov, pd) = sims(Faults {
+        error_rate: 0.3,
+        seed: 15,
+        ..Faults::default()
+    })
+    .await;
     let mut a = Poller::new("a", &ov, &pd, &url);
     let mut b = Poller::new("b", &ov, &pd, &url);
-    a.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
-        "a leads:\n{}",
-        a.log()
-    );
-    b.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || b
-            .log()
-            .contains("standing by: another poller leads"))
-        .await,
-        "b stands by:\n{}",
-        b.log()
-    );
+    lead_then_stand_by(&mut a, &mut b).await;
     // A standby is ready (it is healthy, just not leading) and says who leads.
     let (status, body) = b.ready_body().await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -247,13 +254,6 @@ async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice()
         pd.counters()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
-    for i in pd.incidents() {
-        by_key
-            .entry(i.dedup_key.clone())
-            .or_default()
-            .push(i.status);
-    }
     let c = pd.counters();
     eprintln!(
         "3 leader kills: {} requests, {} accepted, {} opened, {} resolved; a sent {}, b sent {}",
@@ -264,15 +264,7 @@ async fn the_standby_takes_over_after_each_sigkill_and_no_incident_opens_twice()
         from(&pd, "a"),
         from(&pd, "b")
     );
-    assert_eq!(c.incidents_opened as usize, ALERTS, "none opened twice");
-    for id in &ids {
-        let want = if cleared.contains(id) {
-            IncidentStatus::Resolved
-        } else {
-            IncidentStatus::Triggered
-        };
-        assert_eq!(by_key[&dedup_key(*id)], vec![want], "alert {id}");
-    }
+    assert_exactly_once(&pd, &ids, &cleared);
     assert!(from(&pd, "a") > 0 && from(&pd, "b") > 0);
     pd.shutdown();
     ov.stop().await;
@@ -285,15 +277,10 @@ async fn a_paused_leader_sends_nothing_after_the_takeover_and_steps_down() {
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let (ov, pd) = sims(Faults::default()).await;
     let mut a = Poller::new("a", &ov, &pd, &url);
     let mut b = Poller::new("b", &ov, &pd, &url);
-    a.start();
-    assert!(wait_for(Duration::from_secs(30), || a.took_over() == 1).await);
-    b.start();
-    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    lead_then_stand_by(&mut a, &mut b).await;
     ov.handle.generate(&GenerateSpec {
         count: 20,
         ..Default::default()
@@ -379,18 +366,13 @@ async fn a_graceful_stop_hands_the_lease_over_at_once() {
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let (ov, pd) = sims(Faults::default()).await;
     let mut a = Poller::new("a", &ov, &pd, &url);
     let mut b = Poller::new("b", &ov, &pd, &url);
     // A lease long enough that only a release explains a quick takeover.
     a.env.set("BRIDGE_LEASE__TTL", "60s");
     b.env.set("BRIDGE_LEASE__TTL", "60s");
-    a.start();
-    assert!(wait_for(Duration::from_secs(30), || a.took_over() == 1).await);
-    b.start();
-    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    lead_then_stand_by(&mut a, &mut b).await;
     let status = sigterm(a.child.as_mut().unwrap(), Duration::from_secs(15));
     a.child = None;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
@@ -452,6 +434,89 @@ fn forwarded(p: &Poller) -> usize {
         .count()
 }
 
+/// A web replica (role `web`) that finds the leader through the database at `url`.
+struct WebReplica {
+    env: BridgeEnv,
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl WebReplica {
+    /// Starts it and waits until `/health` answers; it needs no poller for that.
+    async fn start(ov: &ovsim::RunningSim, pd: &pdsim::SimHandle, url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = BridgeEnv::new(ov.url(), pd.events_url(), dir.path());
+        env.role = "web";
+        env.state_path = None;
+        let port = free_port();
+        env.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+        env.set("BRIDGE_SERVER__STATUS_PUBLIC", "true");
+        env.set("BRIDGE_STATE__BACKEND", "postgres");
+        env.set("BRIDGE_STATE__URL", url);
+        env.set("BRIDGE_WEB__POLLER_TOKEN", POLLER_TOKEN);
+        let child = env.spawn();
+        let web = Self {
+            env,
+            port,
+            child,
+            _dir: dir,
+        };
+        let health = web.url("/health");
+        let mut up = false;
+        for _ in 0..300 {
+            if get(&health).await.is_some_and(|(s, _, _)| s == 200) {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            up,
+            "the web replica starts without a poller:\n{}",
+            web.env.log()
+        );
+        web
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Its `/metrics` now, for `bridge_web_leader_lookups_total`.
+    async fn lookups(&self) -> Lookups {
+        Lookups(
+            reqwest::get(self.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for WebReplica {
+    fn drop(&mut self) {
+        sigkill(&mut self.child);
+    }
+}
+
+/// A web replica's metrics text.
+struct Lookups(String);
+
+impl Lookups {
+    /// `bridge_web_leader_lookups_total{outcome}`.
+    fn count(&self, outcome: &str) -> f64 {
+        let prefix = format!("bridge_web_leader_lookups_total{{outcome=\"{outcome}\"}} ");
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} in\n{}", self.0))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_replicas_follow_the_leader_through_the_lease_row() {
     let _serial = SERIAL.lock().await;
@@ -459,36 +524,10 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let (ov, pd) = sims(Faults::default()).await;
 
-    let web_dir = tempfile::tempdir().unwrap();
-    let mut web = BridgeEnv::new(ov.url(), pd.events_url(), web_dir.path());
-    web.role = "web";
-    web.state_path = None;
-    let web_port = free_port();
-    web.set("BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{web_port}"));
-    web.set("BRIDGE_SERVER__STATUS_PUBLIC", "true");
-    web.set("BRIDGE_STATE__BACKEND", "postgres");
-    web.set("BRIDGE_STATE__URL", &url);
-    web.set("BRIDGE_WEB__POLLER_TOKEN", POLLER_TOKEN);
-    let mut web_child = web.spawn();
-    let status_url = format!("http://127.0.0.1:{web_port}/api/v1/alerts");
-    let health = format!("http://127.0.0.1:{web_port}/health");
-    let mut up = false;
-    for _ in 0..300 {
-        if get(&health).await.is_some_and(|(s, _, _)| s == 200) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        up,
-        "the web replica starts without a poller:\n{}",
-        web.log()
-    );
+    let web = WebReplica::start(&ov, &pd, &url).await;
+    let status_url = web.url("/api/v1/alerts");
 
     // No poller has taken the lease yet: a handover, not a broken replica.
     let (s, retry, body) = get(&status_url).await.unwrap();
@@ -497,14 +536,7 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
 
     let mut a = split_poller("a", &ov, &pd, &url);
     let mut b = split_poller("b", &ov, &pd, &url);
-    a.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
-        "{}",
-        a.log()
-    );
-    b.start();
-    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    lead_then_stand_by(&mut a, &mut b).await;
 
     let (s, _, body) = get(&status_url).await.unwrap();
     assert_eq!(s, 200, "{body}");
@@ -583,27 +615,19 @@ async fn web_replicas_follow_the_leader_through_the_lease_row() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ok, "{}", web.log());
+    assert!(ok, "{}", web.env.log());
     assert!(forwarded(&a) > before);
-    let text = reqwest::get(format!("http://127.0.0.1:{web_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |outcome: &str| -> f64 {
-        let prefix = format!("bridge_web_leader_lookups_total{{outcome=\"{outcome}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{prefix} in\n{text}"))
-    };
+    let lookups = web.lookups().await;
     // One handover before any poller ran; whether a lookup also lands in the second or two
     // between a's lease running out and b taking it is timing (the answers were checked above).
-    assert!(count("leader") >= 3.0 && count("handover") >= 1.0, "{text}");
-    assert_eq!(count("unavailable"), 0.0);
+    assert!(
+        lookups.count("leader") >= 3.0 && lookups.count("handover") >= 1.0,
+        "{}",
+        lookups.0
+    );
+    assert_eq!(lookups.count("unavailable"), 0.0);
 
-    sigkill(&mut web_child);
+    drop(web);
     pd.shutdown();
     ov.stop().await;
 }
@@ -615,9 +639,7 @@ async fn a_poller_started_while_the_database_is_down_waits_for_it() {
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+    let (ov, pd) = sims(Faults::default()).await;
     pg.stop();
     let mut a = Poller::new("a", &ov, &pd, &url);
     a.start();
@@ -726,6 +748,7 @@ impl LeaseWatch {
 
 /// Every generated alert has exactly one incident, resolved iff it was cleared.
 fn assert_exactly_once(pd: &pdsim::SimHandle, ids: &[u64], cleared: &[u64]) {
+    let cleared: std::collections::HashSet<u64> = cleared.iter().copied().collect();
     let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
     for i in pd.incidents() {
         by_key
@@ -755,28 +778,15 @@ async fn ten_rolling_restarts_of_both_pollers_leave_no_leaderless_gap_and_no_dup
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(
-        loopback,
-        Faults {
-            error_rate: 0.1,
-            seed: 16,
-            ..Faults::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (ov, pd) = sims(Faults {
+        error_rate: 0.1,
+        seed: 16,
+        ..Faults::default()
+    })
+    .await;
     let mut a = Poller::new("a", &ov, &pd, &url);
     let mut b = Poller::new("b", &ov, &pd, &url);
-    a.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
-        "{}",
-        a.log()
-    );
-    b.start();
-    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    lead_then_stand_by(&mut a, &mut b).await;
     let watch = LeaseWatch::start(&url);
 
     let mut ids: Vec<u64> = Vec::new();
@@ -868,18 +878,12 @@ async fn a_database_restart_mid_storm_loses_nothing_and_both_pollers_reconnect()
         return;
     };
     let (url, _) = pg.fresh_database();
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(
-        loopback,
-        Faults {
-            error_rate: 0.2,
-            seed: 17,
-            ..Faults::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (ov, pd) = sims(Faults {
+        error_rate: 0.2,
+        seed: 17,
+        ..Faults::default()
+    })
+    .await;
     let mut a = Poller::new("a", &ov, &pd, &url);
     let mut b = Poller::new("b", &ov, &pd, &url);
     // Long enough that the restart (about a second) does not cost a's leadership: this is
@@ -887,14 +891,7 @@ async fn a_database_restart_mid_storm_loses_nothing_and_both_pollers_reconnect()
     for p in [&mut a, &mut b] {
         p.env.set("BRIDGE_LEASE__TTL", "20s");
     }
-    a.start();
-    assert!(
-        wait_for(Duration::from_secs(30), || a.took_over() == 1).await,
-        "{}",
-        a.log()
-    );
-    b.start();
-    assert!(wait_for(Duration::from_secs(30), || b.log().contains("standing by")).await);
+    lead_then_stand_by(&mut a, &mut b).await;
 
     let ids: Vec<u64> = ov
         .handle

@@ -17,7 +17,9 @@ use bridge::oneview::certs::{self, CertError, TaskWait};
 use bridge::oneview::scmb::{
     self, BusState, ScmbChange, ScmbError, ScmbMetrics, ScmbSettings, ScmbTls,
 };
-use bridge::sim::oneview::{GenerateSpec, RunningSim, ScmbCa, SimConfig, start_publisher};
+use bridge::sim::oneview::{
+    GenerateSpec, RunningSim, ScmbCa, ScmbPublisher, SimConfig, start_publisher,
+};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -63,6 +65,18 @@ async fn tls_from(sim: &RunningSim) -> ScmbTls {
     certs::fetch_tls(&client, &ScmbConfig::default(), FAST)
         .await
         .expect("certificates through REST")
+}
+
+/// A simulator publishing to `broker`, and a consumer connected with the keypair and CA it
+/// handed out over REST.
+async fn connected(broker: &Broker) -> (RunningSim, Consumer, ScmbPublisher) {
+    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+    let tls = tls_from(&sim).await;
+    let mut consumer = Consumer::start(broker, tls);
+    consumer.wait_connected(1).await;
+    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+        .expect("publisher");
+    (sim, consumer, publisher)
 }
 
 struct Consumer {
@@ -209,12 +223,7 @@ async fn a_storm_of_1000_raised_and_400_cleared_arrives_once_in_order_and_acked(
         return;
     };
     let _turn = serial().await;
-    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
-    let tls = tls_from(&sim).await;
-    let mut consumer = Consumer::start(broker, tls);
-    consumer.wait_connected(1).await;
-    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
-        .expect("publisher");
+    let (sim, mut consumer, publisher) = connected(broker).await;
 
     let ids = sim.handle.generate(&GenerateSpec {
         count: 1000,
@@ -292,12 +301,7 @@ async fn a_connection_closed_by_the_broker_and_a_broker_restart_are_reconnected(
         return;
     };
     let _turn = serial().await;
-    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
-    let tls = tls_from(&sim).await;
-    let mut consumer = Consumer::start(broker, tls);
-    consumer.wait_connected(1).await;
-    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
-        .expect("publisher");
+    let (sim, mut consumer, publisher) = connected(broker).await;
     let mut published = 0;
     let mut raise = |n: usize| {
         published += n as u64;
@@ -387,12 +391,7 @@ async fn a_malformed_message_is_counted_acked_and_skipped() {
         return;
     };
     let _turn = serial().await;
-    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
-    let tls = tls_from(&sim).await;
-    let mut consumer = Consumer::start(broker, tls);
-    consumer.wait_connected(1).await;
-    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
-        .expect("publisher");
+    let (sim, mut consumer, publisher) = connected(broker).await;
     // Garbage and a message without a resource, published like the appliance's own; then an
     // alert made corrupt (its severity is not a string) and cleared: two malformed updates.
     raw_publish(broker, "scmb.alerts.Created./rest/alerts/1", b"{not json").await;

@@ -999,6 +999,7 @@ impl LeaseLocator {
     }
 
     async fn locate(&self, fresh: bool) -> Located {
+        let asked = tokio::time::Instant::now();
         let mut cached = self.cached.lock().await;
         if let Some((at, found)) = cached.as_ref() {
             // "Nobody leads" is re-read sooner: a takeover ends it at any moment.
@@ -1006,7 +1007,10 @@ impl LeaseLocator {
                 Located::Leader { .. } => Self::FRESH,
                 _ => Self::FRESH / 5,
             };
-            if !fresh && at.elapsed() < trusted {
+            // A lookup that finished while this call waited for the lock is as fresh as one
+            // of its own: callers whose leader just refused them must not each read the row
+            // again in turn.
+            if (!fresh && at.elapsed() < trusted) || *at >= asked {
                 return found.clone();
             }
         }
