@@ -389,11 +389,12 @@ async fn open_shared(
 ) -> Option<Result<Arc<dyn crate::state::StateStore>, crate::state::StateError>> {
     use backon::BackoffBuilder;
     // The same jittered exponential backoff as the OneView session: a fleet restarted together
-    // does not retry together against a database that is coming back.
+    // does not retry together against a database that is coming back. backon's jitter adds up
+    // to the delay itself, so a 15 s cap waits at most 30 s.
     let mut delays = backon::ExponentialBuilder::new()
         .with_jitter()
         .with_min_delay(std::time::Duration::from_secs(1))
-        .with_max_delay(std::time::Duration::from_secs(30))
+        .with_max_delay(std::time::Duration::from_secs(15))
         .without_max_times()
         .build();
     loop {
