@@ -175,6 +175,9 @@ pub struct RawAppliance {
     /// Overrides `poller.page_size` for this appliance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page_size: Option<u32>,
+    /// `[appliances.scmb]`: this appliance's message bus, overriding `[scmb]` key by key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scmb: Option<RawScmbOverride>,
 }
 
 impl Default for RawAppliance {
@@ -197,6 +200,7 @@ impl Default for RawAppliance {
             interval: None,
             severities: None,
             page_size: None,
+            scmb: None,
         }
     }
 }
@@ -693,6 +697,67 @@ impl Default for RawScmb {
     }
 }
 
+/// `[appliances.scmb]`: the keys of `[scmb]`, each optional, overriding it for one appliance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawScmbOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub poll_interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RawScmbOverride {
+    /// This appliance's effective bus settings: `global` with these keys replaced, the given
+    /// keys validated under `prefix` (`appliances[2].scmb`). A certificate and its key are
+    /// replaced together, so one level never pairs its certificate with the other's key.
+    fn apply(&self, c: &mut Checker, prefix: &str, global: &ScmbConfig) -> ScmbConfig {
+        let d = RawScmb::default();
+        // Only the keys given here are checked here: `[scmb]`'s own are checked once, as such.
+        let own = RawScmb {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            port: self.port.unwrap_or(d.port),
+            poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
+            prefetch: self.prefetch.unwrap_or(d.prefetch),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            ca_file: self.ca_file.clone(),
+        };
+        validate_scmb(c, prefix, &own);
+        let pair_given = self.client_cert_file.is_some() || self.client_key_file.is_some();
+        ScmbConfig {
+            enabled: self.enabled.unwrap_or(global.enabled),
+            port: self.port.unwrap_or(global.port),
+            poll_interval: self.poll_interval.unwrap_or(global.poll_interval),
+            prefetch: self.prefetch.unwrap_or(global.prefetch),
+            client_cert_file: if pair_given {
+                self.client_cert_file.clone()
+            } else {
+                global.client_cert_file.clone()
+            },
+            client_key_file: if pair_given {
+                self.client_key_file.clone()
+            } else {
+                global.client_key_file.clone()
+            },
+            ca_file: self.ca_file.clone().or_else(|| global.ca_file.clone()),
+        }
+    }
+}
+
 /// The validated `[scmb]` section.
 #[derive(Debug, Clone)]
 pub struct ScmbConfig {
@@ -720,10 +785,11 @@ impl Default for ScmbConfig {
     }
 }
 
-fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
+fn validate_scmb(c: &mut Checker, prefix: &str, s: &RawScmb) -> ScmbConfig {
+    let key = |k: &str| format!("{prefix}.{k}");
     if s.port == 0 {
         c.problem(
-            "scmb.port",
+            &key("port"),
             Some("0"),
             "is not a port",
             "remove it to use OneView's 5671",
@@ -731,7 +797,7 @@ fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
     }
     if s.prefetch == 0 || s.prefetch > 10_000 {
         c.problem(
-            "scmb.prefetch",
+            &key("prefetch"),
             Some(&s.prefetch.to_string()),
             "must be 1 to 10000 (0 would let the broker send without bound)",
             "remove it to use 100",
@@ -739,7 +805,7 @@ fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
     }
     if s.poll_interval < Duration::from_secs(10) || s.poll_interval > Duration::from_secs(86_400) {
         c.problem(
-            "scmb.poll_interval",
+            &key("poll_interval"),
             Some(&humantime::format_duration(s.poll_interval).to_string()),
             "must be 10s to 24h (polling is the safety net while the bus is up)",
             "remove it to use 5m",
@@ -747,27 +813,27 @@ fn validate_scmb(c: &mut Checker, s: &RawScmb) -> ScmbConfig {
     }
     if s.client_cert_file.is_some() != s.client_key_file.is_some() {
         let (given, missing) = if s.client_cert_file.is_some() {
-            ("scmb.client_cert_file", "scmb.client_key_file")
+            (key("client_cert_file"), key("client_key_file"))
         } else {
-            ("scmb.client_key_file", "scmb.client_cert_file")
+            (key("client_key_file"), key("client_cert_file"))
         };
         c.problem(
-            missing,
+            &missing,
             None,
             &format!("is needed with {given}: a certificate and its key go together"),
             "give both, or neither to read the keypair from the appliance",
         );
     }
-    for (key, file) in [
-        ("scmb.client_cert_file", &s.client_cert_file),
-        ("scmb.client_key_file", &s.client_key_file),
-        ("scmb.ca_file", &s.ca_file),
+    for (name, file) in [
+        ("client_cert_file", &s.client_cert_file),
+        ("client_key_file", &s.client_key_file),
+        ("ca_file", &s.ca_file),
     ] {
         if let Some(f) = file
             && !f.is_file()
         {
             c.problem(
-                key,
+                &key(name),
                 Some(&f.display().to_string()),
                 "is not a readable file",
                 "point it at a PEM file, or remove it to read this from the appliance",
@@ -856,6 +922,8 @@ pub struct ApplianceConfig {
     pub oneview: OneViewConfig,
     /// `[poller]` with this appliance's overrides applied.
     pub poller: PollerConfig,
+    /// `[scmb]` with this appliance's `[appliances.scmb]` applied.
+    pub scmb: ScmbConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -1754,6 +1822,7 @@ fn validate_appliances(
     c: &mut Checker,
     raw: &RawConfig,
     poller: &PollerConfig,
+    scmb: &ScmbConfig,
     needs_backends: bool,
 ) -> Vec<ApplianceConfig> {
     if raw.appliances.is_empty() {
@@ -1762,6 +1831,7 @@ fn validate_appliances(
                 vec![ApplianceConfig {
                     oneview,
                     poller: poller.clone(),
+                    scmb: scmb.clone(),
                 }]
             })
             .unwrap_or_default();
@@ -1830,6 +1900,10 @@ fn validate_appliances(
             needs_backends,
             effective.page_size,
         );
+        let bus = match &a.scmb {
+            Some(o) => o.apply(c, &format!("{prefix}.scmb"), scmb),
+            None => scmb.clone(),
+        };
         // Say which appliance each problem is about, by name as well as by position.
         if let Some(n) = &name {
             for p in &mut c.problems[before..] {
@@ -1841,6 +1915,7 @@ fn validate_appliances(
             out.push(ApplianceConfig {
                 oneview,
                 poller: effective,
+                scmb: bus,
             });
         }
     }
@@ -2126,7 +2201,8 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     };
 
     // [oneview] or [[appliances]]
-    let appliances = validate_appliances(&mut c, &raw, &poller, needs_backends);
+    let scmb = validate_scmb(&mut c, "scmb", &raw.scmb);
+    let appliances = validate_appliances(&mut c, &raw, &poller, &scmb, needs_backends);
     if appliances.len() > 1 && raw.pagerduty.oneview_ui_url.is_some() {
         c.warnings.push("pagerduty.oneview_ui_url is set while several appliances are configured: every incident's OneView link points at that one UI; leave it unset so each appliance's links use its own url".to_owned());
     }
@@ -2442,8 +2518,6 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         advertise_url: ls.advertise_url.clone().unwrap_or_default(),
     };
 
-    let scmb = validate_scmb(&mut c, &raw.scmb);
-
     if !c.problems.is_empty() {
         return Err(ConfigError::Invalid(c.problems));
     }
@@ -2689,6 +2763,63 @@ mod tests {
             password: Some(SecretString::from("pw".to_owned())),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_bus_is_overridden_per_appliance_and_bad_overrides_name_the_appliance() {
+        let mut r = raw_ok();
+        r.oneview = RawOneView::default();
+        r.scmb.enabled = true;
+        r.scmb.ca_file = Some(PathBuf::from("/etc/hosts"));
+        let mut lab = appliance("lab");
+        lab.scmb = Some(RawScmbOverride {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        let mut dc2 = appliance("dc2");
+        dc2.scmb = Some(RawScmbOverride {
+            port: Some(5672),
+            poll_interval: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+        r.appliances = vec![appliance("dc1"), lab, dc2];
+        let c = validate(r.clone(), Role::Poller).unwrap();
+        let bus: Vec<(bool, u16, u64)> = c
+            .appliances
+            .iter()
+            .map(|a| (a.scmb.enabled, a.scmb.port, a.scmb.poll_interval.as_secs()))
+            .collect();
+        assert_eq!(
+            bus,
+            [(true, 5671, 300), (false, 5671, 300), (true, 5672, 60)]
+        );
+        // What is not overridden comes from [scmb].
+        assert_eq!(
+            c.appliances[2].scmb.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/hosts"))
+        );
+
+        r.appliances[1].scmb = Some(RawScmbOverride {
+            port: Some(0),
+            client_key_file: Some(PathBuf::from("/etc/hosts")),
+            ..Default::default()
+        });
+        let Err(ConfigError::Invalid(problems)) = validate(r, Role::Poller) else {
+            panic!("a bad [appliances.scmb] accepted");
+        };
+        let named: Vec<(String, bool)> = problems
+            .iter()
+            .map(|p| (p.key.clone(), p.why.contains("appliance `lab`")))
+            .collect();
+        assert!(
+            named.contains(&("appliances[1].scmb.port".to_owned(), true)),
+            "{named:?}"
+        );
+        assert!(
+            named.contains(&("appliances[1].scmb.client_cert_file".to_owned(), true)),
+            "{named:?}"
+        );
+        assert_eq!(problems.len(), 2, "[scmb] itself is fine: {named:?}");
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct ApplianceReadiness {
     pub synced: bool,
     /// Why it is not being polled right now (`None` while polls succeed).
     pub problem: Option<String>,
+    /// Why its message bus is down, when it has one (`scmb.enabled`); polling covers it, so it
+    /// is a warning (`scmb:<name>`), never a 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus_problem: Option<String>,
 }
 
 /// A condition that is not met (or a warning), as reported on `/ready`.
@@ -114,6 +118,7 @@ impl Readiness {
                 session: false,
                 synced: false,
                 problem: Some("not logged in to OneView yet".to_owned()),
+                bus_problem: None,
             },
         );
     }
@@ -205,6 +210,16 @@ impl Readiness {
                 });
             }
         }
+        for a in &appliances {
+            if let Some(p) = &a.bus_problem {
+                warnings.push(Unmet {
+                    condition: format!("scmb:{}", a.name),
+                    reason: format!(
+                        "{p} (polling at poller.interval covers the appliance meanwhile)"
+                    ),
+                });
+            }
+        }
         ReadinessReport {
             ready: unmet.is_empty(),
             unmet,
@@ -261,5 +276,11 @@ mod tests {
         let rep = r.report();
         assert!(rep.ready);
         assert_eq!(rep.warnings.len(), 2);
+        // A bus that is down is a warning of its own, never a 503.
+        r.update_appliance("lab", |a| a.bus_problem = Some("connection refused".into()));
+        let rep = r.report();
+        assert!(rep.ready);
+        assert_eq!(rep.warnings.len(), 3);
+        assert_eq!(rep.warnings[2].condition, "scmb:lab");
     }
 }

@@ -15,7 +15,7 @@ use bridge::config::ScmbConfig;
 use bridge::model::AlertState;
 use bridge::oneview::certs::{self, CertError, TaskWait};
 use bridge::oneview::scmb::{
-    self, BusState, ScmbChange, ScmbError, ScmbMetrics, ScmbSettings, ScmbTls,
+    self, BusState, Handled, ScmbChange, ScmbError, ScmbMetrics, ScmbSettings, ScmbTls,
 };
 use bridge::sim::oneview::{
     GenerateSpec, RunningSim, ScmbCa, ScmbPublisher, SimConfig, start_publisher,
@@ -86,7 +86,7 @@ struct Consumer {
     seen: std::sync::Arc<std::sync::Mutex<Vec<BusState>>>,
     metrics: ScmbMetrics,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Option<ScmbError>>,
 }
 
 impl Consumer {
@@ -161,7 +161,11 @@ impl Consumer {
         let deadline = tokio::time::Instant::now() + max;
         while out.len() < n {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(c)) => out.push(c),
+                Ok(Some(mut c)) => {
+                    // As the poller does once the change is in the pipeline.
+                    c.done(Handled::Delivered).await.expect("ack");
+                    out.push(c);
+                }
                 Ok(None) => panic!("consumer ended after {} of {n} changes", out.len()),
                 Err(_) => panic!("only {} of {n} changes within {max:?}", out.len()),
             }
@@ -616,4 +620,429 @@ async fn the_ca_parses_in_both_shapes_and_files_override_rest() {
         .await
         .expect("the files' pair connects");
     sim.stop().await;
+}
+
+// ---- the bridge on the bus ------------------------------------------------------------------
+
+/// The assembled bridge (role `all`) watching one simulator whose changes go to `broker`, with
+/// polling at 10 minutes either way: whatever reaches PagerDuty within a test came over the
+/// bus, or from the REST sync that follows every bus connection.
+struct BusBridge {
+    sim: RunningSim,
+    publisher: ScmbPublisher,
+    pd: bridge::sim::pagerduty::SimHandle,
+    url: String,
+    stop: CancellationToken,
+    app: tokio::task::JoinHandle<()>,
+}
+
+const PD_KEY: &str = "SCMBBRIDGEKEY0000000000000000001";
+
+impl BusBridge {
+    async fn start(broker: &Broker) -> BusBridge {
+        let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+        let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+            .expect("publisher");
+        let pd = bridge::sim::pagerduty::start(
+            "127.0.0.1:0".parse().unwrap(),
+            bridge::sim::pagerduty::Faults::default(),
+        )
+        .await
+        .unwrap();
+        let mut raw = bridge::config::RawConfig::default();
+        raw.oneview.url = Some(sim.url());
+        raw.oneview.name = Some("ov-bus".to_owned());
+        raw.oneview.username = Some("administrator".to_owned());
+        raw.oneview.password = Some(SecretString::from("sim-password".to_owned()));
+        raw.pagerduty.routing_key = Some(SecretString::from(PD_KEY.to_owned()));
+        raw.pagerduty.events_url = pd.events_url();
+        raw.pagerduty.retry_initial_delay = Duration::from_millis(50);
+        raw.pagerduty.retry_max_delay = Duration::from_millis(200);
+        raw.pagerduty.rate_limit_per_minute = 1_000_000;
+        raw.poller.interval = Duration::from_secs(600);
+        raw.scmb.enabled = true;
+        raw.scmb.port = broker.port;
+        raw.scmb.poll_interval = Duration::from_secs(600);
+        raw.server.listen = "127.0.0.1:0".into();
+        raw.server.shutdown_timeout = Duration::from_secs(3);
+        raw.server.status_public = true;
+        let cfg = bridge::config::validate(raw, bridge::config::Role::All).unwrap();
+        let app = bridge::App::build(cfg).await.unwrap();
+        let url = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let app = tokio::spawn(async move { app.run(s).await.unwrap() });
+        BusBridge {
+            sim,
+            publisher,
+            pd,
+            url,
+            stop,
+            app,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of a sample line of `/metrics` (`name{labels}`), 0 when absent.
+    async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Successful full syncs so far.
+    async fn full_syncs(&self) -> u64 {
+        self.metric(
+            "bridge_oneview_polls_total{appliance=\"ov-bus\",kind=\"full\",outcome=\"success\"}",
+        )
+        .await as u64
+    }
+
+    /// Waits until the bus is up, the status page says so, and more than `fulls_before` full
+    /// syncs have succeeded (the one after this connection among them).
+    async fn wait_bus_synced(&self, fulls_before: u64) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let page = reqwest::get(format!("{}/", self.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let up = self
+                .metric("bridge_scmb_connected{appliance=\"ov-bus\"}")
+                .await
+                == 1.0;
+            let fulls = self.full_syncs().await;
+            if up && page.contains("data-bus=\"connected\"") && fulls > fulls_before {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "bus not up and synced: up={up} full syncs={fulls} (before: {fulls_before})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether PagerDuty matches the appliance: every active alert of `ids` has exactly one
+    /// incident, open; a cleared one has none (raised and cleared while nobody could see it)
+    /// or one, resolved; no key was ever opened twice.
+    fn matches_appliance(&self, ids: &[u64]) -> Result<(), String> {
+        use bridge::sim::pagerduty::IncidentStatus;
+        let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
+        for i in self.pd.incidents() {
+            by_key
+                .entry(i.dedup_key.clone())
+                .or_default()
+                .push(i.status);
+        }
+        if let Some((k, v)) = by_key.iter().find(|(_, v)| v.len() > 1) {
+            return Err(format!("{k} opened {} times", v.len()));
+        }
+        for id in ids {
+            let state = self.sim.handle.alert(*id).unwrap()["alertState"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let got = by_key.get(&format!("oneview:ov-bus:/rest/alerts/{id}"));
+            let ok = matches!(
+                (state.as_str(), got.map(Vec::as_slice)),
+                ("Active", Some([IncidentStatus::Triggered]))
+                    | ("Cleared", None | Some([IncidentStatus::Resolved]))
+            );
+            if !ok {
+                return Err(format!("alert {id} is {state} but PagerDuty has {got:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_matches_appliance(&self, ids: &[u64], max: Duration) {
+        let start = tokio::time::Instant::now();
+        loop {
+            match self.matches_appliance(ids) {
+                Ok(()) => return,
+                Err(e) if start.elapsed() > max => panic!("after {max:?}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn wait_pd(&self, opened: u64, resolved: u64, max: Duration) {
+        let ok = self
+            .pd
+            .wait_until(max, |pd| {
+                let c = pd.counters();
+                c.incidents_opened >= opened && c.incidents_resolved >= resolved
+            })
+            .await;
+        let c = self.pd.counters();
+        assert!(
+            ok,
+            "PagerDuty has {} opened / {} resolved, want {opened} / {resolved}",
+            c.incidents_opened, c.incidents_resolved
+        );
+    }
+
+    /// Every alert has exactly one incident: resolved for `cleared`, open for the rest.
+    fn assert_exactly_once(&self, ids: &[u64], cleared: &[u64]) {
+        use bridge::sim::pagerduty::IncidentStatus;
+        let cleared: std::collections::HashSet<u64> = cleared.iter().copied().collect();
+        let mut by_key: HashMap<String, Vec<IncidentStatus>> = HashMap::new();
+        for i in self.pd.incidents() {
+            by_key
+                .entry(i.dedup_key.clone())
+                .or_default()
+                .push(i.status);
+        }
+        assert_eq!(
+            self.pd.counters().incidents_opened as usize,
+            ids.len(),
+            "none opened twice"
+        );
+        for id in ids {
+            let want = if cleared.contains(id) {
+                IncidentStatus::Resolved
+            } else {
+                IncidentStatus::Triggered
+            };
+            assert_eq!(
+                by_key.get(&format!("oneview:ov-bus:/rest/alerts/{id}")),
+                Some(&vec![want]),
+                "alert {id}"
+            );
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.app)
+            .await
+            .expect("bridge stops")
+            .unwrap();
+        self.publisher.stop().await;
+        self.pd.shutdown();
+        self.sim.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_pages_1000_and_resolves_400_from_the_bus_with_polling_at_10_minutes() {
+    let Some(broker) = amqp_support::shared("bridge on the bus") else {
+        return;
+    };
+    let _turn = serial().await;
+    let b = BusBridge::start(broker).await;
+    b.wait_bus_synced(1).await;
+    let lists_before = b.sim.handle.counters().requests("alerts");
+
+    let ids: Vec<u64> = b
+        .sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 1000,
+            severity: Some("Critical".into()),
+            ..GenerateSpec::default()
+        })
+        .collect();
+    let cleared: Vec<u64> = ids.iter().copied().step_by(5).take(200).collect();
+    let mut cleared_all = cleared.clone();
+    // Half of the clears while the raises are still being delivered, half after.
+    for id in &cleared {
+        b.sim.handle.clear(*id).unwrap();
+    }
+    b.wait_pd(1000, 200, Duration::from_secs(120)).await;
+    for id in ids.iter().copied().skip(1).step_by(5).take(200) {
+        b.sim.handle.clear(id).unwrap();
+        cleared_all.push(id);
+    }
+    b.wait_pd(1000, 400, Duration::from_secs(60)).await;
+    b.assert_exactly_once(&ids, &cleared_all);
+
+    // It all came over the bus: no poll listed alerts meanwhile.
+    assert_eq!(
+        b.sim.handle.counters().requests("alerts"),
+        lists_before,
+        "no REST poll ran during the storm"
+    );
+    assert_eq!(
+        b.metric("bridge_scmb_messages_total{appliance=\"ov-bus\",outcome=\"delivered\"}")
+            .await,
+        1400.0
+    );
+    assert_eq!(
+        b.metric("bridge_scmb_messages_total{appliance=\"ov-bus\",outcome=\"malformed\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        b.metric("bridge_scmb_detection_latency_seconds_count{appliance=\"ov-bus\"}")
+            .await
+            >= 1400.0
+    );
+    // Every message acked once handed on.
+    wait_queues_empty(broker).await;
+    // The status page polls at scmb.poll_interval and says the bus is up; /ready has no
+    // bus warning.
+    let ready: serde_json::Value = reqwest::get(format!("{}/ready", b.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert!(
+        !ready.to_string().contains("scmb:"),
+        "no bus warning while it is up: {ready}"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_and_a_dropped_connection_mid_storm_lose_nothing_and_page_nothing_twice() {
+    let Some(broker) = amqp_support::shared("bridge bus reconnect") else {
+        return;
+    };
+    let _turn = serial().await;
+    let b = BusBridge::start(broker).await;
+    b.wait_bus_synced(1).await;
+    let raise = |n: usize| -> Vec<u64> {
+        b.sim
+            .handle
+            .generate(&GenerateSpec {
+                count: n,
+                severity: Some("Critical".into()),
+                ..GenerateSpec::default()
+            })
+            .collect()
+    };
+    let mut ids = raise(300);
+    for id in ids.iter().copied().take(50) {
+        b.sim.handle.clear(id).unwrap();
+    }
+
+    // The broker goes down mid-storm (messages in flight and unacked are gone with it). What
+    // the appliance changes meanwhile is published to no queue of ours (the simulator's
+    // publisher sends it once the broker is back, before the bridge's backoff lets it
+    // reconnect), so only the REST sync after the reconnect can find it.
+    let fulls = b.full_syncs().await;
+    broker.stop();
+    let more = raise(200);
+    ids.extend(&more);
+    for id in more
+        .iter()
+        .copied()
+        .take(40)
+        .chain(ids.iter().copied().skip(100).take(30))
+    {
+        b.sim.handle.clear(id).unwrap();
+    }
+    broker.start_again();
+    b.wait_bus_synced(fulls).await;
+    b.wait_matches_appliance(&ids, Duration::from_secs(90))
+        .await;
+
+    // The broker drops the connection: reconnect and sync again; the changes meanwhile come
+    // over the bus or from that sync.
+    let fulls = b.full_syncs().await;
+    broker.close_all_connections();
+    let more = raise(100);
+    ids.extend(&more);
+    for id in more.iter().copied().take(10) {
+        b.sim.handle.clear(id).unwrap();
+    }
+    b.wait_bus_synced(fulls).await;
+    b.wait_matches_appliance(&ids, Duration::from_secs(90))
+        .await;
+    assert!(
+        b.metric("bridge_scmb_reconnects_total{appliance=\"ov-bus\"}")
+            .await
+            >= 2.0
+    );
+    // Settle: nothing arrives late, and nothing was re-triggered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.matches_appliance(&ids).unwrap();
+    let active = ids
+        .iter()
+        .filter(|id| b.sim.handle.alert(**id).unwrap()["alertState"] == "Active")
+        .count();
+    assert_eq!(active, 600 - 50 - 40 - 30 - 10);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_and_a_repeated_message_page_nothing() {
+    let Some(broker) = amqp_support::shared("bridge bus stale") else {
+        return;
+    };
+    let _turn = serial().await;
+    let b = BusBridge::start(broker).await;
+    b.wait_bus_synced(1).await;
+    let id = b
+        .sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 1,
+            severity: Some("Critical".into()),
+            ..GenerateSpec::default()
+        })
+        .start;
+    b.wait_pd(1, 0, Duration::from_secs(20)).await;
+    let active = b.sim.handle.alert(id).unwrap();
+    // The same message again: nothing new.
+    let again = bridge::sim::oneview::scmb::message(
+        &active,
+        "Created",
+        chrono::Utc::now().timestamp_millis(),
+    );
+    raw_publish(broker, &again.routing_key, &again.body).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.sim.handle.clear(id).unwrap();
+    b.wait_pd(1, 1, Duration::from_secs(20)).await;
+    let cleared = b.sim.handle.alert(id).unwrap();
+    // The raise again after the clear (an older version overtaking it), then the clear twice.
+    let old = bridge::sim::oneview::scmb::message(
+        &active,
+        "Updated",
+        chrono::Utc::now().timestamp_millis(),
+    );
+    raw_publish(broker, &old.routing_key, &old.body).await;
+    let twice = bridge::sim::oneview::scmb::message(
+        &cleared,
+        "Updated",
+        chrono::Utc::now().timestamp_millis(),
+    );
+    raw_publish(broker, &twice.routing_key, &twice.body).await;
+    let start = tokio::time::Instant::now();
+    while b
+        .metric("bridge_scmb_messages_total{appliance=\"ov-bus\",outcome=\"stale\"}")
+        .await
+        < 3.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "three stale messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = b.pd.counters();
+    assert_eq!((c.incidents_opened, c.incidents_resolved), (1, 1));
+    assert_eq!(
+        b.pd.accepted().len(),
+        2,
+        "one trigger and one resolve: {:?}",
+        b.pd.accepted()
+    );
+    b.stop().await;
 }

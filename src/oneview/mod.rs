@@ -6,6 +6,7 @@
 //! [`AlertKey`](crate::model::AlertKey) made of that id and the alert URI, so several
 //! appliances can share one bridge without key collisions.
 
+pub(crate) mod bus;
 pub mod certs;
 pub mod client;
 pub mod collection;
@@ -67,7 +68,19 @@ pub fn assemble(
 ) -> Result<PollerHandle, OneViewError> {
     let families = OneViewFamilies::register(registry);
     let a = cfg.appliances.first().ok_or_else(missing)?;
-    assemble_one(a, &families, readiness, changes, work, &HashSet::new())
+    let bus = a
+        .scmb
+        .enabled
+        .then(|| scmb::ScmbFamilies::register(registry));
+    assemble_one(
+        a,
+        &families,
+        bus.as_ref(),
+        readiness,
+        changes,
+        work,
+        &HashSet::new(),
+    )
 }
 
 fn missing() -> OneViewError {
@@ -94,12 +107,20 @@ pub fn assemble_all(
         return Err(missing());
     }
     let families = OneViewFamilies::register(registry);
+    // `bridge_scmb_*` series exist for the appliances whose bus is enabled only, so that
+    // `bridge_scmb_connected == 0` means "enabled and down".
+    let bus = cfg
+        .appliances
+        .iter()
+        .any(|a| a.scmb.enabled)
+        .then(|| scmb::ScmbFamilies::register(registry));
     cfg.appliances
         .iter()
         .map(|a| {
             assemble_one(
                 a,
                 &families,
+                bus.as_ref(),
                 readiness.clone(),
                 intake(&a.oneview.name),
                 work.clone(),
@@ -112,6 +133,7 @@ pub fn assemble_all(
 fn assemble_one(
     a: &crate::config::ApplianceConfig,
     families: &OneViewFamilies,
+    bus_families: Option<&scmb::ScmbFamilies>,
     readiness: Arc<Readiness>,
     changes: mpsc::Sender<AlertChange>,
     work: CancellationToken,
@@ -123,17 +145,38 @@ fn assemble_one(
     readiness.register_appliance(&ov.name);
     let status = Arc::new(PollerStatus::default());
     let poll_now = Arc::new(Notify::new());
-    let poller = poller::Poller::new(
+    let mut poller = poller::Poller::new(
         client.clone(),
         appliance(ov),
         a.poller.clone(),
         metrics,
-        readiness,
+        readiness.clone(),
         status.clone(),
         changes,
     )
     .with_ledger_open(ledger_open);
-    let task: crate::task::Task = Box::pin(poller.run(work, poll_now.clone()));
+    let mut bus_task = None;
+    if a.scmb.enabled
+        && let Some(f) = bus_families
+    {
+        let (link, task) = bus::start(
+            a,
+            client.clone(),
+            f.appliance(&ov.name),
+            readiness,
+            status.clone(),
+            work.clone(),
+        );
+        poller = poller.with_bus(link);
+        bus_task = Some(task);
+    }
+    let run = poller.run(work, poll_now.clone());
+    let task: crate::task::Task = match bus_task {
+        None => Box::pin(run),
+        Some(b) => Box::pin(async move {
+            tokio::join!(run, b);
+        }),
+    };
     Ok(PollerHandle {
         task,
         poll_now,

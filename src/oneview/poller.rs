@@ -33,10 +33,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::bus::BusLink;
 use super::client::OneViewClient;
 use super::collection::{AlertQuery, Walker, format_timestamp, parse_timestamp};
 use super::error::OneViewError;
 use super::metrics::OneViewMetrics;
+use super::scmb::{BusState, Handled, ScmbChange};
 use crate::config::PollerConfig;
 use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
 use crate::readiness::Readiness;
@@ -96,6 +98,24 @@ pub struct PollerStatusSnapshot {
     pub watermark: Option<String>,
     /// Poll cycles finished, successful or not.
     pub cycles: u64,
+    /// The message bus, when `scmb.enabled`.
+    pub bus: Option<BusView>,
+    /// The interval polls run at now (`scmb.poll_interval` while the bus is up), in seconds;
+    /// 0 before the first cycle.
+    pub poll_interval_seconds: u64,
+}
+
+/// The message bus as a status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusView {
+    /// `starting`, `connected` or `down`.
+    pub state: &'static str,
+    /// When it entered that state.
+    pub since: DateTime<Utc>,
+    /// Why it is down.
+    pub reason: Option<String>,
+    /// Connections made so far (a reconnect adds one).
+    pub connections: u64,
 }
 
 /// Shared, cheap-to-read poller status.
@@ -109,7 +129,7 @@ impl PollerStatus {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut PollerStatusSnapshot)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut PollerStatusSnapshot)) {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
@@ -198,6 +218,8 @@ pub(crate) struct Poller {
     pub(crate) status: Arc<PollerStatus>,
     pub(crate) changes: mpsc::Sender<AlertChange>,
     mem: Memory,
+    /// The appliance's message bus, when `scmb.enabled`.
+    bus: Option<BusLink>,
 }
 
 impl Poller {
@@ -222,7 +244,14 @@ impl Poller {
             status,
             changes,
             mem: Memory::default(),
+            bus: None,
         }
+    }
+
+    /// Takes alert changes from the appliance's message bus as well (see [`super::bus`]).
+    pub(crate) fn with_bus(mut self, bus: BusLink) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     /// Alerts the state store's ledger says PagerDuty has an open incident for (dedup keys).
@@ -275,19 +304,47 @@ impl Poller {
     }
 
     /// Runs until `work` is cancelled, then logs out (bounded) and returns.
+    ///
+    /// With a message bus, its changes are applied between poll cycles (one task owns the
+    /// poller's memory, so a change and a poll never race), each bus connection is followed by
+    /// a full sync (the queue lost what was published before it), and the next poll is due
+    /// `scmb.poll_interval` after the last one while the bus is up, `poller.interval` after it
+    /// the moment the bus is down.
     pub(crate) async fn run(mut self, work: CancellationToken, poll_now: Arc<Notify>) {
         let mut backoff: Option<ExponentialBackoff> = None;
+        let mut bus = self.bus.take();
+        // The bus connection the last successful full sync started after: a newer one needs
+        // a REST sync of its own.
+        let mut synced_connection = 0u64;
         'outer: loop {
-            let kind = self.next_kind();
+            let connection = bus.as_ref().and_then(|b| connected(&b.state.borrow()));
+            let resync = connection.is_some_and(|n| n > synced_connection);
+            let kind = if resync {
+                PollKind::Full
+            } else {
+                self.next_kind()
+            };
+            if resync {
+                tracing::info!(
+                    appliance = %self.appliance.id,
+                    "message bus (re)connected: a full sync reads what it did not carry"
+                );
+            }
             let result = tokio::select! {
                 biased;
                 _ = work.cancelled() => break 'outer,
                 r = self.cycle(kind) => r,
             };
-            let delay = match result {
+            let ended = Instant::now();
+            let failed = match result {
                 Ok(()) => {
                     backoff = None;
-                    self.cfg.interval
+                    if kind == PollKind::Full
+                        && let Some(n) = connection
+                    {
+                        synced_connection = synced_connection.max(n);
+                    }
+                    None
                 }
                 Err(OneViewError::ChannelClosed) => {
                     tracing::error!("the alert change channel closed; the OneView poller stops");
@@ -297,15 +354,69 @@ impl Poller {
                     let b = backoff.get_or_insert_with(|| self.failure_backoff());
                     let d = b.next().unwrap_or(self.cfg.interval);
                     tracing::warn!(kind = kind.as_str(), error = %e, retry_in = ?d, "OneView poll failed");
-                    d
+                    Some(d)
                 }
             };
-            let wake = Instant::now() + delay;
-            tokio::select! {
-                _ = work.cancelled() => break 'outer,
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = poll_now.notified() => {
-                    tracing::debug!("poll requested");
+            // After a failure the backoff decides; otherwise the bus state, as it changes.
+            let interval = self.cfg.interval;
+            let due = |bus: &Option<BusLink>| match failed {
+                Some(d) => ended + d,
+                None => ended + interval_now(interval, bus),
+            };
+            let mut wake = due(&bus);
+            self.status.update(|s| {
+                s.poll_interval_seconds = interval_now(self.cfg.interval, &bus).as_secs().max(1);
+            });
+            loop {
+                let Some(b) = bus.as_mut() else {
+                    tokio::select! {
+                        _ = work.cancelled() => break 'outer,
+                        _ = tokio::time::sleep_until(wake) => break,
+                        _ = poll_now.notified() => {
+                            tracing::debug!("poll requested");
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = work.cancelled() => break 'outer,
+                    changed = b.state.changed() => {
+                        if changed.is_err() {
+                            // The bus task ended (shutdown): polling carries on alone.
+                            bus = None;
+                            wake = due(&bus);
+                            continue;
+                        }
+                        let now = connected(&b.state.borrow_and_update());
+                        if now.is_some_and(|n| n > synced_connection) {
+                            break;
+                        }
+                        wake = due(&bus);
+                        self.status.update(|s| {
+                            s.poll_interval_seconds = interval_now(self.cfg.interval, &bus).as_secs().max(1);
+                        });
+                    }
+                    change = b.changes.recv() => {
+                        let Some(change) = change else {
+                            bus = None;
+                            wake = due(&bus);
+                            continue;
+                        };
+                        match self.apply_bus(change).await {
+                            Ok(()) => {}
+                            Err(OneViewError::ChannelClosed) => {
+                                tracing::error!("the alert change channel closed; the OneView poller stops");
+                                break 'outer;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "message bus change not applied"),
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = poll_now.notified() => {
+                        tracing::debug!("poll requested");
+                        break;
+                    }
                 }
             }
         }
@@ -318,6 +429,34 @@ impl Poller {
         self.metrics.session_age.set(0.0);
         self.status
             .update(|s| s.session = SessionState::NotLoggedIn);
+    }
+
+    /// One change from the message bus, through the path of an incremental poll; acked once
+    /// it is in the delivery pipeline (or found stale).
+    async fn apply_bus(&mut self, mut change: ScmbChange) -> Result<(), OneViewError> {
+        let modified = change
+            .alert
+            .modified
+            .as_deref()
+            .and_then(parse_timestamp)
+            .or(change.timestamp_ms);
+        let mut alert = change.alert.clone();
+        if change.change_type == "Deleted" {
+            // Gone from the appliance: whatever its last state, nothing is open any more.
+            alert.alert_state = AlertState::Cleared;
+        }
+        let outcome = match self.apply_incremental(modified, alert).await? {
+            Applied::Stale => Handled::Stale,
+            Applied::Done => Handled::Delivered,
+        };
+        if outcome == Handled::Stale {
+            tracing::debug!(alert_uri = %change.alert.uri, change = %change.change_type, "message bus change already processed; skipped");
+        }
+        if let Err(e) = change.done(outcome).await {
+            // The connection is going; the resync after the reconnect reads it again.
+            tracing::debug!(alert_uri = %change.alert.uri, error = %e, "message bus ack failed");
+        }
+        Ok(())
     }
 
     /// What readiness shows for a failed cycle: the error, and for how long polls have failed.
@@ -619,7 +758,7 @@ impl Poller {
             alerts.sort_by_key(|(m, _)| *m);
             for (modified, a) in alerts {
                 max_modified = max_modified.max(modified);
-                self.apply_incremental(modified, a).await?;
+                let _ = self.apply_incremental(modified, a).await?;
             }
         }
         self.metrics.alerts_in_last_poll.set(w.members as i64);
@@ -639,18 +778,25 @@ impl Poller {
         Ok(())
     }
 
-    /// One alert of an incremental poll.
+    /// One alert of an incremental poll or the message bus.
     async fn apply_incremental(
         &mut self,
         modified: Option<i64>,
         a: Alert,
-    ) -> Result<(), OneViewError> {
+    ) -> Result<Applied, OneViewError> {
         let uri: Arc<str> = Arc::from(a.uri.as_str());
         if let Some(m) = modified {
-            // The same version again (overlap window), or an older one (a page shift showed
-            // it twice): nothing new.
-            if self.mem.recent.get(&uri).is_some_and(|seen| *seen >= m) {
-                return Ok(());
+            // The same version again (overlap window, a message sent twice), or an older one
+            // (a page shift showed it twice, a message overtaken by a poll or another
+            // message): nothing new.
+            let open_newer = self.mem.open.get(&uri).is_some_and(|t| {
+                t.modified
+                    .as_deref()
+                    .and_then(parse_timestamp)
+                    .is_some_and(|seen| seen > m)
+            });
+            if open_newer || self.mem.recent.get(&uri).is_some_and(|seen| *seen >= m) {
+                return Ok(Applied::Stale);
             }
             self.mem.recent.insert(uri.clone(), m);
         }
@@ -687,7 +833,7 @@ impl Poller {
                 self.mem.open.remove(&uri);
             }
         }
-        Ok(())
+        Ok(Applied::Done)
     }
 
     fn advance_watermark(&mut self, candidate: Option<i64>) {
@@ -713,6 +859,31 @@ impl Poller {
             })
             .await
             .map_err(|_| OneViewError::ChannelClosed)
+    }
+}
+
+/// What became of one alert's change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// A version already processed: nothing done.
+    Stale,
+    /// Compared with what the poller knew, and passed on if it was news.
+    Done,
+}
+
+/// The poll interval now: `scmb.poll_interval` while the bus is up, else `poller.interval`.
+fn interval_now(poller_interval: Duration, bus: &Option<BusLink>) -> Duration {
+    match bus {
+        Some(b) if b.state.borrow().is_connected() => b.poll_interval,
+        _ => poller_interval,
+    }
+}
+
+/// The connection number of a bus that is up.
+fn connected(s: &BusState) -> Option<u64> {
+    match s {
+        BusState::Connected { connection, .. } => Some(*connection),
+        _ => None,
     }
 }
 

@@ -7,10 +7,12 @@
 //! auto-delete queue bound to `scmb.alerts.#`, manual acks with a bounded prefetch, reconnects
 //! with jittered backoff, the bus state ([`BusState`], a `watch`), and the `bridge_scmb_*`
 //! metrics. Every message's `resource` is decoded by the REST decoder into the same
-//! [`Alert`] a poll produces and handed to the sink as a [`ScmbChange`]; the message is acked
-//! only once `sink.send(..)` returned, so a change the sink never took is redelivered (to the
-//! next connection's queue it is not: the queue is exclusive, hence the REST resync after every
-//! reconnect that the poller does on [`BusState::Connected`]). A message that is not an alert
+//! [`Alert`] a poll produces and handed to the sink as a [`ScmbChange`], unacknowledged: the
+//! poller calls [`ScmbChange::done`] once the change is in the delivery pipeline (whose outbox
+//! is durable) or found stale, so the prefetch bounds the changes between the broker and the
+//! pipeline. A change the pipeline never took is not acked; the queue is exclusive, so it goes
+//! with the connection, which is why the poller runs a REST sync after every (re)connect
+//! ([`BusState::Connected`] carries a new connection number). A message that is not an alert
 //! change is counted as `malformed`, acked and skipped.
 //!
 //! What it does not decide: whether a change is newer than one already processed, and what to
@@ -123,7 +125,8 @@ impl BusState {
     }
 }
 
-/// One alert change from the bus.
+/// One alert change from the bus. Its message stays unacknowledged until [`ScmbChange::done`]:
+/// whoever takes it calls that once the change is in the delivery pipeline (or found stale).
 #[derive(Debug, Clone)]
 pub struct ScmbChange {
     /// The message's `resource`, decoded as a REST member is.
@@ -136,6 +139,67 @@ pub struct ScmbChange {
     pub timestamp: Option<String>,
     pub timestamp_ms: Option<i64>,
     pub resource_uri: Option<String>,
+    /// The message's acknowledgement and its accounting; empty once done (and for a change
+    /// decoded outside a connection).
+    ack: Option<PendingAck>,
+}
+
+/// What [`ScmbChange::done`] acknowledges and counts.
+#[derive(Clone)]
+struct PendingAck {
+    acker: lapin::Acker,
+    metrics: ScmbMetrics,
+}
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingAck")
+    }
+}
+
+/// What became of a change from the bus, for `bridge_scmb_messages_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Handed to the change path (whether or not it changed what PagerDuty must hear).
+    Delivered,
+    /// A version already processed (a duplicate, or older than one seen): skipped.
+    Stale,
+}
+
+impl ScmbChange {
+    /// Acknowledges the message and counts it; for a delivered change, observes the detection
+    /// latency (the message's timestamp, on the appliance's clock, to now). Call it once the
+    /// change is in the delivery pipeline: a change dropped before that is never acked, so the
+    /// broker keeps it until the connection closes, and the REST resync after the reconnect
+    /// reads it. A second call does nothing.
+    pub async fn done(&mut self, outcome: Handled) -> Result<(), ScmbError> {
+        let Some(p) = self.ack.take() else {
+            return Ok(());
+        };
+        match outcome {
+            Handled::Delivered => {
+                p.metrics.delivered.inc();
+                if let Some(ms) = self.timestamp_ms {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    // A clock behind the appliance's would give a negative latency.
+                    p.metrics
+                        .latency
+                        .observe(((now - ms).max(0) as f64) / 1000.0);
+                }
+            }
+            Handled::Stale => {
+                p.metrics.stale.inc();
+            }
+        }
+        p.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| ScmbError::Lost {
+                endpoint: "the message bus".to_owned(),
+                detail: format!("basic.ack failed: {e}"),
+            })
+    }
 }
 
 /// Why the bus cannot be used. Each names what is wrong and what to do.
@@ -205,7 +269,7 @@ struct OutcomeLabels {
 }
 
 /// Values of `bridge_scmb_messages_total{outcome}`.
-pub const MESSAGE_OUTCOMES: [&str; 2] = ["delivered", "malformed"];
+pub const MESSAGE_OUTCOMES: [&str; 3] = ["delivered", "stale", "malformed"];
 
 /// The `bridge_scmb_*` families, registered once; each series carries the `appliance` label
 /// (bounded by the configuration).
@@ -236,7 +300,7 @@ impl ScmbFamilies {
         );
         registry.register(
             "bridge_scmb_messages",
-            "Message bus messages by outcome (delivered to the change path, or malformed and skipped)",
+            "Message bus messages by outcome: delivered to the change path, stale (a version already processed, skipped) or malformed (skipped)",
             f.messages.clone(),
         );
         registry.register(
@@ -270,6 +334,7 @@ impl ScmbFamilies {
         };
         let connected = self.connected.get_or_create(&a).clone();
         let delivered = self.messages.get_or_create(&outcome("delivered")).clone();
+        let stale = self.messages.get_or_create(&outcome("stale")).clone();
         let malformed = self.messages.get_or_create(&outcome("malformed")).clone();
         let reconnects = self.reconnects.get_or_create(&a).clone();
         let since_last = self.since_last.get_or_create(&a).clone();
@@ -277,6 +342,7 @@ impl ScmbFamilies {
         let m = ScmbMetrics {
             connected,
             delivered,
+            stale,
             malformed,
             reconnects,
             since_last,
@@ -292,6 +358,7 @@ impl ScmbFamilies {
 pub struct ScmbMetrics {
     connected: Gauge,
     delivered: Counter,
+    stale: Counter,
     malformed: Counter,
     reconnects: Counter,
     since_last: Gauge<f64, AtomicU64>,
@@ -305,6 +372,9 @@ impl ScmbMetrics {
     }
     pub fn delivered(&self) -> u64 {
         self.delivered.get()
+    }
+    pub fn stale(&self) -> u64 {
+        self.stale.get()
     }
     pub fn malformed(&self) -> u64 {
         self.malformed.get()
@@ -353,6 +423,7 @@ pub fn decode(body: &[u8]) -> Result<ScmbChange, String> {
         timestamp: m.timestamp,
         etag: m.e_tag,
         resource_uri: m.resource_uri,
+        ack: None,
     })
 }
 
@@ -368,8 +439,13 @@ enum Ended {
 
 /// Consumes the appliance's alert changes until `shutdown`, reconnecting with jittered
 /// exponential backoff (`reconnect_min` to `reconnect_max`, reset after a connection that came
-/// up). Publishes every state change on `state`; returns when `shutdown` is cancelled or the
-/// sink's receiver is dropped.
+/// up). Publishes every state change on `state`; returns `None` when `shutdown` is cancelled
+/// or the sink's receiver is dropped.
+///
+/// Returns the error when the TLS material cannot be right: it does not parse, or the broker
+/// refused it (client certificate, EXTERNAL login, or a broker the CA did not sign)
+/// [`REFUSALS_BEFORE_REREAD`] times in a row. The caller reads it again (a keypair regenerated
+/// on the appliance, a renewed CA, a rotated Secret) and calls `run` with it.
 pub async fn run(
     settings: ScmbSettings,
     tls: ScmbTls,
@@ -377,7 +453,7 @@ pub async fn run(
     state: watch::Sender<BusState>,
     metrics: ScmbMetrics,
     shutdown: CancellationToken,
-) {
+) -> Option<ScmbError> {
     let backoff = || {
         ExponentialBuilder::new()
             .with_jitter()
@@ -393,10 +469,10 @@ pub async fn run(
             reason: e.to_string(),
             since: Instant::now(),
         });
-        shutdown.cancelled().await;
-        return;
+        return Some(e);
     }
     let mut delays = backoff();
+    let mut refusals = 0u32;
     let mut last_message = Instant::now();
     let mut connections: u64 = 0;
     let mut attempts: u64 = 0;
@@ -445,6 +521,11 @@ pub async fn run(
         match ended {
             Ended::Stop => break,
             Ended::Failed(e) => {
+                if e.is_refusal() {
+                    refusals += 1;
+                } else {
+                    refusals = 0;
+                }
                 let delay = delays.next().unwrap_or(settings.reconnect_max);
                 tracing::warn!(appliance = %settings.appliance, error = %e, retry_in = ?delay, "SCMB down; polling covers the appliance");
                 state.send_replace(BusState::Down {
@@ -452,6 +533,10 @@ pub async fn run(
                     since: Instant::now(),
                 });
                 metrics.since_last.set(last_message.elapsed().as_secs_f64());
+                if refusals >= REFUSALS_BEFORE_REREAD {
+                    metrics.connected.set(0);
+                    return Some(e);
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -464,6 +549,25 @@ pub async fn run(
         reason: "the bridge is stopping".to_owned(),
         since: Instant::now(),
     });
+    None
+}
+
+/// Refused connections in a row after which [`run`] hands the TLS material back to be read
+/// again: once could be a broker restarting with a new CA, three is the material.
+pub const REFUSALS_BEFORE_REREAD: u32 = 3;
+
+impl ScmbError {
+    /// The broker or the bridge refused the TLS material itself: a different certificate, key
+    /// or CA is what helps, not another attempt with the same.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ScmbError::BadPem { .. }
+                | ScmbError::UntrustedBroker { .. }
+                | ScmbError::ClientCertRefused { .. }
+                | ScmbError::LoginRefused { .. }
+        )
+    }
 }
 
 /// Connects once (TLS, EXTERNAL login, queue declared and bound) and disconnects: the error a
@@ -794,8 +898,13 @@ async fn consume(
         *last_message = Instant::now();
         metrics.since_last.set(0.0);
         match decode(&delivery.data) {
-            Ok(change) => {
-                let stamp = change.timestamp_ms;
+            Ok(mut change) => {
+                // The receiver acks once the change is in the delivery pipeline; the prefetch
+                // bounds how many wait for that.
+                change.ack = Some(PendingAck {
+                    acker: delivery.acker.clone(),
+                    metrics: metrics.clone(),
+                });
                 let handed = tokio::select! {
                     _ = shutdown.cancelled() => false,
                     r = sink.send(change) => r.is_ok(),
@@ -805,20 +914,14 @@ async fn consume(
                     // start covers it.
                     return Ended::Stop;
                 }
-                if let Some(ms) = stamp {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    // A clock behind the appliance's would give a negative latency.
-                    metrics.latency.observe(((now - ms).max(0) as f64) / 1000.0);
-                }
-                metrics.delivered.inc();
             }
             Err(why) => {
                 metrics.malformed.inc();
                 tracing::warn!(appliance = %s.appliance, routing_key = %delivery.routing_key, error = %why, "SCMB message skipped");
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    return lost(format!("basic.ack failed: {e}"));
+                }
             }
-        }
-        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-            return lost(format!("basic.ack failed: {e}"));
         }
     }
 }

@@ -203,9 +203,23 @@ pub struct ApplianceView {
     pub last_error: Option<String>,
     pub open_alerts: usize,
     pub cycles: u64,
-    /// Its poll interval in seconds: how stale "last poll" may get before it is news.
+    /// Its poll interval in seconds: how stale "last poll" may get before it is news
+    /// (`scmb.poll_interval` while its message bus is up).
     #[serde(default)]
     pub poll_interval_seconds: u64,
+    /// Its message bus, when `scmb.enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<BusStatusView>,
+}
+
+/// An appliance's message bus as the status page shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusStatusView {
+    /// `starting`, `connected` or `down`.
+    pub state: String,
+    pub since: DateTime<Utc>,
+    pub reason: Option<String>,
+    pub connections: u64,
 }
 
 /// An error worth telling a person about.
@@ -668,12 +682,25 @@ impl Local {
                     last_error: p.last_error,
                     open_alerts: p.open_alerts,
                     cycles: p.cycles,
-                    poll_interval_seconds: a.poller.interval.as_secs().max(1),
+                    poll_interval_seconds: if p.poll_interval_seconds > 0 {
+                        p.poll_interval_seconds
+                    } else {
+                        a.poller.interval.as_secs().max(1)
+                    },
+                    bus: p.bus.map(|b| BusStatusView {
+                        state: b.state.to_owned(),
+                        since: b.since,
+                        reason: b.reason,
+                        connections: b.connections,
+                    }),
                 }
             })
             .collect();
         // Failing appliances first: they are why someone opened the page.
-        appliances.sort_by_key(|a| (a.last_error.is_none(), a.name.clone()));
+        appliances.sort_by_key(|a| {
+            let bus_down = a.bus.as_ref().is_some_and(|b| b.state == "down");
+            (a.last_error.is_none(), !bus_down, a.name.clone())
+        });
         StatusView {
             appliances,
             poll_interval_seconds: self

@@ -165,12 +165,34 @@ pub fn render_main(view: Result<&StatusView, &str>, refresh: u64) -> String {
             .as_deref()
             .map(|e| format!("<div class=\"bad last-error\">Last error: {}</div>", esc(e)))
             .unwrap_or_default();
+        let bus = a
+            .bus
+            .as_ref()
+            .map(|b| {
+                let (cls, words) = match b.state.as_str() {
+                    "connected" => ("ok", "connected, real time"),
+                    "down" => ("bad", "down, polling covers it"),
+                    _ => ("muted", "connecting"),
+                };
+                format!(
+                    "<div><div class=\"k\">Message bus (SCMB)</div><div class=\"v {cls} bus\" data-bus=\"{}\">{words} <span class=\"muted\">(changed {})</span></div></div>",
+                    esc(&b.state),
+                    age(b.since, now)
+                )
+            })
+            .unwrap_or_default();
+        let bus_error = a
+            .bus
+            .as_ref()
+            .and_then(|b| b.reason.as_deref())
+            .map(|e| format!("<div class=\"bad bus-error\">Message bus: {}</div>", esc(e)))
+            .unwrap_or_default();
         h.push_str(&format!(
             "<div class=\"card appliance\" data-appliance=\"{}\"><div class=\"v\"><a href=\"{}\">{}</a></div><div class=\"grid\">\
 <div><div class=\"k\">Session</div><div class=\"v {cls}\">{}</div></div>\
 <div><div class=\"k\">Last successful poll</div><div class=\"v\">{last}</div></div>\
 <div><div class=\"k\">Open alerts on appliance</div><div class=\"v\">{}</div></div>\
-<div><div class=\"k\">API version</div><div class=\"v\">{}</div></div></div>{error}</div>",
+<div><div class=\"k\">API version</div><div class=\"v\">{}</div></div>{bus}</div>{error}{bus_error}</div>",
             esc(&a.name),
             esc(&a.ui_url),
             esc(&a.name),
