@@ -64,6 +64,21 @@ groups:
           summary: "OneView logins to {{ "{{ $labels.appliance }}" }} are failing on {{ "{{ $labels.instance }}" }}"
           description: "{{ "{{ $value | humanize }}" }} failed OneView logins in 15 minutes (auth_failed: wrong credentials or directory; error: network or TLS)."
           runbook_url: {{ printf "%s#oneviewbridgeloginfailures" $rb }}
+      # The message bus (SCMB). bridge_scmb_* series exist only for appliances whose bus is on,
+      # so 0 means "on and down". A standby poller (postgres backend, bridge_leader 0) does not
+      # consume; polling covers a down bus, hence warning only.
+      - alert: OneViewBridgeScmbDown
+        expr: (bridge_scmb_connected{ {{- $poller -}} } == 0) unless on (job, instance) (bridge_leader{ {{- $poller -}} } == 0)
+        for: 15m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Message bus (SCMB) of OneView appliance {{ "{{ $labels.appliance }}" }} down for 15 minutes on {{ "{{ $labels.instance }}" }}"
+          description: "The poller has had no SCMB connection to {{ "{{ $labels.appliance }}" }} for 15 minutes: its alert changes are not pushed, and polling at poller.interval covers them (pages up to one interval later). /ready warns scmb:{{ "{{ $labels.appliance }}" }} with the reason; usually certificates (see {{ printf "%s#message-bus-scmb-certificates" $rb }}) or a firewall on scmb.port (5671)."
+          runbook_url: {{ printf "%s#oneviewbridgescmbdown" $rb }}
       - alert: OneViewBridgePagerDutyRejections
         expr: sum without (code) (increase(bridge_pagerduty_http_responses_total{ {{- $poller -}} , code="400"}[15m])) > 0
         labels:
