@@ -77,7 +77,7 @@ groups:
           {{- end }}
         annotations:
           summary: "Message bus (SCMB) of OneView appliance {{ "{{ $labels.appliance }}" }} down for 15 minutes on {{ "{{ $labels.instance }}" }}"
-          description: "The poller has had no SCMB connection to {{ "{{ $labels.appliance }}" }} for 15 minutes: its alert changes are not pushed, and polling at poller.interval covers them (pages up to one interval later). /ready warns scmb:{{ "{{ $labels.appliance }}" }} with the reason; usually certificates (see {{ printf "%s#message-bus-scmb-certificates" $rb }}) or a firewall on scmb.port (5671)."
+          description: "No SCMB connection to {{ "{{ $labels.appliance }}" }} for 15m; polled every poller.interval meanwhile. /ready warning scmb:{{ "{{ $labels.appliance }}" }} says why. Certificates: {{ printf "%s#message-bus-scmb-certificates" $rb }}"
           runbook_url: {{ printf "%s#oneviewbridgescmbdown" $rb }}
       - alert: OneViewBridgePagerDutyRejections
         expr: sum without (code) (increase(bridge_pagerduty_http_responses_total{ {{- $poller -}} , code="400"}[15m])) > 0
