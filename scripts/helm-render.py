@@ -341,6 +341,14 @@ def cmd_scmb(a: argparse.Namespace) -> int:
     got = _bus_ports(poller)
     want(got == want_ports, f"poller.toml turns the bus on for ports {sorted(got)} (want {sorted(want_ports)})")
     want("scmb" not in web, "web.toml has no scmb (web replicas never connect to an appliance)")
+    # A default PEM file nobody takes would still have to exist: the bridge checks every *_file.
+    g = poller.get("scmb", {})
+    apps = poller.get("appliances") or ([{}] if "oneview" in poller else [])
+    for key in ("client_cert_file", "ca_file"):
+        if key in g:
+            takers = [x for x in apps if x.get("scmb", {}).get("enabled", g.get("enabled", False))
+                      and key not in x.get("scmb", {})]
+            want(bool(takers), f"[scmb].{key} is the default of {len(takers)} appliance(s) with the bus on")
     tables = [("scmb", poller["scmb"])] if "scmb" in poller else []
     tables += [(f"appliances.{x.get('name')}.scmb", x["scmb"]) for x in poller.get("appliances", []) if "scmb" in x]
 

@@ -423,6 +423,25 @@ top-level ones. The poller's NetworkPolicy opens them towards networkPolicy.onev
 {{- $ports | uniq | toJson }}
 {{- end }}
 
+{{/* "true" when some appliance with its bus on takes the [scmb] default of a PEM file
+("cert": the client keypair, "ca": the CA), i.e. names none of its own; the single [oneview]
+appliance always does. [scmb] names the default file only then: a Secret holding only
+per-appliance keys has no tls.crt, and the bridge refuses a *_file that is not there.
+Usage: include "bridge.scmbDefaultUsed" (list . "cert") */}}
+{{- define "bridge.scmbDefaultUsed" -}}
+{{- $ctx := index . 0 }}
+{{- $what := index . 1 }}
+{{- $g := $ctx.Values.scmb | default dict }}
+{{- $used := not $ctx.Values.config.appliances }}
+{{- range $ctx.Values.config.appliances }}
+{{- $s := .scmb | default dict }}
+{{- $on := hasKey $s "enabled" | ternary $s.enabled $g.enabled }}
+{{- $own := eq $what "cert" | ternary (or $s.certKey $s.client_cert_file) (or $s.caKey $s.ca_file) }}
+{{- if and $on (not $own) }}{{ $used = true }}{{ end }}
+{{- end }}
+{{- if $used }}true{{ end }}
+{{- end }}
+
 {{/* Where the SCMB PEM files are mounted in the poller: the client keypair Secret and the CA. */}}
 {{- define "bridge.scmbClientDir" -}}/etc/oneview-pagerduty-bridge/scmb-client{{- end }}
 {{- define "bridge.scmbCADir" -}}/etc/oneview-pagerduty-bridge/scmb-ca{{- end }}
@@ -447,11 +466,11 @@ mounted PEM paths. */}}
 {{- end }}
 {{- $extra := "" }}
 {{- $cs := $s.clientCertSecret | default dict }}
-{{- if $cs.name }}
+{{- if and $cs.name (include "bridge.scmbDefaultUsed" (list . "cert")) }}
 {{- $dir := include "bridge.scmbClientDir" . }}
 {{- $extra = printf "\nclient_cert_file = %s\nclient_key_file = %s" (printf "%s/%s" $dir $cs.certKey | toJson) (printf "%s/%s" $dir $cs.keyKey | toJson) }}
 {{- end }}
-{{- with include "bridge.scmbCAKey" . }}
+{{- with and (include "bridge.scmbDefaultUsed" (list . "ca")) (include "bridge.scmbCAKey" .) }}
 {{- $extra = printf "%s\nca_file = %s" $extra (printf "%s/%s" (include "bridge.scmbCADir" $) . | toJson) }}
 {{- end }}
 {{- include "bridge.tomlTable" (list "scmb" $m $extra) }}
