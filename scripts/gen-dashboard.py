@@ -46,6 +46,14 @@ p.append(row("Appliances",y)); y+=1
 p+= [ts("Seconds since last successful poll, by appliance",[(f'time() - max by (appliance) (bridge_oneview_last_successful_poll_timestamp_seconds{{{JA}}})',"{{appliance}}")],0,y,w=12,unit="s",desc="An appliance that stops answering climbs here alone; the others stay flat."),
      ts("Open alerts by appliance",[(f'sum by (appliance) (bridge_oneview_open_alerts{{{JA}}})',"{{appliance}}")],12,y,w=12)]
 y+=8
+# The message bus (SCMB, issue 16): bridge_scmb_* exist only for appliances with scmb.enabled.
+BUS="Only appliances whose message bus is on (scmb.enabled) have series."
+p.append(row("Message bus (SCMB)",y)); y+=1
+p+= [ts("Bus connected, by appliance",[(f'max by (appliance) (bridge_scmb_connected{{{JA}}})',"{{appliance}}")],0,y,w=6,desc=BUS+" 1: alert changes are pushed; 0: down, polled at poller.interval meanwhile (OneViewBridgeScmbDown after 15 minutes; /ready warning scmb:<appliance> says why)."),
+     ts("Bus messages by appliance and outcome",[(f'sum by (appliance, outcome) (rate(bridge_scmb_messages_total{{{JA}}}[$__rate_interval]))',"{{appliance}} {{outcome}}")],6,y,w=6,unit="ops",desc=BUS+" delivered: handed to the change path and acked; malformed: not an alert change, acked and skipped; stale: an older or repeated version, skipped."),
+     ts("Detection latency p50/p99 (appliance clock to queueing)",[(f'histogram_quantile({q}, sum by (le, appliance) (rate(bridge_scmb_detection_latency_seconds_bucket{{{JA}}}[$__rate_interval])))',f"p{int(q*100)} {{{{appliance}}}}") for q in (0.5,0.99)],12,y,w=6,unit="s",desc=BUS+" From the message's timestamp (the appliance's clock) to its handover. Near 0 (a negative latency counts as 0) or pinned at 60 s (the top bucket): the clocks of appliance and node disagree, see the runbook's SCMB certificates section."),
+     ts("Bus reconnects and seconds since the last message",[(f'sum by (appliance) (increase(bridge_scmb_reconnects_total{{{JA}}}[$__rate_interval]))',"reconnects {{appliance}}"),(f'max by (appliance) (bridge_scmb_seconds_since_last_message{{{JA}}})',"since last message (s) {{appliance}}")],18,y,w=6,desc=BUS+" A quiet appliance sends nothing for hours, so a long silence alone is no fault; reconnects every few minutes are (each is followed by a REST resync).")]
+y+=8
 p.append(row("Alert flow",y)); y+=1
 p+= [ts("OneView polls by appliance and outcome",[(f'sum by (appliance, outcome) (rate(bridge_oneview_polls_total{{{JA}}}[$__rate_interval]))',"{{appliance}} {{outcome}}")],0,y,unit="ops"),
      ts("Alerts seen in last poll / open alerts",[(f'sum(bridge_oneview_alerts_in_last_poll{{{JA}}})',"in last poll"),(f'sum(bridge_oneview_open_alerts{{{JA}}})',"open"),(f'sum(rate(bridge_oneview_alerts_malformed_total{{{JA}}}[$__rate_interval]))',"malformed/s")],8,y),

@@ -10,6 +10,7 @@ helm-python-sdk), since no helm CLI is available from our package registries.
     helm-render.py deploy CHART OUT_DIR   # the plain manifests, rules and dashboard of deploy/
     helm-render.py extract-config RENDERED.yaml OUT_DIR   # the ConfigMap's TOML files
     helm-render.py shape RENDERED.yaml --expect single|ha   # the poller's shape for its backend
+    helm-render.py scmb CHART [-f VALUES]... --bus-ports 5671,...   # message bus: TOML, mounts, egress
 
 Values files merge left to right over the chart's values.yaml, as `helm -f a -f b` does.
 Exit status: 0 ok, 1 a finding (lint error, render error, unexpected schema result).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +302,107 @@ def cmd_shape(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _bus_ports(toml: dict[str, Any]) -> set[int]:
+    """The ports of every appliance whose message bus is on, as the bridge reads the TOML: an
+    appliance's [appliances.scmb] keys override [scmb], whose defaults are off and 5671."""
+    g = toml.get("scmb", {})
+    on, port = g.get("enabled", False), g.get("port", 5671)
+    apps = toml.get("appliances") or ([{}] if "oneview" in toml else [])
+    return {a.get("scmb", {}).get("port", port) for a in apps if a.get("scmb", {}).get("enabled", on)}
+
+
+def cmd_scmb(a: argparse.Namespace) -> int:
+    """The message bus as rendered for VALUES: the poller's [scmb] / [appliances.scmb] turn on
+    exactly --bus-ports (none: no [scmb] and no SCMB volume at all, so a release with the bus
+    off renders what it did before); every PEM path in them is a file of a Secret or ConfigMap
+    mounted into the poller (keys from Secrets only); the poller's egress to
+    networkPolicy.oneviewCIDRs allows the REST port and each bus port over TCP, and nothing
+    else opens a bus port (the web replicas never talk to appliances). Exit 1 on any finding."""
+    values = deep_merge(yaml.safe_load((Path(a.chart) / "values.yaml").read_text()), load_values(a.values))
+    rendered = render(argparse.Namespace(chart=a.chart, values=a.values, name="oneview-pagerduty-bridge",
+                                         namespace="oneview-pagerduty-bridge"))
+    objs = [d for path, text in rendered.items() if path.endswith((".yaml", ".yml"))
+            for d in yaml.safe_load_all(text) if d]
+    want_ports = {int(p) for p in a.bus_ports.split(",") if p.strip()}
+    bad: list[str] = []
+
+    def want(ok: bool, what: str) -> None:
+        print(f"  {'ok ' if ok else 'BAD'} {what}")
+        if not ok:
+            bad.append(what)
+
+    cm = _one(objs, "ConfigMap", "pagerduty-bridge")
+    dep = _one(objs, "Deployment", "-poller")
+    if not cm or not dep:
+        print("  no bridge ConfigMap or poller Deployment rendered")
+        return 1
+    poller = tomllib.loads(cm["data"]["poller.toml"])
+    web = cm["data"]["web.toml"]
+    got = _bus_ports(poller)
+    want(got == want_ports, f"poller.toml turns the bus on for ports {sorted(got)} (want {sorted(want_ports)})")
+    want("scmb" not in web, "web.toml has no scmb (web replicas never connect to an appliance)")
+    # A default PEM file nobody takes would still have to exist: the bridge checks every *_file.
+    g = poller.get("scmb", {})
+    apps = poller.get("appliances") or ([{}] if "oneview" in poller else [])
+    for key in ("client_cert_file", "ca_file"):
+        if key in g:
+            takers = [x for x in apps if x.get("scmb", {}).get("enabled", g.get("enabled", False))
+                      and key not in x.get("scmb", {})]
+            want(bool(takers), f"[scmb].{key} is the default of {len(takers)} appliance(s) with the bus on")
+    tables = [("scmb", poller["scmb"])] if "scmb" in poller else []
+    tables += [(f"appliances.{x.get('name')}.scmb", x["scmb"]) for x in poller.get("appliances", []) if "scmb" in x]
+
+    pod = dep["spec"]["template"]["spec"]
+    ctr = next(c for c in pod["containers"] if c["name"] == "bridge")
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = ctr.get("volumeMounts", [])
+    scmb_vols = sorted(n for n in vols if n.startswith("scmb"))
+    if not want_ports:
+        want(not tables, f"no [scmb] table while the bus is off: {[t for t, _ in tables]}")
+        want(not scmb_vols, f"no SCMB volume while the bus is off: {scmb_vols}")
+    for table, t in tables:
+        for key in ("client_cert_file", "client_key_file", "ca_file"):
+            if key not in t:
+                continue
+            path = Path(t[key])
+            m = next((m for m in mounts if Path(m["mountPath"]) == path.parent), None)
+            v = vols.get(m["name"], {}) if m else {}
+            src = v.get("secret") or v.get("configMap")
+            items = (src or {}).get("items")
+            want(src is not None and m["name"] != "config" and (items is None or path.name in [i["path"] for i in items]),
+                 f"{table}.{key} {path} is a key of the mounted volume {m['name'] if m else None}")
+            if key == "client_key_file":
+                want("secret" in v, f"{table}.client_key_file comes from a Secret, not a ConfigMap")
+
+    nps = {o["metadata"]["name"].rsplit("-", 1)[-1]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    np = values["networkPolicy"]
+    if not np.get("enabled"):
+        print(f"  {len(bad)} finding(s) (networkPolicy.enabled false: no egress to check)")
+        return 1 if bad else 0
+    cidrs = sorted(np.get("oneviewCIDRs") or [])
+    rest = int(np["oneviewPort"])
+
+    def rule_cidrs(r: dict[str, Any]) -> list[str]:
+        return sorted(t["ipBlock"]["cidr"] for t in r.get("to", []) if "ipBlock" in t)
+
+    def rule_ports(r: dict[str, Any]) -> set[int]:
+        return {p["port"] for p in r.get("ports", []) if p.get("protocol", "TCP") == "TCP"}
+
+    egress = nps["poller"]["spec"].get("egress", [])
+    to_ov = [r for r in egress if cidrs and rule_cidrs(r) == cidrs]
+    if want_ports or cidrs:
+        want(len(to_ov) == 1, f"one poller egress rule to networkPolicy.oneviewCIDRs {cidrs}")
+    if to_ov:
+        ports = rule_ports(to_ov[0])
+        want(ports == {rest} | want_ports,
+             f"poller egress to the appliances on TCP {sorted(ports)} (want REST {rest} + bus {sorted(want_ports)})")
+    others = [r for r in egress if r not in to_ov] + nps["web"]["spec"].get("egress", [])
+    stray = sorted({p for r in others for p in rule_ports(r)} & (want_ports - {rest}))
+    want(not stray, f"no other egress rule opens a bus port: {stray}")
+    print(f"  {len(bad)} finding(s)")
+    return 1 if bad else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -320,6 +423,10 @@ def main() -> int:
     sh.add_argument("rendered")
     sh.add_argument("--expect", choices=["single", "ha"], required=True)
     sh.add_argument("--db-port", type=int, default=5432)
+    sc = sub.add_parser("scmb")
+    sc.add_argument("chart")
+    sc.add_argument("-f", "--values", action="append", default=[])
+    sc.add_argument("--bus-ports", required=True, help="comma-separated; empty: the bus is off everywhere")
     x = sub.add_parser("extract-config")
     x.add_argument("rendered")
     x.add_argument("out_dir")
@@ -327,7 +434,7 @@ def main() -> int:
     try:
         return {"lint": cmd_lint, "template": cmd_template, "schema-reject": cmd_schema_reject,
                 "deploy": cmd_deploy, "extract-config": cmd_extract_config,
-                "shape": cmd_shape}[a.cmd](a)
+                "shape": cmd_shape, "scmb": cmd_scmb}[a.cmd](a)
     except Exception as e:  # noqa: BLE001 - report any SDK error as a finding, not a traceback
         print(f"  {a.cmd} failed: {e}", file=sys.stderr)
         return 1

@@ -64,6 +64,21 @@ groups:
           summary: "OneView logins to {{ "{{ $labels.appliance }}" }} are failing on {{ "{{ $labels.instance }}" }}"
           description: "{{ "{{ $value | humanize }}" }} failed OneView logins in 15 minutes (auth_failed: wrong credentials or directory; error: network or TLS)."
           runbook_url: {{ printf "%s#oneviewbridgeloginfailures" $rb }}
+      # The message bus (SCMB). bridge_scmb_* series exist only for appliances whose bus is on,
+      # so 0 means "on and down". A standby poller (postgres backend, bridge_leader 0) does not
+      # consume; polling covers a down bus, hence warning only.
+      - alert: OneViewBridgeScmbDown
+        expr: (bridge_scmb_connected{ {{- $poller -}} } == 0) unless on (job, instance) (bridge_leader{ {{- $poller -}} } == 0)
+        for: 15m
+        labels:
+          severity: warning
+          {{- with $extra }}
+          {{- toYaml . | nindent 10 }}
+          {{- end }}
+        annotations:
+          summary: "Message bus (SCMB) of OneView appliance {{ "{{ $labels.appliance }}" }} down for 15 minutes on {{ "{{ $labels.instance }}" }}"
+          description: "No SCMB connection to {{ "{{ $labels.appliance }}" }} for 15m; polled every poller.interval meanwhile. /ready warning scmb:{{ "{{ $labels.appliance }}" }} says why. Certificates: {{ printf "%s#message-bus-scmb-certificates" $rb }}"
+          runbook_url: {{ printf "%s#oneviewbridgescmbdown" $rb }}
       - alert: OneViewBridgePagerDutyRejections
         expr: sum without (code) (increase(bridge_pagerduty_http_responses_total{ {{- $poller -}} , code="400"}[15m])) > 0
         labels:

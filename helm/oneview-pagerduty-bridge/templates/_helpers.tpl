@@ -349,6 +349,9 @@ checksum/config: {{ include (print $ctx.Template.BasePath "/configmap.yaml") $ct
       mountPath: /etc/oneview-pagerduty-bridge/ca
       readOnly: true
     {{- end }}
+    {{- if include "bridge.scmbRendered" $ctx }}
+    {{- include "bridge.scmbVolumeMounts" $ctx | nindent 4 }}
+    {{- end }}
     {{- else if ne $ctx.Values.secrets.mode "files" }}
     - name: secrets
       mountPath: {{ $ctx.Values.secrets.mountPath }}
@@ -388,6 +391,156 @@ plus peers for an in-cluster database. */}}
       protocol: TCP
 {{- end }}
 
+{{/* "true" when the poller's TOML gets a [scmb] table (and the poller the SCMB PEM volumes):
+the bus is on by default, or an appliance has scmb settings of its own. Off everywhere, nothing
+is rendered, so the TOML is what it was before the chart knew SCMB. */}}
+{{- define "bridge.scmbRendered" -}}
+{{- $on := (.Values.scmb | default dict).enabled }}
+{{- range .Values.config.appliances }}
+{{- if .scmb }}{{ $on = true }}{{ end }}
+{{- end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+
+{{/* The TCP ports of every appliance whose message bus is on, as a JSON list: an appliance's
+own scmb.enabled / port win over the top-level scmb; the single [oneview] appliance has the
+top-level ones. The poller's NetworkPolicy opens them towards networkPolicy.oneviewCIDRs. */}}
+{{- define "bridge.scmbPorts" -}}
+{{- $g := .Values.scmb | default dict }}
+{{- $ports := list }}
+{{- if .Values.config.appliances }}
+{{- range .Values.config.appliances }}
+{{- $s := .scmb | default dict }}
+{{- $on := $g.enabled }}
+{{- if hasKey $s "enabled" }}{{ $on = $s.enabled }}{{ end }}
+{{- if $on }}
+{{- $ports = append $ports (int (hasKey $s "port" | ternary $s.port $g.port)) }}
+{{- end }}
+{{- end }}
+{{- else if $g.enabled }}
+{{- $ports = append $ports (int $g.port) }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/* "true" when some appliance with its bus on takes the [scmb] default of a PEM file
+("cert": the client keypair, "ca": the CA), i.e. names none of its own; the single [oneview]
+appliance always does. [scmb] names the default file only then: a Secret holding only
+per-appliance keys has no tls.crt, and the bridge refuses a *_file that is not there.
+Usage: include "bridge.scmbDefaultUsed" (list . "cert") */}}
+{{- define "bridge.scmbDefaultUsed" -}}
+{{- $ctx := index . 0 }}
+{{- $what := index . 1 }}
+{{- $g := $ctx.Values.scmb | default dict }}
+{{- $used := not $ctx.Values.config.appliances }}
+{{- range $ctx.Values.config.appliances }}
+{{- $s := .scmb | default dict }}
+{{- $on := hasKey $s "enabled" | ternary $s.enabled $g.enabled }}
+{{- $own := eq $what "cert" | ternary (or $s.certKey $s.client_cert_file) (or $s.caKey $s.ca_file) }}
+{{- if and $on (not $own) }}{{ $used = true }}{{ end }}
+{{- end }}
+{{- if $used }}true{{ end }}
+{{- end }}
+
+{{/* Where the SCMB PEM files are mounted in the poller: the client keypair Secret and the CA. */}}
+{{- define "bridge.scmbClientDir" -}}/etc/oneview-pagerduty-bridge/scmb-client{{- end }}
+{{- define "bridge.scmbCADir" -}}/etc/oneview-pagerduty-bridge/scmb-ca{{- end }}
+
+{{/* The default key of the SCMB CA (caSecret.key or caConfigMap.key), or "" when the CA is
+read over REST. */}}
+{{- define "bridge.scmbCAKey" -}}
+{{- $s := .Values.scmb | default dict }}
+{{- with $s.caSecret }}{{ if .name }}{{ .key }}{{ end }}{{ end }}
+{{- with $s.caConfigMap }}{{ if .name }}{{ .key }}{{ end }}{{ end }}
+{{- end }}
+
+{{/* The poller's [scmb]: the top-level scmb values under the bridge's key names, plus the
+mounted PEM paths. */}}
+{{- define "bridge.scmbToml" -}}
+{{- $s := .Values.scmb | default dict }}
+{{- $m := dict }}
+{{- range $from, $to := dict "enabled" "enabled" "port" "port" "pollInterval" "poll_interval" "prefetch" "prefetch" }}
+{{- if not (kindIs "invalid" (index $s $from)) }}
+{{- $_ := set $m $to (index $s $from) }}
+{{- end }}
+{{- end }}
+{{- $extra := "" }}
+{{- $cs := $s.clientCertSecret | default dict }}
+{{- if and $cs.name (include "bridge.scmbDefaultUsed" (list . "cert")) }}
+{{- $dir := include "bridge.scmbClientDir" . }}
+{{- $extra = printf "\nclient_cert_file = %s\nclient_key_file = %s" (printf "%s/%s" $dir $cs.certKey | toJson) (printf "%s/%s" $dir $cs.keyKey | toJson) }}
+{{- end }}
+{{- with and (include "bridge.scmbDefaultUsed" (list . "ca")) (include "bridge.scmbCAKey" .) }}
+{{- $extra = printf "%s\nca_file = %s" $extra (printf "%s/%s" (include "bridge.scmbCADir" $) . | toJson) }}
+{{- end }}
+{{- include "bridge.tomlTable" (list "scmb" $m $extra) }}
+{{- end }}
+
+{{/* One appliance's [appliances.scmb], after its other keys: include "bridge.applianceScmbToml" (list $ $i $a) */}}
+{{- define "bridge.applianceScmbToml" -}}
+{{- $ctx := index . 0 }}
+{{- $i := index . 1 }}
+{{- $a := index . 2 }}
+{{- $s := $a.scmb }}
+{{- $g := $ctx.Values.scmb | default dict }}
+{{- $where := printf "config.appliances[%d].scmb (appliance %s)" (int $i) ($a.name | default "?") }}
+{{- if and $s.certKey (not ($g.clientCertSecret | default dict).name) }}
+{{- fail (printf "%s: certKey %s is a key of scmb.clientCertSecret, but scmb.clientCertSecret.name is empty; set it to the Secret holding this appliance's client certificate and key, or give client_cert_file and client_key_file paths instead" $where ($s.certKey | quote)) }}
+{{- end }}
+{{- if and $s.caKey (not (include "bridge.scmbCAKey" $ctx)) }}
+{{- fail (printf "%s: caKey %s is a key of scmb.caSecret or scmb.caConfigMap, but both names are empty; set one of them to the Secret or ConfigMap holding this appliance's CA, or give a ca_file path instead" $where ($s.caKey | quote)) }}
+{{- end }}
+
+[appliances.scmb]
+{{- range $k, $v := omit $s "certKey" "keyKey" "caKey" }}
+{{ $k }} = {{ toJson $v }}
+{{- end }}
+{{- if $s.certKey }}
+client_cert_file = {{ printf "%s/%s" (include "bridge.scmbClientDir" $ctx) $s.certKey | toJson }}
+client_key_file = {{ printf "%s/%s" (include "bridge.scmbClientDir" $ctx) $s.keyKey | toJson }}
+{{- end }}
+{{- if $s.caKey }}
+ca_file = {{ printf "%s/%s" (include "bridge.scmbCADir" $ctx) $s.caKey | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The poller's SCMB PEM volumes (bridge.scmbRendered only): the client keypair Secret and the
+CA Secret or ConfigMap, each whole, since appliances may name their own keys in them. */}}
+{{- define "bridge.scmbVolumes" -}}
+{{- $s := .Values.scmb | default dict }}
+{{- with ($s.clientCertSecret | default dict).name }}
+- name: scmb-client
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with ($s.caSecret | default dict).name }}
+- name: scmb-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0444
+{{- end }}
+{{- with ($s.caConfigMap | default dict).name }}
+- name: scmb-ca
+  configMap:
+    name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "bridge.scmbVolumeMounts" -}}
+{{- $s := .Values.scmb | default dict }}
+{{- if ($s.clientCertSecret | default dict).name }}
+- name: scmb-client
+  mountPath: {{ include "bridge.scmbClientDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "bridge.scmbCAKey" . }}
+- name: scmb-ca
+  mountPath: {{ include "bridge.scmbCADir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* The poller's TOML: every configured section plus the chart-managed secret and CA paths. */}}
 {{- define "bridge.pollerToml" -}}
 {{- $ov := omit .Values.config.oneview "password" "password_file" "ca_file" -}}
@@ -403,7 +556,7 @@ plus peers for an in-cluster database. */}}
 
 {{ end -}}
 [[appliances]]
-{{- range $k, $v := omit $a "passwordSecretKey" "remoteRef" "caKey" "password" "password_file" }}
+{{- range $k, $v := omit $a "passwordSecretKey" "remoteRef" "caKey" "password" "password_file" "scmb" }}
 {{- if not (and (kindIs "string" $v) (eq $v "")) }}
 {{ $k }} = {{ toJson $v }}
 {{- end }}
@@ -415,6 +568,9 @@ password_file = {{ printf "%s/%s" $.Values.secrets.mountPath ($a.passwordSecretK
 {{- end }}
 {{- if and $.Values.oneviewCA.configMap (not $a.ca_file) }}
 ca_file = {{ printf "/etc/oneview-pagerduty-bridge/ca/%s" ($a.caKey | default $.Values.oneviewCA.key) | toJson }}
+{{- end }}
+{{- if $a.scmb }}
+{{- include "bridge.applianceScmbToml" (list $ $i $a) }}
 {{- end }}
 {{- end }}
 {{- else -}}
@@ -436,6 +592,10 @@ routing_key_file = {{ printf "%s/%s" $.Values.secrets.mountPath $r.routingKeySec
 {{- end }}
 
 {{ include "bridge.tomlTable" (list "poller" .Values.config.poller) }}
+{{- if include "bridge.scmbRendered" . }}
+
+{{ include "bridge.scmbToml" . }}
+{{- end }}
 
 {{ include "bridge.tomlTable" (list "dedup" .Values.config.dedup) }}
 {{- /* backend "file" is what state.path implies: left out, so the file's TOML is unchanged. */}}
