@@ -178,7 +178,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         pagerduty.addr()
     );
     println!(
-        "  polling each appliance every {}; {}. Ctrl-C stops.",
+        "  mode        polling each appliance every {} (the message bus, SCMB, is off here: it needs a TLS RabbitMQ the simulators publish to; see README [scmb]); {}. Ctrl-C stops.",
         humantime::format_duration(opts.interval),
         churn_phrase(opts.churn_every)
     );

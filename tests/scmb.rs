@@ -640,7 +640,15 @@ const PD_KEY: &str = "SCMBBRIDGEKEY0000000000000000001";
 
 impl BusBridge {
     async fn start(broker: &Broker) -> BusBridge {
-        let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+        Self::start_with(broker, |_| {}, |_| {}).await
+    }
+
+    async fn start_with(
+        broker: &Broker,
+        sim_tweak: impl FnOnce(&mut SimConfig),
+        tweak: impl FnOnce(&mut bridge::config::RawConfig),
+    ) -> BusBridge {
+        let sim = oneview_support::start_sim(sim_config(broker, sim_tweak)).await;
         let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
             .expect("publisher");
         let pd = bridge::sim::pagerduty::start(
@@ -666,6 +674,7 @@ impl BusBridge {
         raw.server.listen = "127.0.0.1:0".into();
         raw.server.shutdown_timeout = Duration::from_secs(3);
         raw.server.status_public = true;
+        tweak(&mut raw);
         let cfg = bridge::config::validate(raw, bridge::config::Role::All).unwrap();
         let app = bridge::App::build(cfg).await.unwrap();
         let url = format!("http://{}", app.local_addr());
@@ -795,6 +804,27 @@ impl BusBridge {
         );
     }
 
+    /// From each alert's `created` (the simulator's clock, which is the wall clock here) to
+    /// PagerDuty's 202 for its trigger: (p50, p99) in milliseconds.
+    fn trigger_latency_ms(&self) -> (i64, i64) {
+        let mut ms: Vec<i64> = self
+            .pd
+            .accepted()
+            .iter()
+            .filter(|e| e.event_action.as_deref() == Some("trigger"))
+            .filter_map(|e| {
+                let id = e.dedup_key.as_deref()?.rsplit('/').next()?.parse().ok()?;
+                let created = self.sim.handle.alert(id)?["created"].as_str()?.to_owned();
+                let created = chrono::DateTime::parse_from_rfc3339(&created).ok()?;
+                Some((e.received_at - created.with_timezone(&chrono::Utc)).num_milliseconds())
+            })
+            .collect();
+        assert!(!ms.is_empty());
+        ms.sort_unstable();
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        (at(0.5), at(0.99))
+    }
+
     /// Every alert has exactly one incident: resolved for `cleared`, open for the rest.
     fn assert_exactly_once(&self, ids: &[u64], cleared: &[u64]) {
         use bridge::sim::pagerduty::IncidentStatus;
@@ -869,6 +899,10 @@ async fn the_bridge_pages_1000_and_resolves_400_from_the_bus_with_polling_at_10_
     }
     b.wait_pd(1000, 400, Duration::from_secs(60)).await;
     b.assert_exactly_once(&ids, &cleared_all);
+    let (p50, p99) = b.trigger_latency_ms();
+    eprintln!(
+        "MEASURED 1000-alert burst over the bus: change to PagerDuty 202 p50 {p50} ms, p99 {p99} ms"
+    );
 
     // It all came over the bus: no poll listed alerts meanwhile.
     assert_eq!(
@@ -999,6 +1033,8 @@ async fn an_older_version_and_a_repeated_message_page_nothing() {
         })
         .start;
     b.wait_pd(1, 0, Duration::from_secs(20)).await;
+    let (one, _) = b.trigger_latency_ms();
+    eprintln!("MEASURED one alert over an idle bus: change to PagerDuty 202 in {one} ms");
     let active = b.sim.handle.alert(id).unwrap();
     // The same message again: nothing new.
     let again = bridge::sim::oneview::scmb::message(
@@ -1043,6 +1079,93 @@ async fn an_older_version_and_a_repeated_message_page_nothing() {
         2,
         "one trigger and one resolve: {:?}",
         b.pd.accepted()
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_keypair_or_the_right_to_generate_it_the_bridge_says_why_and_keeps_polling() {
+    let Some(broker) = amqp_support::shared("bridge bus no keypair") else {
+        return;
+    };
+    let _turn = serial().await;
+    let b = BusBridge::start_with(
+        broker,
+        |c| {
+            c.scmb_keypair_at_start = false;
+            c.scmb_generate_denied = true;
+        },
+        |raw| raw.poller.interval = Duration::from_secs(1),
+    )
+    .await;
+    // /ready: ready, with a warning that names the appliance and the role needed.
+    let start = tokio::time::Instant::now();
+    let ready = loop {
+        let ready: serde_json::Value = reqwest::get(format!("{}/ready", b.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready.to_string().contains("scmb:ov-bus") && ready["status"] == "ready" {
+            break ready;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no bus warning: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let warning = ready["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["condition"] == "scmb:ov-bus")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        warning.contains("Infrastructure administrator"),
+        "{warning}"
+    );
+    assert!(warning.contains("polling"), "{warning}");
+    assert_eq!(
+        b.metric("bridge_scmb_connected{appliance=\"ov-bus\"}")
+            .await,
+        0.0
+    );
+    let page = reqwest::get(format!("{}/", b.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("data-bus=\"down\""),
+        "status page shows the bus down"
+    );
+    assert!(page.contains("Infrastructure administrator"));
+
+    // Polling at poller.interval pages and resolves meanwhile.
+    let ids: Vec<u64> = b
+        .sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 5,
+            severity: Some("Critical".into()),
+            ..GenerateSpec::default()
+        })
+        .collect();
+    b.wait_pd(5, 0, Duration::from_secs(30)).await;
+    b.sim.handle.clear(ids[0]).unwrap();
+    b.wait_pd(5, 1, Duration::from_secs(30)).await;
+    b.assert_exactly_once(&ids, &ids[..1]);
+    assert_eq!(
+        b.metric("bridge_scmb_messages_total{appliance=\"ov-bus\",outcome=\"delivered\"}")
+            .await,
+        0.0,
+        "nothing came over the bus"
     );
     b.stop().await;
 }

@@ -397,6 +397,13 @@ impl Poller {
                             s.poll_interval_seconds = interval_now(self.cfg.interval, &bus).as_secs().max(1);
                         });
                     }
+                    // Before the bus: a steady stream of messages must not starve the
+                    // safety-net poll.
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = poll_now.notified() => {
+                        tracing::debug!("poll requested");
+                        break;
+                    }
                     change = b.changes.recv() => {
                         let Some(change) = change else {
                             bus = None;
@@ -411,11 +418,6 @@ impl Poller {
                             }
                             Err(e) => tracing::warn!(error = %e, "message bus change not applied"),
                         }
-                    }
-                    _ = tokio::time::sleep_until(wake) => break,
-                    _ = poll_now.notified() => {
-                        tracing::debug!("poll requested");
-                        break;
                     }
                 }
             }
