@@ -1016,7 +1016,7 @@ async fn a_broker_restart_and_a_dropped_connection_mid_storm_lose_nothing_and_pa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_version_and_a_repeated_message_page_nothing() {
+async fn an_older_version_and_a_repeated_message_page_nothing_and_a_deletion_resolves() {
     let Some(broker) = amqp_support::shared("bridge bus stale") else {
         return;
     };
@@ -1080,6 +1080,21 @@ async fn an_older_version_and_a_repeated_message_page_nothing() {
         "one trigger and one resolve: {:?}",
         b.pd.accepted()
     );
+
+    // An alert deleted on the appliance (its last version, unchanged, in a Deleted message)
+    // resolves over the bus.
+    let gone = b
+        .sim
+        .handle
+        .generate(&GenerateSpec {
+            count: 1,
+            severity: Some("Critical".into()),
+            ..GenerateSpec::default()
+        })
+        .start;
+    b.wait_pd(2, 1, Duration::from_secs(20)).await;
+    b.sim.handle.delete(gone).unwrap();
+    b.wait_pd(2, 2, Duration::from_secs(20)).await;
     b.stop().await;
 }
 

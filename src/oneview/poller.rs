@@ -436,7 +436,7 @@ impl Poller {
     /// One change from the message bus, through the path of an incremental poll; acked once
     /// it is in the delivery pipeline (or found stale).
     async fn apply_bus(&mut self, mut change: ScmbChange) -> Result<(), OneViewError> {
-        let modified = change
+        let mut modified = change
             .alert
             .modified
             .as_deref()
@@ -444,8 +444,11 @@ impl Poller {
             .or(change.timestamp_ms);
         let mut alert = change.alert.clone();
         if change.change_type == "Deleted" {
-            // Gone from the appliance: whatever its last state, nothing is open any more.
+            // Gone from the appliance: whatever its last state, nothing is open any more. The
+            // resource is the alert as it last was, so its `modified` is one already processed:
+            // a deletion is final and skips the version check.
             alert.alert_state = AlertState::Cleared;
+            modified = None;
         }
         let outcome = match self.apply_incremental(modified, alert).await? {
             Applied::Stale => Handled::Stale,
