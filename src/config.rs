@@ -1433,15 +1433,33 @@ fn take_unknown_keys(
             // Appliance entries likewise, against a default appliance.
             ("appliances", figment::value::Value::Array(_, items)) => {
                 let appliance = serde_json::to_value(RawAppliance::default()).unwrap_or_default();
+                // `[appliances.scmb]` takes the keys of `[scmb]`.
+                let scmb = serde_json::to_value(RawScmb::default()).unwrap_or_default();
                 for (i, item) in items.iter_mut().enumerate() {
                     if let figment::value::Value::Dict(_, d) = item {
+                        if let Some(figment::value::Value::Dict(_, bus)) = d.get_mut("scmb") {
+                            let bad: Vec<String> = bus
+                                .keys()
+                                .filter(|k| scmb.get(k.as_str()).is_none())
+                                .cloned()
+                                .collect();
+                            for k in bad {
+                                bus.remove(&k);
+                                out.push(Problem {
+                                    key: format!("appliances[{i}].scmb.{k}"),
+                                    value: None,
+                                    why: format!("unknown key{}", origin(fig, &["appliances"])),
+                                    fix: "[appliances.scmb] keys are those of [scmb]: enabled, port, poll_interval, prefetch, client_cert_file, client_key_file, ca_file".to_owned(),
+                                });
+                            }
+                        }
                         let bad: Vec<String> = d
                             .keys()
                             .filter(|k| {
                                 appliance.get(k.as_str()).is_none()
                                     && !matches!(
                                         k.as_str(),
-                                        "interval" | "severities" | "page_size"
+                                        "interval" | "severities" | "page_size" | "scmb"
                                     )
                             })
                             .cloned()
@@ -1452,7 +1470,7 @@ fn take_unknown_keys(
                                 key: format!("appliances[{i}].{k}"),
                                 value: None,
                                 why: format!("unknown key{}", origin(fig, &["appliances"])),
-                                fix: "appliance keys are those of [oneview] (name, url, username, password, password_file, auth_login_domain, api_version, ca_file, tls_insecure_skip_verify, session_refresh, connect_timeout, request_timeout, max_response_bytes) and interval, severities, page_size".to_owned(),
+                                fix: "appliance keys are those of [oneview] (name, url, username, password, password_file, auth_login_domain, api_version, ca_file, tls_insecure_skip_verify, session_refresh, connect_timeout, request_timeout, max_response_bytes), interval, severities, page_size and the table scmb".to_owned(),
                             });
                         }
                     }
@@ -3023,6 +3041,57 @@ mod tests {
                 .why
                 .contains("between 4096 and")
         );
+    }
+
+    #[test]
+    fn appliances_scmb_tables_load_from_a_file_and_their_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bridge.toml");
+        let toml = |extra: &str| {
+            format!(
+                r#"
+[pagerduty]
+routing_key = "{key}"
+
+[scmb]
+enabled = true
+
+[[appliances]]
+name = "dc1"
+url = "https://dc1.example.com"
+username = "u"
+password = "pw"
+
+[appliances.scmb]
+port = 5672
+poll_interval = "2m"
+{extra}
+
+[[appliances]]
+name = "lab"
+url = "https://lab.example.com"
+username = "u"
+password = "pw"
+scmb = {{ enabled = false }}
+"#,
+                key = "a".repeat(32)
+            )
+        };
+        std::fs::write(&file, toml("")).unwrap();
+        let c = load(Some(&file), Role::Poller).unwrap();
+        let bus: Vec<(bool, u16, u64)> = c
+            .appliances
+            .iter()
+            .map(|a| (a.scmb.enabled, a.scmb.port, a.scmb.poll_interval.as_secs()))
+            .collect();
+        assert_eq!(bus, [(true, 5672, 120), (false, 5671, 300)]);
+
+        std::fs::write(&file, toml("prefech = 10")).unwrap();
+        let Err(ConfigError::Invalid(p)) = load(Some(&file), Role::Poller) else {
+            panic!("a misspelt [appliances.scmb] key accepted")
+        };
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "appliances[0].scmb.prefech");
     }
 
     #[test]
