@@ -709,6 +709,18 @@ impl BusBridge {
             .unwrap_or(0.0)
     }
 
+    /// Raises `n` critical alerts on the simulator; their ids.
+    fn raise(&self, n: usize) -> Vec<u64> {
+        self.sim
+            .handle
+            .generate(&GenerateSpec {
+                count: n,
+                severity: Some("Critical".into()),
+                ..GenerateSpec::default()
+            })
+            .collect()
+    }
+
     /// Successful full syncs so far.
     async fn full_syncs(&self) -> u64 {
         self.metric(
@@ -877,15 +889,7 @@ async fn the_bridge_pages_1000_and_resolves_400_from_the_bus_with_polling_at_10_
     b.wait_bus_synced(1).await;
     let lists_before = b.sim.handle.counters().requests("alerts");
 
-    let ids: Vec<u64> = b
-        .sim
-        .handle
-        .generate(&GenerateSpec {
-            count: 1000,
-            severity: Some("Critical".into()),
-            ..GenerateSpec::default()
-        })
-        .collect();
+    let ids = b.raise(1000);
     let cleared: Vec<u64> = ids.iter().copied().step_by(5).take(200).collect();
     let mut cleared_all = cleared.clone();
     // Half of the clears while the raises are still being delivered, half after.
@@ -951,17 +955,7 @@ async fn a_broker_restart_and_a_dropped_connection_mid_storm_lose_nothing_and_pa
     let _turn = serial().await;
     let b = BusBridge::start(broker).await;
     b.wait_bus_synced(1).await;
-    let raise = |n: usize| -> Vec<u64> {
-        b.sim
-            .handle
-            .generate(&GenerateSpec {
-                count: n,
-                severity: Some("Critical".into()),
-                ..GenerateSpec::default()
-            })
-            .collect()
-    };
-    let mut ids = raise(300);
+    let mut ids = b.raise(300);
     for id in ids.iter().copied().take(50) {
         b.sim.handle.clear(id).unwrap();
     }
@@ -972,7 +966,7 @@ async fn a_broker_restart_and_a_dropped_connection_mid_storm_lose_nothing_and_pa
     // reconnect), so only the REST sync after the reconnect can find it.
     let fulls = b.full_syncs().await;
     broker.stop();
-    let more = raise(200);
+    let more = b.raise(200);
     ids.extend(&more);
     for id in more
         .iter()
@@ -991,7 +985,7 @@ async fn a_broker_restart_and_a_dropped_connection_mid_storm_lose_nothing_and_pa
     // over the bus or from that sync.
     let fulls = b.full_syncs().await;
     broker.close_all_connections();
-    let more = raise(100);
+    let more = b.raise(100);
     ids.extend(&more);
     for id in more.iter().copied().take(10) {
         b.sim.handle.clear(id).unwrap();
@@ -1023,15 +1017,7 @@ async fn an_older_version_and_a_repeated_message_page_nothing_and_a_deletion_res
     let _turn = serial().await;
     let b = BusBridge::start(broker).await;
     b.wait_bus_synced(1).await;
-    let id = b
-        .sim
-        .handle
-        .generate(&GenerateSpec {
-            count: 1,
-            severity: Some("Critical".into()),
-            ..GenerateSpec::default()
-        })
-        .start;
+    let id = b.raise(1)[0];
     b.wait_pd(1, 0, Duration::from_secs(20)).await;
     let (one, _) = b.trigger_latency_ms();
     eprintln!("MEASURED one alert over an idle bus: change to PagerDuty 202 in {one} ms");
@@ -1083,15 +1069,7 @@ async fn an_older_version_and_a_repeated_message_page_nothing_and_a_deletion_res
 
     // An alert deleted on the appliance (its last version, unchanged, in a Deleted message)
     // resolves over the bus.
-    let gone = b
-        .sim
-        .handle
-        .generate(&GenerateSpec {
-            count: 1,
-            severity: Some("Critical".into()),
-            ..GenerateSpec::default()
-        })
-        .start;
+    let gone = b.raise(1)[0];
     b.wait_pd(2, 1, Duration::from_secs(20)).await;
     b.sim.handle.delete(gone).unwrap();
     b.wait_pd(2, 2, Duration::from_secs(20)).await;
@@ -1163,15 +1141,7 @@ async fn without_a_keypair_or_the_right_to_generate_it_the_bridge_says_why_and_k
     assert!(page.contains("Infrastructure administrator"));
 
     // Polling at poller.interval pages and resolves meanwhile.
-    let ids: Vec<u64> = b
-        .sim
-        .handle
-        .generate(&GenerateSpec {
-            count: 5,
-            severity: Some("Critical".into()),
-            ..GenerateSpec::default()
-        })
-        .collect();
+    let ids = b.raise(5);
     b.wait_pd(5, 0, Duration::from_secs(30)).await;
     b.sim.handle.clear(ids[0]).unwrap();
     b.wait_pd(5, 1, Duration::from_secs(30)).await;
