@@ -62,6 +62,10 @@ pub enum Command {
         /// How often each simulated appliance raises, changes or clears an alert ("0s": never).
         #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
         churn_every: Duration,
+        /// Give the first appliance a message bus (SCMB) on a RabbitMQ the demo starts itself:
+        /// `auto` when Debian's rabbitmq-server is installed, `on` always (or fail), `off` never.
+        #[arg(long, value_enum, default_value_t = crate::demo::BusMode::Auto)]
+        bus: crate::demo::BusMode,
     },
     /// GET a health URL and exit 0 on HTTP 200, 1 otherwise (container HEALTHCHECK, no shell).
     Healthcheck {

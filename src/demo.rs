@@ -2,18 +2,32 @@
 //! three OneView simulators (a Synergy frame set, a second data centre, a BladeSystem lab), each
 //! on its own port with its own password and realistic alerts that come and go, the PagerDuty
 //! simulator, and the bridge in role `all` watching the three through `[[appliances]]`; then it
-//! prints where to look and one line per event PagerDuty accepted, naming its appliance.
+//! prints where to look and one line per event PagerDuty accepted, naming its appliance and how
+//! long after the simulated change PagerDuty had it.
+//!
+//! With Debian's `rabbitmq-server` installed (`--bus auto`, the default), the first appliance
+//! also has a message bus: the demo starts a RabbitMQ of its own in a temporary directory
+//! ([`crate::sim::rabbitmq`]), that appliance's simulator publishes every change to it and serves
+//! the certificates over REST, and the bridge consumes it over SCMB exactly as it would a real
+//! appliance's, while the other two are polled; the banner says which mode each one runs in. One
+//! bus and not three: every appliance has a broker of its own, and three Erlang VMs would cost a
+//! demo ≈ 300 MB; one next to two polled appliances shows the difference on the same screen.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, RawAppliance, RawConfig, Role};
+use crate::config::{self, RawAppliance, RawConfig, RawScmbOverride, Role};
 use crate::sim;
+use crate::sim::rabbitmq::{self, Broker, BrokerError};
 
 /// How many appliances the demo's estate has.
 pub const DEMO_APPLIANCES: usize = 3;
@@ -29,7 +43,26 @@ pub struct DemoOptions {
     pub alerts: usize,
     /// How often each simulated appliance raises, changes or clears an alert (0 = never).
     pub churn_every: Duration,
+    /// Whether the first appliance gets a message bus (a local RabbitMQ).
+    pub bus: BusMode,
 }
+
+/// `demo --bus`: whether the demo starts a RabbitMQ for the first appliance's message bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BusMode {
+    /// When Debian's `rabbitmq-server` is installed; polling only (and a line saying why) when it
+    /// is not or does not start.
+    #[default]
+    Auto,
+    /// Always; the demo stops with the reason when the broker is missing or does not start.
+    On,
+    /// Never: every appliance is polled.
+    Off,
+}
+
+/// How often the appliance on the bus is still polled (a safety net; production's default is
+/// 5 min, shorter here so the demo shows one within a minute).
+const DEMO_BUS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -38,6 +71,7 @@ impl Default for DemoOptions {
             interval: Duration::from_secs(5),
             alerts: 6,
             churn_every: Duration::from_secs(4),
+            bus: BusMode::Auto,
         }
     }
 }
@@ -54,6 +88,10 @@ pub enum DemoError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     App(#[from] crate::app::AppError),
+    #[error("--bus on: {0}")]
+    Broker(BrokerError),
+    #[error("--bus on: the OneView simulator cannot publish to the demo's broker: {0}")]
+    Publisher(String),
 }
 
 /// The routing key the demo's PagerDuty simulator receives (any 32 characters do).
@@ -67,8 +105,12 @@ struct DemoAppliance {
     seeded: Vec<u64>,
 }
 
-/// Starts the estate's simulators, each seeded with `alerts` open alerts.
-async fn start_estate(alerts: usize) -> Result<Vec<DemoAppliance>, DemoError> {
+/// Starts the estate's simulators, each seeded with `alerts` open alerts; the first gets
+/// `bus_ca`, the CA of its message bus, when there is one.
+async fn start_estate(
+    alerts: usize,
+    bus_ca: Option<sim::oneview::ScmbCa>,
+) -> Result<Vec<DemoAppliance>, DemoError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let base = sim::oneview::SimConfig::default();
     let mut estate: Vec<DemoAppliance> = Vec::with_capacity(DEMO_APPLIANCES);
@@ -77,6 +119,11 @@ async fn start_estate(alerts: usize) -> Result<Vec<DemoAppliance>, DemoError> {
             password: sim::oneview::estate_password(&base.password, &name),
             name: Some(name.clone()),
             site,
+            scmb_ca: if estate.is_empty() {
+                bus_ca.clone()
+            } else {
+                None
+            },
             ..base.clone()
         };
         let started = sim::oneview::start(cfg, loopback).await;
@@ -105,10 +152,65 @@ async fn start_estate(alerts: usize) -> Result<Vec<DemoAppliance>, DemoError> {
     Ok(estate)
 }
 
+/// The demo's message bus: the broker and the publisher of the appliance on it.
+struct DemoBus {
+    broker: Broker,
+    publisher: sim::oneview::ScmbPublisher,
+}
+
+/// Starts the broker `opts.bus` asks for: `Ok(Err(reason))` when the demo goes on polling.
+async fn start_broker(mode: BusMode) -> Result<Result<Broker, String>, DemoError> {
+    if mode == BusMode::Off {
+        return Ok(Err("off (--bus off)".to_owned()));
+    }
+    if mode == BusMode::Auto && !rabbitmq::installed() {
+        return Ok(Err(
+            "off: rabbitmq-server is not installed (apt install rabbitmq-server, then run the demo again to see pages over the bus)"
+                .to_owned(),
+        ));
+    }
+    println!("starting a RabbitMQ for the message bus of the first appliance ...");
+    let started = tokio::task::spawn_blocking(Broker::start)
+        .await
+        .unwrap_or_else(|e| {
+            Err(BrokerError::Io {
+                what: "start thread".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+    match (started, mode) {
+        (Ok(b), _) => Ok(Ok(b)),
+        (Err(e), BusMode::On) => Err(DemoError::Broker(e)),
+        (Err(e), _) => Ok(Err(format!(
+            "off: the local RabbitMQ did not start ({})",
+            one_line(&e.to_string(), 200)
+        ))),
+    }
+}
+
+/// When each demo change was made, by the dedup key of the page it should cause, so the event
+/// lines can say how long PagerDuty took to hear of it.
+type ChangeTimes = Arc<Mutex<HashMap<String, DateTime<Utc>>>>;
+
 /// Runs the demo until `shutdown` is cancelled.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let estate = start_estate(opts.alerts).await?;
+    let broker = start_broker(opts.bus).await?;
+    let bus_ca = broker.as_ref().ok().map(|b| b.pki.appliance_ca());
+    let estate = start_estate(opts.alerts, bus_ca).await?;
+    let (bus, bus_off) = match broker {
+        Err(reason) => (None, Some(reason)),
+        Ok(broker) => match sim::oneview::start_publisher(&estate[0].sim.handle, &broker.url()) {
+            Ok(publisher) => (Some(DemoBus { broker, publisher }), None),
+            Err(e) if opts.bus == BusMode::On => {
+                for a in estate {
+                    a.sim.stop().await;
+                }
+                return Err(DemoError::Publisher(e));
+            }
+            Err(e) => (None, Some(format!("off: {e}"))),
+        },
+    };
     let pagerduty = match sim::pagerduty::start(loopback, sim::pagerduty::Faults::default()).await {
         Ok(p) => p,
         Err(source) => {
@@ -124,13 +226,20 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
 
     let appliances = estate
         .iter()
-        .map(|a| {
+        .enumerate()
+        .map(|(i, a)| {
             let cfg = a.sim.handle.config();
             RawAppliance {
                 name: Some(a.name.clone()),
                 url: Some(a.sim.url()),
                 username: Some(cfg.username),
                 password: Some(SecretString::from(cfg.password)),
+                scmb: bus.as_ref().filter(|_| i == 0).map(|b| RawScmbOverride {
+                    enabled: Some(true),
+                    port: Some(b.broker.port),
+                    poll_interval: Some(DEMO_BUS_POLL_INTERVAL),
+                    ..RawScmbOverride::default()
+                }),
                 ..RawAppliance::default()
             }
         })
@@ -177,20 +286,41 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         "  PagerDuty   http://{}/sim/incidents (simulator)",
         pagerduty.addr()
     );
+    let every = humantime::format_duration(opts.interval);
+    match (&bus, &bus_off) {
+        (Some(b), _) => {
+            let rest: Vec<&str> = estate.iter().skip(1).map(|a| a.name.as_str()).collect();
+            println!(
+                "  mode        {} on its message bus (SCMB, RabbitMQ {}, started for this demo in {:.1} s): pages within milliseconds, polled every {} as the safety net;",
+                estate[0].name,
+                b.broker.url(),
+                b.broker.started_in.as_secs_f64(),
+                humantime::format_duration(DEMO_BUS_POLL_INTERVAL),
+            );
+            println!(
+                "              {} polled every {every}, so their pages wait for the next poll",
+                rest.join(" and ")
+            );
+        }
+        (None, reason) => println!(
+            "  mode        polling each appliance every {every}; message bus (SCMB) {}",
+            reason.as_deref().unwrap_or("off")
+        ),
+    }
     println!(
-        "  mode        polling each appliance every {} (the message bus, SCMB, is off here: it needs a TLS RabbitMQ the simulators publish to; see README [scmb]); {}. Ctrl-C stops.",
-        humantime::format_duration(opts.interval),
+        "  changes     {}; each line below is an event PagerDuty accepted, with how long after the change. Ctrl-C stops.",
         churn_phrase(opts.churn_every)
     );
     println!();
 
     let token = shutdown.child_token();
     let app_task = tokio::spawn(app.run(token.clone()));
+    let changed: ChangeTimes = Arc::default();
     let n = u32::try_from(estate.len()).unwrap_or(1).max(1);
     let mut sims = Vec::with_capacity(estate.len());
     let mut churns = Vec::with_capacity(estate.len());
     for (i, a) in (0u32..).zip(estate) {
-        let DemoAppliance { sim, seeded, .. } = a;
+        let DemoAppliance { name, sim, seeded } = a;
         let handle = sim.handle.clone();
         sims.push(sim);
         let mut open = seeded;
@@ -198,6 +328,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         // Spread over the period, so the appliances take turns rather than change at once.
         let first = tokio::time::Instant::now() + every * (i + 1) / n;
         let stop = token.clone();
+        let changed = changed.clone();
         churns.push(tokio::spawn(async move {
             if every.is_zero() {
                 return;
@@ -208,16 +339,22 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                churn_once(&handle, &mut open);
+                if let Some(id) = churn_once(&handle, &mut open) {
+                    changed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(format!("oneview:{name}:/rest/alerts/{id}"), Utc::now());
+                }
             }
         }));
     }
     let printer = {
         let pd = pagerduty.clone();
         let stop = token.clone();
+        let changed = changed.clone();
         tokio::spawn(async move {
             let mut seen = 0usize;
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -225,12 +362,25 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                 }
                 let accepted = pd.accepted();
                 for e in accepted.iter().skip(seen) {
+                    let after = e
+                        .dedup_key
+                        .as_deref()
+                        .and_then(|k| {
+                            changed
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(k)
+                        })
+                        .and_then(|t| (e.received_at - t).to_std().ok())
+                        .map(|d| format!("+{}", short_duration(d)))
+                        .unwrap_or_default();
                     println!(
-                        "{}  {:<8} {:<8} {:<width$} incident #{:<3} {}",
+                        "{}  {:<8} {:<8} {:<width$} {:>7}  incident #{:<3} {}",
                         e.received_at.format("%H:%M:%S"),
                         e.event_action.as_deref().unwrap_or("?"),
                         e.severity.as_deref().unwrap_or(""),
                         appliance_of(e),
+                        after,
                         e.incident.map_or_else(|| "-".to_owned(), |i| i.to_string()),
                         one_line(
                             e.summary
@@ -253,6 +403,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     }
     let _ = printer.await;
     pagerduty.shutdown();
+    if let Some(b) = bus {
+        b.publisher.stop().await;
+        // Stopping the Erlang VM blocks for a second or two.
+        let _ = tokio::task::spawn_blocking(move || drop(b.broker)).await;
+    }
     for s in sims {
         s.stop().await;
     }
@@ -266,6 +421,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         Err(e) => Err(DemoError::App(crate::app::AppError::Component(format!(
             "bridge task failed: {e}"
         )))),
+    }
+}
+
+/// `12ms`, `3.4s`: how long after its change an event reached PagerDuty.
+fn short_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -289,8 +453,8 @@ fn appliance_of(e: &sim::pagerduty::LoggedEvent) -> String {
 }
 
 /// One change on a simulated appliance: mostly new alerts and clears, sometimes a severity
-/// change, so every kind of event shows up within a minute.
-fn churn_once(handle: &sim::oneview::SimHandle, open: &mut Vec<u64>) {
+/// change, so every kind of event shows up within a minute. The id of the alert it changed.
+fn churn_once(handle: &sim::oneview::SimHandle, open: &mut Vec<u64>) -> Option<u64> {
     let mut rng = rand::rng();
     let roll: u8 = rng.random_range(0..10);
     if open.is_empty() || roll < 4 {
@@ -298,18 +462,21 @@ fn churn_once(handle: &sim::oneview::SimHandle, open: &mut Vec<u64>) {
             count: 1,
             ..Default::default()
         });
+        let first = ids.start;
         open.extend(ids);
+        Some(first)
     } else if roll < 8 {
         let i = rng.random_range(0..open.len());
         let id = open.swap_remove(i);
-        let _ = handle.clear(id);
-    } else if let Some(&id) = open.choose(&mut rng) {
+        handle.clear(id).ok().map(|()| id)
+    } else {
+        let id = *open.choose(&mut rng)?;
         let severity = if rng.random_bool(0.5) {
             "Critical"
         } else {
             "Warning"
         };
-        let _ = handle.set_severity(id, severity);
+        handle.set_severity(id, severity).ok().map(|()| id)
     }
 }
 

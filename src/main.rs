@@ -66,12 +66,14 @@ fn main() -> ExitCode {
             interval,
             alerts,
             churn_every,
+            bus,
         } => {
             let opts = bridge::demo::DemoOptions {
                 listen,
                 interval,
                 alerts,
                 churn_every,
+                bus,
             };
             // The demo's own lines are the show; the bridge's logs stay at error unless RUST_LOG
             // asks for more (the demo's plain-http loopback URLs would only warn).

@@ -633,6 +633,8 @@ fn sigterm_turns_readiness_503_then_exits_0_within_the_timeout() {
 fn demo_banner_urls_and_incident_links_answer() {
     let (mut child, rx) = spawn_lines(&[
         "demo",
+        "--bus",
+        "off",
         "--listen",
         "127.0.0.1:0",
         "--interval",
@@ -668,6 +670,10 @@ fn demo_banner_urls_and_incident_links_answer() {
     };
     assert!(!banner.contains("0ns"), "{banner}");
     assert!(banner.contains("--churn-every 0s"), "{banner}");
+    assert!(
+        banner.contains("polling each appliance every 1s; message bus (SCMB) off (--bus off)"),
+        "{banner}"
+    );
 
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -1154,3 +1154,71 @@ async fn without_a_keypair_or_the_right_to_generate_it_the_bridge_says_why_and_k
     );
     b.stop().await;
 }
+
+/// The appliance renews its CA: the broker comes back with a certificate the bridge's CA no
+/// longer verifies. After three refusals the bridge reads its certificates again at once (the
+/// CA file now holds the new CA), reconnects, and runs the full sync that every new connection
+/// gets, even though the connection is the first of a new consumer: the alert raised while the
+/// bus was down is paged, with polling at 10 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_ca_is_read_again_at_once_and_the_new_connection_resyncs_what_the_bus_missed() {
+    let Some(broker) = Broker::start("bridge bus renewed CA") else {
+        return;
+    };
+    let _turn = serial().await;
+    let ca_file = broker.write_file("bridge-ca.pem", &broker.pki.ca.cert_pem);
+    let b = BusBridge::start_with(
+        &broker,
+        |_| {},
+        |raw| raw.scmb.ca_file = Some(ca_file.clone()),
+    )
+    .await;
+    b.wait_bus_synced(1).await;
+    let fulls = b.full_syncs().await;
+    let refused_before = b
+        .metric("bridge_scmb_reconnects_total{appliance=\"ov-bus\"}")
+        .await;
+
+    broker.reissue_server_cert(&broker.pki.other_ca);
+    tokio::task::block_in_place(|| broker.stop());
+    let missed = b.raise(1);
+    std::fs::write(&ca_file, &broker.pki.other_ca.cert_pem).unwrap();
+    tokio::task::block_in_place(|| broker.start_again());
+    let refused = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = reqwest::get(format!("{}/ready", b.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if ready.contains("does not trust") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < refused,
+            "the new broker certificate was never refused: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_refusal = tokio::time::Instant::now();
+
+    b.wait_bus_synced(fulls).await;
+    // Two more refusals take 1-2 + 2-4 s of reconnect backoff (reset by the first refusal:
+    // the broker answers); a reading of the certificates after a failed one waits at least
+    // 30 s. Well inside that: read again at once.
+    let took = first_refusal.elapsed();
+    assert!(
+        took < Duration::from_secs(25),
+        "reconnected {took:?} after the first refusal: the certificates were not read again at once"
+    );
+    assert!(
+        b.metric("bridge_scmb_reconnects_total{appliance=\"ov-bus\"}")
+            .await
+            >= refused_before + 3.0,
+        "the old CA was refused three times first"
+    );
+    b.wait_pd(1, 0, Duration::from_secs(30)).await;
+    b.assert_exactly_once(&missed, &[]);
+    b.stop().await;
+}

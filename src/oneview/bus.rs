@@ -55,12 +55,18 @@ pub(crate) fn start(
     let supervisor = {
         let work = work.clone();
         async move {
-            let mut delays = ExponentialBuilder::new()
-                .with_jitter()
-                .with_min_delay(CERT_RETRY_MIN)
-                .with_max_delay(CERT_RETRY_MAX)
-                .without_max_times()
-                .build();
+            let retries = || {
+                ExponentialBuilder::new()
+                    .with_jitter()
+                    .with_min_delay(CERT_RETRY_MIN)
+                    .with_max_delay(CERT_RETRY_MAX)
+                    .without_max_times()
+                    .build()
+            };
+            let mut delays = retries();
+            // The first refusal of material that worked (or of the first material read) is
+            // most likely a change on the appliance: read again at once, not in 30 s.
+            let mut reread_at_once = true;
             loop {
                 let fetched = tokio::select! {
                     _ = work.cancelled() => break,
@@ -69,7 +75,8 @@ pub(crate) fn start(
                 let why = match fetched {
                     Ok(tls) => {
                         tracing::info!(appliance = %settings.appliance, source = %tls.source, "SCMB certificates read");
-                        match scmb::run(
+                        let before = state_tx.borrow().connections();
+                        let ended = scmb::run(
                             settings.clone(),
                             tls,
                             tx.clone(),
@@ -77,19 +84,27 @@ pub(crate) fn start(
                             metrics.clone(),
                             work.clone(),
                         )
-                        .await
-                        {
-                            None => break,
-                            Some(e) => e.to_string(),
+                        .await;
+                        let Some(e) = ended else { break };
+                        if state_tx.borrow().connections() > before {
+                            delays = retries();
+                            reread_at_once = true;
                         }
+                        if std::mem::take(&mut reread_at_once) {
+                            tracing::warn!(appliance = %settings.appliance, error = %e, "SCMB refused the certificates; reading them again");
+                            continue;
+                        }
+                        e.to_string()
                     }
                     Err(e) => e.to_string(),
                 };
                 let delay = delays.next().unwrap_or(CERT_RETRY_MAX);
                 tracing::warn!(appliance = %settings.appliance, error = %why, retry_in = ?delay, "SCMB certificates unusable; polling covers the appliance");
+                let connections = state_tx.borrow().connections();
                 state_tx.send_replace(BusState::Down {
                     reason: why,
                     since: Instant::now(),
+                    connections,
                 });
                 tokio::select! {
                     _ = work.cancelled() => break,

@@ -115,13 +115,29 @@ pub enum BusState {
     /// Consuming; `since` is when this connection came up (a new value after every reconnect:
     /// the cue for a REST resync).
     Connected { since: Instant, connection: u64 },
-    /// Not consuming: why, and since when. Polling covers it.
-    Down { reason: String, since: Instant },
+    /// Not consuming: why, and since when. Polling covers it. `connections` is the number of
+    /// the last connection before it (0: none yet).
+    Down {
+        reason: String,
+        since: Instant,
+        connections: u64,
+    },
 }
 
 impl BusState {
     pub fn is_connected(&self) -> bool {
         matches!(self, BusState::Connected { .. })
+    }
+
+    /// Connections made so far. A new [`run`] (after the certificates were read again) numbers
+    /// its connections on from here, so the poller, which syncs after every connection whose
+    /// number it has not synced yet, resyncs after that one too.
+    pub fn connections(&self) -> u64 {
+        match self {
+            BusState::Starting => 0,
+            BusState::Connected { connection, .. } => *connection,
+            BusState::Down { connections, .. } => *connections,
+        }
     }
 }
 
@@ -462,19 +478,20 @@ pub async fn run(
             .without_max_times()
             .build()
     };
+    let mut connections = state.borrow().connections();
     if let Err(e) = check_tls(&tls) {
         // Retrying cannot help: the material has to change, which means a new `run`.
         tracing::error!(appliance = %settings.appliance, error = %e, "SCMB not started; polling covers the appliance");
         state.send_replace(BusState::Down {
             reason: e.to_string(),
             since: Instant::now(),
+            connections,
         });
         return Some(e);
     }
     let mut delays = backoff();
     let mut refusals = 0u32;
     let mut last_message = Instant::now();
-    let mut connections: u64 = 0;
     let mut attempts: u64 = 0;
     loop {
         if shutdown.is_cancelled() {
@@ -522,6 +539,12 @@ pub async fn run(
             Ended::Stop => break,
             Ended::Failed(e) => {
                 if e.is_refusal() {
+                    // The broker answers, so the backoff built up while it was unreachable
+                    // says nothing now: the next tries (and then a new reading of the
+                    // certificates) come seconds apart, not minutes.
+                    if refusals == 0 {
+                        delays = backoff();
+                    }
                     refusals += 1;
                 } else {
                     refusals = 0;
@@ -531,6 +554,7 @@ pub async fn run(
                 state.send_replace(BusState::Down {
                     reason: e.to_string(),
                     since: Instant::now(),
+                    connections,
                 });
                 metrics.since_last.set(last_message.elapsed().as_secs_f64());
                 if refusals >= REFUSALS_BEFORE_REREAD {
@@ -548,6 +572,7 @@ pub async fn run(
     state.send_replace(BusState::Down {
         reason: "the bridge is stopping".to_owned(),
         since: Instant::now(),
+        connections,
     });
     None
 }
