@@ -129,6 +129,28 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         probes: usize,
     },
+    /// 10: the message bus (SCMB, a local RabbitMQ): change-to-202 of appliance B over the bus
+    /// idle and while appliance A (polled) delivers a storm, against polling B; the bridge's
+    /// CPU and RSS with an idle bus connection; messages/s one connection takes.
+    Scmb {
+        /// B's alerts raised while idle; during the storm one every 0-100 ms, at most ten
+        /// times as many.
+        #[arg(long, default_value_t = 40)]
+        probes: usize,
+        /// Alerts of A's storm (polled at 1 s).
+        #[arg(long, default_value_t = 20_000)]
+        storm: usize,
+        /// Messages published on B's bus as fast as the harness can, for the throughput.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// The idle window for CPU and RSS (bus connected, no changes).
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+        /// Poll intervals (ms, comma-separated; empty for none) at which B is also measured
+        /// without the bus, each with a bridge of its own.
+        #[arg(long, default_value = "30000,5000")]
+        compare_polling: String,
+    },
     /// The simulators alone (they must not be the bottleneck).
     Sims {
         #[arg(long, default_value_t = 20_000)]
@@ -237,6 +259,13 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
             interval_ms,
             probes,
         } => isolation(storm, interval_ms, probes).await,
+        Cmd::Scmb {
+            probes,
+            storm,
+            messages,
+            idle_seconds,
+            ref compare_polling,
+        } => scmb(probes, storm, messages, idle_seconds, compare_polling).await,
         Cmd::Sims { events, stored } => sims(events, stored).await,
         Cmd::Smoke => Err("smoke is not repeatable".into()),
     }
@@ -346,6 +375,21 @@ async fn smoke() -> R<()> {
         ));
     } else {
         println!("smoke: web skipped (no wrk on PATH)");
+    }
+    if bridge::sim::rabbitmq::installed() {
+        steps.push((
+            "scmb",
+            Cmd::Scmb {
+                probes: 3,
+                storm: 300,
+                messages: 500,
+                idle_seconds: 1,
+                compare_polling: "1000".into(),
+            },
+            false,
+        ));
+    } else {
+        println!("smoke: scmb skipped (no rabbitmq-server: apt install rabbitmq-server)");
     }
     for (name, cmd, durable) in steps {
         let s = Instant::now();
@@ -977,6 +1021,366 @@ async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> 
     Ok(f)
 }
 
+/// 10: the message bus. A RabbitMQ of its own (`bridge::sim::rabbitmq`, Debian's package), the
+/// OneView simulator B publishing every change to it and handing out the keypair and CA over
+/// REST, appliance A polled at 1 s. Change-to-202 is from the harness's change on B (the same
+/// clock as PagerDuty's simulator) to the 202: it includes everything, the poll wait too when
+/// B is polled.
+async fn scmb(
+    probes: usize,
+    storm: usize,
+    messages: usize,
+    idle_seconds: u64,
+    compare_polling: &str,
+) -> R<Figures> {
+    let broker = tokio::task::spawn_blocking(bridge::sim::rabbitmq::Broker::start)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut f: Figures = vec![("broker_start_s".into(), broker.started_in.as_secs_f64())];
+    let sims = Sims::start(Faults::default()).await?;
+    let lo = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    let b_ov = ovsim::start(
+        SimConfig {
+            scmb_ca: Some(broker.pki.appliance_ca()),
+            ..SimConfig::default()
+        },
+        lo,
+    )
+    .await
+    .map_err(|e| format!("OneView simulator B: {e}"))?;
+    let publisher = ovsim::start_publisher(&b_ov.handle, &broker.url())?;
+    let raise_b = || -> R<(u64, Instant)> {
+        let uri = b_ov.handle.add_alert(AlertSpec {
+            severity: Some("Critical".into()),
+            ..Default::default()
+        });
+        Ok((id_of(&uri)?, Instant::now()))
+    };
+    // When PagerDuty first accepted each of B's alerts.
+    let b_received = || -> BTreeMap<u64, Instant> {
+        let origin = sims.pd.started();
+        let mut got = BTreeMap::new();
+        for e in sims.pd.accepted() {
+            if let Some(id) = e
+                .dedup_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("oneview:dc-b:/rest/alerts/"))
+                .and_then(|id| id.parse::<u64>().ok())
+            {
+                got.entry(id)
+                    .or_insert(origin + Duration::from_micros(e.received_us));
+            }
+        }
+        got
+    };
+    let latencies = |raised: &[(u64, Instant)]| -> R<Vec<f64>> {
+        let got = b_received();
+        raised
+            .iter()
+            .map(|(id, at)| {
+                got.get(id)
+                    .map(|r| r.duration_since(*at).as_secs_f64() * 1e3)
+                    .ok_or_else(|| format!("alert {id} of B never paged"))
+            })
+            .collect()
+    };
+    let appliances = vec![("dc-a".into(), sims.ov.url()), ("dc-b".into(), b_ov.url())];
+
+    // B polled, for comparison: probes at random phases over two intervals.
+    let mut first_polled = true;
+    for interval in compare_polling
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let interval: u64 = interval
+            .parse()
+            .map_err(|e| format!("--compare-polling {interval}: {e}"))?;
+        let mut o = Opts::new(interval);
+        o.appliances = appliances.clone();
+        let b = Bridge::spawn(&sims, &o).await?;
+        let opened0 = sims.pd.counters().incidents_opened;
+        let window = Duration::from_millis(interval * 2);
+        let start = Instant::now();
+        let mut at: Vec<Duration> = (0..probes)
+            .map(|_| window.mul_f64(rand::rng().random_range(0.0..1.0)))
+            .collect();
+        at.sort();
+        let mut raised = Vec::with_capacity(probes);
+        for d in at {
+            tokio::time::sleep_until((start + d).into()).await;
+            raised.push(raise_b()?);
+        }
+        wait_count(
+            Duration::from_millis(interval * 2) + Duration::from_secs(30),
+            "polled alerts of B paged",
+            opened0 + probes as u64,
+            || sims.pd.counters().incidents_opened,
+        )
+        .await?;
+        let mut ms = latencies(&raised)?;
+        push_dist(
+            &mut f,
+            &format!("poll_{interval}ms_change_to_202_ms"),
+            &mut ms,
+        );
+        if first_polled {
+            // The same idle window as the bus's below, for the difference the bus makes.
+            first_polled = false;
+            let s0 = b.proc_stat();
+            tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+            let s1 = b.proc_stat();
+            f.push((
+                format!("poll_{interval}ms_idle_bridge_cpu_percent"),
+                (s1.cpu_s - s0.cpu_s) / idle_seconds as f64 * 100.0,
+            ));
+            f.push((
+                format!("poll_{interval}ms_idle_bridge_rss_mb"),
+                s1.rss_kb as f64 / 1024.0,
+            ));
+        }
+        b.stop();
+    }
+
+    // B on the bus.
+    let mut o = Opts::new(1000);
+    o.appliances = appliances.clone();
+    o.scmb = vec![("dc-b".into(), broker.port)];
+    let t = Instant::now();
+    let b = Bridge::spawn(&sims, &o).await?;
+    let connected = |m: &str| metric_where(m, "bridge_scmb_connected", &["dc-b"]) == 1.0;
+    let mut m = b.metrics().await?;
+    while !connected(&m) {
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("the bus of B did not connect within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        m = b.metrics().await?;
+    }
+    f.push((
+        "bus_start_to_connected_ms".into(),
+        t.elapsed().as_secs_f64() * 1e3,
+    ));
+    // The full sync that follows the connection, so the probes are not in it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let polls_b0 = b_ov.handle.alert_poll_instants().len();
+    let opened0 = sims.pd.counters().incidents_opened;
+    let mut idle = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..500))).await;
+        idle.push(raise_b()?);
+    }
+    wait_count(
+        Duration::from_secs(30),
+        "alerts of B paged over the bus",
+        opened0 + probes as u64,
+        || sims.pd.counters().incidents_opened,
+    )
+    .await?;
+    let polls_b = b_ov.handle.alert_poll_instants().len() - polls_b0;
+    let mut idle_ms = latencies(&idle)?;
+    push_dist(&mut f, "bus_change_to_202_idle_ms", &mut idle_ms);
+    f.push(("bus_polls_of_b_while_probing".into(), polls_b as f64));
+
+    // The idle bus: the bridge's CPU and RSS (A polled at 1 s meanwhile, as in the polled
+    // runs' figures in BENCHMARKS.md), and the broker's CPU.
+    let beam = broker.beam_pid();
+    let (s0, k0) = (b.proc_stat(), beam.map(proc_stat));
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let (s1, k1) = (b.proc_stat(), beam.map(proc_stat));
+    f.push((
+        "bus_idle_bridge_cpu_percent".into(),
+        (s1.cpu_s - s0.cpu_s) / idle_seconds as f64 * 100.0,
+    ));
+    f.push(("bus_idle_bridge_rss_mb".into(), s1.rss_kb as f64 / 1024.0));
+    if let (Some(k0), Some(k1)) = (k0, k1) {
+        f.push((
+            "bus_idle_broker_cpu_percent".into(),
+            (k1.cpu_s - k0.cpu_s) / idle_seconds as f64 * 100.0,
+        ));
+        f.push(("broker_rss_mb".into(), k1.rss_kb as f64 / 1024.0));
+    }
+
+    // A storms (polled); B's changes keep coming over the bus.
+    let want = sims.pd.counters().incidents_opened;
+    let storm_start = Instant::now();
+    let _ = sims.ov.handle.generate(&GenerateSpec {
+        count: storm,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let limit = Duration::from_secs(60 + storm as u64 / 200);
+    let mut during = Vec::new();
+    loop {
+        let opened = sims.pd.counters().incidents_opened;
+        if opened >= want + storm as u64 + during.len() as u64 {
+            break;
+        }
+        if storm_start.elapsed() > limit {
+            return Err(format!("{opened} triggers accepted in {limit:?}"));
+        }
+        if during.len() < probes * 10 {
+            during.push(raise_b()?);
+        }
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..100))).await;
+    }
+    let origin = sims.pd.started();
+    let a_last = sims
+        .pd
+        .accepted()
+        .iter()
+        .filter(|e| {
+            e.dedup_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("oneview:dc-a:"))
+        })
+        .map(|e| origin + Duration::from_micros(e.received_us))
+        .max()
+        .unwrap_or(storm_start);
+    let got = b_received();
+    let in_storm: Vec<(u64, Instant)> = during
+        .iter()
+        .copied()
+        .filter(|(id, _)| got.get(id).is_some_and(|at| *at < a_last))
+        .collect();
+    let mut storm_ms = latencies(&in_storm)?;
+    f.push((
+        "storm_delivery_s".into(),
+        a_last.duration_since(storm_start).as_secs_f64(),
+    ));
+    f.push(("bus_alerts_during_storm".into(), storm_ms.len() as f64));
+    push_dist(&mut f, "bus_change_to_202_storm_ms", &mut storm_ms);
+
+    // Throughput of one connection: newer versions of B's open alerts (nothing that pages:
+    // same severity and description), counted by the bridge as delivered to the change path.
+    // They are published while the bridge is stopped (SIGSTOP; well inside the 30 s
+    // heartbeat), so they wait in its queue, and the rate is how fast it drains them after
+    // SIGCONT, not how fast the harness publishes.
+    let open: Vec<serde_json::Value> = idle
+        .iter()
+        .chain(&during)
+        .filter_map(|(id, _)| b_ov.handle.alert(*id))
+        .collect();
+    if open.is_empty() {
+        return Err("no open alert on B for the throughput".into());
+    }
+    let base = b_ov.handle.now_ms() + 1000;
+    let bodies: Vec<ovsim::scmb::Event> = (0..messages)
+        .map(|i| {
+            let mut a = open[i % open.len()].clone();
+            let stamp = bridge::oneview::collection::format_timestamp(base + i as i64);
+            a["modified"] = serde_json::Value::String(stamp.clone());
+            a["eTag"] = serde_json::Value::String(stamp);
+            ovsim::scmb::message(&a, "Updated", base + i as i64)
+        })
+        .collect();
+    let delivered = |m: &str| {
+        metric_where(
+            m,
+            "bridge_scmb_messages_total",
+            &["dc-b", "outcome=\"delivered\""],
+        )
+    };
+    let d0 = delivered(&b.metrics().await?);
+    let events0 = sims.pd.counters().accepted;
+    b.signal("STOP");
+    let t = Instant::now();
+    let published = publish_all(&broker, bodies).await;
+    let published_s = t.elapsed().as_secs_f64();
+    b.signal("CONT");
+    published?;
+    let t = Instant::now();
+    let limit = Duration::from_secs(60 + messages as u64 / 1000);
+    loop {
+        let d = delivered(&b.metrics().await?) - d0;
+        if d >= messages as f64 {
+            break;
+        }
+        if t.elapsed() > limit {
+            return Err(format!("{d} of {messages} messages taken in {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t.elapsed().as_secs_f64();
+    let paged = sims.pd.counters().accepted - events0;
+    b.stop();
+    publisher.stop().await;
+    b_ov.stop().await;
+    tokio::task::spawn_blocking(move || drop(broker))
+        .await
+        .map_err(|e| e.to_string())?;
+    if paged != 0 {
+        return Err(format!(
+            "{paged} events sent for versions that change nothing on PagerDuty"
+        ));
+    }
+    f.push(("messages".into(), messages as f64));
+    f.push((
+        "messages_published_per_s".into(),
+        messages as f64 / published_s,
+    ));
+    f.push(("messages_drained_per_s".into(), messages as f64 / took));
+    Ok(f)
+}
+
+/// Publishes `events` to the `scmb` exchange of `broker` as the client certificate of its
+/// PKI, all confirms in flight at once (the simulator's publisher waits for each).
+async fn publish_all(
+    broker: &bridge::sim::rabbitmq::Broker,
+    events: Vec<ovsim::scmb::Event>,
+) -> R<()> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+    let tls = OwnedTLSConfig {
+        identity: Some(OwnedIdentity::PKCS8 {
+            pem: broker.pki.client.cert_pem.clone().into_bytes(),
+            key: broker.pki.client.key_pem.clone().into_bytes(),
+        }),
+        cert_chain: Some(broker.pki.ca.cert_pem.clone()),
+    };
+    let uri = format!(
+        "amqps://127.0.0.1:{}/%2f?auth_mechanism=external&heartbeat=30",
+        broker.port
+    );
+    let e = |e: lapin::Error| format!("harness publisher: {e}");
+    let runtime = lapin::runtime::default_runtime().map_err(e)?;
+    let conn = lapin::Connection::connect_with_config(
+        &uri,
+        lapin::ConnectionProperties::default(),
+        tls,
+        runtime,
+    )
+    .await
+    .map_err(e)?;
+    let ch = conn.create_channel().await.map_err(e)?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(e)?;
+    let mut confirms = Vec::with_capacity(events.len());
+    for ev in &events {
+        confirms.push(
+            ch.basic_publish(
+                "scmb".into(),
+                ev.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &ev.body,
+                lapin::BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await
+            .map_err(e)?,
+        );
+    }
+    for c in confirms {
+        if !c.await.map_err(e)?.is_ack() {
+            return Err("the broker did not confirm a message".into());
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
 async fn start_ov() -> R<ovsim::RunningSim> {
     let lo = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     ovsim::start(SimConfig::default(), lo)
@@ -1508,6 +1912,8 @@ struct Opts {
     /// `[[appliances]]` (name, URL) in a configuration file instead of the one appliance of
     /// `BRIDGE_ONEVIEW__*`; each is a OneView simulator with the default credentials.
     appliances: Vec<(String, String)>,
+    /// Appliances of `appliances` that are on their message bus: (name, AMQPS port).
+    scmb: Vec<(String, u16)>,
 }
 
 impl Opts {
@@ -1519,6 +1925,7 @@ impl Opts {
             env: Vec::new(),
             log: None,
             appliances: Vec::new(),
+            scmb: Vec::new(),
         }
     }
 }
@@ -1587,6 +1994,11 @@ impl Bridge {
                     "[[appliances]]\nname = \"{name}\"\nurl = \"{url}\"\n\
                      username = \"administrator\"\npassword = \"sim-password\"\n\n"
                 ));
+                if let Some((_, port)) = o.scmb.iter().find(|(n, _)| n == name) {
+                    toml.push_str(&format!(
+                        "[appliances.scmb]\nenabled = true\nport = {port}\npoll_interval = \"10m\"\n\n"
+                    ));
+                }
             }
             std::fs::write(&path, toml).map_err(|e| format!("{}: {e}", path.display()))?;
             cmd.arg("--config").arg(&path);
@@ -1703,6 +2115,13 @@ impl Bridge {
             }
         });
         Sampler { stop, max, fds, h }
+    }
+
+    /// `kill -SIG` to the bridge (`STOP`, `CONT`).
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid.to_string()])
+            .status();
     }
 
     fn stop(mut self) {

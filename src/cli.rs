@@ -40,6 +40,22 @@ pub enum Command {
         #[arg(long, env = "BRIDGE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Prove each appliance's message bus (SCMB) works before turning `scmb.enabled` on, or
+    /// find out why it does not: read the certificates as the poller does (over REST, which
+    /// generates the keypair when the appliance has none, or the `scmb.*_file` files), connect,
+    /// listen for alert messages, and print one line per appliance. Exits 0 only if every
+    /// appliance checked connected.
+    CheckScmb {
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only the appliance with this `name` (default: every one, whether or not its
+        /// `scmb.enabled` is set).
+        #[arg(long)]
+        appliance: Option<String>,
+        /// How long to listen for alert messages once connected.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        listen: Duration,
+    },
     /// Send a test trigger and then its resolve to every configured PagerDuty routing key and
     /// report PagerDuty's answers. Exits 0 only if PagerDuty accepted every event.
     SendTestEvent {

@@ -1,5 +1,5 @@
 //! The command-line subcommands other than `run` and `check-config`: `send-test-event`,
-//! `simulate`, `healthcheck`. This is the program's edge, so errors are `anyhow` with context
+//! `check-scmb`, `simulate`, `healthcheck`. This is the program's edge, so errors are `anyhow` with context
 //! written for the operator reading the terminal.
 
 use std::time::Duration;
@@ -35,6 +35,85 @@ pub async fn send_test_event(cfg: &Config) -> anyhow::Result<()> {
     } else {
         anyhow::bail!(
             "PagerDuty did not accept every test event; check pagerduty.routing_key (the Events API v2 integration key of the service) and pagerduty.events_url"
+        )
+    }
+}
+
+/// Probes the message bus of each appliance (or of `only`): certificates, connection, `listen`
+/// of alert messages; one line per appliance. Fails unless every appliance probed connected.
+pub async fn check_scmb(cfg: &Config, only: Option<&str>, listen: Duration) -> anyhow::Result<()> {
+    use crate::oneview::certs::{self, TaskWait};
+    use crate::oneview::scmb::{self, ScmbSettings};
+    use crate::oneview::{OneViewClient, OneViewMetrics};
+    let appliances: Vec<_> = cfg
+        .appliances
+        .iter()
+        .filter(|a| only.is_none_or(|n| a.oneview.name == n))
+        .collect();
+    if appliances.is_empty() {
+        let names: Vec<&str> = cfg
+            .appliances
+            .iter()
+            .map(|a| a.oneview.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "--appliance {}: no appliance of that name in the configuration (it has: {})",
+            only.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
+    let width = appliances
+        .iter()
+        .map(|a| a.oneview.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut failed = 0usize;
+    for a in &appliances {
+        let name = &a.oneview.name;
+        let settings = ScmbSettings::new(&a.oneview, &a.scmb);
+        let off = if a.scmb.enabled {
+            ""
+        } else {
+            " (scmb.enabled is off: the poller does not use the bus yet)"
+        };
+        let client = OneViewClient::new(&a.oneview, OneViewMetrics::unregistered())
+            .with_context(|| format!("appliance {name}"))?;
+        let outcome = match certs::fetch_tls(&client, &a.scmb, TaskWait::default()).await {
+            Err(e) => Err(format!("certificates: {e}")),
+            Ok(tls) => scmb::probe(&settings, &tls, listen)
+                .await
+                .map(|r| (tls.source.clone(), r))
+                .map_err(|e| e.to_string()),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.logout()).await;
+        match outcome {
+            Ok((source, r)) => println!(
+                "ok    {name:<width$}  {} connected in {} ms with the certificates of {source}; {} alert messages in {}{}{off}",
+                r.endpoint,
+                r.connected_in.as_millis(),
+                r.messages,
+                humantime::format_duration(listen),
+                if r.malformed > 0 {
+                    format!(
+                        " ({} malformed: see the bridge's SCMB message skipped warnings)",
+                        r.malformed
+                    )
+                } else {
+                    String::new()
+                },
+            ),
+            Err(why) => {
+                failed += 1;
+                println!("FAIL  {name:<width$}  {}: {why}{off}", settings.endpoint());
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the message bus of {failed} of {} appliances does not work with the bridge (reasons above; docs/RUNBOOK.md, \"Message bus (SCMB) certificates\", explains each); polling is not affected",
+            appliances.len()
         )
     }
 }

@@ -43,6 +43,19 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::CheckScmb {
+            config,
+            appliance,
+            listen,
+        } => {
+            let cfg = match config::load(config.as_deref(), Role::Poller) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            with_logging(&cfg.log.clone(), async move {
+                bridge::commands::check_scmb(&cfg, appliance.as_deref(), listen).await
+            })
+        }
         Command::SendTestEvent { config } => {
             // Loaded as the web role so that OneView credentials are not required: only the
             // [pagerduty] section matters here, and it is resolved whenever it is present.

@@ -504,7 +504,7 @@ async fn wrong_certificates_and_missing_rights_are_clear_errors() {
 
     // A client certificate from another CA: the broker refuses it.
     let rogue = tls_with(broker, &broker.pki.rogue_client, &broker.pki.ca.cert_pem);
-    let e = scmb::probe(&s, &rogue).await.unwrap_err();
+    let e = scmb::probe(&s, &rogue, Duration::ZERO).await.unwrap_err();
     assert!(matches!(e, ScmbError::ClientCertRefused { .. }), "{e:?}");
     let text = e.to_string();
     assert!(text.contains("refused the client certificate"), "{text}");
@@ -519,7 +519,9 @@ async fn wrong_certificates_and_missing_rights_are_clear_errors() {
 
     // A CA that did not sign the broker's certificate: the bridge refuses the broker.
     let untrusted = tls_with(broker, &broker.pki.client, &broker.pki.other_ca.cert_pem);
-    let e = scmb::probe(&s, &untrusted).await.unwrap_err();
+    let e = scmb::probe(&s, &untrusted, Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(matches!(e, ScmbError::UntrustedBroker { .. }), "{e:?}");
     assert!(e.to_string().contains("certType:INTERNAL"), "{e}");
     let mut consumer = Consumer::start(broker, untrusted);
@@ -529,7 +531,7 @@ async fn wrong_certificates_and_missing_rights_are_clear_errors() {
 
     // The right pair connects.
     let good = tls_with(broker, &broker.pki.client, &broker.pki.ca.cert_pem);
-    scmb::probe(&s, &good)
+    scmb::probe(&s, &good, Duration::ZERO)
         .await
         .expect("the valid pair connects");
 
@@ -569,7 +571,7 @@ async fn wrong_certificates_and_missing_rights_are_clear_errors() {
     assert_eq!(n.requests("keypair_generate"), 1);
     assert_eq!(n.requests("task"), 3, "two Running answers, then Completed");
     assert_eq!(n.requests("keypair"), 2, "404, then the new keypair");
-    scmb::probe(&s, &tls)
+    scmb::probe(&s, &tls, Duration::ZERO)
         .await
         .expect("the generated keypair connects");
     // Asked to generate again, the appliance says it exists: that is success.
@@ -616,7 +618,7 @@ async fn the_ca_parses_in_both_shapes_and_files_override_rest() {
         .expect("files");
     assert_eq!(sim.handle.counters().requests("keypair"), 0);
     assert_eq!(sim.handle.counters().requests("ca"), 0);
-    scmb::probe(&settings(broker), &tls)
+    scmb::probe(&settings(broker), &tls, Duration::ZERO)
         .await
         .expect("the files' pair connects");
     sim.stop().await;
@@ -1221,4 +1223,82 @@ async fn a_renewed_ca_is_read_again_at_once_and_the_new_connection_resyncs_what_
     b.wait_pd(1, 0, Duration::from_secs(30)).await;
     b.assert_exactly_once(&missed, &[]);
     b.stop().await;
+}
+
+/// `check-scmb`, the command that proves a bus before `scmb.enabled` is turned on: with the
+/// keypair over REST it connects, counts the alert messages that arrive while it listens and
+/// exits 0, though `scmb.enabled` is off (and says so); on an appliance without a keypair whose
+/// user may not generate one it exits 1 naming the role that can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_scmb_proves_a_bus_before_it_is_enabled_and_names_what_is_wrong() {
+    let Some(broker) = amqp_support::shared("check-scmb") else {
+        return;
+    };
+    let _turn = serial().await;
+    let run = |sim: &RunningSim, listen: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oneview-pagerduty-bridge"));
+        cmd.args(["check-scmb", "--listen", listen])
+            .env_clear()
+            .env("BRIDGE_ONEVIEW__URL", sim.url())
+            .env("BRIDGE_ONEVIEW__NAME", "ov-probe")
+            .env("BRIDGE_ONEVIEW__USERNAME", "administrator")
+            .env("BRIDGE_ONEVIEW__PASSWORD", "sim-password")
+            .env("BRIDGE_PAGERDUTY__ROUTING_KEY", PD_KEY)
+            .env("BRIDGE_SCMB__PORT", broker.port.to_string())
+            .env("BRIDGE_LOG__LEVEL", "error")
+            .kill_on_drop(true);
+        cmd.output()
+    };
+
+    let sim = oneview_support::start_sim(sim_config(broker, |_| {})).await;
+    let publisher = start_publisher(&sim.handle, &format!("amqps://127.0.0.1:{}", broker.port))
+        .expect("publisher");
+    let probing = run(&sim, "3s");
+    let raise = async {
+        // Once the probe's queue is bound (it connects within a second or two), these reach it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = sim.handle.generate(&GenerateSpec {
+            count: 3,
+            severity: Some("Critical".into()),
+            ..GenerateSpec::default()
+        });
+    };
+    let (out, ()) = tokio::join!(probing, raise);
+    let out = out.expect("check-scmb runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ok ") && l.contains("ov-probe"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains(&format!("amqps://127.0.0.1:{} connected in", broker.port)),
+        "{line}"
+    );
+    assert!(line.contains("3 alert messages in 3s"), "{line}");
+    assert!(line.contains("scmb.enabled is off"), "{line}");
+    publisher.stop().await;
+    sim.stop().await;
+
+    let sim = oneview_support::start_sim(sim_config(broker, |c| {
+        c.scmb_keypair_at_start = false;
+        c.scmb_generate_denied = true;
+    }))
+    .await;
+    let out = run(&sim, "1s").await.expect("check-scmb runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("ov-probe"))
+        .unwrap_or_else(|| panic!("{stdout}{stderr}"));
+    assert!(line.contains("Infrastructure administrator"), "{line}");
+    assert!(stderr.contains("polling is not affected"), "{stderr}");
+    sim.stop().await;
 }

@@ -457,10 +457,15 @@ impl Poller {
         if outcome == Handled::Stale {
             tracing::debug!(alert_uri = %change.alert.uri, change = %change.change_type, "message bus change already processed; skipped");
         }
-        if let Err(e) = change.done(outcome).await {
-            // The connection is going; the resync after the reconnect reads it again.
-            tracing::debug!(alert_uri = %change.alert.uri, error = %e, "message bus ack failed");
-        }
+        // Not awaited here: an ack waits for lapin's I/O loop to write it, and awaiting each
+        // one before the next change held the bus to ~3,000 messages/s. The change is in the
+        // pipeline already; the ack only releases the broker's copy.
+        tokio::spawn(async move {
+            if let Err(e) = change.done(outcome).await {
+                // The connection is going; the resync after the reconnect reads it again.
+                tracing::debug!(alert_uri = %change.alert.uri, error = %e, "message bus ack failed");
+            }
+        });
         Ok(())
     }
 

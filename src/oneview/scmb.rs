@@ -102,7 +102,8 @@ impl ScmbSettings {
         }
     }
 
-    fn endpoint(&self) -> String {
+    /// `amqps://host:port`.
+    pub fn endpoint(&self) -> String {
         format!("amqps://{}:{}", self.host, self.port)
     }
 }
@@ -577,6 +578,73 @@ pub async fn run(
     None
 }
 
+/// What [`probe`] saw on one appliance's bus.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub endpoint: String,
+    /// From the start of the TLS handshake to the queue bound and consuming.
+    pub connected_in: Duration,
+    /// Alert messages received while listening, and how many of them were malformed.
+    pub messages: u64,
+    pub malformed: u64,
+}
+
+/// Connects once as [`run`] does (TLS with `tls`, SASL EXTERNAL, the `scmb` exchange, a queue
+/// of its own bound to `scmb.alerts.#`), listens for `listen`, counting (and acking) the alert
+/// messages that arrive, and closes. The `check-scmb` command: proof that an appliance's bus
+/// works with the bridge before `scmb.enabled` is turned on, and a diagnosis when it does not.
+pub async fn probe(
+    settings: &ScmbSettings,
+    tls: &ScmbTls,
+    listen: Duration,
+) -> Result<ProbeReport, ScmbError> {
+    check_tls(tls)?;
+    let t0 = Instant::now();
+    let (conn, mut consumer) = connect(settings, tls).await?;
+    let connected_in = t0.elapsed();
+    let (mut messages, mut malformed) = (0u64, 0u64);
+    let until = Instant::now() + listen;
+    let ended = loop {
+        let next = tokio::select! {
+            _ = tokio::time::sleep_until(until) => break None,
+            n = consumer.next() => n,
+        };
+        match next {
+            None => break Some("the broker ended the consumer".to_owned()),
+            Some(Err(e)) => break Some(e.to_string()),
+            Some(Ok(d)) => {
+                messages += 1;
+                if decode(&d.data).is_err() {
+                    malformed += 1;
+                }
+                if let Err(e) = d.ack(BasicAckOptions::default()).await {
+                    break Some(format!("basic.ack failed: {e}"));
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.close(200, "bridge probe done".into()),
+    )
+    .await;
+    if let Some(detail) = ended {
+        return Err(ScmbError::Lost {
+            endpoint: settings.endpoint(),
+            detail,
+        });
+    }
+    Ok(ProbeReport {
+        endpoint: settings.endpoint(),
+        connected_in,
+        messages,
+        malformed,
+    })
+}
+
+/// The largest AMQP frame the bridge asks for (see `connect`).
+const FRAME_MAX: u32 = 16_384;
+
 /// Refused connections in a row after which [`run`] hands the TLS material back to be read
 /// again: once could be a broker restarting with a new CA, three is the material.
 pub const REFUSALS_BEFORE_REREAD: u32 = 3;
@@ -593,15 +661,6 @@ impl ScmbError {
                 | ScmbError::LoginRefused { .. }
         )
     }
-}
-
-/// Connects once (TLS, EXTERNAL login, queue declared and bound) and disconnects: the error a
-/// first connection would meet, for a setup check or a status page.
-pub async fn probe(settings: &ScmbSettings, tls: &ScmbTls) -> Result<(), ScmbError> {
-    check_tls(tls)?;
-    let (conn, _consumer) = connect(settings, tls).await?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "probe".into())).await;
-    Ok(())
 }
 
 /// One connection attempt: TLS + EXTERNAL login, the queue bound to the alerts, consuming.
@@ -637,8 +696,11 @@ async fn connect(
             }),
             cert_chain: Some(tls.ca_pem.clone()),
         };
+        // frame_max: lapin keeps 32 frames of buffer each way, 8 MiB at RabbitMQ's default
+        // of 128 KiB (resident once traffic has gone through them); an alert message is a
+        // few KiB, so 16 KiB frames cost 1 MiB and split nothing that matters.
         let uri = format!(
-            "amqps://{}:{}/%2f?auth_mechanism=external&heartbeat=30",
+            "amqps://{}:{}/%2f?auth_mechanism=external&heartbeat=30&frame_max={FRAME_MAX}",
             s.host, s.port
         );
         let props = ConnectionProperties::default()
