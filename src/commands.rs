@@ -1,6 +1,6 @@
 //! The command-line subcommands other than `run` and `check-config`: `send-test-event`,
-//! `check-scmb`, `simulate`, `healthcheck`. This is the program's edge, so errors are `anyhow` with context
-//! written for the operator reading the terminal.
+//! `check-scmb`, `simulate`, `healthcheck`. This is the program's edge, so errors are `anyhow`
+//! with context written for the operator reading the terminal.
 
 use std::time::Duration;
 
