@@ -124,16 +124,20 @@ fn summary(v: &StatusView) -> String {
             esc(s)
         ));
     }
-    h.push_str(
-        "</div><table class=\"summary\"><caption class=\"k\">Open alerts by appliance</caption><thead><tr><th scope=\"col\">Appliance</th><th scope=\"col\">Critical</th><th scope=\"col\">Warning</th><th scope=\"col\">Other</th><th scope=\"col\">Open</th></tr></thead><tbody>",
-    );
+    // "Other" only when there is any: four narrow columns fit a phone, five hardly.
+    let other = by_app.iter().any(|r| r.3 > 0);
+    h.push_str(&format!(
+        "</div><table class=\"summary\"><caption class=\"k\">Open alerts by appliance</caption><thead><tr><th scope=\"col\">Appliance</th><th scope=\"col\">Critical</th><th scope=\"col\">Warning</th>{}<th scope=\"col\">Open</th></tr></thead><tbody>",
+        if other { "<th scope=\"col\">Other</th>" } else { "" }
+    ));
     for (name, c, w, o) in &by_app {
         let total = c + w + o;
         h.push_str(&format!(
-            "<tr data-appliance=\"{}\"><th scope=\"row\">{}</th><td{}>{c}</td><td>{w}</td><td>{o}</td><td class=\"total\">{total}</td></tr>",
+            "<tr data-appliance=\"{}\"><th scope=\"row\">{}</th><td{}>{c}</td><td>{w}</td>{}<td class=\"total\">{total}</td></tr>",
             esc(name),
             esc(name),
             if *c > 0 { " class=\"bad\"" } else { "" },
+            if other { format!("<td>{o}</td>") } else { String::new() },
         ));
     }
     h.push_str("</tbody></table></div>");
@@ -144,10 +148,10 @@ fn summary(v: &StatusView) -> String {
 const SVG_W: i64 = 600;
 const PLOT_X: i64 = 12;
 const STEP: i64 = 6;
-const ROW_H: i64 = 68;
+const ROW_H: i64 = 72;
 /// Name baseline, then the pages lane above the baseline and the resolves lane below it.
-const NAME_Y: i64 = 16;
-const BASE_Y: i64 = 42;
+const NAME_Y: i64 = 18;
+const BASE_Y: i64 = 46;
 const LANE: i64 = 20;
 const AXIS_H: i64 = 26;
 
@@ -208,7 +212,9 @@ pub fn history_svg(hv: &HistoryView) -> String {
     let mut axis = String::new();
     let first_tick = (hv.start.timestamp().div_euclid(6 * 3600) + 1) * 6 * 3600;
     let mut t = first_tick;
+    let mut last_tick = None;
     while t < end.timestamp() {
+        last_tick = Some(t);
         let x = PLOT_X + (t - hv.start.timestamp()) * STEP / bucket;
         let label = chrono::DateTime::<Utc>::from_timestamp(t, 0)
             .map(|d| d.format("%H:%M").to_string())
@@ -222,6 +228,14 @@ pub fn history_svg(hv: &HistoryView) -> String {
             rows * ROW_H + 18
         ));
         t += 6 * 3600;
+    }
+    // "now" at the right end, unless an hour label is close enough to collide with it.
+    if last_tick.is_none_or(|t| end.timestamp() - t > 3 * 3600) {
+        axis.push_str(&format!(
+            "<text class=\"tick now\" x=\"{}\" y=\"{}\" text-anchor=\"end\">now</text>",
+            PLOT_X + plot_w,
+            rows * ROW_H + 18
+        ));
     }
     for (row, (a, (p, r))) in hv.appliances.iter().zip(&totals).enumerate() {
         let y = i64::try_from(row).unwrap_or(0) * ROW_H;
@@ -353,11 +367,12 @@ ul{list-style:none;padding:0;margin:0}li.alert{border-left:6px solid #888}\
 table.summary{width:100%;table-layout:fixed;border-collapse:collapse;font-size:.9rem}\
 table.summary th,table.summary td{text-align:right;padding:3px 4px;border-bottom:1px solid #e3e6ea;overflow-wrap:anywhere}\
 table.summary th[scope=row],table.summary thead th:first-child{text-align:left;width:40%}\
+table.summary thead th{font-size:.8rem;overflow-wrap:normal}\
 svg.history{display:block;width:100%;height:auto;max-width:640px}\
 svg.history text{font-size:13px;fill:#1d2330}svg.history .counts,svg.history .tick{fill:#5b6472}\
 svg.history .pages rect{fill:#b3261e}svg.history .resolves rect{fill:#1e7b34}\
 svg.history line.base{stroke:#8a8f98;stroke-width:1}svg.history line.grid{stroke:#e3e6ea;stroke-width:1}\
-@media (max-width:520px){svg.history text{font-size:19px}}\
+@media (max-width:520px){svg.history text{font-size:21px}}\
 .key{display:inline-block;width:10px;height:10px;border-radius:2px;vertical-align:middle}\
 .key-pages{background:#b3261e}.key-resolves{background:#1e7b34}\
 .marker{display:inline-block;padding:0 6px;border-radius:8px;font-size:.75rem;background:#e3e6ea;color:#1d2330}\
@@ -762,7 +777,11 @@ mod tests {
             kind: "fl<a>pping".to_owned(),
             detail: Some("\"><script>".to_owned()),
         });
-        let m = render_main_at(Ok(&view(vec![a, b, c], None)), 10, now);
+        let m = render_main_at(
+            Ok(&view(vec![a.clone(), b.clone(), c.clone()], None)),
+            10,
+            now,
+        );
         assert!(!m.contains("<script"), "{m}");
         assert!(
             m.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; it&#39;s &#39;bad&#39;")
@@ -779,8 +798,14 @@ mod tests {
         // The estate summary: by severity, and by appliance (also the escaped name).
         assert!(m.contains("data-severity=\"Critical\">Critical <b>1</b>"));
         assert!(m.contains("data-severity=\"Warning\">Warning <b>2</b>"));
-        assert!(m.contains("<tr data-appliance=\"dc1\"><th scope=\"row\">dc1</th><td class=\"bad\">1</td><td>1</td><td>0</td><td class=\"total\">2</td></tr>"));
-        assert!(m.contains("<tr data-appliance=\"dc&lt;2&gt;\"><th scope=\"row\">dc&lt;2&gt;</th><td>0</td><td>1</td>"));
+        assert!(m.contains("<tr data-appliance=\"dc1\"><th scope=\"row\">dc1</th><td class=\"bad\">1</td><td>1</td><td class=\"total\">2</td></tr>"));
+        assert!(m.contains("<tr data-appliance=\"dc&lt;2&gt;\"><th scope=\"row\">dc&lt;2&gt;</th><td>0</td><td>1</td><td class=\"total\">1</td></tr>"));
+        assert!(!m.contains(">Other<"), "no column of zeros");
+        // A severity outside Critical and Warning gets its chip and the Other column.
+        let odd = alert("dc<2>", "Unknown", "sensor");
+        let m = render_main_at(Ok(&view(vec![a, b, c, odd], None)), 10, now);
+        assert!(m.contains("data-severity=\"Unknown\">Unknown <b>1</b>"));
+        assert!(m.contains("<tr data-appliance=\"dc&lt;2&gt;\"><th scope=\"row\">dc&lt;2&gt;</th><td>0</td><td>1</td><td>1</td><td class=\"total\">2</td></tr>"));
     }
 
     #[test]
@@ -818,6 +843,8 @@ mod tests {
             assert!(svg.contains(l), "{l}");
         }
         assert_eq!(svg.matches("class=\"tick\"").count(), 4);
+        assert!(!svg.contains(">now<"), "12:00 is right beside it");
+        assert!(history_svg(&h.view(at("2026-03-01T09:20:00Z"))).contains(">now</text>"));
         // The hidden table: three non-empty buckets and two total rows.
         let table = &svg[svg.find("<table").unwrap()..];
         assert_eq!(table.matches("<tr><th scope=\"row\">").count(), 5);
