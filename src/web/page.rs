@@ -168,7 +168,8 @@ fn bar(n: u32, max: u32) -> i64 {
 /// row's two series are `<g class="series pages|resolves">`; the numbers are also in a
 /// visually hidden table for screen readers.
 pub fn history_svg(hv: &HistoryView) -> String {
-    let n = hv.buckets();
+    // A day, whatever a remote poller sent.
+    let n = hv.buckets().min(crate::web::history::BUCKETS);
     let bucket = i64::try_from(hv.bucket_seconds.max(1)).unwrap_or(900);
     let span = |i: usize| {
         let from = hv.start + chrono::Duration::seconds(bucket * i as i64);
@@ -182,10 +183,11 @@ pub fn history_svg(hv: &HistoryView) -> String {
         .copied()
         .max()
         .unwrap_or(0);
-    let totals: Vec<(u32, u32)> = hv
+    let sum = |v: &[u32]| v.iter().map(|&c| u64::from(c)).sum::<u64>();
+    let totals: Vec<(u64, u64)> = hv
         .appliances
         .iter()
-        .map(|a| (a.pages[..n].iter().sum(), a.resolves[..n].iter().sum()))
+        .map(|a| (sum(&a.pages[..n]), sum(&a.resolves[..n])))
         .collect();
     let rows = i64::try_from(hv.appliances.len()).unwrap_or(0);
     let height = rows * ROW_H + AXIS_H;
@@ -240,8 +242,10 @@ pub fn history_svg(hv: &HistoryView) -> String {
     for (row, (a, (p, r))) in hv.appliances.iter().zip(&totals).enumerate() {
         let y = i64::try_from(row).unwrap_or(0) * ROW_H;
         let name = esc(&a.appliance);
+        // SVG text does not wrap: a long name is cut (the bars' titles and the table have it).
+        let shown = esc(&crate::pagerduty::event::truncate_chars(&a.appliance, 32));
         h.push_str(&format!(
-            "<g class=\"row\" data-appliance=\"{name}\"><text class=\"name\" x=\"{PLOT_X}\" y=\"{}\">{name} <tspan class=\"counts\">{p} pages, {r} resolves</tspan></text>\
+            "<g class=\"row\" data-appliance=\"{name}\"><text class=\"name\" x=\"{PLOT_X}\" y=\"{}\">{shown} <tspan class=\"counts\">{p} pages, {r} resolves</tspan></text>\
 <line class=\"base\" x1=\"{PLOT_X}\" y1=\"{}\" x2=\"{}\" y2=\"{}\"/>",
             y + NAME_Y,
             y + BASE_Y,
@@ -845,6 +849,19 @@ mod tests {
         assert_eq!(svg.matches("class=\"tick\"").count(), 4);
         assert!(!svg.contains(">now<"), "12:00 is right beside it");
         assert!(history_svg(&h.view(at("2026-03-01T09:20:00Z"))).contains(">now</text>"));
+        // A long name is cut in the row's label, whole in the bars' titles and the table.
+        let long = "synergy-frame-7.datacentre-west.example.com";
+        let h = History::new([std::sync::Arc::<str>::from(long)]);
+        h.record(long, Tally::Page, t);
+        let svg = history_svg(&h.view(at("2026-03-01T12:00:00Z")));
+        assert!(
+            svg.contains(">synergy-frame-7.datacentre-west\u{2026} <tspan"),
+            "{svg}"
+        );
+        assert!(svg.contains(&format!("<title>{long}, 10:00")));
+        assert!(svg.contains(&format!(
+            "<tr><th scope=\"row\">{long}</th><td>all 24 hours"
+        )));
         // The hidden table: three non-empty buckets and two total rows.
         let table = &svg[svg.find("<table").unwrap()..];
         assert_eq!(table.matches("<tr><th scope=\"row\">").count(), 5);
