@@ -851,15 +851,15 @@ mod tests {
         assert!(history_svg(&h.view(at("2026-03-01T09:20:00Z"))).contains(">now</text>"));
         // A long name is cut in the row's label, whole in the bars' titles and the table.
         let long = "synergy-frame-7.datacentre-west.example.com";
-        let h = History::new([std::sync::Arc::<str>::from(long)]);
-        h.record(long, Tally::Page, t);
-        let svg = history_svg(&h.view(at("2026-03-01T12:00:00Z")));
+        let lh = History::new([std::sync::Arc::<str>::from(long)]);
+        lh.record(long, Tally::Page, t);
+        let ls = history_svg(&lh.view(at("2026-03-01T12:00:00Z")));
         assert!(
-            svg.contains(">synergy-frame-7.datacentre-west\u{2026} <tspan"),
-            "{svg}"
+            ls.contains(">synergy-frame-7.datacentre-west\u{2026} <tspan"),
+            "{ls}"
         );
-        assert!(svg.contains(&format!("<title>{long}, 10:00")));
-        assert!(svg.contains(&format!(
+        assert!(ls.contains(&format!("<title>{long}, 10:00")));
+        assert!(ls.contains(&format!(
             "<tr><th scope=\"row\">{long}</th><td>all 24 hours"
         )));
         // The hidden table: three non-empty buckets and two total rows.
