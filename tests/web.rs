@@ -1184,3 +1184,200 @@ async fn signed_webhooks_are_not_under_the_api_rate_limit_unless_given_their_own
     );
     b.stop().await;
 }
+
+/// Issue 17, part 4, through role `web` (the page's data comes from the poller's status JSON):
+/// the 24-hour picture counts pages (not the update of an open incident) and resolves, each
+/// open alert shows its age and, once a webhook gave it, its incident link; text from OneView
+/// and a non-http `html_url` come out inert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_web_status_page_shows_history_ages_incident_links_and_stays_inert() {
+    let s = sims().await;
+    let c = client();
+    let spec = |sev: &str, d: &str, age_ms: i64| AlertSpec {
+        severity: Some(sev.into()),
+        description: Some(d.into()),
+        age_ms: Some(age_ms),
+        ..Default::default()
+    };
+    let hostile = s.ov.handle.add_alert(spec(
+        "Critical",
+        "<script>alert(\"pwn\")</script> & 'quoted'",
+        (3 * 3600 + 12 * 60 + 2) * 1000,
+    ));
+    let fan =
+        s.ov.handle
+            .add_alert(spec("Warning", "Fan 5 degraded", 60_000));
+    let psu =
+        s.ov.handle
+            .add_alert(spec("Critical", "PSU 2 failed", 300_000));
+    // Raised before the bridge starts: their `modified` is as old as they are, so the first
+    // full sync finds them (an incremental poll asks for changes since its start).
+    let poller = start(raw(Some(&s)), Role::Poller).await;
+    let mut r = raw(None);
+    r.web.poller_url = Some(poller.url.clone());
+    let web = start(r, Role::Web).await;
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.counters().incidents_opened == 3)
+            .await
+    );
+    // A changed description re-triggers the open incident: an update, which pages nobody.
+    s.ov.handle
+        .set_description(id_of(&fan), "Fan 5 degraded, 40 % airflow")
+        .unwrap();
+    assert!(s.pd.wait_until(WAIT, |pd| pd.accepted().len() == 4).await);
+    s.ov.handle.clear(id_of(&psu)).unwrap();
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.counters().incidents_resolved == 1)
+            .await
+    );
+    assert_eq!(s.pd.counters().incidents_opened, 3);
+
+    // Webhooks through the web replica: one with PagerDuty's https page, one whose html_url
+    // is a script URL.
+    let ack = serde_json::to_vec(&incident_event(
+        "EV-HIST-1",
+        "incident.acknowledged",
+        &dedup(&hostile),
+        "user_reference",
+    ))
+    .unwrap();
+    assert_eq!(
+        post_webhook(&web.url, &ack, WEBHOOK_SECRET, "wh-hist-1")
+            .await
+            .status(),
+        202
+    );
+    let mut evil = incident_event(
+        "EV-HIST-2",
+        "incident.acknowledged",
+        &dedup(&fan),
+        "user_reference",
+    );
+    evil["event"]["data"]["id"] = json!("PINC043");
+    evil["event"]["data"]["html_url"] = json!("javascript:alert(document.cookie)");
+    let evil = serde_json::to_vec(&evil).unwrap();
+    assert_eq!(
+        post_webhook(&web.url, &evil, WEBHOOK_SECRET, "wh-hist-2")
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually(
+            || notes(&s.ov, id_of(&hostile)).len() == 1 && notes(&s.ov, id_of(&fan)).len() == 1
+        )
+        .await,
+        "both write-backs done"
+    );
+
+    // The status JSON the web replica reads from the poller.
+    let status = || async {
+        c.get(format!("{}/internal/v1/status", poller.url))
+            .bearer_auth(POLLER_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let sum = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let st = status().await;
+    let h = &st["history"];
+    assert_eq!(h["bucket_seconds"], 900);
+    assert_eq!(h["appliances"].as_array().unwrap().len(), 1);
+    let a = &h["appliances"][0];
+    assert_eq!(a["appliance"], APPLIANCE);
+    assert_eq!(a["pages"].as_array().unwrap().len(), 96);
+    assert_eq!(
+        sum(&a["pages"]),
+        3,
+        "three incidents opened, the update is no page: {h}"
+    );
+    assert_eq!(sum(&a["resolves"]), 1, "{h}");
+    let alerts = st["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 2, "{st}");
+    let of = |uri: &str| alerts.iter().find(|a| a["uri"] == uri).unwrap();
+    assert_eq!(
+        of(&hostile)["incident_url"],
+        "https://acme.pagerduty.com/incidents/PINC042"
+    );
+    assert!(
+        of(&fan).get("incident_url").is_none(),
+        "not http(s): not kept"
+    );
+    assert_eq!(of(&fan)["markers"], json!([]));
+
+    // The page the web replica renders from it.
+    let page = c
+        .get(format!("{}/?token={TOKEN}", web.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"history-svg\""), "{page}");
+    assert!(page.contains("data-series=\"2\""));
+    assert!(page.contains(&format!(
+        "<g class=\"series pages\" data-appliance=\"{APPLIANCE}\" data-total=\"3\">"
+    )));
+    assert!(page.contains(&format!(
+        "<g class=\"series resolves\" data-appliance=\"{APPLIANCE}\" data-total=\"1\">"
+    )));
+    assert!(page.contains(">open for 3 h 12 min<"), "{page}");
+    assert!(page.contains(">open for 1 min<"), "{page}");
+    assert_eq!(page.matches("class=\"incident\"").count(), 1);
+    assert!(page.contains(
+        "<a class=\"incident\" href=\"https://acme.pagerduty.com/incidents/PINC042\" rel=\"noopener noreferrer\">"
+    ));
+    assert!(!page.contains("javascript:"));
+    assert!(!page.contains("<script>alert"), "OneView text escaped");
+    assert!(
+        page.contains("&lt;script&gt;alert(&quot;pwn&quot;)&lt;/script&gt; &amp; &#39;quoted&#39;")
+    );
+    assert_eq!(
+        page.matches("<script").count(),
+        1,
+        "only the page's own script"
+    );
+    assert!(page.contains("data-severity=\"Critical\">Critical <b>1</b>"));
+    assert!(page.contains("data-severity=\"Warning\">Warning <b>1</b>"));
+
+    // A resolve webhook forgets the link: the next incident of the alert is another one.
+    let mut resolved = incident_event(
+        "EV-HIST-3",
+        "incident.resolved",
+        &dedup(&hostile),
+        "user_reference",
+    );
+    resolved["event"]["data"]["status"] = json!("resolved");
+    let resolved = serde_json::to_vec(&resolved).unwrap();
+    assert_eq!(
+        post_webhook(&web.url, &resolved, WEBHOOK_SECRET, "wh-hist-3")
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        eventually_async(|| async {
+            let st = status().await;
+            st["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a.get("incident_url").is_none())
+        })
+        .await,
+        "the resolved incident's link is gone"
+    );
+    web.stop().await;
+    poller.stop().await;
+    s.stop().await;
+}

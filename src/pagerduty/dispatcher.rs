@@ -876,6 +876,13 @@ impl Dispatcher {
                 m.event(action, "accepted").inc();
                 m.duration(action)
                     .observe(job.enqueued.elapsed().as_secs_f64());
+                // The status page's 24-hour picture (web::history), before `accepted` below
+                // changes what PagerDuty holds: a trigger onto an open incident pages nobody.
+                self.shared.status.history().accepted(
+                    &done.key,
+                    job.action,
+                    &self.shared.incidents,
+                );
                 self.shared.incidents.accepted(
                     &done.key,
                     job.action,

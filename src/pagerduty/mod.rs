@@ -305,7 +305,7 @@ pub fn assemble_durable(
     let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?
         .with_gate(state.gate.clone());
     let metrics = Metrics::register(registry);
-    let status = Arc::new(DeliveryStatus::new());
+    let status = Arc::new(DeliveryStatus::with_history(intake_names(cfg)));
     let incidents = Arc::new(crate::pipeline::Incidents::new(cfg.dedup_ttl));
     let journal = crate::state::Journal::start(
         state.store.clone(),

@@ -85,6 +85,8 @@ pub struct DeliveryStatus {
     depth: AtomicUsize,
     inner: Mutex<Inner>,
     keys: crate::recent::Recent<KeyStatus>,
+    /// The status page's 24-hour picture ([`crate::web::history`]).
+    history: crate::web::history::History,
 }
 
 impl std::fmt::Debug for DeliveryStatus {
@@ -108,7 +110,21 @@ impl DeliveryStatus {
             depth: AtomicUsize::new(0),
             inner: Mutex::new(Inner::default()),
             keys: crate::recent::Recent::new(KEYS_KEPT),
+            history: crate::web::history::History::default(),
         }
+    }
+
+    /// With a 24-hour picture of these appliances (the pipeline's intakes).
+    pub fn with_history(appliances: impl IntoIterator<Item = std::sync::Arc<str>>) -> Self {
+        Self {
+            history: crate::web::history::History::new(appliances),
+            ..Self::new()
+        }
+    }
+
+    /// The status page's 24-hour picture of pages and resolves.
+    pub fn history(&self) -> &crate::web::history::History {
+        &self.history
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -610,6 +610,7 @@ pub fn routes(
         .with_state(state.clone());
     let page = Router::new()
         .route("/", get(crate::web::page::page))
+        .route("/favicon.svg", get(crate::web::page::favicon))
         .with_state(state);
     let router = api
         .merge(page)

@@ -125,6 +125,24 @@ pub struct TrackedAlert {
     pub route: Option<String>,
     /// `None` until delivery tried this key.
     pub pagerduty: Option<PagerDutyState>,
+    /// The PagerDuty incident's page (`html_url`), once a webhook of that incident told the
+    /// poller (acknowledged, reassigned, annotated); only `http`/`https` URLs are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_url: Option<String>,
+    /// Status markers of the alert (`kind`, e.g. `flapping` or `silenced` once those exist),
+    /// shown beside it on the status page. Empty for now.
+    #[serde(default)]
+    pub markers: Vec<AlertMarker>,
+}
+
+/// A marker on an alert: something on-call should see at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertMarker {
+    /// A short lowercase word (`flapping`, `silenced`).
+    pub kind: String,
+    /// What it means for this alert, in words (e.g. which silence holds it, until when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What a push handed to the pipeline.
@@ -243,6 +261,10 @@ pub struct StatusView {
     pub recent_errors: Vec<RecentError>,
     pub alerts: Vec<TrackedAlert>,
     pub generated: DateTime<Utc>,
+    /// Pages and resolves PagerDuty accepted in the last 24 hours, per appliance (`None` from a
+    /// poller that predates it).
+    #[serde(default)]
+    pub history: Option<crate::web::history::HistoryView>,
 }
 
 /// A PagerDuty incident change to write back to OneView.
@@ -319,6 +341,10 @@ pub fn writeback_marker(event_id: &str) -> String {
 
 const RECENT_ERRORS_KEPT: usize = 20;
 
+/// Incident pages (`html_url`) remembered, by incident key: one per open incident of a large
+/// estate; the least used go first.
+const INCIDENT_URLS_KEPT: u64 = 10_000;
+
 /// Write-back event ids remembered as done (so a redelivery is answered without a request to
 /// OneView).
 const WRITEBACKS_REMEMBERED: usize = 10_000;
@@ -362,6 +388,9 @@ pub struct Local {
     /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
     /// `incident.annotated` (whose payload has no key) can be matched.
     incident_keys: moka::sync::Cache<String, String>,
+    /// Incident key -> the PagerDuty incident's page, learned from webhooks; forgotten when the
+    /// incident resolves (the next trigger of that alert is a new incident).
+    incident_urls: moka::sync::Cache<String, Arc<str>>,
     recent_errors: Mutex<std::collections::VecDeque<RecentError>>,
     /// Write-backs in progress, by PagerDuty event id: a second delivery of the same event
     /// (PagerDuty redelivers with a new `X-Webhook-Id`) waits for the first instead of reading
@@ -388,6 +417,9 @@ impl Local {
             pushes,
             delivery,
             incident_keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
+            incident_urls: moka::sync::Cache::builder()
+                .max_capacity(INCIDENT_URLS_KEPT)
+                .build(),
             recent_errors: Mutex::new(Default::default()),
             writing: Mutex::new(Default::default()),
             written: crate::recent::Recent::new(WRITEBACKS_REMEMBERED),
@@ -450,6 +482,22 @@ impl Local {
             modified: a.modified.clone(),
             route: t.route.as_deref().map(str::to_owned),
             pagerduty,
+            incident_url: self.incident_urls.get(&t.dedup_key).map(|u| u.to_string()),
+            markers: Vec::new(),
+        }
+    }
+
+    /// Remembers (or, once it resolved, forgets) the PagerDuty page of the incident of `key`.
+    fn learn_incident_url(&self, key: &str, req: &WritebackRequest) {
+        if req.event_type == "incident.resolved" {
+            self.incident_urls.invalidate(key);
+            return;
+        }
+        let Some(url) = req.incident_url.as_deref().and_then(http_url) else {
+            return;
+        };
+        if self.incident_urls.get(key).as_deref() != Some(url.as_str()) {
+            self.incident_urls.insert(key.to_owned(), Arc::from(url));
         }
     }
 
@@ -623,6 +671,7 @@ impl Local {
     }
 
     fn status(&self) -> StatusView {
+        let now = Utc::now();
         let d = self.delivery.snapshot();
         let mut recent: Vec<RecentError> = self
             .recent_errors
@@ -716,7 +765,8 @@ impl Local {
             dead_letters: self.dead_letters().into_iter().rev().take(20).collect(),
             recent_errors: recent,
             alerts,
-            generated: Utc::now(),
+            generated: now,
+            history: Some(self.delivery.history().view(now)),
         }
     }
 
@@ -819,6 +869,7 @@ impl Local {
                 ),
             );
         };
+        self.learn_incident_url(&key, req);
         let resolved = req.event_type == "incident.resolved";
         let by_user = req.agent_type.as_deref() == Some("user_reference");
         if resolved && !by_user {
@@ -936,13 +987,22 @@ impl Local {
     }
 }
 
-fn severity_rank(s: &str) -> u8 {
+pub(crate) fn severity_rank(s: &str) -> u8 {
     match s {
         "Critical" => 0,
         "Warning" => 1,
         "Unknown" => 2,
         _ => 3,
     }
+}
+
+/// `s` when it is an absolute `http`/`https` URL (as PagerDuty's `html_url` is), normalised;
+/// anything else (`javascript:`, relative, unparsable) is no link.
+pub fn http_url(s: &str) -> Option<String> {
+    url::Url::parse(s)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .map(String::from)
 }
 
 /// The alert in the OneView UI: the UI routes alerts as `#/activity/r{uri}`.

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod control;
+pub mod history;
 pub mod page;
 pub mod signature;
 pub mod webhook;
