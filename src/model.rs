@@ -12,6 +12,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod intern;
+pub mod stamp;
+
+pub use stamp::Stamp;
 
 macro_rules! open_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -93,7 +96,7 @@ open_enum!(
 );
 
 /// The resource an alert is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AssociatedResource {
     #[serde(deserialize_with = "intern::deserialize")]
@@ -119,6 +122,11 @@ pub struct ChangeLogEntry {
 
 /// A OneView alert (`AlertResourceV3` and later), as a member of `/rest/alerts` or the
 /// `resource` of an SCMB message. Fields the bridge does not use are not kept.
+///
+/// The poller keeps one per open alert, so it is kept small (BENCHMARKS.md, section 9): texts
+/// that repeat across alerts are shared ([`intern`]), so is the resource an alert is about,
+/// and the timestamps and `eTag` are [`Stamp`]s. It serializes to the same JSON as the texts
+/// it was decoded from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Alert {
@@ -136,19 +144,21 @@ pub struct Alert {
     pub urgency: Option<Arc<str>>,
     #[serde(deserialize_with = "intern::deserialize")]
     pub health_category: Option<Arc<str>>,
-    pub created: Option<String>,
-    pub modified: Option<String>,
-    pub e_tag: Option<String>,
+    pub created: Option<Stamp>,
+    pub modified: Option<Stamp>,
+    pub e_tag: Option<Stamp>,
     #[serde(deserialize_with = "intern::deserialize")]
     pub resource_uri: Option<Arc<str>>,
-    pub associated_resource: Option<AssociatedResource>,
+    /// Shared by the alerts about the same resource (see [`intern::resource`]).
+    #[serde(deserialize_with = "intern::deserialize_resource")]
+    pub associated_resource: Option<Arc<AssociatedResource>>,
     #[serde(deserialize_with = "intern::deserialize")]
     pub physical_resource_type: Option<Arc<str>>,
     #[serde(deserialize_with = "intern::deserialize")]
     pub assigned_to_user: Option<Arc<str>>,
     #[serde(deserialize_with = "intern::deserialize")]
     pub cleared_by_user: Option<Arc<str>>,
-    pub cleared_time: Option<String>,
+    pub cleared_time: Option<Stamp>,
     pub life_cycle: Option<bool>,
     pub change_log: Option<Vec<ChangeLogEntry>>,
 }
@@ -282,6 +292,83 @@ mod tests {
         ] {
             assert!(!is_canonical_alert_uri(bad), "{bad}");
         }
+    }
+
+    /// The JSON the `Alert` of `String` timestamps and an unshared resource (before the
+    /// compact fields) wrote for the real SCMB fixture's alert and two variants of it: the
+    /// push API forwards alerts to the leader in this form, and it must not change.
+    const WRITTEN_BEFORE: [&str; 3] = [
+        r#"{"uri":"/rest/alerts/49","severity":"OK","alertState":"Cleared","description":"Cold Start.","correctiveAction":null,"alertTypeID":"Trap.coldStart","urgency":"None","healthCategory":"None","created":"2018-02-12T20:12:03.207Z","modified":"2018-02-12T20:12:03.207Z","eTag":"2018-02-12T20:12:03.207Z","resourceUri":"/rest/server-hardware/30373737-3237-4D32-3230-313530314752","associatedResource":{"resourceUri":"/rest/server-hardware/30373737-3237-4D32-3230-313530314752","resourceName":"0000A66101, bay 3","resourceCategory":"server-hardware","associationType":"HAS_A"},"physicalResourceType":"server-hardware","assignedToUser":null,"clearedByUser":"System","clearedTime":"2018-02-12T20:12:03.206Z","lifeCycle":true,"changeLog":[{"uri":null,"created":null,"notes":"CLEARED","userEntered":false,"username":"System"}]}"#,
+        r#"{"uri":"/rest/alerts/49","severity":"Critical","alertState":"Locked","description":"Cold Start.","correctiveAction":null,"alertTypeID":"Trap.coldStart","urgency":"None","healthCategory":"None","created":"2018-02-12T21:12:03.207+01:00","modified":"2018-02-12T20:12:03Z","eTag":"1234567","resourceUri":"/rest/server-hardware/30373737-3237-4D32-3230-313530314752","associatedResource":null,"physicalResourceType":"server-hardware","assignedToUser":null,"clearedByUser":"System","clearedTime":null,"lifeCycle":true,"changeLog":null}"#,
+        r#"{"uri":"/rest/alerts/49","severity":"Catastrophic","alertState":"Cleared","description":"Cold Start.","correctiveAction":null,"alertTypeID":"Trap.coldStart","urgency":"None","healthCategory":"None","created":"","modified":"2018-02-12T20:12:03.207Z","eTag":"007","resourceUri":"/rest/server-hardware/30373737-3237-4D32-3230-313530314752","associatedResource":{"resourceUri":"/rest/server-hardware/30373737-3237-4D32-3230-313530314752","resourceName":"0000A66101, bay 3","resourceCategory":"server-hardware","associationType":"HAS_A"},"physicalResourceType":"server-hardware","assignedToUser":null,"clearedByUser":"System","clearedTime":"2018-02-12T20:12:03.206Z","lifeCycle":true,"changeLog":[{"uri":null,"created":null,"notes":"CLEARED","userEntered":false,"username":"System"}]}"#,
+    ];
+
+    fn fixture_variants() -> [String; 3] {
+        let msg: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/oneview/scmb_alert_message.json"
+        ))
+        .unwrap();
+        let real = msg["resource"].clone();
+        let mut v = real.clone();
+        v["severity"] = "Critical".into();
+        v["alertState"] = "Locked".into();
+        v["eTag"] = "1234567".into();
+        v["created"] = "2018-02-12T21:12:03.207+01:00".into();
+        v["modified"] = "2018-02-12T20:12:03Z".into();
+        v["clearedTime"] = serde_json::Value::Null;
+        v["associatedResource"] = serde_json::Value::Null;
+        v["changeLog"] = serde_json::Value::Null;
+        let mut w = real.clone();
+        w["severity"] = "Catastrophic".into();
+        w["eTag"] = "007".into();
+        w["created"] = "".into();
+        [real.to_string(), v.to_string(), w.to_string()]
+    }
+
+    #[test]
+    fn a_real_alert_serializes_byte_for_byte_as_before() {
+        for (input, before) in fixture_variants().iter().zip(WRITTEN_BEFORE) {
+            let a: Alert = serde_json::from_str(input).unwrap();
+            let written = serde_json::to_string(&a).unwrap();
+            assert_eq!(written, before);
+            // What the leader decodes from a forwarded push is the same alert.
+            let back: Alert = serde_json::from_str(&written).unwrap();
+            assert_eq!(back, a);
+            assert_eq!(serde_json::to_string(&back).unwrap(), before);
+        }
+        let a: Alert = serde_json::from_str(&fixture_variants()[0]).unwrap();
+        assert_eq!(a.created.as_ref().unwrap(), "2018-02-12T20:12:03.207Z");
+        assert_eq!(
+            a.modified.as_ref().and_then(Stamp::millis),
+            Some(1_518_466_323_207)
+        );
+        assert_eq!(
+            a.e_tag.as_ref().unwrap().to_string(),
+            "2018-02-12T20:12:03.207Z"
+        );
+        assert_eq!(a.cleared_time.as_ref().unwrap(), "2018-02-12T20:12:03.206Z");
+    }
+
+    #[test]
+    fn alerts_about_one_resource_share_it() {
+        let input = &fixture_variants()[0];
+        let a: Alert = serde_json::from_str(input).unwrap();
+        let b: Alert = serde_json::from_str(input).unwrap();
+        assert!(Arc::ptr_eq(
+            a.associated_resource.as_ref().unwrap(),
+            b.associated_resource.as_ref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn an_open_alert_is_small() {
+        // 416 bytes and four timestamp allocations before the compact fields (BENCHMARKS.md,
+        // section 9).
+        assert!(
+            std::mem::size_of::<Alert>() <= 320,
+            "{}",
+            std::mem::size_of::<Alert>()
+        );
     }
 
     #[test]

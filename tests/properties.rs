@@ -100,14 +100,17 @@ fn arb_alert() -> impl Strategy<Value = Alert> {
                     alert_type_id: type_id.map(Into::into),
                     health_category: category.clone().map(Into::into),
                     resource_uri: resource_uri.map(Into::into),
-                    created,
+                    created: created.map(Into::into),
                     ..Alert::default()
                 };
-                a.associated_resource = Some(AssociatedResource {
-                    resource_name: name.map(Into::into),
-                    resource_category: category.map(Into::into),
-                    ..Default::default()
-                });
+                a.associated_resource = Some(
+                    AssociatedResource {
+                        resource_name: name.map(Into::into),
+                        resource_category: category.map(Into::into),
+                        ..Default::default()
+                    }
+                    .into(),
+                );
                 a
             },
         )

@@ -1,61 +1,101 @@
-//! One shared copy of each alert text that repeats across alerts.
+//! One shared copy of each alert text that repeats across alerts, and of each resource alerts
+//! are about.
 //!
 //! Most of an open alert's memory is text that OneView repeats from one alert to the next: the
 //! description and corrective action of an alert type, its urgency and health category, the
 //! name, URI and category of the resource it is about. The poller keeps every open alert (the
 //! resolve of an alert that vanishes is built from it) and the API lists them, so with 100,000
 //! open alerts each repeated text held once instead of 100,000 times is most of the difference
-//! between 300 MB and under 200 MB (BENCHMARKS.md, section 2).
+//! between 300 MB and under 200 MB (BENCHMARKS.md, section 2). The `associatedResource` of an
+//! alert (four of those texts) is shared whole as well: a resource has many alerts, and one
+//! pointer is 56 bytes less per alert than the four (section 9).
 //!
 //! Alerts are decoded with [`deserialize`] on those fields: a text already in the pool is
 //! shared (no allocation at all when the JSON text needed no unescaping), a new one is added.
-//! The pool is pruned of texts no alert uses any more each time it has doubled since the last
-//! prune, so it never holds more than about twice the distinct texts in use, and the pruning
+//! A pool is pruned of values no alert uses any more each time it has doubled since the last
+//! prune, so it never holds more than about twice the distinct values in use, and the pruning
 //! costs O(1) per insert amortized. Unique texts (alert URIs, timestamps, eTags) are not
 //! interned: sharing would only add the pool's cost.
 
-use std::collections::HashSet;
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
-use serde::Deserializer;
 use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer};
 
-/// Below this many texts the pool is never pruned.
+use super::AssociatedResource;
+use crate::recent::FastSet;
+
+/// Below this many values a pool is never pruned.
 const PRUNE_FLOOR: usize = 4096;
 
-struct Pool {
-    texts: HashSet<Arc<str>>,
+struct Pool<T: ?Sized> {
+    texts: FastSet<Arc<T>>,
     prune_at: usize,
 }
 
-static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(|| {
-    Mutex::new(Pool {
-        texts: HashSet::new(),
-        prune_at: PRUNE_FLOOR,
-    })
-});
+impl<T: ?Sized + Eq + Hash> Pool<T> {
+    fn new() -> Self {
+        Pool {
+            texts: FastSet::default(),
+            prune_at: PRUNE_FLOOR,
+        }
+    }
 
-fn pool() -> MutexGuard<'static, Pool> {
-    // A panic while the lock was held leaves at worst a text missing from the pool.
-    POOL.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The pool's copy of `v`, if it has one.
+    fn find<Q>(&self, v: &Q) -> Option<Arc<T>>
+    where
+        Arc<T>: Borrow<Q>,
+        Q: ?Sized + Eq + Hash,
+    {
+        self.texts.get(v).cloned()
+    }
+
+    /// Adds `a` (not in the pool yet) and returns it.
+    fn add(&mut self, a: Arc<T>) -> Arc<T> {
+        self.texts.insert(a.clone());
+        if self.texts.len() >= self.prune_at {
+            // Values held only by the pool belong to alerts that are gone.
+            self.texts.retain(|t| Arc::strong_count(t) > 1);
+            self.prune_at = (self.texts.len() * 2).max(PRUNE_FLOOR);
+            let keep = self.prune_at;
+            self.texts.shrink_to(keep);
+        }
+        a
+    }
+}
+
+static POOL: LazyLock<Mutex<Pool<str>>> = LazyLock::new(|| Mutex::new(Pool::new()));
+
+static RESOURCES: LazyLock<Mutex<Pool<AssociatedResource>>> =
+    LazyLock::new(|| Mutex::new(Pool::new()));
+
+fn lock<T: ?Sized>(m: &'static Mutex<Pool<T>>) -> MutexGuard<'static, Pool<T>> {
+    // A panic while the lock was held leaves at worst a value missing from the pool.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn pool() -> MutexGuard<'static, Pool<str>> {
+    lock(&POOL)
 }
 
 /// The shared copy of `s`.
 pub fn intern(s: &str) -> Arc<str> {
     let mut p = pool();
-    if let Some(a) = p.texts.get(s) {
-        return a.clone();
+    match p.find(s) {
+        Some(a) => a,
+        None => p.add(Arc::from(s)),
     }
-    let a: Arc<str> = Arc::from(s);
-    p.texts.insert(a.clone());
-    if p.texts.len() >= p.prune_at {
-        // Texts held only by the pool belong to alerts that are gone.
-        p.texts.retain(|t| Arc::strong_count(t) > 1);
-        p.prune_at = (p.texts.len() * 2).max(PRUNE_FLOOR);
-        let keep = p.prune_at;
-        p.texts.shrink_to(keep);
+}
+
+/// The shared copy of `r` (whose texts are the text pool's copies when it was decoded).
+pub fn resource(r: AssociatedResource) -> Arc<AssociatedResource> {
+    let mut p = lock(&RESOURCES);
+    match p.find(&r) {
+        Some(a) => a,
+        None => p.add(Arc::new(r)),
     }
-    a
 }
 
 /// Number of texts in the pool (tests and diagnostics).
@@ -94,6 +134,14 @@ impl<'de> Visitor<'de> for OptText {
 /// pool has it).
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Arc<str>>, D::Error> {
     d.deserialize_option(OptText)
+}
+
+/// `deserialize_with` for the `associatedResource` of an alert: null or absent is `None`, an
+/// object is the pool's copy of that resource.
+pub fn deserialize_resource<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<AssociatedResource>>, D::Error> {
+    Ok(Option::<AssociatedResource>::deserialize(d)?.map(resource))
 }
 
 #[cfg(test)]

@@ -38,6 +38,12 @@ pub const TESTED_MAX_API_VERSION: u32 = 8400;
 /// start of a proxy's HTML page, which is all an error message uses.
 pub const ERROR_BODY_BYTES: u64 = 64 * 1024;
 
+/// How long a connection to the appliance is kept open unused. Its read buffer grew to the
+/// size of an alert page (256-400 KB) and stays that size while the connection is pooled: 13 MB
+/// of a bridge's 50 appliances between two polls at the default 30 s interval (BENCHMARKS.md,
+/// section 9). Shorter intervals and write-back bursts still reuse their connection.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `GET /rest/version`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +149,7 @@ impl OneViewClient {
             .use_rustls_tls()
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!(
                 "oneview-pagerduty-bridge/",
                 env!("CARGO_PKG_VERSION")

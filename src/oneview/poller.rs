@@ -40,7 +40,9 @@ use super::error::OneViewError;
 use super::metrics::OneViewMetrics;
 use super::scmb::{BusState, Handled, ScmbChange};
 use crate::config::PollerConfig;
-use crate::model::{Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity};
+use crate::model::{
+    Alert, AlertChange, AlertKey, AlertState, Appliance, ChangeKind, Severity, Stamp,
+};
 use crate::readiness::Readiness;
 use crate::recent::{FastMap, FastSet, shrink_if_sparse};
 
@@ -439,8 +441,8 @@ impl Poller {
         let mut modified = change
             .alert
             .modified
-            .as_deref()
-            .and_then(parse_timestamp)
+            .as_ref()
+            .and_then(Stamp::millis)
             .or(change.timestamp_ms);
         let mut alert = change.alert.clone();
         if change.change_type == "Deleted" {
@@ -602,7 +604,7 @@ impl Poller {
             let mut w = Walker::new(&client, &query, &metrics);
             while let Some(page) = w.next_page().await? {
                 for a in page {
-                    if let Some(m) = a.modified.as_deref().and_then(parse_timestamp) {
+                    if let Some(m) = a.modified.as_ref().and_then(Stamp::millis) {
                         max_modified = max_modified.max(Some(m));
                     }
                     if !self.is_open_watched(&a) {
@@ -763,7 +765,7 @@ impl Poller {
             };
             let mut alerts: Vec<(Option<i64>, Alert)> = page
                 .into_iter()
-                .map(|a| (a.modified.as_deref().and_then(parse_timestamp), a))
+                .map(|a| (a.modified.as_ref().and_then(Stamp::millis), a))
                 .collect();
             alerts.sort_by_key(|(m, _)| *m);
             for (modified, a) in alerts {
@@ -801,8 +803,8 @@ impl Poller {
             // message): nothing new.
             let open_newer = self.mem.open.get(&uri).is_some_and(|t| {
                 t.modified
-                    .as_deref()
-                    .and_then(parse_timestamp)
+                    .as_ref()
+                    .and_then(Stamp::millis)
                     .is_some_and(|seen| seen > m)
             });
             if open_newer || self.mem.recent.get(&uri).is_some_and(|seen| *seen >= m) {
@@ -823,7 +825,7 @@ impl Poller {
                 // an earlier run (memory is lost on restart), so its resolve goes out,
                 // unless the alert was created after this run's first full sync: then it
                 // was raised and cleared between two polls and nobody was paged.
-                let created = a.created.as_deref().and_then(parse_timestamp);
+                let created = a.created.as_ref().and_then(Stamp::millis);
                 let born_after_sync = matches!(
                     (created, self.mem.synced_from),
                     (Some(c), Some(f)) if c >= f

@@ -362,7 +362,11 @@ pub fn build(action: Action, alert: &Alert, appliance: &Appliance, ctx: &EventCo
             summary: summary(alert, appliance),
             source,
             severity,
-            timestamp: alert.created.clone().filter(|t| is_rfc3339(t)),
+            timestamp: alert
+                .created
+                .as_ref()
+                .map(ToString::to_string)
+                .filter(|t| is_rfc3339(t)),
             component: alert
                 .resource_category()
                 .map(|c| truncate_chars(c, MAX_FIELD_CHARS)),
@@ -466,10 +470,13 @@ mod tests {
             uri: "/rest/alerts/1".into(),
             severity: Severity::Critical,
             description: Some("The iLO for the server hardware reports a failed fan".into()),
-            associated_resource: Some(AssociatedResource {
-                resource_name: Some("SGH817YECA, bay 5".into()),
-                ..Default::default()
-            }),
+            associated_resource: Some(
+                AssociatedResource {
+                    resource_name: Some("SGH817YECA, bay 5".into()),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ..Default::default()
         };
         assert_eq!(

@@ -13,6 +13,7 @@
 //! no state ever mentioned, the holding is [`Holding::Unknown`].
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,30 +28,74 @@ use super::decide::Holding;
 /// Last changes kept for dead-letter retries (the most recent 5,000 to 10,000 keys).
 pub const LAST_CHANGES_KEPT: usize = 10_000;
 
-/// An open alert as the pipeline last saw it.
-#[derive(Debug, Clone)]
-struct Tracked {
-    kind: ChangeKind,
-    appliance: Appliance,
-    alert: Arc<Alert>,
-}
-
+/// What the table knows of one key, in 24 bytes: with 50,000 open alerts every byte here is
+/// 50 KB, and the hash table keeps up to twice as many slots (BENCHMARKS.md, section 9). The
+/// route and the appliance are indexes into the table's short lists of each.
 #[derive(Debug, Default)]
 struct Entry {
-    /// The open incident PagerDuty accepted for the key: its route and fingerprint.
-    held: Option<(Arc<str>, u64)>,
+    /// The fingerprint of the open incident (meaningful when `route` is set).
+    fingerprint: u64,
     /// The alert while OneView shows it open (as far as the pipeline heard).
-    open: Option<Tracked>,
+    open: Option<Arc<Alert>>,
+    /// The route of the open incident PagerDuty accepted, as `Names::index`; `None`: no
+    /// incident held.
+    route: Option<NonZeroU32>,
+    /// The appliance of `open` (`Table::appliances`) in the upper bits; the lowest bit is set
+    /// when the change was an update (else it was raised).
+    appliance: u32,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
-        self.held.is_none() && self.open.is_none()
+        self.route.is_none() && self.open.is_none()
+    }
+
+    fn kind(&self) -> ChangeKind {
+        if self.appliance & 1 == 1 {
+            ChangeKind::Updated
+        } else {
+            ChangeKind::Raised
+        }
+    }
+}
+
+/// Short lists of shared names (the routes, the appliances) that entries point into by index.
+/// They only grow: both are bounded by the configuration (plus the routes an older
+/// configuration left in the state store's ledger).
+#[derive(Debug)]
+struct Names<T> {
+    list: Vec<T>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names { list: Vec::new() }
+    }
+}
+
+impl<T: PartialEq + Clone> Names<T> {
+    /// The index of `v` (added if new), from 1.
+    fn index(&mut self, v: &T) -> NonZeroU32 {
+        let i = match self.list.iter().position(|x| x == v) {
+            Some(i) => i,
+            None => {
+                self.list.push(v.clone());
+                self.list.len() - 1
+            }
+        };
+        // More than 4 billion distinct routes or appliances cannot fit in memory.
+        NonZeroU32::new(u32::try_from(i + 1).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+    }
+
+    fn get(&self, i: NonZeroU32) -> Option<&T> {
+        self.list.get(i.get() as usize - 1)
     }
 }
 
 struct Table {
     entries: FastMap<Box<str>, Entry>,
+    routes: Names<Arc<str>>,
+    appliances: Names<Appliance>,
     /// Keys whose incident the bridge saw resolved, until when that is remembered.
     resolved: FastMap<Box<str>, Instant>,
     /// Open incidents per route, kept as holdings change (the gauge reads it every second;
@@ -96,6 +141,8 @@ impl Incidents {
         Self {
             table: Mutex::new(Table {
                 entries: FastMap::default(),
+                routes: Names::default(),
+                appliances: Names::default(),
                 resolved: FastMap::default(),
                 per_route: FastMap::default(),
                 ttl,
@@ -114,7 +161,7 @@ impl Incidents {
     /// What PagerDuty holds for `key`, as far as the bridge knows.
     pub fn holding(&self, key: &str) -> Holding {
         let g = self.lock();
-        if let Some((route, fingerprint)) = g.entries.get(key).and_then(|e| e.held.clone()) {
+        if let Some((route, fingerprint)) = g.entries.get(key).and_then(|e| g.held(e)) {
             return Holding::Open { route, fingerprint };
         }
         match g.resolved.get(key) {
@@ -126,26 +173,18 @@ impl Incidents {
     /// Records a change at intake: the alert list follows OneView.
     pub fn observe(&self, key: &str, change: &AlertChange) {
         {
-            let mut g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
             match change.kind {
                 ChangeKind::Raised | ChangeKind::Updated => {
-                    let tracked = Tracked {
-                        kind: change.kind,
-                        appliance: change.appliance.clone(),
-                        alert: change.alert.clone(),
+                    let appliance = (g.appliances.index(&change.appliance).get() << 1)
+                        | u32::from(change.kind == ChangeKind::Updated);
+                    let e = match g.entries.get_mut(key) {
+                        Some(e) => e,
+                        None => g.entries.entry(Box::from(key)).or_default(),
                     };
-                    match g.entries.get_mut(key) {
-                        Some(e) => e.open = Some(tracked),
-                        None => {
-                            g.entries.insert(
-                                Box::from(key),
-                                Entry {
-                                    held: None,
-                                    open: Some(tracked),
-                                },
-                            );
-                        }
-                    }
+                    e.open = Some(change.alert.clone());
+                    e.appliance = appliance;
                 }
                 ChangeKind::Cleared => {
                     if let Some(e) = g.entries.get_mut(key) {
@@ -170,35 +209,31 @@ impl Incidents {
         fingerprint: u64,
         settled: bool,
     ) {
-        let mut g = self.lock();
+        let mut guard = self.lock();
+        let g = &mut *guard;
         let now = Instant::now();
         match action {
             Action::Trigger => {
                 g.resolved.remove(key);
-                let before = match g.entries.get_mut(key) {
-                    Some(e) => e.held.replace((route.clone(), fingerprint)).map(|(r, _)| r),
-                    None => {
-                        g.entries.insert(
-                            Box::from(key),
-                            Entry {
-                                held: Some((route.clone(), fingerprint)),
-                                open: None,
-                            },
-                        );
-                        None
-                    }
+                let index = g.routes.index(route);
+                let e = match g.entries.get_mut(key) {
+                    Some(e) => e,
+                    None => g.entries.entry(Box::from(key)).or_default(),
                 };
-                if let Some(r) = before {
+                let before = e.route.replace(index);
+                e.fingerprint = fingerprint;
+                if let Some(r) = before.and_then(|i| g.routes.get(i)).cloned() {
                     g.count(&r, -1);
                 }
                 g.count(route, 1);
             }
             Action::Resolve => {
                 // (closes the key, released a holding of `route`)
+                let index = g.routes.index(route);
                 let (closes, released) = match g.entries.get_mut(key) {
-                    Some(e) => match &e.held {
-                        Some((r, _)) if r == route => {
-                            e.held = None;
+                    Some(e) => match e.route {
+                        Some(r) if r == index => {
+                            e.route = None;
                             (true, true)
                         }
                         Some(_) => (false, false),
@@ -228,26 +263,36 @@ impl Incidents {
         &self,
         ledger: impl IntoIterator<Item = (&'a str, Action, &'a str, u64, Duration)>,
     ) {
-        let mut g = self.lock();
+        let mut guard = self.lock();
+        let g = &mut *guard;
         let now = Instant::now();
         let ttl = g.ttl;
-        let mut routes: HashMap<&str, Arc<str>> = HashMap::new();
+        // One shared name per route, not one allocation per incident.
+        let mut routes: HashMap<&str, (Arc<str>, NonZeroU32)> = HashMap::new();
         for (key, action, route, fingerprint, age) in ledger {
             match action {
                 Action::Trigger => {
-                    // One shared name per route, not one allocation per incident.
-                    let route = routes
+                    let (route, index) = routes
                         .entry(route)
-                        .or_insert_with(|| Arc::from(route))
+                        .or_insert_with(|| {
+                            let name: Arc<str> = Arc::from(route);
+                            let index = g.routes.index(&name);
+                            (name, index)
+                        })
                         .clone();
                     let before = g.entries.insert(
                         Box::from(key),
                         Entry {
-                            held: Some((route.clone(), fingerprint)),
-                            open: None,
+                            fingerprint,
+                            route: Some(index),
+                            ..Entry::default()
                         },
                     );
-                    if let Some((r, _)) = before.and_then(|e| e.held) {
+                    if let Some(r) = before
+                        .and_then(|e| e.route)
+                        .and_then(|i| g.routes.get(i))
+                        .cloned()
+                    {
                         g.count(&r, -1);
                     }
                     g.count(&route, 1);
@@ -266,16 +311,11 @@ impl Incidents {
         g.entries
             .iter()
             .filter_map(|(k, e)| {
-                let t = e.open.as_ref()?;
+                let change = g.tracked(e)?;
                 Some(TrackedAlert {
                     dedup_key: k.to_string(),
-                    change: AlertChange {
-                        kind: t.kind,
-                        key: AlertKey::new(&t.appliance, &t.alert.uri),
-                        appliance: t.appliance.clone(),
-                        alert: t.alert.clone(),
-                    },
-                    route: e.held.as_ref().map(|(r, _)| r.clone()),
+                    change,
+                    route: g.held(e).map(|(r, _)| r),
                 })
             })
             .collect()
@@ -287,13 +327,11 @@ impl Incidents {
         let route = {
             let g = self.lock();
             let e = g.entries.get(key);
-            if let Some(t) = e.and_then(|e| e.open.as_ref()) {
-                return Some(Known {
-                    key: AlertKey::new(&t.appliance, &t.alert.uri),
-                    route: e.and_then(|e| e.held.as_ref().map(|(r, _)| r.clone())),
-                });
+            let route = e.and_then(|e| g.held(e)).map(|(r, _)| r);
+            if let Some(c) = e.and_then(|e| g.tracked(e)) {
+                return Some(Known { key: c.key, route });
             }
-            e.and_then(|e| e.held.as_ref().map(|(r, _)| r.clone()))
+            route
         };
         self.last.get(key).map(|c| Known { key: c.key, route })
     }
@@ -316,6 +354,24 @@ fn sweep_every(ttl: Duration) -> Duration {
 }
 
 impl Table {
+    /// The route and fingerprint of the open incident `e` stands for.
+    fn held(&self, e: &Entry) -> Option<(Arc<str>, u64)> {
+        let route = self.routes.get(e.route?)?;
+        Some((route.clone(), e.fingerprint))
+    }
+
+    /// The change that made `e` open, while it is.
+    fn tracked(&self, e: &Entry) -> Option<AlertChange> {
+        let alert = e.open.clone()?;
+        let appliance = NonZeroU32::new(e.appliance >> 1).and_then(|i| self.appliances.get(i))?;
+        Some(AlertChange {
+            kind: e.kind(),
+            key: AlertKey::new(appliance, &alert.uri),
+            appliance: appliance.clone(),
+            alert,
+        })
+    }
+
     fn count(&mut self, route: &Arc<str>, delta: isize) {
         let n = self.per_route.entry(route.clone()).or_default();
         *n = n.saturating_add_signed(delta);
@@ -401,6 +457,62 @@ mod tests {
         assert_eq!(inc.holding("u"), Holding::Unknown);
         inc.accepted("u", Action::Resolve, &b, 1, true);
         assert_eq!(inc.holding("u"), Holding::Closed);
+    }
+
+    #[test]
+    fn an_entry_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_alert_list_keeps_appliance_kind_and_route() {
+        let inc = Incidents::new(Duration::from_secs(3600));
+        let other = Appliance {
+            id: Arc::from("ov2"),
+            ui_url: Arc::from("https://ov2"),
+        };
+        let mut c2 = change(ChangeKind::Updated, "/rest/alerts/2");
+        c2.key = AlertKey::new(&other, "/rest/alerts/2");
+        c2.appliance = other.clone();
+        inc.observe("k1", &change(ChangeKind::Raised, "/rest/alerts/1"));
+        inc.observe("k2", &c2);
+        let critical: Arc<str> = Arc::from("critical");
+        inc.accepted("k2", Action::Trigger, &critical, 9, true);
+        let mut open = inc.open_alerts();
+        open.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        let seen: Vec<_> = open
+            .iter()
+            .map(|t| {
+                (
+                    t.dedup_key.as_str(),
+                    t.change.kind,
+                    t.change.key.to_string(),
+                    &*t.change.appliance.ui_url,
+                    t.route.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "k1",
+                    ChangeKind::Raised,
+                    "ov1/rest/alerts/1".to_owned(),
+                    "https://ov1",
+                    None
+                ),
+                (
+                    "k2",
+                    ChangeKind::Updated,
+                    "ov2/rest/alerts/2".to_owned(),
+                    "https://ov2",
+                    Some("critical")
+                ),
+            ]
+        );
+        let known = inc.known("k2").unwrap();
+        assert_eq!((known.key, known.route), (c2.key, Some(critical)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -478,8 +478,8 @@ impl Local {
                     .map_or(&*c.appliance.ui_url, |u| u.as_str()),
                 &c.key.uri,
             ),
-            created: a.created.clone(),
-            modified: a.modified.clone(),
+            created: a.created.as_ref().map(ToString::to_string),
+            modified: a.modified.as_ref().map(ToString::to_string),
             route: t.route.as_deref().map(str::to_owned),
             pagerduty,
             incident_url: self.incident_urls.get(&t.dedup_key).map(|u| u.to_string()),
@@ -938,7 +938,7 @@ impl Local {
             let update = AlertUpdate {
                 alert_state: clear.then(|| "Cleared".to_owned()),
                 notes: self.config.web.sync_notes.then(|| note.clone()),
-                e_tag: alert.e_tag.clone(),
+                e_tag: alert.e_tag.as_ref().map(ToString::to_string),
                 ..Default::default()
             };
             if update.alert_state.is_none() && update.notes.is_none() {

@@ -76,13 +76,16 @@ pub fn fixture_alerts() -> Vec<Alert> {
                 alert_type_id: Some(format!("Trap.{}", fields[1]).into()),
                 urgency: Some("High".into()),
                 health_category: Some(fields[1].into()),
-                created: Some(created),
-                associated_resource: Some(AssociatedResource {
-                    resource_name: Some(brackets[0].into()),
-                    resource_category: Some(category.into()),
-                    resource_uri: Some(format!("/rest/resources/{}", fields[0]).into()),
-                    association_type: Some("HAS_A".into()),
-                }),
+                created: Some(created.into()),
+                associated_resource: Some(
+                    AssociatedResource {
+                        resource_name: Some(brackets[0].into()),
+                        resource_category: Some(category.into()),
+                        resource_uri: Some(format!("/rest/resources/{}", fields[0]).into()),
+                        association_type: Some("HAS_A".into()),
+                    }
+                    .into(),
+                ),
                 ..Default::default()
             }
         })
