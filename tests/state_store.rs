@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 
 use bridge::state::{
-    Action, FileStore, LedgerEntry, MemoryStore, Op, PostgresOptions, PostgresStore, Snapshot,
-    StateError, StateStore,
+    Action, FileStore, LedgerEntry, MemoryStore, Op, PostgresOptions, PostgresStore, SilenceRecord,
+    Snapshot, StateError, StateStore,
 };
 use state_common::{accepted, dead_letter, enqueue, entry, t};
 
@@ -79,6 +79,7 @@ suite!(
     prune_removes_old_resolves_and_old_dead_letters_only,
     empty_batch_is_a_no_op,
     concurrent_writers_from_threads,
+    silences_are_stored_replaced_and_pruned_after_they_end,
 );
 
 fn a_new_store_is_empty(s: &dyn StateStore) {
@@ -358,4 +359,45 @@ fn concurrent_writers_from_threads(s: &dyn StateStore) {
     for n in 0..4 {
         assert_eq!(snap.watermarks[&format!("ov{n}")], "24");
     }
+}
+
+fn silences_are_stored_replaced_and_pruned_after_they_end(s: &dyn StateStore) {
+    let silence = |id: &str, ends: u64, body: &str| {
+        Op::Silence(SilenceRecord {
+            id: id.to_owned(),
+            ends_at: t(ends),
+            body: body.to_owned(),
+        })
+    };
+    s.apply(&[
+        silence("a", 50, r#"{"comment":"firmware"}"#),
+        silence("b", 500, "{}"),
+        enqueue(0, "k", Action::Trigger),
+    ])
+    .unwrap();
+    // Expiring early stores the silence again with an earlier end.
+    s.apply(&[silence("b", 90, r#"{"expired":true}"#)]).unwrap();
+    let snap = s.load().unwrap();
+    assert_eq!(
+        snap.silences.values().cloned().collect::<Vec<_>>(),
+        [
+            SilenceRecord {
+                id: "a".into(),
+                ends_at: t(50),
+                body: r#"{"comment":"firmware"}"#.into()
+            },
+            SilenceRecord {
+                id: "b".into(),
+                ends_at: t(90),
+                body: r#"{"expired":true}"#.into()
+            },
+        ]
+    );
+    assert_eq!(snap.outbox.len(), 1);
+    // Kept for the retention after they end, then pruned.
+    assert_eq!(s.prune(t(50)).unwrap(), 0);
+    assert_eq!(s.prune(t(60)).unwrap(), 1);
+    assert_eq!(s.load().unwrap().silences.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(s.prune(t(100)).unwrap(), 1);
+    assert!(s.load().unwrap().silences.is_empty());
 }

@@ -13,7 +13,8 @@
 //! ## Layout
 //! Tables `meta` (`schema_version`, `next_seq`), `ledger` (alert key -> JSON [`LedgerEntry`]),
 //! `outbox` (seq -> JSON [`OutboxEntry`]; redb orders `u64` keys numerically), `watermarks`
-//! (appliance -> value) and `dead_letters` (alert key -> [`DeadLetter`]). Records are JSON so a
+//! (appliance -> value), `dead_letters` (alert key -> [`DeadLetter`]) and `silences` (id ->
+//! JSON [`SilenceRecord`]; added without a schema bump: opening an older file creates it). Records are JSON so a
 //! field can be added with a serde default without a migration; [`SCHEMA_VERSION`] guards
 //! every other change. Outbox entries and dead letters carry an event payload that is JSON
 //! already; escaping it into a JSON string would cost CPU and a third more bytes, so those
@@ -42,8 +43,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, SCHEMA_VERSION, Snapshot, StateError,
-    StateStore, check_seqs,
+    Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, SCHEMA_VERSION, SilenceRecord, Snapshot,
+    StateError, StateStore, check_seqs,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -51,7 +52,15 @@ const LEDGER: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const WATERMARKS: TableDefinition<&str, &str> = TableDefinition::new("watermarks");
 const DEAD_LETTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("dead_letters");
-const TABLES: [&str; 5] = ["meta", "ledger", "outbox", "watermarks", "dead_letters"];
+const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
+const TABLES: [&str; 6] = [
+    "meta",
+    "ledger",
+    "outbox",
+    "watermarks",
+    "dead_letters",
+    "silences",
+];
 
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_SEQ_KEY: &str = "next_seq";
@@ -208,6 +217,7 @@ impl FileStore {
         txn.open_table(OUTBOX).map_err(e)?;
         txn.open_table(WATERMARKS).map_err(e)?;
         txn.open_table(DEAD_LETTERS).map_err(e)?;
+        txn.open_table(SILENCES).map_err(e)?;
         Ok(())
     }
 
@@ -311,6 +321,13 @@ impl FileStore {
             )?;
             snap.dead_letters.insert(k.value().to_owned(), entry);
         }
+
+        let silences = txn.open_table(SILENCES).map_err(|e| read(e.into()))?;
+        for row in silences.iter().map_err(|e| read(e.into()))? {
+            let (k, v) = row.map_err(|e| read(e.into()))?;
+            let r: SilenceRecord = self.decode("silence", k.value(), v.value())?;
+            snap.silences.insert(k.value().to_owned(), r);
+        }
         Ok(snap)
     }
 
@@ -329,6 +346,7 @@ impl FileStore {
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| w(e.into()))?;
             let mut watermarks = txn.open_table(WATERMARKS).map_err(|e| w(e.into()))?;
             let mut dead = txn.open_table(DEAD_LETTERS).map_err(|e| w(e.into()))?;
+            let mut silences = txn.open_table(SILENCES).map_err(|e| w(e.into()))?;
             for op in batch {
                 match op {
                     Op::Enqueue(e) => {
@@ -369,6 +387,12 @@ impl FileStore {
                         ledger.remove(key.as_str()).map_err(|e| w(e.into()))?;
                         dead.remove(key.as_str()).map_err(|e| w(e.into()))?;
                     }
+                    Op::Silence(r) => {
+                        let bytes = encode("silence", r)?;
+                        silences
+                            .insert(r.id.as_str(), bytes.as_slice())
+                            .map_err(|e| w(e.into()))?;
+                    }
                 }
             }
             if new_next_seq != next_seq {
@@ -384,7 +408,7 @@ impl FileStore {
         // Find candidates in a read transaction so the writer is not blocked during the scan;
         // each is checked again under the write transaction, as it may have changed since.
         let db = self.db()?;
-        let (ledger_keys, dead_keys) = {
+        let (ledger_keys, dead_keys, silence_ids) = {
             let txn = db.begin_read().map_err(|e| self.err("read", e))?;
             let read = |e: redb::Error| redb_error(&self.path, "read", e);
             let mut ledger_keys = Vec::new();
@@ -410,9 +434,18 @@ impl FileStore {
                     dead_keys.push(k.value().to_owned());
                 }
             }
-            (ledger_keys, dead_keys)
+            let mut silence_ids = Vec::new();
+            let silences = txn.open_table(SILENCES).map_err(|e| read(e.into()))?;
+            for row in silences.iter().map_err(|e| read(e.into()))? {
+                let (k, v) = row.map_err(|e| read(e.into()))?;
+                let r: SilenceRecord = self.decode("silence", k.value(), v.value())?;
+                if r.ends_at < older_than {
+                    silence_ids.push(k.value().to_owned());
+                }
+            }
+            (ledger_keys, dead_keys, silence_ids)
         };
-        if ledger_keys.is_empty() && dead_keys.is_empty() {
+        if ledger_keys.is_empty() && dead_keys.is_empty() && silence_ids.is_empty() {
             return Ok(0);
         }
 
@@ -449,6 +482,22 @@ impl FileStore {
                 };
                 if still {
                     dead.remove(key.as_str()).map_err(|e| w(e.into()))?;
+                    removed += 1;
+                }
+            }
+            let mut silences = txn.open_table(SILENCES).map_err(|e| w(e.into()))?;
+            for id in &silence_ids {
+                // Extended since the scan: kept.
+                let still = match silences.get(id.as_str()).map_err(|e| w(e.into()))? {
+                    Some(v) => {
+                        self.decode::<SilenceRecord>("silence", id, v.value())?
+                            .ends_at
+                            < older_than
+                    }
+                    None => false,
+                };
+                if still {
+                    silences.remove(id.as_str()).map_err(|e| w(e.into()))?;
                     removed += 1;
                 }
             }

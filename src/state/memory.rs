@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
-    Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, Snapshot, StateError, StateStore, check_seqs,
+    Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, SilenceRecord, Snapshot, StateError,
+    StateStore, check_seqs,
 };
 
 /// Ordered maps behind one std `Mutex`: every operation is short and never awaits, so a std
@@ -25,6 +26,7 @@ struct Inner {
     outbox: BTreeMap<u64, OutboxEntry>,
     watermarks: BTreeMap<String, String>,
     dead_letters: BTreeMap<String, DeadLetter>,
+    silences: BTreeMap<String, SilenceRecord>,
     next_seq: u64,
 }
 
@@ -149,6 +151,7 @@ impl StateStore for MemoryStore {
             watermarks: s.watermarks.clone(),
             dead_letters: s.dead_letters.clone(),
             next_seq: s.next_seq,
+            silences: s.silences.clone(),
         })
     }
 
@@ -188,6 +191,9 @@ impl StateStore for MemoryStore {
                     s.ledger.remove(key.as_str());
                     s.dead_letters.remove(key);
                 }
+                Op::Silence(r) => {
+                    s.silences.insert(r.id.clone(), r.clone());
+                }
             }
         }
         s.next_seq = next_seq;
@@ -204,11 +210,12 @@ impl StateStore for MemoryStore {
 
     fn prune(&self, older_than: SystemTime) -> Result<usize, StateError> {
         let mut s = self.lock();
-        let before = s.ledger.len() + s.dead_letters.len();
+        let before = s.ledger.len() + s.dead_letters.len() + s.silences.len();
         s.ledger
             .retain(|_, e| !(e.action() == super::Action::Resolve && e.at() < older_than));
         s.dead_letters.retain(|_, d| d.at >= older_than);
-        Ok(before - s.ledger.len() - s.dead_letters.len())
+        s.silences.retain(|_, r| r.ends_at >= older_than);
+        Ok(before - s.ledger.len() - s.dead_letters.len() - s.silences.len())
     }
 
     fn kind(&self) -> &'static str {

@@ -1,5 +1,6 @@
 //! Durable delivery state: what PagerDuty has accepted per alert (the ledger), the events not
-//! yet accepted (the outbox), the per-appliance poll watermark and the dead letters.
+//! yet accepted (the outbox), the per-appliance poll watermark, the dead letters and the
+//! silences (maintenance windows).
 //!
 //! This module owns the storage only; the delivery pipeline decides what to write and when.
 //! Everything goes through [`StateStore`], a deliberately small, batch-oriented trait: the
@@ -61,6 +62,9 @@ pub struct Snapshot {
     pub dead_letters: BTreeMap<String, DeadLetter>,
     /// The first sequence number not used yet; the pipeline numbers new entries from here.
     pub next_seq: u64,
+    /// Per silence id, the silence (active, upcoming, or expired and not pruned yet).
+    #[serde(default)]
+    pub silences: BTreeMap<String, SilenceRecord>,
 }
 
 impl Snapshot {
@@ -134,6 +138,18 @@ pub struct DeadLetter {
     pub payload: String,
 }
 
+/// A silence (maintenance window) as the store keeps it: the id and end are all the store
+/// needs (pruning); the matchers and the rest are the pipeline's JSON (`pipeline::silence`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceRecord {
+    pub id: String,
+    /// After this the silence holds nothing; `state.retention` later it is pruned.
+    #[serde(with = "unix_nanos")]
+    pub ends_at: SystemTime,
+    /// The serialized silence, opaque to the store.
+    pub body: String,
+}
+
 /// One step of a batch. [`StateStore::apply`] applies a batch's ops in order, all or none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -160,6 +176,9 @@ pub enum Op {
     Watermark { appliance: String, value: String },
     /// Forget the ledger entry and dead letter of `key` (outbox entries stay).
     ForgetKey { key: String },
+    /// Store a silence, replacing the one with its id (expiring a silence early stores it
+    /// again with an earlier `ends_at`).
+    Silence(SilenceRecord),
 }
 
 /// Entry counts of a store, see [`StateStore::counts`].
@@ -181,7 +200,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// `Err` (or a crash), none of it happened.
     fn apply(&self, batch: &[Op]) -> Result<(), StateError>;
     /// Removes ledger entries whose last accepted action is a resolve older than `older_than`,
-    /// and dead letters older than it. Returns how many records were removed.
+    /// dead letters older than it and silences that ended before it. Returns how many records were removed.
     fn prune(&self, older_than: SystemTime) -> Result<usize, StateError>;
     /// How many outbox and ledger entries there are (the gauges). Stores answer from their
     /// own bookkeeping; this default loads everything.

@@ -32,11 +32,12 @@ use tokio_postgres::{GenericClient, IsolationLevel};
 use tokio_rustls::rustls;
 
 use super::{
-    Action, Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, Snapshot, StateError, StateStore,
+    Action, Counts, DeadLetter, LedgerEntry, Op, OutboxEntry, SilenceRecord, Snapshot, StateError,
+    StateStore,
 };
 
 /// Version of the database schema this build writes; see [`MIGRATIONS`].
-pub const PG_SCHEMA_VERSION: u64 = 1;
+pub const PG_SCHEMA_VERSION: u64 = 2;
 
 /// Held (per transaction) while migrating, so two pollers starting at once do not both create
 /// the tables. Any fixed number works; this one spells "ovpdbrdg".
@@ -44,9 +45,10 @@ const MIGRATION_LOCK: i64 = 0x6f76_7064_6272_6467;
 
 /// `(version, SQL)`: each step brings the schema from `version - 1` to `version`, applied in one
 /// transaction with the version row. Never edit a released step; add one.
-const MIGRATIONS: &[(u64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(u64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE bridge_meta (
     id smallint PRIMARY KEY CHECK (id = 1),
     next_seq bigint NOT NULL
@@ -90,7 +92,19 @@ CREATE TABLE bridge_lease (
     expires_at timestamptz NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE bridge_silences (
+    id text PRIMARY KEY,
+    ends_at_ns bigint NOT NULL,
+    body text NOT NULL
+);
+CREATE INDEX bridge_silences_prune ON bridge_silences (ends_at_ns);
+"#,
+    ),
+];
 
 /// How the connection is protected, libpq's `sslmode` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -753,6 +767,7 @@ struct Net<'a> {
     /// Per key, the dead letter to keep (`None`: forget it).
     dead: BTreeMap<&'a str, Option<&'a DeadLetter>>,
     watermarks: BTreeMap<&'a str, &'a str>,
+    silences: BTreeMap<&'a str, &'a SilenceRecord>,
 }
 
 struct LedgerRow<'a> {
@@ -803,6 +818,9 @@ impl<'a> Net<'a> {
             Op::ForgetKey { key } => {
                 self.ledger.insert(key, None);
                 self.dead.insert(key, None);
+            }
+            Op::Silence(r) => {
+                self.silences.insert(&r.id, r);
             }
         }
     }
@@ -938,6 +956,22 @@ impl<'a> Net<'a> {
                  SELECT * FROM unnest($1::text[], $2::text[])
                  ON CONFLICT (appliance) DO UPDATE SET value = excluded.value",
                 vec![Box::new(apps), Box::new(values)],
+            ));
+        }
+        if !self.silences.is_empty() {
+            let mut ids = Vec::with_capacity(self.silences.len());
+            let mut ends = Vec::with_capacity(self.silences.len());
+            let mut bodies = Vec::with_capacity(self.silences.len());
+            for r in self.silences.values() {
+                ids.push(r.id.as_str());
+                ends.push(nanos("silence ends_at", r.ends_at)?);
+                bodies.push(r.body.as_str());
+            }
+            out.push((
+                "INSERT INTO bridge_silences (id, ends_at_ns, body)
+                 SELECT * FROM unnest($1::text[], $2::int8[], $3::text[])
+                 ON CONFLICT (id) DO UPDATE SET ends_at_ns = excluded.ends_at_ns, body = excluded.body",
+                vec![Box::new(ids), Box::new(ends), Box::new(bodies)],
             ));
         }
         Ok(out)
@@ -1142,6 +1176,21 @@ async fn load_all(ctx: Ctx) -> Result<Snapshot, StateError> {
             },
         );
     }
+    for r in tx
+        .query("SELECT id, ends_at_ns, body FROM bridge_silences", &[])
+        .await
+        .map_err(&pg)?
+    {
+        let id: String = r.try_get(0).map_err(&pg)?;
+        snap.silences.insert(
+            id.clone(),
+            SilenceRecord {
+                id,
+                ends_at: from_nanos(&ctx, r.try_get(1).map_err(&pg)?)?,
+                body: r.try_get(2).map_err(&pg)?,
+            },
+        );
+    }
     tx.commit().await.map_err(&pg)?;
     Ok(snap)
 }
@@ -1170,8 +1219,15 @@ async fn prune_old(
         )
         .await
         .map_err(ctx.pg(OP))?;
+    let silences = tx
+        .execute(
+            "DELETE FROM bridge_silences WHERE ends_at_ns < $1",
+            &[&cutoff],
+        )
+        .await
+        .map_err(ctx.pg(OP))?;
     tx.commit().await.map_err(ctx.pg(OP))?;
-    Ok(usize::try_from(ledger + dead).unwrap_or(usize::MAX))
+    Ok(usize::try_from(ledger + dead + silences).unwrap_or(usize::MAX))
 }
 
 impl StateStore for PostgresStore {
