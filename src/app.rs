@@ -221,6 +221,7 @@ impl App {
                 delivery.changes.clone(),
                 delivery.pushes.clone(),
                 delivery.status.clone(),
+                delivery.silences.clone(),
             )));
             tasks.push(delivery.task);
         }

@@ -97,6 +97,71 @@ pub enum Command {
         #[command(subcommand)]
         target: SimTarget,
     },
+    /// Maintenance windows, as amtool does for Alertmanager: alerts a silence matches do not
+    /// page while it lasts, and page when it ends if they are still open.
+    Silence {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
+}
+
+/// How the CLI reaches a running bridge's API.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The bridge's base URL (a web replica or the poller).
+    #[arg(
+        long,
+        global = true,
+        env = "BRIDGE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// A file holding an API token (`server.api_tokens`); else BRIDGE_API_TOKEN.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Give up after this long.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `silence` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SilenceAction {
+    /// Create a silence: `--match resource_name='SGH8*' --match severity=Critical --duration 2h
+    /// --comment 'firmware update'`. Prints the new silence's id.
+    Add {
+        /// `key=value`, repeatable; keys: appliance, resource_name (glob), resource_category,
+        /// severity, alert_type (glob). All given must match.
+        #[arg(long = "match", value_name = "KEY=VALUE", required = true)]
+        matchers: Vec<String>,
+        /// How long it lasts from its start (humantime: 2h, 90m).
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Why (the change or ticket); shown beside every alert it holds.
+        #[arg(long)]
+        comment: String,
+        /// When it starts (RFC 3339); default now.
+        #[arg(long)]
+        starts_at: Option<String>,
+        /// Who creates it (default $USER).
+        #[arg(long, env = "USER")]
+        created_by: Option<String>,
+    },
+    /// List silences (active, upcoming, and expired ones not pruned yet).
+    List {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a silence now: the alerts it held that are still open page now.
+    Expire {
+        id: String,
+        /// Who expires it (default $USER).
+        #[arg(long, env = "USER")]
+        expired_by: Option<String>,
+    },
 }
 
 /// Which simulator `simulate` runs.

@@ -1,5 +1,6 @@
 //! The command-line subcommands other than `run` and `check-config`: `send-test-event`,
-//! `check-scmb`, `simulate`, `healthcheck`. This is the program's edge, so errors are `anyhow`
+//! `check-scmb`, `simulate`, `healthcheck`, and `silence` (a client of a running bridge's
+//! `/api/v1/silences`). This is the program's edge, so errors are `anyhow`
 //! with context written for the operator reading the terminal.
 
 use std::time::Duration;
@@ -427,5 +428,153 @@ pub async fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
         "GET {url} answered HTTP {}; see /ready for unmet conditions",
         status.status()
     );
+    Ok(())
+}
+
+/// `silence add|list|expire`: a client of `/api/v1/silences`. The token comes from
+/// `--token-file` or `BRIDGE_API_TOKEN` and is never printed.
+pub async fn silence(
+    api: &crate::cli::ApiArgs,
+    action: crate::cli::SilenceAction,
+) -> anyhow::Result<()> {
+    use crate::cli::SilenceAction;
+    use secrecy::{ExposeSecret, SecretString};
+
+    let token: Option<SecretString> = match &api.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+            Some(SecretString::from(t.trim().to_owned()))
+        }
+        None => std::env::var("BRIDGE_API_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| SecretString::from(t.trim().to_owned())),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(api.timeout)
+        .build()
+        .context("cannot build an HTTP client")?;
+    let base = api.url.trim_end_matches('/');
+    let send = |method: reqwest::Method, url: String, body: Option<serde_json::Value>| {
+        let mut rb = client.request(method.clone(), &url);
+        if let Some(t) = &token {
+            rb = rb.bearer_auth(t.expose_secret());
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        async move {
+            let resp = rb.send().await.with_context(|| {
+                format!("{method} {url} failed; is the bridge listening there (--url, BRIDGE_URL)?")
+            })?;
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if !status.is_success() {
+                let message = v["message"].as_str().unwrap_or(text.as_str());
+                let hint = match status.as_u16() {
+                    401 | 403 => {
+                        " (give an API token of server.api_tokens with --token-file or BRIDGE_API_TOKEN)"
+                    }
+                    _ => "",
+                };
+                anyhow::bail!("{method} {url} answered HTTP {status}: {message}{hint}");
+            }
+            Ok(v)
+        }
+    };
+    match action {
+        SilenceAction::Add {
+            matchers,
+            duration,
+            comment,
+            starts_at,
+            created_by,
+        } => {
+            let mut m = serde_json::Map::new();
+            for kv in &matchers {
+                let Some((k, v)) = kv.split_once('=') else {
+                    anyhow::bail!(
+                        "--match {kv:?} is not KEY=VALUE (for example --match resource_name='SGH8*')"
+                    );
+                };
+                m.insert(k.trim().to_owned(), serde_json::Value::from(v));
+            }
+            let mut body = serde_json::json!({
+                "matchers": m,
+                "duration": duration,
+                "comment": comment,
+                "created_by": created_by.unwrap_or_default(),
+            });
+            if let Some(s) = starts_at {
+                body["starts_at"] = serde_json::Value::from(s);
+            }
+            let v = send(
+                reqwest::Method::POST,
+                format!("{base}/api/v1/silences"),
+                Some(body),
+            )
+            .await?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
+        }
+        SilenceAction::List { json } => {
+            let v = send(
+                reqwest::Method::GET,
+                format!("{base}/api/v1/silences"),
+                None,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!(
+                "{:<36}  {:<8}  {:<20}  {:<20}  {:<12}  {:<40}  COMMENT",
+                "ID", "STATE", "STARTS", "ENDS", "CREATED BY", "MATCHERS"
+            );
+            for s in v["silences"].as_array().into_iter().flatten() {
+                let matchers = s["matchers"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                let short = |t: &serde_json::Value| {
+                    t.as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| {
+                            t.with_timezone(&chrono::Utc)
+                                .format("%Y-%m-%d %H:%M:%SZ")
+                                .to_string()
+                        })
+                        .unwrap_or_default()
+                };
+                println!(
+                    "{:<36}  {:<8}  {:<20}  {:<20}  {:<12}  {:<40}  {}",
+                    s["id"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    short(&s["starts_at"]),
+                    short(&s["ends_at"]),
+                    s["created_by"].as_str().unwrap_or(""),
+                    matchers,
+                    s["comment"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        SilenceAction::Expire { id, expired_by } => {
+            let id_enc: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+            let mut url = format!("{base}/api/v1/silences/{id_enc}");
+            if let Some(by) = expired_by {
+                let by: String = url::form_urlencoded::byte_serialize(by.as_bytes()).collect();
+                url.push_str(&format!("?expired_by={by}"));
+            }
+            send(reqwest::Method::DELETE, url, None).await?;
+            println!("expired {id}");
+        }
+    }
     Ok(())
 }

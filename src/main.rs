@@ -98,6 +98,19 @@ fn main() -> ExitCode {
         Command::Simulate { target } => with_logging(&pretty("info"), async move {
             bridge::commands::simulate(target, shutdown_on_signals()).await
         }),
+        Command::Silence { api, action } => match current_thread_runtime() {
+            Ok(rt) => match rt.block_on(bridge::commands::silence(&api, action)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            },
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
         Command::Healthcheck { url, timeout } => {
             // A probe run by the container runtime: no logger, one line on failure.
             match current_thread_runtime() {

@@ -60,6 +60,8 @@ pub struct ApiError {
     pub close: bool,
     /// Seconds for a `Retry-After` header: the condition is expected to pass by itself.
     pub retry_after: Option<u32>,
+    /// The request field that is wrong (a validation error's `field`).
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -70,7 +72,14 @@ impl ApiError {
             message: message.into(),
             close: false,
             retry_after: None,
+            field: None,
         }
+    }
+
+    /// The same error naming the request field to fix.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     /// The same error with `Retry-After: secs`.
@@ -88,11 +97,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "error": self.error,
             "message": self.message,
             "request_id": current_request_id(),
         });
+        if let Some(f) = &self.field {
+            body["field"] = json!(f);
+        }
         let mut r = (self.status, axum::Json(body)).into_response();
         if self.close {
             r.headers_mut()

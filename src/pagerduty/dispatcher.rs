@@ -50,7 +50,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{AlertChange, ChangeKind};
-use crate::pipeline::{Holding, Incidents, Incoming, Queued, Routes, Step, Why, decide};
+use crate::pipeline::silence::ActiveSet;
+use crate::pipeline::{
+    Holding, Incidents, Incoming, Queued, Routes, Silence, Silences, Step, Why, decide,
+};
 use crate::readiness::Readiness;
 use crate::recent::FastMap;
 
@@ -84,6 +87,7 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub journal: Journal,
     pub incidents: Arc<Incidents>,
+    pub silences: Arc<Silences>,
 }
 
 impl Shared {
@@ -221,6 +225,9 @@ pub(crate) struct Dispatcher {
     /// the last job started.
     last_turn: Vec<u64>,
     clock: u64,
+    /// The silences active when they were last looked at, and when that set changes next.
+    active: ActiveSet,
+    silence_wake: Option<Instant>,
 }
 
 fn priority_name(p: u8) -> &'static str {
@@ -291,6 +298,8 @@ impl Dispatcher {
                 .collect(),
             last_turn: vec![0; n],
             clock: 0,
+            active: ActiveSet::default(),
+            silence_wake: None,
         }
     }
 
@@ -331,6 +340,9 @@ impl Dispatcher {
         let mut answers = self.shared.answers.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut silences = self.shared.silences.subscribe();
+        silences.borrow_and_update();
+        self.refresh_silences();
         loop {
             answers.borrow_and_update();
             let wake = self.dispatch();
@@ -392,6 +404,9 @@ impl Dispatcher {
                 }
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
                 _ = answers.changed(), if self.waiting_for_answer => {}
+                // A silence was added or expired, or one starts or ends now.
+                Ok(()) = silences.changed() => self.refresh_silences(),
+                _ = sleep_until_opt(self.silence_wake), if self.silence_wake.is_some() => self.refresh_silences(),
                 _ = work.cancelled(), if !draining => {
                     draining = true;
                     for s in &mut sources {
@@ -524,11 +539,69 @@ impl Dispatcher {
         (confirmed, queued)
     }
 
+    /// Looks at the silences again: when the active set changed (a silence started, ended or
+    /// was expired), every open alert one of the changed silences matches, or that one of
+    /// them held, goes through the policy again with its last change. So an alert a silence
+    /// held is triggered when it ends (once: its trigger is then queued or held), a trigger
+    /// queued before a silence started is cancelled, and an alert still held by another
+    /// silence stays held. After a restart the first full sync does the same for every alert.
+    fn refresh_silences(&mut self) {
+        let (active, next) = self.shared.silences.active();
+        self.silence_wake = next;
+        let active = ActiveSet::new(active);
+        let changed: Vec<Arc<crate::pipeline::silence::Compiled>> = active
+            .changed_since(&self.active)
+            .into_iter()
+            .cloned()
+            .collect();
+        self.active = active;
+        let m = &self.shared.metrics;
+        m.silences_active
+            .set(i64::try_from(self.active.len()).unwrap_or(i64::MAX));
+        if changed.is_empty() {
+            return;
+        }
+        let ids: HashSet<&str> = changed.iter().map(|c| c.silence.id.as_str()).collect();
+        let mut again = 0usize;
+        for t in self.shared.incidents.open_alerts() {
+            let was = t.silenced_by.as_deref().is_some_and(|id| ids.contains(id));
+            if was || changed.iter().any(|c| c.matches(&t.change)) {
+                let source = self.source_of_key(&t.dedup_key);
+                self.intake(t.change, source);
+                again += 1;
+            }
+        }
+        tracing::info!(
+            active = self.active.len(),
+            changed = changed.len(),
+            alerts = again,
+            "silences changed; the alerts they match were evaluated again"
+        );
+        self.shared
+            .metrics
+            .silenced_alerts
+            .set(i64::try_from(self.shared.incidents.held_count()).unwrap_or(i64::MAX));
+    }
+
     /// Decides what PagerDuty must hear about one change (from intake `source`), and queues
     /// it.
     fn intake(&mut self, change: AlertChange, source: usize) {
         let alert = &change.alert;
         let key = event::dedup_key(&change.key.appliance, &change.key.uri);
+        let open = change.kind != ChangeKind::Cleared;
+        let holder: Option<Arc<str>> = if open {
+            self.active
+                .holder(&change)
+                .map(|c| Arc::from(c.silence.id.as_str()))
+        } else {
+            None
+        };
+        let was_held = self.shared.incidents.hold(&key, holder.as_ref());
+        let silence = if holder.is_some() || (!open && was_held.is_some()) {
+            Silence::Holds
+        } else {
+            Silence::None
+        };
         self.shared.incidents.observe(&key, &change);
         let pd_severity = self.ctx.pd_severity(alert.severity.as_str());
         let fp = event::fingerprint(&pd_severity, alert);
@@ -540,8 +613,12 @@ impl Dispatcher {
             ChangeKind::Cleared => Incoming::Cleared { fingerprint: fp },
         };
         let (confirmed, queued) = self.view(&key);
-        let d = decide(&incoming, &confirmed, &queued, &self.router);
+        let d = decide(&incoming, &confirmed, &queued, &self.router, silence);
         match d.why {
+            Why::Silenced => {
+                self.shared.metrics.suppressed.inc();
+                tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, silence = holder.as_deref().unwrap_or(""), "a silence holds this alert; not paged (it is, when the silence ends and the alert is still open)");
+            }
             Why::Unchanged => {
                 tracing::debug!(dedup_key = %key, "PagerDuty has (or will have) this alert as it is; nothing sent")
             }
@@ -976,6 +1053,8 @@ impl Dispatcher {
         }
         m.dedup_entries
             .set(i64::try_from(total).unwrap_or(i64::MAX));
+        m.silenced_alerts
+            .set(i64::try_from(self.shared.incidents.held_count()).unwrap_or(i64::MAX));
     }
 
     fn update_queue_gauges(&self) {

@@ -62,6 +62,8 @@ pub struct Delivery {
     pub pushes: tokio::sync::mpsc::Sender<AlertChange>,
     /// What PagerDuty holds per alert, and the open alerts (read by the web side).
     pub incidents: Arc<crate::pipeline::Incidents>,
+    /// The silences (maintenance windows): written by the web side's API, checked at intake.
+    pub silences: Arc<crate::pipeline::Silences>,
     /// Runs until `work` is cancelled; then keeps delivering what is queued until the app's
     /// shutdown timeout drops it.
     pub task: crate::task::Task,
@@ -106,6 +108,9 @@ pub(crate) struct Metrics {
     cancelled: Counter,
     route_missing: Counter,
     open_incidents: Family<RouteLabels, Gauge>,
+    silences_active: Gauge,
+    silenced_alerts: Gauge,
+    suppressed: Counter,
 }
 
 fn static_label(v: &str, set: &[&'static str]) -> &'static str {
@@ -128,6 +133,9 @@ impl Metrics {
             cancelled: Counter::default(),
             route_missing: Counter::default(),
             open_incidents: Family::default(),
+            silences_active: Gauge::default(),
+            silenced_alerts: Gauge::default(),
+            suppressed: Counter::default(),
         };
         for a in ACTIONS {
             for o in OUTCOMES {
@@ -192,6 +200,21 @@ impl Metrics {
             "bridge_pagerduty_cancelled",
             "Trigger and resolve pairs dropped while queued because the alert cleared first",
             m.cancelled.clone(),
+        );
+        registry.register(
+            "bridge_silences_active",
+            "Silences (maintenance windows) in force now; upcoming and expired ones are not counted",
+            m.silences_active.clone(),
+        );
+        registry.register(
+            "bridge_silenced_alerts",
+            "Open alerts an active silence holds: they page when the silence ends, unless they clear first",
+            m.silenced_alerts.clone(),
+        );
+        registry.register(
+            "bridge_silence_suppressed_triggers",
+            "Triggers (new incidents, updates, route changes) not sent because a silence held the alert",
+            m.suppressed.clone(),
         );
         m
     }
@@ -315,6 +338,12 @@ pub fn assemble_durable(
         state.snapshot.ledger.len(),
     )
     .map_err(|e| PagerDutyError::State(format!("cannot start the state writer thread: {e}")))?;
+    let silences = Arc::new(crate::pipeline::Silences::new(
+        state.snapshot.silences.values().cloned(),
+        Some(journal.clone()),
+        state.retention,
+        crate::pipeline::silence::Clock::new(),
+    ));
     let settings = dispatcher::Settings {
         concurrency: pd.concurrency.max(1),
         capacity: pd.queue_capacity.max(1),
@@ -337,6 +366,7 @@ pub fn assemble_durable(
         settings,
         journal: journal.clone(),
         incidents: incidents.clone(),
+        silences: silences.clone(),
     });
     let appliances = intake_names(cfg);
     let mut sources = Vec::with_capacity(appliances.len() + 1);
@@ -396,6 +426,7 @@ pub fn assemble_durable(
         intakes,
         pushes: push_tx,
         incidents,
+        silences,
         task: Box::pin(task),
         status,
     })

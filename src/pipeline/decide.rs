@@ -16,6 +16,12 @@
 //! be, and the dispatcher keeps what already matches. Events read back from the outbox after a
 //! restart ("resumed") may have been accepted just before the crash, so they count as held when
 //! deciding and are kept unless the decision's first event supersedes them on their route.
+//!
+//! A silence (maintenance window, [`crate::pipeline::silence`]) that holds the alert turns every
+//! trigger of the plan into nothing (and the resolve of a route change with it: the alert is
+//! still open, so its incident stays as it is); a resolve of an open incident still flows. A
+//! clear of an alert whose trigger a silence withheld sends nothing when nobody knows of an
+//! incident: nobody was paged. The dispatcher evaluates the alert again when the silence ends.
 
 use std::sync::Arc;
 
@@ -132,6 +138,19 @@ pub enum Why {
     /// Nobody knows which integration holds it: a resolve to every routing key (a resolve for
     /// a key PagerDuty does not have is answered 202 and dropped).
     ResolveUnknown,
+    /// A silence holds the alert: what would have been sent (a trigger, an update, a route
+    /// change) is not, and not-yet-sent events of this process are cancelled.
+    Silenced,
+}
+
+/// Whether a silence holds the alert, as the dispatcher found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// No silence: the plain policy.
+    None,
+    /// For a raise or update: an active silence matches the alert now. For a clear: a silence
+    /// held the alert at its last raise or update (so its trigger may never have been sent).
+    Holds,
 }
 
 /// What PagerDuty must hear next about one alert.
@@ -151,6 +170,7 @@ pub fn decide(
     confirmed: &Holding,
     queued: &[Queued],
     routes: &dyn Routes,
+    silence: Silence,
 ) -> Decision {
     let resumed: Vec<&Step> = queued
         .iter()
@@ -200,6 +220,16 @@ pub fn decide(
                 )
             }
         }
+    };
+    let (plan, why) = match (silence, incoming, why) {
+        (Silence::Holds, Incoming::Open { .. }, Why::New | Why::Update | Why::RouteChange) => {
+            (Vec::new(), Why::Silenced)
+        }
+        // The trigger was withheld and no incident is known: nobody was paged.
+        (Silence::Holds, Incoming::Cleared { .. }, Why::ResolveUnknown) => {
+            (Vec::new(), Why::NeverSent)
+        }
+        _ => (plan, why),
     };
     // A resumed event stays unless the first planned event is on its route: a resolve or a
     // newer trigger there makes it moot whether PagerDuty heard it.
@@ -531,7 +561,7 @@ mod tests {
             ),
         ];
         for (name, incoming, confirmed, queued, queue, orphans, why) in rows {
-            let d = decide(&incoming, &confirmed, &queued, &ROUTES);
+            let d = decide(&incoming, &confirmed, &queued, &ROUTES, Silence::None);
             assert_eq!(
                 d,
                 Decision {
@@ -549,7 +579,7 @@ mod tests {
         // The dispatcher folds the event in flight into `confirmed` with `Holding::after`.
         let in_flight = t("critical", 1);
         let confirmed = Holding::Unknown.after(&in_flight);
-        let d = decide(&CLEARED, &confirmed, &[], &ROUTES);
+        let d = decide(&CLEARED, &confirmed, &[], &ROUTES, Silence::None);
         assert_eq!(d.queue, vec![res("critical")]);
         let closing = Holding::Open {
             route: r("critical"),
@@ -562,5 +592,106 @@ mod tests {
             open("default", 1),
             "a resolve on another integration leaves the incident open"
         );
+    }
+
+    /// The silence rows: (what arrives, what PagerDuty holds, what is queued) -> (the queue,
+    /// why) while a silence holds the alert.
+    #[test]
+    fn silence_table() {
+        type Row = (&'static str, Incoming, Holding, Vec<Queued>, Vec<Step>, Why);
+        let rows: Vec<Row> = vec![
+            (
+                "raised while silenced: no page",
+                raised("default", 1),
+                Holding::Unknown,
+                vec![],
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "raised after a resolve while silenced: no page",
+                raised("default", 1),
+                Holding::Closed,
+                vec![],
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "silence starts while its trigger waits: the trigger is cancelled",
+                raised("default", 1),
+                Holding::Unknown,
+                vec![fresh(t("default", 1))],
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "update of an open incident while silenced: not sent",
+                raised("default", 2),
+                open("default", 1),
+                vec![],
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "route change while silenced: the old incident stays, nothing sent",
+                raised("critical", 2),
+                open("default", 1),
+                vec![],
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "unchanged open incident: nothing to suppress",
+                raised("default", 1),
+                open("default", 1),
+                vec![],
+                vec![],
+                Why::Unchanged,
+            ),
+            (
+                "a resumed trigger may have been accepted: kept",
+                raised("default", 1),
+                Holding::Unknown,
+                vec![resumed(t("default", 1))],
+                vec![t("default", 1)],
+                Why::Unchanged,
+            ),
+            (
+                "resolve of an open incident flows while silenced",
+                CLEARED,
+                open("critical", 1),
+                vec![],
+                vec![res("critical")],
+                Why::Resolve,
+            ),
+            (
+                "cleared after its trigger was withheld: nobody was paged",
+                CLEARED,
+                Holding::Unknown,
+                vec![],
+                vec![],
+                Why::NeverSent,
+            ),
+            (
+                "cleared after a resolve: nothing",
+                CLEARED,
+                Holding::Closed,
+                vec![],
+                vec![],
+                Why::AlreadyResolved,
+            ),
+        ];
+        for (name, incoming, confirmed, queued, queue, why) in rows {
+            let d = decide(&incoming, &confirmed, &queued, &ROUTES, Silence::Holds);
+            assert_eq!(
+                d,
+                Decision {
+                    queue,
+                    orphans: vec![],
+                    why
+                },
+                "{name}"
+            );
+        }
     }
 }

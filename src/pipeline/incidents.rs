@@ -101,6 +101,9 @@ struct Table {
     /// Open incidents per route, kept as holdings change (the gauge reads it every second;
     /// counting the entries then would be O(alerts)).
     per_route: FastMap<Arc<str>, usize>,
+    /// Open alerts a silence held at their last evaluation, with the id of that silence (few:
+    /// a map of its own rather than a field of every entry).
+    held: FastMap<Box<str>, Arc<str>>,
     ttl: Duration,
     next_sweep: Instant,
 }
@@ -112,6 +115,8 @@ pub struct TrackedAlert {
     pub change: AlertChange,
     /// The route of the open incident PagerDuty accepted, if any yet.
     pub route: Option<Arc<str>>,
+    /// The silence that holds the alert, if one does.
+    pub silenced_by: Option<Arc<str>>,
 }
 
 /// A known alert key, for a write-back: whose alert it is and where its incident is.
@@ -145,6 +150,7 @@ impl Incidents {
                 appliances: Names::default(),
                 resolved: FastMap::default(),
                 per_route: FastMap::default(),
+                held: FastMap::default(),
                 ttl,
                 next_sweep: Instant::now() + sweep_every(ttl),
             }),
@@ -168,6 +174,35 @@ impl Incidents {
             Some(until) if *until > Instant::now() => Holding::Closed,
             _ => Holding::Unknown,
         }
+    }
+
+    /// Records which silence holds `key` now (`None`: none, or the alert cleared); returns
+    /// the silence that held it before.
+    pub fn hold(&self, key: &str, silence: Option<&Arc<str>>) -> Option<Arc<str>> {
+        let mut g = self.lock();
+        match silence {
+            Some(id) => match g.held.get_mut(key) {
+                Some(v) => Some(std::mem::replace(v, id.clone())),
+                None => g.held.insert(Box::from(key), id.clone()),
+            },
+            None => {
+                let before = g.held.remove(key);
+                if before.is_some() {
+                    shrink_if_sparse(&mut g.held);
+                }
+                before
+            }
+        }
+    }
+
+    /// The silence holding `key`, if one did at its last evaluation.
+    pub fn held_by(&self, key: &str) -> Option<Arc<str>> {
+        self.lock().held.get(key).cloned()
+    }
+
+    /// How many open alerts a silence holds (the gauge).
+    pub fn held_count(&self) -> usize {
+        self.lock().held.len()
     }
 
     /// Records a change at intake: the alert list follows OneView.
@@ -316,6 +351,7 @@ impl Incidents {
                     dedup_key: k.to_string(),
                     change,
                     route: g.held(e).map(|(r, _)| r),
+                    silenced_by: g.held.get(k).cloned(),
                 })
             })
             .collect()

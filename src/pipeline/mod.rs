@@ -5,12 +5,16 @@
 //!   store's ledger at startup, written only by the dispatcher.
 //! - [`decide`]: the intake policy (trigger, update, clear, cancel, route change) as a pure
 //!   function with a table test: what PagerDuty must hear next about one alert.
+//! - [`silence`]: maintenance windows: their matchers and validation, and [`Silences`], the
+//!   set the dispatcher checks at intake (durable in the state store).
 //!
 //! The dispatcher (`pagerduty::dispatcher`) does the I/O around them: the outbox, per-key
 //! order, the rate limit per routing key, and the sends.
 
 pub mod decide;
 pub mod incidents;
+pub mod silence;
 
-pub use decide::{Decision, Holding, Incoming, Queued, Routes, Step, Why, decide};
+pub use decide::{Decision, Holding, Incoming, Queued, Routes, Silence, Step, Why, decide};
 pub use incidents::Incidents;
+pub use silence::Silences;

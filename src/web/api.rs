@@ -52,6 +52,8 @@ const API_ROUTES: &[&str] = &[
     "/api/v1/deliveries/dead-letter/{key}/retry",
     "/api/v1/poll",
     "/api/v1/test-event",
+    "/api/v1/silences",
+    "/api/v1/silences/{id}",
 ];
 
 const VERIFY_OUTCOMES: &[&str] = &["valid", "missing", "malformed", "mismatch", "no_secrets"];
@@ -411,6 +413,136 @@ async fn test_event(State(s): State<WebState>, headers: HeaderMap) -> Result<Res
     Ok((status, axum::Json(json!({"accepted": ok, "results": v}))).into_response())
 }
 
+async fn list_silences(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.check_read(&headers)?;
+    Ok(axum::Json(s.control.silences().await.map_err(ApiError::from)?).into_response())
+}
+
+async fn get_silence(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.check_read(&headers)?;
+    let list = s.control.silences().await.map_err(ApiError::from)?;
+    match list.silences.into_iter().find(|v| v.silence.id == id) {
+        Some(v) => Ok(axum::Json(v).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no silence with id {id}; GET /api/v1/silences lists them"),
+        )),
+    }
+}
+
+/// `POST /api/v1/silences`: `{"matchers": {"resource_name": "SGH8*"}, "duration": "2h",
+/// "created_by": "...", "comment": "..."}` (or `ends_at`, and optionally `starts_at`, RFC
+/// 3339). 201 with the silence; 422 naming the field that is wrong.
+async fn create_silence(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let bytes = read_json_body(&headers, body, s.config.server.api_body_limit).await?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(format!("the body is not valid JSON: {e}")))?;
+    let req = parse_new_silence(v)?;
+    let created = s
+        .control
+        .create_silence(req)
+        .await
+        .map_err(ApiError::from)?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+/// The request's shape, with a 422 naming the field that does not fit.
+fn parse_new_silence(v: Value) -> Result<crate::pipeline::silence::NewSilence, ApiError> {
+    use crate::web::control::INVALID_SILENCE;
+    let unprocessable = |field: &str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, INVALID_SILENCE, message).field(field)
+    };
+    let Value::Object(obj) = &v else {
+        return Err(unprocessable(
+            "body",
+            "the body must be a JSON object with matchers, duration or ends_at, created_by and comment".to_owned(),
+        ));
+    };
+    const FIELDS: [&str; 6] = [
+        "matchers",
+        "starts_at",
+        "ends_at",
+        "duration",
+        "created_by",
+        "comment",
+    ];
+    for k in obj.keys() {
+        if !FIELDS.contains(&k.as_str()) {
+            return Err(unprocessable(
+                k,
+                format!("unknown field `{k}`; the fields are {}", FIELDS.join(", ")),
+            ));
+        }
+    }
+    if let Some(m) = obj.get("matchers") {
+        let Value::Object(m) = m else {
+            return Err(unprocessable(
+                "matchers",
+                "matchers must be an object of matcher name to value, e.g. {\"resource_name\": \"SGH8*\"}".to_owned(),
+            ));
+        };
+        for (k, v) in m {
+            if !v.is_string() {
+                return Err(unprocessable(
+                    &format!("matchers.{k}"),
+                    format!("matcher `{k}` must be a string"),
+                ));
+            }
+        }
+    }
+    for f in FIELDS.iter().skip(1) {
+        match obj.get(*f) {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(_) => {
+                return Err(unprocessable(f, format!("{f} must be a string")));
+            }
+        }
+    }
+    // With the types checked above, only a time that is not RFC 3339 is left to fail.
+    let field = ["starts_at", "ends_at"]
+        .into_iter()
+        .find(|f| {
+            obj.get(*f)
+                .and_then(Value::as_str)
+                .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_err())
+        })
+        .unwrap_or("body");
+    serde_json::from_value(v.clone()).map_err(|e| {
+        unprocessable(
+            field,
+            format!("{field}: {e} (times are RFC 3339, e.g. 2026-12-02T06:00:00Z)"),
+        )
+    })
+}
+
+async fn expire_silence(
+    State(s): State<WebState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<crate::web::control::ExpireQuery>,
+) -> Result<Response, ApiError> {
+    s.check_write(&headers)?;
+    let v = s
+        .control
+        .expire_silence(&id, q.expired_by)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(axum::Json(v).into_response())
+}
+
 /// The client a request is counted against: the peer address, or, when the peer is a trusted
 /// proxy, the right-most `X-Forwarded-For` hop that is not itself a trusted proxy.
 #[derive(Clone)]
@@ -589,7 +721,12 @@ pub fn routes(
             post(retry_dead_letter),
         )
         .route("/api/v1/poll", post(poll))
-        .route("/api/v1/test-event", post(test_event));
+        .route("/api/v1/test-event", post(test_event))
+        .route("/api/v1/silences", post(create_silence).get(list_silences))
+        .route(
+            "/api/v1/silences/{id}",
+            get(get_silence).delete(expire_silence),
+        );
     if let Some(g) = governor {
         api = api.route_layer(GovernorLayer::new(g).error_handler(|e| {
             governor_error(e, "server.rate_limit_per_second / server.rate_limit_burst")

@@ -42,7 +42,12 @@ pub enum ControlError {
         status: u16,
         error: String,
         message: String,
+        /// The request field a validation error names.
+        field: Option<String>,
     },
+    /// The request is well-formed but wrong (a silence that cannot be): 422 naming the field.
+    #[error("{0}")]
+    Invalid(crate::pipeline::silence::SilenceError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -64,6 +69,7 @@ impl From<ControlError> for ApiError {
                 status,
                 ref error,
                 ref message,
+                ref field,
             } => {
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let error: &'static str = match error.as_str() {
@@ -72,6 +78,7 @@ impl From<ControlError> for ApiError {
                     "forbidden" => "poller_forbidden",
                     "bad_request" => "bad_request",
                     "queue_full" => "queue_full",
+                    INVALID_SILENCE => INVALID_SILENCE,
                     NOT_LEADER => "leader_handover",
                     _ => "poller_error",
                 };
@@ -81,8 +88,18 @@ impl From<ControlError> for ApiError {
                 } else {
                     code
                 };
-                ApiError::new(code, error, format!("poller: {message}"))
+                let e = ApiError::new(code, error, format!("poller: {message}"));
+                match field {
+                    Some(f) => e.field(f.clone()),
+                    None => e,
+                }
             }
+            ControlError::Invalid(e) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                INVALID_SILENCE,
+                e.to_string(),
+            )
+            .field(e.field),
             ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             ControlError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
@@ -92,6 +109,15 @@ impl From<ControlError> for ApiError {
             }
         }
     }
+}
+
+/// The `error` of a silence the API refuses (422, with the `field` to fix).
+pub const INVALID_SILENCE: &str = "invalid_silence";
+
+/// `GET /api/v1/silences`: every silence not pruned yet, newest end first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SilenceList {
+    pub silences: Vec<crate::pipeline::silence::SilenceView>,
 }
 
 /// PagerDuty delivery state of one key, as the API shows it.
@@ -129,10 +155,14 @@ pub struct TrackedAlert {
     /// poller (acknowledged, reassigned, annotated); only `http`/`https` URLs are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident_url: Option<String>,
-    /// Status markers of the alert (`kind`, e.g. `flapping` or `silenced` once those exist),
-    /// shown beside it on the status page. Empty for now.
+    /// Status markers of the alert (`kind`: `silenced`; `flapping` once that exists), shown
+    /// beside it on the status page.
     #[serde(default)]
     pub markers: Vec<AlertMarker>,
+    /// The id of the silence that holds the alert (its trigger or updates are not sent until
+    /// the silence ends), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
 }
 
 /// A marker on an alert: something on-call should see at a glance.
@@ -265,6 +295,9 @@ pub struct StatusView {
     /// poller that predates it).
     #[serde(default)]
     pub history: Option<crate::web::history::HistoryView>,
+    /// Active and upcoming silences (maintenance windows), ending soonest first.
+    #[serde(default)]
+    pub silences: Vec<crate::pipeline::silence::SilenceView>,
 }
 
 /// A PagerDuty incident change to write back to OneView.
@@ -385,6 +418,8 @@ pub struct Local {
     /// The push API's own admission into the pipeline (`web.push_queue`).
     pub pushes: mpsc::Sender<AlertChange>,
     pub delivery: Arc<DeliveryStatus>,
+    /// The silences (maintenance windows) the dispatcher checks at intake.
+    pub silences: Arc<crate::pipeline::Silences>,
     /// PagerDuty incident id -> incident key, learned from webhooks that carry both, so that
     /// `incident.annotated` (whose payload has no key) can be matched.
     incident_keys: moka::sync::Cache<String, String>,
@@ -408,6 +443,7 @@ impl Local {
         changes: mpsc::Sender<AlertChange>,
         pushes: mpsc::Sender<AlertChange>,
         delivery: Arc<DeliveryStatus>,
+        silences: Arc<crate::pipeline::Silences>,
     ) -> Self {
         Self {
             config,
@@ -416,6 +452,7 @@ impl Local {
             changes,
             pushes,
             delivery,
+            silences,
             incident_keys: moka::sync::Cache::builder().max_capacity(10_000).build(),
             incident_urls: moka::sync::Cache::builder()
                 .max_capacity(INCIDENT_URLS_KEPT)
@@ -483,7 +520,68 @@ impl Local {
             route: t.route.as_deref().map(str::to_owned),
             pagerduty,
             incident_url: self.incident_urls.get(&t.dedup_key).map(|u| u.to_string()),
-            markers: Vec::new(),
+            markers: t
+                .silenced_by
+                .as_deref()
+                .map(|id| {
+                    let detail = match self.silences.get(id) {
+                        Some(v) => format!(
+                            "held by silence {id} until {} ({}, by {})",
+                            v.silence
+                                .ends_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            v.silence.comment,
+                            v.silence.created_by
+                        ),
+                        None => format!("held by silence {id}"),
+                    };
+                    AlertMarker {
+                        kind: "silenced".to_owned(),
+                        detail: Some(detail),
+                    }
+                })
+                .into_iter()
+                .collect(),
+            silenced_by: t.silenced_by.as_deref().map(str::to_owned),
+        }
+    }
+
+    fn silence_list(&self) -> SilenceList {
+        SilenceList {
+            silences: self.silences.list(),
+        }
+    }
+
+    /// Validates and stores a new silence; the dispatcher applies it at once.
+    async fn create_silence(
+        &self,
+        req: crate::pipeline::silence::NewSilence,
+    ) -> Result<crate::pipeline::silence::SilenceView, ControlError> {
+        let names: Vec<&str> = self.appliances.iter().map(|a| &*a.appliance.id).collect();
+        let now = self.silences.clock().now();
+        let silence = req.validate(&names, now).map_err(ControlError::Invalid)?;
+        let silence = self.silences.add(silence).await;
+        Ok(crate::pipeline::silence::SilenceView {
+            state: silence.state(now),
+            silence,
+        })
+    }
+
+    /// Ends silence `id` now: the alerts it held and no other silence holds page now.
+    async fn expire_silence(
+        &self,
+        id: &str,
+        by: Option<String>,
+    ) -> Result<crate::pipeline::silence::SilenceView, ControlError> {
+        use crate::pipeline::silence::{Expired, SilenceState, SilenceView};
+        match self.silences.expire(id, by).await {
+            Some(Expired::Now(silence) | Expired::Already(silence)) => Ok(SilenceView {
+                silence,
+                state: SilenceState::Expired,
+            }),
+            None => Err(ControlError::NotFound(format!(
+                "no silence with id {id}; GET /api/v1/silences lists them (expired ones are pruned state.retention after their end)"
+            ))),
         }
     }
 
@@ -672,6 +770,13 @@ impl Local {
 
     fn status(&self) -> StatusView {
         let now = Utc::now();
+        let mut silences: Vec<crate::pipeline::silence::SilenceView> = self
+            .silences
+            .list()
+            .into_iter()
+            .filter(|v| v.state != crate::pipeline::silence::SilenceState::Expired)
+            .collect();
+        silences.sort_by_key(|a| a.silence.ends_at);
         let d = self.delivery.snapshot();
         let mut recent: Vec<RecentError> = self
             .recent_errors
@@ -767,6 +872,7 @@ impl Local {
             alerts,
             generated: now,
             history: Some(self.delivery.history().view(now)),
+            silences,
         }
     }
 
@@ -1266,6 +1372,7 @@ impl Remote {
                     .as_str()
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("HTTP {status} from {url}")),
+                field: v["field"].as_str().map(str::to_owned),
                 error,
             };
             return Err(match &e {
@@ -1278,6 +1385,7 @@ impl Remote {
         serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Other(ControlError::Upstream {
                 status: 502,
+                field: None,
                 error: "poller_error".to_owned(),
                 message: format!("unusable answer from {url}: {e}"),
             })
@@ -1406,6 +1514,60 @@ impl Control {
     }
 }
 
+impl Control {
+    pub async fn silences(&self) -> Result<SilenceList, ControlError> {
+        match self {
+            Control::Local(l) => Ok(l.silence_list()),
+            Control::Remote(r) => {
+                r.call(reqwest::Method::GET, "/internal/v1/silences", None)
+                    .await
+            }
+        }
+    }
+
+    pub async fn create_silence(
+        &self,
+        req: crate::pipeline::silence::NewSilence,
+    ) -> Result<crate::pipeline::silence::SilenceView, ControlError> {
+        match self {
+            Control::Local(l) => l.create_silence(req).await,
+            Control::Remote(r) => {
+                r.call(
+                    reqwest::Method::POST,
+                    "/internal/v1/silences",
+                    Some(serde_json::to_value(req).unwrap_or_default()),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn expire_silence(
+        &self,
+        id: &str,
+        by: Option<String>,
+    ) -> Result<crate::pipeline::silence::SilenceView, ControlError> {
+        match self {
+            Control::Local(l) => l.expire_silence(id, by).await,
+            Control::Remote(r) => {
+                let enc: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+                let mut path = format!("/internal/v1/silences/{enc}");
+                if let Some(by) = by {
+                    let by: String = url::form_urlencoded::byte_serialize(by.as_bytes()).collect();
+                    path.push_str(&format!("?expired_by={by}"));
+                }
+                r.call(reqwest::Method::DELETE, &path, None).await
+            }
+        }
+    }
+}
+
+/// `DELETE /api/v1/silences/{id}`: who expires it (optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExpireQuery {
+    pub expired_by: Option<String>,
+}
+
 fn serde_urlencoded_query(q: &AlertQuery) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in [
@@ -1491,6 +1653,36 @@ async fn i_writeback(
     Ok(axum::Json(s.local.writeback(&req).await).into_response())
 }
 
+async fn i_silences(State(s): State<Internal>, h: HeaderMap) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    Ok(axum::Json(s.local.silence_list()).into_response())
+}
+
+async fn i_create_silence(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    axum::Json(req): axum::Json<crate::pipeline::silence::NewSilence>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    let v = s.local.create_silence(req).await.map_err(ApiError::from)?;
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+async fn i_expire_silence(
+    State(s): State<Internal>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ExpireQuery>,
+) -> Result<Response, ApiError> {
+    guard(&s, &h)?;
+    let v = s
+        .local
+        .expire_silence(&id, q.expired_by)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(axum::Json(v).into_response())
+}
+
 /// The poller's internal API for web replicas, behind `web.poller_token` (403 when unset).
 pub fn internal_routes(local: Arc<Local>, token: Option<Arc<Secret>>) -> Router {
     Router::new()
@@ -1501,6 +1693,14 @@ pub fn internal_routes(local: Arc<Local>, token: Option<Arc<Secret>>) -> Router 
         .route("/internal/v1/test-event", post(i_test))
         .route("/internal/v1/status", get(i_status))
         .route("/internal/v1/writeback", post(i_writeback))
+        .route(
+            "/internal/v1/silences",
+            get(i_silences).post(i_create_silence),
+        )
+        .route(
+            "/internal/v1/silences/{id}",
+            axum::routing::delete(i_expire_silence),
+        )
         .with_state(Internal {
             local,
             tokens: ApiTokens::new(token),

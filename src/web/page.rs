@@ -396,6 +396,65 @@ var n=d.getElementById('main');if(n){m.innerHTML=n.innerHTML;}})\
 setTimeout(tick,s*1000);})();";
 
 /// Renders the page body (`<main>`) from a status view, or from the reason there is none.
+/// Active and upcoming silences (maintenance windows); nothing when there are none.
+fn silences_section(v: &StatusView, now: DateTime<Utc>) -> String {
+    use crate::pipeline::silence::SilenceState;
+    if v.silences.is_empty() {
+        return String::new();
+    }
+    let mut h = format!(
+        "<h2>Silences (<span id=\"silence-count\">{}</span>)</h2><ul id=\"silences\">",
+        v.silences.len()
+    );
+    for s in &v.silences {
+        let x = &s.silence;
+        // Judged again here: the view may be a few seconds old, or from another process.
+        let (state, when) = if x.state(now) == SilenceState::Pending {
+            (
+                "upcoming",
+                format!("starts {}", x.starts_at.format("%Y-%m-%d %H:%M UTC")),
+            )
+        } else {
+            (
+                "active",
+                format!(
+                    "until {} ({})",
+                    x.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                    age_until(x.ends_at, now)
+                ),
+            )
+        };
+        let matchers = x
+            .matchers
+            .iter()
+            .map(|(k, v)| format!("<code>{}={}</code>", esc(k), esc(v)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        h.push_str(&format!(
+            "<li class=\"card silence silence-{state}\" data-silence=\"{}\"><span class=\"marker marker-silenced\">{state}</span> \
+<strong>{}</strong><div class=\"muted\">{} &middot; by {} &middot; {}</div><div class=\"muted\">id {}</div></li>",
+            esc(&x.id),
+            esc(&x.comment),
+            esc(&when),
+            esc(&x.created_by),
+            matchers,
+            esc(&x.id),
+        ));
+    }
+    h.push_str("</ul>");
+    h
+}
+
+/// "2 h 5 min left" for an end in the future.
+fn age_until(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let mins = (t - now).num_minutes().max(0);
+    match (mins / 60, mins % 60) {
+        (0, m) => format!("{m} min left"),
+        (h, 0) => format!("{h} h left"),
+        (h, m) => format!("{h} h {m} min left"),
+    }
+}
+
 pub fn render_main(view: Result<&StatusView, &str>, refresh: u64) -> String {
     render_main_at(view, refresh, Utc::now())
 }
@@ -514,6 +573,7 @@ pub fn render_main_at(view: Result<&StatusView, &str>, refresh: u64, now: DateTi
 <div><div class=\"k\">Dead letters</div><div class=\"v\" id=\"dead-letter-count\">{}</div></div></div>",
         v.queue_depth, v.in_flight, v.oldest_queued_age_seconds, v.dead_letters_total
     ));
+    h.push_str(&silences_section(v, now));
     h.push_str(&format!(
         "<h2>Open alerts (<span id=\"alert-count\">{}</span>)</h2><ul id=\"alerts\">",
         v.alerts.len()
@@ -732,6 +792,7 @@ mod tests {
             pagerduty: None,
             incident_url: None,
             markers: Vec::new(),
+            silenced_by: None,
         }
     }
 
@@ -760,6 +821,7 @@ mod tests {
             alerts,
             generated: at("2026-03-01T12:00:00Z"),
             history,
+            silences: Vec::new(),
         }
     }
 
