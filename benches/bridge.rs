@@ -56,6 +56,10 @@ enum Cmd {
         /// `pagerduty.concurrency` (requests in flight; the bridge's default is 8).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Active silences created (through the API) before the storm; none matches its
+        /// alerts, so the figures are the cost of checking them at intake.
+        #[arg(long, default_value_t = 0)]
+        silences: usize,
     },
     /// 3 (and 7 with --state-path): storm under PagerDuty's 120/min per routing key.
     RateLimited {
@@ -219,7 +223,8 @@ async fn one(cmd: &Cmd, state: Option<&Path>) -> R<Figures> {
             alerts,
             interval_ms,
             concurrency,
-        } => storm(alerts, interval_ms, concurrency, state).await,
+            silences,
+        } => storm(alerts, interval_ms, concurrency, silences, state).await,
         Cmd::RateLimited {
             warnings,
             criticals,
@@ -298,6 +303,7 @@ async fn smoke() -> R<()> {
                 alerts: 300,
                 interval_ms: 1000,
                 concurrency: 8,
+                silences: 20,
             },
             false,
         ),
@@ -307,6 +313,7 @@ async fn smoke() -> R<()> {
                 alerts: 300,
                 interval_ms: 1000,
                 concurrency: 8,
+                silences: 0,
             },
             true,
         ),
@@ -471,6 +478,7 @@ async fn storm(
     alerts: usize,
     interval_ms: u64,
     concurrency: usize,
+    silences: usize,
     state: Option<&Path>,
 ) -> R<Figures> {
     let sims = Sims::start(Faults::default()).await?;
@@ -480,7 +488,39 @@ async fn storm(
         "BRIDGE_PAGERDUTY__CONCURRENCY".into(),
         concurrency.to_string(),
     ));
+    const SILENCE_TOKEN: &str = "bench-silence-token-0123456789abcdef";
+    if silences > 0 {
+        o.env
+            .push(("BRIDGE_SERVER__API_TOKENS".into(), SILENCE_TOKEN.into()));
+    }
     let b = Bridge::spawn(&sims, &o).await?;
+    // Maintenance windows of other servers: a resource-name glob each, half of them also a
+    // severity, a quarter an alert-type glob; none holds a storm alert.
+    for i in 0..silences {
+        let mut matchers = serde_json::json!({"resource_name": format!("MAINT-{i:04}-*")});
+        if i % 2 == 0 {
+            matchers["severity"] = "Critical".into();
+        }
+        if i % 4 == 1 {
+            matchers["alert_type"] = format!("Trap.maint{i}.*").into();
+        }
+        let r = b
+            .client
+            .post(format!("{}/api/v1/silences", b.url))
+            .bearer_auth(SILENCE_TOKEN)
+            .json(&serde_json::json!({
+                "matchers": matchers,
+                "duration": "2h",
+                "created_by": "bench",
+                "comment": format!("maintenance {i}"),
+            }))
+            .send()
+            .await
+            .map_err(|e| format!("POST /api/v1/silences: {e}"))?;
+        if r.status() != 201 {
+            return Err(format!("POST /api/v1/silences answered {}", r.status()));
+        }
+    }
     let sampler = b.sampler(Duration::from_millis(20));
     let cpu0 = b.proc_stat().cpu_s;
     let n = alerts as u64;
@@ -543,6 +583,7 @@ async fn storm(
     let res = t3.duration_since(t2).as_secs_f64();
     Ok(vec![
         ("alerts".into(), n as f64),
+        ("silences".into(), silences as f64),
         (
             "generate_s".into(),
             visible.duration_since(t0).as_secs_f64(),
