@@ -963,3 +963,125 @@ async fn a_database_restart_mid_storm_loses_nothing_and_both_pollers_reconnect()
     pd.shutdown();
     ov.stop().await;
 }
+
+/// A silence created on the leader is in the database: after a SIGKILL the standby takes over
+/// with it, keeps holding the alert it matches, and pages it once when it is expired there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_made_on_the_leader_holds_on_the_new_leader_after_failover() {
+    let _serial = SERIAL.lock().await;
+    const TOKEN: &str = "leader-silence-token-0123456789abcdef";
+    let Some(pg) = PgServer::start("a_silence_made_on_the_leader_holds_on_the_new_leader") else {
+        return;
+    };
+    let (url, _) = pg.fresh_database();
+    let (ov, pd) = sims(Faults::default()).await;
+    let mut a = Poller::new("a", &ov, &pd, &url);
+    let mut b = Poller::new("b", &ov, &pd, &url);
+    for p in [&mut a, &mut b] {
+        p.env.set("BRIDGE_SERVER__API_TOKENS", TOKEN);
+    }
+    lead_then_stand_by(&mut a, &mut b).await;
+    let http = reqwest::Client::new();
+    let api = |p: &Poller, path: &str| format!("http://127.0.0.1:{}{path}", p.port);
+    let r = http
+        .post(api(&a, "/api/v1/silences"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "matchers": {"resource_name": "SGH8*"},
+            "duration": "1h",
+            "created_by": "ops",
+            "comment": "firmware",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = ov.handle.add_alert(bridge::sim::oneview::AlertSpec {
+        severity: Some("Critical".into()),
+        resource_name: Some("SGH8-77".into()),
+        description: Some("fan".into()),
+        ..Default::default()
+    });
+    let held_by = |p: &Poller| {
+        let u = api(p, "/api/v1/alerts");
+        let http = http.clone();
+        let uri = uri.clone();
+        async move {
+            let v: serde_json::Value = http
+                .get(u)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["alerts"]
+                .as_array()?
+                .iter()
+                .find(|x| x["uri"] == uri.as_str())
+                .and_then(|x| x["silenced_by"].as_str().map(str::to_owned))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held_by(&a).await.as_deref() != Some(id.as_str()) {
+        assert!(tokio::time::Instant::now() < deadline, "a holds the alert");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    a.kill();
+    assert!(
+        wait_for(Duration::from_secs(30), || b.took_over() == 1).await,
+        "b takes over:\n{}",
+        b.log()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held_by(&b).await.as_deref() != Some(id.as_str()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new leader holds the alert with the silence from the database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = format!("oneview:{}:{uri}", bridge_proc::APPLIANCE);
+    let sent = |pd: &pdsim::SimHandle| {
+        pd.accepted()
+            .iter()
+            .filter(|e| e.dedup_key.as_deref() == Some(key.as_str()))
+            .count()
+    };
+    assert_eq!(sent(&pd), 0, "nobody was paged for the held alert");
+
+    let r = http
+        .delete(api(&b, &format!("/api/v1/silences/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| sent(pd) == 1)
+            .await,
+        "expiring it on the new leader pages the alert"
+    );
+    // A later alert pages too; the held one was paged once.
+    let later = ov.handle.add_alert(bridge::sim::oneview::AlertSpec {
+        severity: Some("Critical".into()),
+        resource_name: Some("CZ-1".into()),
+        ..Default::default()
+    });
+    let later = format!("oneview:{}:{later}", bridge_proc::APPLIANCE);
+    assert!(
+        pd.wait_until(Duration::from_secs(20), |pd| pd
+            .incidents()
+            .iter()
+            .any(|i| i.dedup_key == later))
+            .await
+    );
+    assert_eq!(sent(&pd), 1);
+    b.kill();
+}
