@@ -1381,3 +1381,110 @@ async fn role_web_status_page_shows_history_ages_incident_links_and_stays_inert(
     poller.stop().await;
     s.stop().await;
 }
+
+/// Silences on a web replica: created, listed and expired on the poller through its internal
+/// API; a 422 from the poller keeps its `field`; the alert list says which silence holds what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_web_forwards_silences_to_the_poller() {
+    let s = sims().await;
+    let poller = start(raw(Some(&s)), Role::Poller).await;
+    let mut r = raw(None);
+    r.web.poller_url = Some(poller.url.clone());
+    let web = start(r, Role::Web).await;
+    let c = client();
+    let post = |body: Value| {
+        c.post(format!("{}/api/v1/silences", web.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({
+        "matchers": {"appliance": "nowhere"},
+        "duration": "1h",
+        "created_by": "ops",
+        "comment": "c",
+    }))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["field"], "matchers.appliance", "{v}");
+    assert!(v["message"].as_str().unwrap().contains(APPLIANCE), "{v}");
+
+    let r = post(json!({
+        "matchers": {"resource_name": "SGH8*"},
+        "duration": "1h",
+        "created_by": "ops",
+        "comment": "firmware",
+    }))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = s.ov.handle.add_alert(AlertSpec {
+        severity: Some("Critical".into()),
+        resource_name: Some("SGH8-1".into()),
+        description: Some("held".into()),
+        ..Default::default()
+    });
+    let held = || async {
+        let v: Value = c
+            .get(format!("{}/api/v1/alerts", web.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["uri"] == uri.as_str() && a["silenced_by"] == id.as_str())
+    };
+    assert!(
+        eventually_async(held).await,
+        "the web replica lists the alert as held"
+    );
+    let v: Value = c
+        .get(format!("{}/api/v1/silences", web.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["silences"][0]["id"], id.as_str());
+    assert_eq!(v["silences"][0]["state"], "active");
+    assert!(s.pd.incidents().is_empty(), "held: nobody paged");
+    let r = c
+        .delete(format!("{}/api/v1/silences/{id}?expired_by=ops", web.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.incidents().len() == 1).await,
+        "expired through the web replica: the held alert pages"
+    );
+    let r = c
+        .delete(format!("{}/api/v1/silences/no-such-id", web.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(format!("{}/api/v1/silences", web.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token is required");
+}
