@@ -61,7 +61,7 @@ fn migrations_create_the_schema_once_and_reopen_keeps_the_data() {
     assert_eq!(
         pg.psql_in(&db, "SELECT id || ':' || version FROM bridge_schema")
             .trim(),
-        "1:1"
+        "1:2"
     );
     let s = &stores[0];
     s.apply(&batch(0, 10)).unwrap();
@@ -81,6 +81,31 @@ fn migrations_create_the_schema_once_and_reopen_keeps_the_data() {
         )
         .contains("bridge_ledger_prune")
     );
+    // A database of schema 1 (before silences) is migrated at open and keeps its data.
+    drop(again);
+    pg.psql_in(
+        &db,
+        "DROP TABLE bridge_silences; UPDATE bridge_schema SET version = 1",
+    );
+    let migrated = open(&url).unwrap();
+    assert_eq!(
+        pg.psql_in(&db, "SELECT version FROM bridge_schema").trim(),
+        "2"
+    );
+    let mut expected = before.clone();
+    assert_eq!(
+        migrated.load().unwrap(),
+        expected,
+        "migration 2 keeps the data"
+    );
+    let silence = bridge::state::SilenceRecord {
+        id: "s1".into(),
+        ends_at: t(9),
+        body: "{}".into(),
+    };
+    migrated.apply(&[Op::Silence(silence.clone())]).unwrap();
+    expected.silences.insert("s1".into(), silence);
+    assert_eq!(migrated.load().unwrap(), expected);
 }
 
 #[test]
@@ -122,7 +147,7 @@ fn a_newer_schema_is_refused_naming_the_database_without_the_password() {
             err,
             StateError::NewerDatabaseSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -796,7 +821,7 @@ fn random_batches_leave_postgres_exactly_as_memory() {
         for _ in 0..rng.random_range(0..12) {
             let seq_near =
                 |rng: &mut rand::rngs::StdRng, top: u64| top.saturating_sub(rng.random_range(0..6));
-            let op = match rng.random_range(0..10) {
+            let op = match rng.random_range(0..11) {
                 0..=2 => {
                     let seq = if rng.random_range(0..40) == 0 {
                         seq_near(&mut rng, batch_next) // sometimes a reused seq
@@ -834,7 +859,12 @@ fn random_batches_leave_postgres_exactly_as_memory() {
                     appliance: format!("ov{}", rng.random_range(0..3)),
                     value: rng.random_range(0..1000).to_string(),
                 },
-                _ => Op::ForgetKey { key: key(&mut rng) },
+                9 => Op::ForgetKey { key: key(&mut rng) },
+                _ => Op::Silence(bridge::state::SilenceRecord {
+                    id: format!("silence-{}", rng.random_range(0..5)),
+                    ends_at: t(rng.random_range(0..100)),
+                    body: format!("{{\"n\":{}}}", rng.random_range(0..1000)),
+                }),
             };
             ops.push(op);
         }
@@ -857,7 +887,10 @@ fn random_batches_leave_postgres_exactly_as_memory() {
     }
     let snap = m.load().unwrap();
     assert!(
-        !snap.ledger.is_empty() && !snap.dead_letters.is_empty() && !snap.outbox.is_empty(),
+        !snap.ledger.is_empty()
+            && !snap.dead_letters.is_empty()
+            && !snap.outbox.is_empty()
+            && !snap.silences.is_empty(),
         "the rounds exercised every table"
     );
 }
