@@ -187,6 +187,12 @@ impl NewSilence {
             }
         }
         let starts_at = self.starts_at.unwrap_or(now);
+        if (starts_at - now).to_std().unwrap_or_default() > MAX_DURATION {
+            return Err(invalid(
+                "starts_at",
+                "a silence may start at most 366 days from now",
+            ));
+        }
         let ends_at = match (self.ends_at, self.duration.as_deref()) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -753,6 +759,12 @@ mod tests {
         let mut n = new(&[("severity", "Critical")]);
         n.comment = " ".into();
         assert_eq!(field(n), "comment");
+        let mut n = new(&[("severity", "Critical")]);
+        n.starts_at = Some(now + chrono::Duration::days(400));
+        assert_eq!(field(n), "starts_at");
+        let mut n = new(&[("severity", "Critical")]);
+        n.duration = Some("400d".into());
+        assert_eq!(field(n), "ends_at");
     }
 
     #[tokio::test(start_paused = true)]
