@@ -492,6 +492,13 @@ async fn storm(
     if silences > 0 {
         o.env
             .push(("BRIDGE_SERVER__API_TOKENS".into(), SILENCE_TOKEN.into()));
+        // A thousand POSTs in a row are not a client to throttle here.
+        o.env.push((
+            "BRIDGE_SERVER__RATE_LIMIT_PER_SECOND".into(),
+            "100000".into(),
+        ));
+        o.env
+            .push(("BRIDGE_SERVER__RATE_LIMIT_BURST".into(), "100000".into()));
     }
     let b = Bridge::spawn(&sims, &o).await?;
     // Maintenance windows of other servers: a resource-name glob each, half of them also a
