@@ -496,8 +496,9 @@ async fn the_api_refuses_bad_silences_with_422_naming_the_field_and_requires_a_t
             {
                 let mut v = ok();
                 v.as_object_mut().unwrap().remove("duration");
-                v["starts_at"] = json!("2030-01-02T00:00:00Z");
-                v["ends_at"] = json!("2030-01-01T00:00:00Z");
+                let now = chrono::Utc::now();
+                v["starts_at"] = json!((now + chrono::Duration::hours(2)).to_rfc3339());
+                v["ends_at"] = json!((now + chrono::Duration::hours(1)).to_rfc3339());
                 v
             },
             "ends_at",
@@ -517,6 +518,14 @@ async fn the_api_refuses_bad_silences_with_422_naming_the_field_and_requires_a_t
                 v
             },
             "duration",
+        ),
+        (
+            {
+                let mut v = ok();
+                v["starts_at"] = json!("2099-01-01T00:00:00Z");
+                v
+            },
+            "starts_at",
         ),
         (
             {
