@@ -586,7 +586,8 @@ async fn the_cli_adds_lists_and_expires_silences_and_names_the_url_and_status_on
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let run = |args: Vec<String>, token: bool| {
+    // `token`: 0 none, 1 `--token-file`, 2 `BRIDGE_API_TOKEN`.
+    let run = |args: Vec<String>, token: u8| {
         let url = b.url.clone();
         let token_file = token_file.clone();
         async move {
@@ -597,8 +598,14 @@ async fn the_cli_adds_lists_and_expires_silences_and_names_the_url_and_status_on
                     .env_clear()
                     .env("BRIDGE_URL", &url)
                     .env("USER", "cli-user");
-                if token {
-                    cmd.arg("--token-file").arg(&token_file);
+                match token {
+                    1 => {
+                        cmd.arg("--token-file").arg(&token_file);
+                    }
+                    2 => {
+                        cmd.env("BRIDGE_API_TOKEN", TOKEN);
+                    }
+                    _ => {}
                 }
                 let out = cmd.output().unwrap();
                 (
@@ -624,7 +631,7 @@ async fn the_cli_adds_lists_and_expires_silences_and_names_the_url_and_status_on
             "--comment",
             "firmware update",
         ]),
-        true,
+        1,
     )
     .await;
     assert!(ok, "{err}");
@@ -640,26 +647,30 @@ async fn the_cli_adds_lists_and_expires_silences_and_names_the_url_and_status_on
     assert_eq!(v["created_by"], "cli-user", "created_by defaults to $USER");
     assert_eq!(v["matchers"]["severity"], "Critical");
 
-    let (ok, out, err) = run(args(&["list"]), true).await;
+    let (ok, out, err) = run(args(&["list"]), 2).await;
     assert!(ok, "{err}");
+    assert!(
+        !out.contains(TOKEN) && !err.contains(TOKEN),
+        "the token is never printed"
+    );
     assert!(
         out.contains(&id) && out.contains("active") && out.contains("firmware update"),
         "{out}"
     );
 
     // Errors name the URL and the HTTP status, and never print the token.
-    let (ok, _, err) = run(args(&["add", "--match", "host=x", "--comment", "c"]), true).await;
+    let (ok, _, err) = run(args(&["add", "--match", "host=x", "--comment", "c"]), 1).await;
     assert!(!ok);
     assert!(
         err.contains(&format!("{}/api/v1/silences", b.url)) && err.contains("422"),
         "{err}"
     );
-    let (ok, _, err) = run(args(&["list"]), false).await;
+    let (ok, _, err) = run(args(&["list"]), 0).await;
     assert!(!ok);
     assert!(err.contains("401"), "{err}");
     assert!(!err.contains(TOKEN));
 
-    let (ok, out, err) = run(args(&["expire", &id]), true).await;
+    let (ok, out, err) = run(args(&["expire", &id]), 1).await;
     assert!(ok, "{err}");
     assert!(out.contains(&id));
     let (_, v) = b
