@@ -686,3 +686,47 @@ async fn the_cli_adds_lists_and_expires_silences_and_names_the_url_and_status_on
     s.pd.shutdown();
     s.ov.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_that_ended_while_the_bridge_was_down_pages_its_alert_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    let s = sims().await;
+    let b = bridge(&s, Some(state.clone())).await;
+    let ends_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let id = b
+        .silence(json!({
+            "matchers": {"resource_name": "SGH8*"},
+            "ends_at": ends_at.to_rfc3339(),
+            "created_by": "ops",
+            "comment": "short window",
+        }))
+        .await;
+    let held = s.ov.handle.add_alert(alert("SGH8-down", "Critical"));
+    assert!(
+        eventually(|| async { b.held().await.get(&key(&held)) == Some(&Some(id.clone())) }).await
+    );
+    b.stop().await;
+    assert!(actions(&s.pd, &key(&held)).is_empty());
+    // Down past the end of the window.
+    while chrono::Utc::now() <= ends_at + chrono::Duration::milliseconds(200) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = bridge(&s, Some(state)).await;
+    let k = key(&held);
+    assert!(
+        s.pd.wait_until(WAIT, |pd| pd.incidents().iter().any(|i| i.dedup_key == k))
+            .await,
+        "the first sync after the restart pages what the ended silence held"
+    );
+    sentinel(&s, "CZ-down").await;
+    assert_eq!(actions(&s.pd, &k), ["trigger"]);
+    let (_, list) = b.call(reqwest::Method::GET, "/api/v1/silences", None).await;
+    assert_eq!(
+        list["silences"][0]["state"], "expired",
+        "kept, expired, until the retention"
+    );
+    b.stop().await;
+    s.pd.shutdown();
+    s.ov.stop().await;
+}
