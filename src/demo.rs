@@ -340,10 +340,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                     _ = tick.tick() => {}
                 }
                 if let Some(id) = churn_once(&handle, &mut open) {
-                    changed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(format!("oneview:{name}:/rest/alerts/{id}"), Utc::now());
+                    let now = Utc::now();
+                    let mut times = changed.lock().unwrap_or_else(PoisonError::into_inner);
+                    // A change that needs no page (an update PagerDuty already holds) is never
+                    // taken out by the printer: forget it once no page can still be coming.
+                    times.retain(|_, at| now - *at < chrono::TimeDelta::minutes(10));
+                    times.insert(format!("oneview:{name}:/rest/alerts/{id}"), now);
                 }
             }
         }));

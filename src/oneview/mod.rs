@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod poller;
 pub mod scmb;
 pub(crate) mod session;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::sync::Arc;
