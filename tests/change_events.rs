@@ -184,7 +184,11 @@ async fn finished_tasks_become_change_events_once_on_their_route_even_across_a_r
     // The first poll sets the watermark at the appliance's clock: the simulator's task history
     // (hours old) is never sent.
     b.polls_more(2.0).await;
-    assert!(pd.changes().is_empty(), "history sent: {:?}", summaries(&pd));
+    assert!(
+        pd.changes().is_empty(),
+        "history sent: {:?}",
+        summaries(&pd)
+    );
 
     let firmware = ov.handle.add_task(task(
         "Update firmware",
@@ -263,8 +267,16 @@ async fn finished_tasks_become_change_events_once_on_their_route_even_across_a_r
     b.polls_more(2.0).await;
     assert_eq!(pd.accepted_changes().len(), 3, "{:?}", summaries(&pd));
     let series = |name: &str, extra: &str| format!("{name}{{appliance=\"{APPLIANCE}\"{extra}}}");
-    assert_eq!(b.metric(&series("bridge_change_events_sent_total", "")).await, 3.0);
-    assert_eq!(b.metric(&series("bridge_oneview_tasks_seen_total", "")).await, 5.0);
+    assert_eq!(
+        b.metric(&series("bridge_change_events_sent_total", ""))
+            .await,
+        3.0
+    );
+    assert_eq!(
+        b.metric(&series("bridge_oneview_tasks_seen_total", ""))
+            .await,
+        5.0
+    );
     assert_eq!(
         b.metric(&series(
             "bridge_oneview_tasks_skipped_total",
@@ -273,7 +285,11 @@ async fn finished_tasks_become_change_events_once_on_their_route_even_across_a_r
         .await,
         2.0
     );
-    assert_eq!(b.metric(&series("bridge_change_events_failed_total", "")).await, 0.0);
+    assert_eq!(
+        b.metric(&series("bridge_change_events_failed_total", ""))
+            .await,
+        0.0
+    );
 
     // Every body validates against PagerDuty's OpenAPI file and the simulator's own checks.
     let schema = change_validator();
@@ -382,6 +398,131 @@ async fn a_429_and_a_500_are_retried_and_the_change_event_arrives_exactly_once()
         .await;
     assert_eq!(retried as usize, statuses.len() - 1, "{statuses:?}");
     b.stop().await;
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_serve_tasks_page_by_page_and_validate_change_events() {
+    use bridge::oneview::collection::Walker;
+    use bridge::oneview::tasks::{self, Task};
+    use bridge::oneview::{OneViewClient, OneViewMetrics};
+
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
+
+    // Tasks added through the control API, walked by the bridge's own client two per page.
+    let http = reqwest::Client::new();
+    let added: Value = http
+        .post(format!("{}/sim/tasks", ov.url()))
+        .json(&serde_json::json!([
+            {"name": "Update firmware", "taskState": "Completed"},
+            {"name": "Power off", "taskState": "Running", "resourceName": "SGH8..YECA, bay 2"},
+            {"name": "Reset", "taskState": "Error", "taskErrors": [["RESET_FAILED", "The iLO did not answer."]]},
+            {"name": "Apply profile", "taskState": "Warning", "resourceCategory": "server-profiles"},
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uris: Vec<String> = serde_json::from_value(added["uris"].clone()).unwrap();
+    assert_eq!(uris.len(), 4);
+    let mut raw = RawConfig::default();
+    let sim_cfg = ov.handle.config();
+    raw.oneview.url = Some(ov.url());
+    raw.oneview.username = Some(sim_cfg.username);
+    raw.oneview.password = Some(SecretString::from(sim_cfg.password));
+    raw.pagerduty.routing_key = Some(SecretString::from(DEFAULT_KEY.to_owned()));
+    let cfg = config::validate(raw, Role::Poller).unwrap();
+    let client =
+        OneViewClient::new(&cfg.appliances[0].oneview, OneViewMetrics::unregistered()).unwrap();
+    let metrics = OneViewMetrics::unregistered();
+    let (client, metrics) = (&client, &metrics);
+    let walk = |since: i64| async move {
+        let q = tasks::finished_since(since, 2);
+        let mut w = Walker::<Task>::of(client, &q, metrics);
+        let mut got: Vec<Task> = Vec::new();
+        while let Some(p) = w.next_page().await.unwrap() {
+            got.extend(p);
+        }
+        (got, w.pages, w.appliance_clock_floor_ms)
+    };
+    // Since the epoch: the five finished history tasks and the three finished new ones, oldest
+    // first, in pages of two.
+    let (all, pages, clock) = walk(0).await;
+    assert_eq!(all.len(), 8, "{all:?}");
+    assert_eq!(pages, 4);
+    assert!(clock.is_some(), "the simulator sends Date");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].modified_ms() <= w[1].modified_ms())
+    );
+    assert!(all.iter().all(Task::is_terminal));
+    // Since a minute ago: the new ones, the running one left out until it completes.
+    let recent = ov.handle.now_ms() - 60_000;
+    let (new, _, _) = walk(recent).await;
+    let names: Vec<&str> = new.iter().filter_map(|t| t.name.as_deref()).collect();
+    assert_eq!(names, ["Update firmware", "Reset", "Apply profile"]);
+    let reset = &new[1];
+    assert_eq!(
+        reset.task_errors[0].message.as_deref(),
+        Some("The iLO did not answer.")
+    );
+    assert_eq!(reset.resource_category(), Some("server-hardware"));
+    let id = uris[1].trim_start_matches("/rest/tasks/");
+    let r = http
+        .post(format!("{}/sim/tasks/{id}/state", ov.url()))
+        .json(&serde_json::json!({"taskState": "Completed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (new, _, _) = walk(recent).await;
+    assert_eq!(
+        new.last().and_then(|t| t.name.as_deref()),
+        Some("Power off")
+    );
+
+    // PagerDuty's side: 202 with the spec's success body, 400 with errors for a bad payload.
+    let post = |body: Value| {
+        let http = http.clone();
+        let url = pd.change_url();
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, answer) = post(serde_json::json!({
+        "routing_key": DEFAULT_KEY,
+        "payload": {"summary": "Update firmware completed", "timestamp": "2024-05-01T10:05:00.000Z",
+            "source": "SGH8..YECA, bay 3", "custom_details": {"taskUri": "/rest/tasks/1"}},
+        "links": [{"href": "https://ov.example.com/#/activity/r/rest/tasks/1", "text": "Task"}],
+    }))
+    .await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("success")));
+    let (status, answer) = post(serde_json::json!({
+        "routing_key": "short",
+        "payload": {"summary": "", "timestamp": "yesterday", "custom_details": "text"},
+        "links": [{"text": "no href"}],
+    }))
+    .await;
+    assert_eq!(status, 400);
+    let errors: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert_eq!(pd.accepted_changes().len(), 1);
+    assert!(
+        pd.events().is_empty(),
+        "change events are kept apart from alert events"
+    );
     pd.shutdown();
     ov.stop().await;
 }

@@ -259,7 +259,83 @@ pub(super) fn layer(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{ConfigError, Role, load};
     use super::*;
+
+    fn toml(global: &str, appliance: &str) -> String {
+        format!(
+            r#"
+[pagerduty]
+routing_key = "{key}"
+events_url = "https://events.eu.pagerduty.com/v2/enqueue"
+
+[change_events]
+enabled = true
+{global}
+
+[[appliances]]
+name = "dc1"
+url = "https://dc1.example.com"
+username = "u"
+password = "pw"
+
+[appliances.change_events]
+{appliance}
+
+[[appliances]]
+name = "lab"
+url = "https://lab.example.com"
+username = "u"
+password = "pw"
+change_events = {{ enabled = false }}
+"#,
+            key = "a".repeat(32)
+        )
+    }
+
+    #[test]
+    fn layered_per_appliance_and_check_config_names_every_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bridge.toml");
+        std::fs::write(&file, toml("", "names = [\"Power*\"]\ninterval = \"10s\"")).unwrap();
+        let c = load(Some(&file), Role::Poller).unwrap();
+        let dc1 = &c.appliances[0].change_events;
+        assert!(dc1.enabled);
+        assert_eq!(dc1.names, ["Power*"]);
+        assert_eq!(dc1.interval, Duration::from_secs(10));
+        assert_eq!(dc1.categories, DEFAULT_CATEGORIES);
+        assert!(!c.appliances[1].change_events.enabled);
+        assert_eq!(
+            dc1.url.as_ref().map(Url::as_str),
+            Some("https://events.eu.pagerduty.com/v2/change/enqueue")
+        );
+        assert!(!ChangeEventsConfig::default().enabled, "off by default");
+
+        std::fs::write(
+            &file,
+            toml(
+                "categories = []\ninterval = \"0s\"",
+                "names = [\"Update[\"]\npage_size = 0\nenabeld = true",
+            ),
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(p)) = load(Some(&file), Role::Poller) else {
+            panic!("bad change_events accepted")
+        };
+        let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "appliances[0].change_events.enabeld",
+                "appliances[0].change_events.names",
+                "appliances[0].change_events.page_size",
+                "change_events.categories",
+                "change_events.interval",
+            ],
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn change_url_sits_beside_the_events_url() {
