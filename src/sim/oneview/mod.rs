@@ -1,7 +1,9 @@
 //! A OneView appliance simulator: enough of the REST API to drive the bridge (version, login
 //! with optional banner, `Auth` sessions with idle expiry, `X-API-Version` rules, `/rest/alerts`
-//! paging with the real envelope and filters, alert GET/PUT/DELETE, logout), plus a control
-//! API under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
+//! paging with the real envelope and filters, alert GET/PUT/DELETE, `/rest/tasks` with the same
+//! filters and paging ([`tasks`]: a few finished tasks of history, more added and moved on
+//! through `POST /sim/tasks` and `POST /sim/tasks/{id}/state`), logout), plus a control API
+//! under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
 //! clear alerts, inject faults and read counters.
 //!
 //! Served over HTTPS ([`start_with`]), it also answers `GET /rest/certificates/ca` with its
