@@ -26,6 +26,8 @@ pub trait Member: serde::de::DeserializeOwned {
     const COLLECTION: &'static str;
     /// The endpoint label of its requests (metrics, errors).
     const ENDPOINT: Endpoint;
+    /// What one page is, in error messages: "an alert collection page".
+    const PAGE: &'static str;
     /// Its `uri`; a member without one is malformed.
     fn member_uri(&self) -> &str;
     /// Counts a malformed member in the appliance's metrics.
@@ -37,6 +39,7 @@ pub trait Member: serde::de::DeserializeOwned {
 impl Member for Alert {
     const COLLECTION: &'static str = "/rest/alerts";
     const ENDPOINT: Endpoint = Endpoint::Alerts;
+    const PAGE: &'static str = "an alert collection page";
     fn member_uri(&self) -> &str {
         &self.uri
     }
@@ -316,11 +319,7 @@ impl<'a, M: Member> Walker<'a, M> {
             self.client.scrub(OneViewError::BadResponse {
                 endpoint: M::ENDPOINT.as_str(),
                 url: reply.url.clone(),
-                detail: format!(
-                    "not a {} collection page: {e}; {}",
-                    M::COLLECTION,
-                    snippet(&reply.body)
-                ),
+                detail: format!("not {}: {e}; {}", M::PAGE, snippet(&reply.body)),
             })
         })?;
         drop(reply.body);

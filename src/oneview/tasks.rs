@@ -59,6 +59,7 @@ pub struct Task {
 impl Member for Task {
     const COLLECTION: &'static str = "/rest/tasks";
     const ENDPOINT: Endpoint = Endpoint::Tasks;
+    const PAGE: &'static str = "a task collection page";
     fn member_uri(&self) -> &str {
         &self.uri
     }
