@@ -403,6 +403,62 @@ async fn a_429_and_a_500_are_retried_and_the_change_event_arrives_exactly_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_event_refused_with_400_is_logged_and_not_sent_again() {
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
+    let pd = pdsim::start(
+        loopback,
+        Faults {
+            reject_change_summary_containing: Some("REFUSED".into()),
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bridge::start(&ov, &pd, &dir.path().join("bridge.redb")).await;
+    b.polls_more(1.0).await;
+    ov.handle.add_task(task(
+        "Update firmware",
+        "Completed",
+        "server-hardware",
+        "REFUSED, bay 1",
+    ));
+    ov.handle.add_task(task(
+        "Update firmware",
+        "Completed",
+        "server-hardware",
+        "SGH8..YECA, bay 2",
+    ));
+    assert!(
+        pd.wait_until(WAIT, |pd| pd.accepted_changes().len() == 1)
+            .await,
+        "the next task is not held up by the refused one: {:?}",
+        summaries(&pd)
+    );
+    b.polls_more(3.0).await;
+    let statuses: Vec<u16> = pd.changes().iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [400, 202], "refused once, never retried");
+    let series = |name: &str| format!("{name}{{appliance=\"{APPLIANCE}\"}}");
+    assert_eq!(
+        b.metric(&series("bridge_change_events_failed_total")).await,
+        1.0
+    );
+    assert_eq!(
+        b.metric(&series("bridge_change_events_sent_total")).await,
+        1.0
+    );
+    assert_eq!(
+        b.metric(&series("bridge_change_events_retried_total"))
+            .await,
+        0.0
+    );
+    b.stop().await;
+    pd.shutdown();
+    ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulators_serve_tasks_page_by_page_and_validate_change_events() {
     use bridge::oneview::collection::Walker;
     use bridge::oneview::tasks::{self, Task};

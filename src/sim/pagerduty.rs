@@ -87,6 +87,8 @@ pub struct Faults {
     pub outage: Option<Outage>,
     /// Events whose dedup_key contains this text get a 400.
     pub reject_dedup_key_containing: Option<String>,
+    /// Change events whose `payload.summary` contains this text get a 400.
+    pub reject_change_summary_containing: Option<String>,
     /// Seed of the random choices, for reproducible runs.
     pub seed: u64,
 }
@@ -101,6 +103,7 @@ impl Default for Faults {
             rate_limit_per_minute: None,
             outage: None,
             reject_dedup_key_containing: None,
+            reject_change_summary_containing: None,
             seed: 42,
         }
     }
@@ -763,7 +766,14 @@ async fn receive(
         });
     };
     if kind == Kind::Change {
-        let errors = validate_change(&v);
+        let mut errors = validate_change(&v);
+        if let (Some(pat), Some(summary)) = (
+            faults.reject_change_summary_containing.as_deref(),
+            logged.summary.as_deref(),
+        ) && summary.contains(pat)
+        {
+            errors.push("'payload.summary' rejected by the simulator's fault injection".to_owned());
+        }
         let mut g = sim.lock();
         if !errors.is_empty() {
             g.counters.rejected += 1;
