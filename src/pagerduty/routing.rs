@@ -290,3 +290,55 @@ impl Route {
                 .is_none_or(|g| g.is_match(appliance))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use crate::config::{RawConfig, RawRoute, Role, validate};
+
+    fn route(name: &str, f: impl FnOnce(&mut RawRoute)) -> RawRoute {
+        let mut r = RawRoute {
+            name: Some(name.into()),
+            routing_key: Some(SecretString::from(format!("{name:0<32}"))),
+            ..RawRoute::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn change_events_ignore_alert_only_matchers_and_skip_routes_with_nothing_else() {
+        let mut raw = RawConfig::default();
+        raw.oneview.url = Some("https://ov.example.com".into());
+        raw.oneview.username = Some("u".into());
+        raw.oneview.password = Some(SecretString::from("pw".to_owned()));
+        raw.pagerduty.routing_key = Some(SecretString::from("d".repeat(32)));
+        raw.pagerduty.routes = vec![
+            route("urgent", |r| r.severities = vec!["Critical".into()]),
+            route("traps", |r| r.alert_types = vec!["Trap.*".into()]),
+            route("hardware", |r| {
+                r.severities = vec!["Warning".into()];
+                r.resource_categories = vec!["server-hardware".into()];
+            }),
+            route("lab-bay", |r| r.resource_name = Some("LAB-*".into())),
+            route("dc2", |r| r.appliances = vec!["dc2*".into()]),
+        ];
+        let cfg = validate(raw, Role::Poller).unwrap();
+        let router = super::Router::new(cfg.pagerduty.as_ref().unwrap()).unwrap();
+        let to = |appliance: &str, category: Option<&str>, name: Option<&str>| {
+            router
+                .route_change(appliance, category, name)
+                .route
+                .to_string()
+        };
+        assert_eq!(
+            to("dc1", Some("Server-Hardware"), Some("SGH8, bay 3")),
+            "hardware"
+        );
+        assert_eq!(to("dc1", Some("enclosures"), Some("lab-c7000")), "lab-bay");
+        assert_eq!(to("dc2-frame", Some("enclosures"), None), "dc2");
+        assert_eq!(to("dc1", Some("enclosures"), None), "default");
+        assert_eq!(to("dc1", None, None), "default");
+    }
+}
