@@ -709,7 +709,16 @@ impl OneViewClient {
 
     /// `GET` of a collection page (`/rest/alerts?...` or a `nextPageUri`).
     pub async fn get_page(&self, path: &str) -> Result<Reply, OneViewError> {
-        self.call(Endpoint::Alerts, Method::GET, path, None).await
+        self.get_collection_page(Endpoint::Alerts, path).await
+    }
+
+    /// `GET` of a page of another collection (`/rest/tasks?...`), counted under `endpoint`.
+    pub async fn get_collection_page(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+    ) -> Result<Reply, OneViewError> {
+        self.call(endpoint, Method::GET, path, None).await
     }
 
     /// `GET /rest/alerts/{id}`.
