@@ -209,6 +209,22 @@ impl App {
                 &ledger_open,
             )
             .map_err(|e| AppError::Component(e.to_string()))?;
+            // Change events from OneView tasks (off unless `change_events.enabled`): through
+            // each appliance's own client and session.
+            let clients: Vec<_> = pollers
+                .iter()
+                .map(|p| (p.appliance.clone(), p.client.clone()))
+                .collect();
+            tasks.extend(
+                crate::change_events::assemble(
+                    &config.appliances,
+                    &clients,
+                    delivery.change.as_ref(),
+                    &mut registry,
+                    &work,
+                )
+                .map_err(|e| AppError::Component(e.to_string()))?,
+            );
             let mut appliances = Vec::with_capacity(pollers.len());
             for mut p in pollers {
                 tasks.push(std::mem::replace(&mut p.task, Box::pin(async {})));

@@ -25,6 +25,13 @@ use url::Url;
 
 use crate::secret::Secret;
 
+mod change_events;
+pub use change_events::{
+    ChangeEventsConfig, DEFAULT_CATEGORIES as DEFAULT_CHANGE_CATEGORIES,
+    DEFAULT_NAMES as DEFAULT_CHANGE_NAMES, RawChangeEvents, RawChangeEventsOverride,
+    change_url_beside,
+};
+
 /// Which parts of the bridge a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +87,8 @@ pub struct RawConfig {
     pub state: RawState,
     pub lease: RawLease,
     pub scmb: RawScmb,
+    /// `[change_events]`: completed OneView tasks as PagerDuty Change Events (off by default).
+    pub change_events: RawChangeEvents,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +187,9 @@ pub struct RawAppliance {
     /// `[appliances.scmb]`: this appliance's message bus, overriding `[scmb]` key by key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scmb: Option<RawScmbOverride>,
+    /// `[appliances.change_events]`: overrides `[change_events]` key by key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_events: Option<RawChangeEventsOverride>,
 }
 
 impl Default for RawAppliance {
@@ -201,6 +213,7 @@ impl Default for RawAppliance {
             severities: None,
             page_size: None,
             scmb: None,
+            change_events: None,
         }
     }
 }
@@ -912,6 +925,9 @@ pub struct Config {
     pub lease: LeaseConfig,
     /// `[scmb]`: the message bus (off by default).
     pub scmb: ScmbConfig,
+    /// `[change_events]` (off by default); each appliance's effective ones are in
+    /// [`ApplianceConfig`].
+    pub change_events: ChangeEventsConfig,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
 }
@@ -924,6 +940,8 @@ pub struct ApplianceConfig {
     pub poller: PollerConfig,
     /// `[scmb]` with this appliance's `[appliances.scmb]` applied.
     pub scmb: ScmbConfig,
+    /// `[change_events]` with this appliance's `[appliances.change_events]` applied.
+    pub change_events: ChangeEventsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -1453,13 +1471,46 @@ fn take_unknown_keys(
                                 });
                             }
                         }
+                        if let Some(figment::value::Value::Dict(_, ce)) = d.get_mut("change_events")
+                        {
+                            let bad: Vec<String> = ce
+                                .keys()
+                                .filter(|k| {
+                                    !matches!(
+                                        k.as_str(),
+                                        "enabled"
+                                            | "categories"
+                                            | "names"
+                                            | "interval"
+                                            | "page_size"
+                                    )
+                                })
+                                .cloned()
+                                .collect();
+                            for k in bad {
+                                ce.remove(&k);
+                                out.push(Problem {
+                                    key: format!("appliances[{i}].change_events.{k}"),
+                                    value: None,
+                                    why: format!("unknown key{}", origin(fig, &["appliances"])),
+                                    fix: format!(
+                                        "[appliances.change_events] keys are: {}",
+                                        change_events::KEYS
+                                    ),
+                                });
+                            }
+                        }
                         let bad: Vec<String> = d
                             .keys()
                             .filter(|k| {
                                 appliance.get(k.as_str()).is_none()
                                     && !matches!(
                                         k.as_str(),
-                                        "interval" | "severities" | "page_size" | "scmb"
+                                        "interval"
+                                            | "severities"
+                                            | "page_size"
+                                            | "scmb"
+                                            | "change_events"
                                     )
                             })
                             .cloned()
@@ -1470,7 +1521,7 @@ fn take_unknown_keys(
                                 key: format!("appliances[{i}].{k}"),
                                 value: None,
                                 why: format!("unknown key{}", origin(fig, &["appliances"])),
-                                fix: "appliance keys are those of [oneview] (name, url, username, password, password_file, auth_login_domain, api_version, ca_file, tls_insecure_skip_verify, session_refresh, connect_timeout, request_timeout, max_response_bytes), interval, severities, page_size and the table scmb".to_owned(),
+                                fix: "appliance keys are those of [oneview] (name, url, username, password, password_file, auth_login_domain, api_version, ca_file, tls_insecure_skip_verify, session_refresh, connect_timeout, request_timeout, max_response_bytes), interval, severities, page_size and the tables scmb and change_events".to_owned(),
                             });
                         }
                     }
@@ -1850,6 +1901,7 @@ fn validate_appliances(
                     oneview,
                     poller: poller.clone(),
                     scmb: scmb.clone(),
+                    change_events: ChangeEventsConfig::default(),
                 }]
             })
             .unwrap_or_default();
@@ -1934,6 +1986,7 @@ fn validate_appliances(
                 oneview,
                 poller: effective,
                 scmb: bus,
+                change_events: ChangeEventsConfig::default(),
             });
         }
     }
@@ -2221,6 +2274,12 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
     // [oneview] or [[appliances]]
     let scmb = validate_scmb(&mut c, "scmb", &raw.scmb);
     let appliances = validate_appliances(&mut c, &raw, &poller, &scmb, needs_backends);
+    let (change_events, appliances) = change_events::layer(
+        &mut c,
+        &raw,
+        pagerduty.as_ref().map(|p| &p.events_url),
+        appliances,
+    );
     if appliances.len() > 1 && raw.pagerduty.oneview_ui_url.is_some() {
         c.warnings.push("pagerduty.oneview_ui_url is set while several appliances are configured: every incident's OneView link points at that one UI; leave it unset so each appliance's links use its own url".to_owned());
     }
@@ -2584,6 +2643,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         },
         lease,
         scmb,
+        change_events,
         appliances,
         pagerduty,
         warnings: c.warnings,

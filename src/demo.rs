@@ -259,6 +259,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     raw.server.listen = opts.listen.to_string();
     raw.server.shutdown_timeout = Duration::from_secs(5);
     raw.server.status_public = true;
+    // Now and then a firmware update, power or reset task finishes on a paged resource: its
+    // change event shows next to the incident.
+    raw.change_events.enabled = true;
+    raw.change_events.interval = opts.interval;
     let cfg = config::validate(raw, Role::All)?;
     let app = crate::App::build(cfg).await?;
     let bridge = app.local_addr();
@@ -334,16 +338,23 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                 return;
             }
             let mut tick = tokio::time::interval_at(first, every);
+            let mut ticks = 0u32;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(3) {
+                    finish_task(&handle, &open);
+                }
                 if let Some(id) = churn_once(&handle, &mut open) {
-                    changed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(format!("oneview:{name}:/rest/alerts/{id}"), Utc::now());
+                    let now = Utc::now();
+                    let mut times = changed.lock().unwrap_or_else(PoisonError::into_inner);
+                    // A change that needs no page (an update PagerDuty already holds) is never
+                    // taken out by the printer: forget it once no page can still be coming.
+                    times.retain(|_, at| now - *at < chrono::TimeDelta::minutes(10));
+                    times.insert(format!("oneview:{name}:/rest/alerts/{id}"), now);
                 }
             }
         }));
@@ -354,6 +365,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         let changed = changed.clone();
         tokio::spawn(async move {
             let mut seen = 0usize;
+            let mut seen_changes = 0usize;
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tokio::select! {
@@ -392,6 +404,22 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                     );
                 }
                 seen = accepted.len();
+                let changes = pd.accepted_changes();
+                for e in changes.iter().skip(seen_changes) {
+                    let appliance = e
+                        .body
+                        .as_ref()
+                        .and_then(|b| b.pointer("/payload/custom_details/appliance"))
+                        .and_then(|g| g.as_str())
+                        .unwrap_or("-");
+                    println!(
+                        "{}  change            {:<width$}           {}",
+                        e.received_at.format("%H:%M:%S"),
+                        appliance,
+                        one_line(e.summary.as_deref().unwrap_or_default(), 100)
+                    );
+                }
+                seen_changes = changes.len();
             }
         })
     };
@@ -450,6 +478,47 @@ fn appliance_of(e: &sim::pagerduty::LoggedEvent) -> String {
         .and_then(|k| k.split_once(':'))
         .map(|(a, _)| a.to_owned())
         .unwrap_or_else(|| "-".to_owned())
+}
+
+/// A task that finished on the resource of one of the open alerts (a firmware update, a power
+/// or reset operation), as OneView records it: the bridge sends it as a change event.
+fn finish_task(handle: &sim::oneview::SimHandle, open: &[u64]) {
+    let mut rng = rand::rng();
+    let Some(alert) = open.choose(&mut rng).and_then(|id| handle.alert(*id)) else {
+        return;
+    };
+    let field = |k: &str| {
+        alert
+            .pointer(&format!("/associatedResource/{k}"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let name = ["Update firmware", "Power off", "Power on", "Reset"]
+        .choose(&mut rng)
+        .copied()
+        .unwrap_or("Update firmware");
+    let state = if rng.random_range(0..5) == 0 {
+        "Error"
+    } else {
+        "Completed"
+    };
+    handle.add_task(sim::oneview::TaskSpec {
+        name: name.to_owned(),
+        task_state: state.to_owned(),
+        resource_name: field("resourceName"),
+        resource_uri: field("resourceUri"),
+        resource_category: field("resourceCategory"),
+        task_errors: if state == "Error" {
+            vec![(
+                "SIM_TASK_FAILED".to_owned(),
+                "The operation did not complete on the device.".to_owned(),
+            )]
+        } else {
+            Vec::new()
+        },
+        ..sim::oneview::TaskSpec::default()
+    });
 }
 
 /// One change on a simulated appliance: mostly new alerts and clears, sometimes a severity

@@ -13,6 +13,8 @@
 //!   intake policy (a pure function with a table test) deciding what PagerDuty must hear next.
 //! - [`pagerduty`]: the Events API v2 side: event building, routing, the durable queue with
 //!   per-alert order and the rate limit per routing key, the sender and its retry table.
+//! - [`change_events`]: finished OneView tasks as PagerDuty Change Events, with a durable
+//!   watermark per appliance.
 //! - [`state`]: durable delivery state (ledger with routes, outbox, watermarks, dead letters) in
 //!   memory or in a redb file, written by one group-commit thread.
 //! - [`web`]: the public API, PagerDuty webhooks and their write-back to OneView, the status
@@ -32,6 +34,7 @@
 
 pub mod alloc;
 pub mod app;
+pub mod change_events;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -320,15 +320,21 @@ async fn a_storm_on_one_appliance_does_not_hold_back_another_appliances_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_down_or_slow_appliance_is_a_warning_and_does_not_delay_the_others() {
-    let e = start(&["slow", "down", "fine"], Faults::default(), |raw, ovs| {
-        // The slow one answers its alert collection in 30 s; the down one refuses connections.
-        ovs[0].handle.update_faults(|f| f.latency_ms = 30_000);
-        raw.appliances[0].request_timeout = Duration::from_secs(60);
-        raw.appliances[1].url = Some("http://127.0.0.1:9/".into());
-    })
+async fn a_down_slow_or_garbled_appliance_is_a_warning_and_does_not_delay_the_others() {
+    let e = start(
+        &["slow", "down", "garbled", "fine"],
+        Faults::default(),
+        |raw, ovs| {
+            // The slow one answers its alert collection in 30 s; the down one refuses
+            // connections; the garbled one answers every alert page with truncated JSON.
+            ovs[0].handle.update_faults(|f| f.latency_ms = 30_000);
+            raw.appliances[0].request_timeout = Duration::from_secs(60);
+            raw.appliances[1].url = Some("http://127.0.0.1:9/".into());
+            ovs[2].handle.update_faults(|f| f.garbage_next = u32::MAX);
+        },
+    )
     .await;
-    let uri = e.ovs[2].handle.add_alert(AlertSpec {
+    let uri = e.ovs[3].handle.add_alert(AlertSpec {
         severity: Some("Critical".into()),
         ..Default::default()
     });
@@ -352,6 +358,19 @@ async fn a_down_or_slow_appliance_is_a_warning_and_does_not_delay_the_others() {
         .map(|w| w["condition"].as_str().unwrap())
         .collect();
     assert!(warnings.contains(&"appliance:down"), "{ready}");
+    assert!(
+        e.pd.wait_until(WAIT, |_| e.ovs[2].handle.counters().requests("alerts") >= 2)
+            .await,
+        "the garbled appliance is polled again"
+    );
+    let (_, ready) = e.get("/ready").await;
+    let warnings: Vec<&str> = ready["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["condition"].as_str().unwrap())
+        .collect();
+    assert!(warnings.contains(&"appliance:garbled"), "{ready}");
     // The status lists the failing appliances first.
     let (_, status) = e.get("/api/v1/alerts").await;
     assert_eq!(status["total"], 1);

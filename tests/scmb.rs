@@ -733,6 +733,32 @@ impl BusBridge {
 
     /// Waits until the bus is up, the status page says so, and more than `fulls_before` full
     /// syncs have succeeded (the one after this connection among them).
+    /// The `/ready` body once `pred` holds of it; fails the test after `max`.
+    async fn wait_ready(
+        &self,
+        what: &str,
+        max: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = tokio::time::Instant::now() + max;
+        loop {
+            let ready: serde_json::Value = reqwest::get(format!("{}/ready", self.url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if pred(&ready) {
+                return ready;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "not {what} within {max:?}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn wait_bus_synced(&self, fulls_before: u64) {
         let start = tokio::time::Instant::now();
         loop {
@@ -1094,23 +1120,11 @@ async fn without_a_keypair_or_the_right_to_generate_it_the_bridge_says_why_and_k
     )
     .await;
     // /ready: ready, with a warning that names the appliance and the role needed.
-    let start = tokio::time::Instant::now();
-    let ready = loop {
-        let ready: serde_json::Value = reqwest::get(format!("{}/ready", b.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready.to_string().contains("scmb:ov-bus") && ready["status"] == "ready" {
-            break ready;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no bus warning: {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ready = b
+        .wait_ready("a bus warning", Duration::from_secs(30), |r| {
+            r.to_string().contains("scmb:ov-bus") && r["status"] == "ready"
+        })
+        .await;
     let warning = ready["warnings"]
         .as_array()
         .unwrap()
@@ -1186,23 +1200,12 @@ async fn a_renewed_ca_is_read_again_at_once_and_the_new_connection_resyncs_what_
     let missed = b.raise(1);
     std::fs::write(&ca_file, &broker.pki.other_ca.cert_pem).unwrap();
     tokio::task::block_in_place(|| broker.start_again());
-    let refused = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let ready = reqwest::get(format!("{}/ready", b.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if ready.contains("does not trust") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < refused,
-            "the new broker certificate was never refused: {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    b.wait_ready(
+        "the new broker certificate refused",
+        Duration::from_secs(90),
+        |r| r.to_string().contains("does not trust"),
+    )
+    .await;
     let first_refusal = tokio::time::Instant::now();
 
     b.wait_bus_synced(fulls).await;

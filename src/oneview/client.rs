@@ -145,8 +145,38 @@ impl OneViewClient {
     /// Builds the client: rustls with the system roots plus `oneview.ca_file`, certificate
     /// checks off only with `oneview.tls_insecure_skip_verify`, and both timeouts.
     pub fn new(cfg: &OneViewConfig, metrics: OneViewMetrics) -> Result<Self, OneViewError> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
+        let mut ca_certs = Vec::new();
+        if let Some(path) = &cfg.ca_file {
+            use tokio_rustls::rustls::pki_types::CertificateDer;
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            let pem = std::fs::read(path).map_err(|e| OneViewError::Setup {
+                key: "oneview.ca_file",
+                detail: format!("cannot read {}: {e}", path.display()),
+            })?;
+            ca_certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| OneViewError::Setup {
+                    key: "oneview.ca_file",
+                    detail: format!("{} is not a PEM certificate bundle: {e}", path.display()),
+                })?;
+            if ca_certs.is_empty() {
+                return Err(OneViewError::Setup {
+                    key: "oneview.ca_file",
+                    detail: format!("{} holds no PEM certificate", path.display()),
+                });
+            }
+        }
+        let tls =
+            super::tls::client_config(ca_certs, cfg.tls_insecure_skip_verify).map_err(|e| {
+                OneViewError::Setup {
+                    key: "oneview.ca_file",
+                    detail: e.to_string(),
+                }
+            })?;
+        // One rustls configuration per client, but the system roots, provider and session
+        // cache inside it are shared by every appliance (see `super::tls`).
+        let builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -154,29 +184,6 @@ impl OneViewClient {
                 "oneview-pagerduty-bridge/",
                 env!("CARGO_PKG_VERSION")
             ));
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| OneViewError::Setup {
-                key: "oneview.ca_file",
-                detail: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OneViewError::Setup {
-                    key: "oneview.ca_file",
-                    detail: format!("{} is not a PEM certificate bundle: {e}", path.display()),
-                })?;
-            if certs.is_empty() {
-                return Err(OneViewError::Setup {
-                    key: "oneview.ca_file",
-                    detail: format!("{} holds no PEM certificate", path.display()),
-                });
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        if cfg.tls_insecure_skip_verify {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
         let http = builder.build().map_err(|e| OneViewError::Setup {
             key: "oneview",
             detail: format!("cannot build the HTTP client: {e}"),
@@ -702,7 +709,16 @@ impl OneViewClient {
 
     /// `GET` of a collection page (`/rest/alerts?...` or a `nextPageUri`).
     pub async fn get_page(&self, path: &str) -> Result<Reply, OneViewError> {
-        self.call(Endpoint::Alerts, Method::GET, path, None).await
+        self.get_collection_page(Endpoint::Alerts, path).await
+    }
+
+    /// `GET` of a page of another collection (`/rest/tasks?...`), counted under `endpoint`.
+    pub async fn get_collection_page(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+    ) -> Result<Reply, OneViewError> {
+        self.call(endpoint, Method::GET, path, None).await
     }
 
     /// `GET /rest/alerts/{id}`.

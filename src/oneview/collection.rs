@@ -4,8 +4,12 @@
 //! walk fails). A `nextPageUri` is followed only when it stays on the appliance (relative, or
 //! absolute with the scheme, host and port of `oneview.url`): the next request would carry
 //! the session token, so a link elsewhere fails the walk with an error naming it.
+//!
+//! The walk is generic over the member type ([`Member`]): alerts for the poller, tasks
+//! ([`crate::oneview::tasks`]) for the change events; both collections share the envelope.
 
 use std::collections::HashSet;
+use std::marker::PhantomData;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -13,13 +17,41 @@ use serde_json::value::RawValue;
 
 use super::client::OneViewClient;
 use super::error::{OneViewError, snippet};
-use super::metrics::OneViewMetrics;
+use super::metrics::{Endpoint, OneViewMetrics};
 use crate::model::Alert;
+
+/// A resource type whose collection [`Walker`] can read.
+pub trait Member: serde::de::DeserializeOwned {
+    /// The collection's path, `/rest/alerts`.
+    const COLLECTION: &'static str;
+    /// The endpoint label of its requests (metrics, errors).
+    const ENDPOINT: Endpoint;
+    /// What one page is, in error messages: "an alert collection page".
+    const PAGE: &'static str;
+    /// Its `uri`; a member without one is malformed.
+    fn member_uri(&self) -> &str;
+    /// Counts a malformed member in the appliance's metrics.
+    fn count_malformed(metrics: &OneViewMetrics) {
+        let _ = metrics;
+    }
+}
+
+impl Member for Alert {
+    const COLLECTION: &'static str = "/rest/alerts";
+    const ENDPOINT: Endpoint = Endpoint::Alerts;
+    const PAGE: &'static str = "an alert collection page";
+    fn member_uri(&self) -> &str {
+        &self.uri
+    }
+    fn count_malformed(metrics: &OneViewMetrics) {
+        metrics.alerts_malformed.inc();
+    }
+}
 
 /// Pages a walk may take before it is considered runaway (500 alerts a page: 5 million).
 const MAX_PAGES: usize = 10_000;
 
-/// A `/rest/alerts` query.
+/// A collection query (named for its first use, `/rest/alerts`; tasks use it too).
 #[derive(Debug, Clone, Default)]
 pub struct AlertQuery {
     /// Filter expressions without the surrounding double quotes, ANDed by the appliance.
@@ -32,7 +64,12 @@ impl AlertQuery {
     /// The path and query of one page, filters encoded like OneView's own clients do
     /// (`filter=%22alertState%3D%27Active%27%22`).
     pub fn path(&self, start: u64) -> String {
-        let mut p = format!("/rest/alerts?start={start}&count={}", self.page_size);
+        self.path_in(Alert::COLLECTION, start)
+    }
+
+    /// [`AlertQuery::path`] of another collection (`/rest/tasks`).
+    pub fn path_in(&self, collection: &str, start: u64) -> String {
+        let mut p = format!("{collection}?start={start}&count={}", self.page_size);
         for f in &self.filters {
             p.push_str("&filter=");
             p.push_str(&encode(&format!("\"{f}\"")));
@@ -83,10 +120,10 @@ struct RawPage<'a> {
 }
 
 /// One collection page, decoded.
-#[derive(Debug, Default)]
-pub struct Page {
-    /// Members that are alerts with a uri.
-    pub alerts: Vec<Alert>,
+#[derive(Debug)]
+pub struct Page<M = Alert> {
+    /// Members that decoded (alerts, tasks) with a uri.
+    pub alerts: Vec<M>,
     /// Members that are not: `(index, uri if any, why)`.
     pub malformed: Vec<(usize, Option<String>, String)>,
     /// Members received, malformed ones included.
@@ -94,6 +131,19 @@ pub struct Page {
     pub total: Option<u64>,
     pub next_page_uri: Option<String>,
     pub uri: Option<String>,
+}
+
+impl<M> Default for Page<M> {
+    fn default() -> Self {
+        Self {
+            alerts: Vec::new(),
+            malformed: Vec::new(),
+            received: 0,
+            total: None,
+            next_page_uri: None,
+            uri: None,
+        }
+    }
 }
 
 /// Decodes one page of an alert collection. An envelope that is not one (garbage, HTML, no
@@ -122,7 +172,10 @@ pub fn parse_page_skipping(body: &[u8], skip: Skip<'_>) -> Result<Page, serde_js
 }
 
 /// Without `skip` (full syncs) no member is read twice.
-fn decode_page(body: &[u8], skip: Option<Skip<'_>>) -> Result<Page, serde_json::Error> {
+fn decode_page<M: Member>(
+    body: &[u8],
+    skip: Option<Skip<'_>>,
+) -> Result<Page<M>, serde_json::Error> {
     let raw: RawPage = serde_json::from_slice(body)?;
     let mut page = Page {
         received: raw.members.len(),
@@ -142,11 +195,11 @@ fn decode_page(body: &[u8], skip: Option<Skip<'_>>) -> Result<Page, serde_json::
         {
             continue;
         }
-        match serde_json::from_str::<Alert>(m.get()) {
-            Ok(a) if !a.uri.is_empty() => page.alerts.push(a),
+        match serde_json::from_str::<M>(m.get()) {
+            Ok(a) if !a.member_uri().is_empty() => page.alerts.push(a),
             Ok(_) => page
                 .malformed
-                .push((i, None, "an alert without a uri".to_owned())),
+                .push((i, None, "a member without a uri".to_owned())),
             Err(e) => page.malformed.push((i, member_uri(m), e.to_string())),
         }
     }
@@ -183,7 +236,7 @@ pub struct Walk {
 
 /// Reads the pages of `query` one at a time, so that a caller can act on each page and let it
 /// go: a storm of 100,000 new alerts never sits in memory as a whole.
-pub struct Walker<'a> {
+pub struct Walker<'a, M: Member = Alert> {
     client: &'a OneViewClient,
     query: &'a AlertQuery,
     metrics: &'a OneViewMetrics,
@@ -199,15 +252,28 @@ pub struct Walker<'a> {
     /// A lower bound of the appliance's clock when the first page was evaluated (its `Date`
     /// header minus the round trip), unix millis.
     pub appliance_clock_floor_ms: Option<i64>,
+    member: PhantomData<fn() -> M>,
 }
 
-impl<'a> Walker<'a> {
+impl<'a> Walker<'a, Alert> {
+    /// A walk of `/rest/alerts`.
     pub fn new(
         client: &'a OneViewClient,
         query: &'a AlertQuery,
         metrics: &'a OneViewMetrics,
     ) -> Self {
-        let path = query.path(0);
+        Self::of(client, query, metrics)
+    }
+}
+
+impl<'a, M: Member> Walker<'a, M> {
+    /// A walk of `M`'s collection.
+    pub fn of(
+        client: &'a OneViewClient,
+        query: &'a AlertQuery,
+        metrics: &'a OneViewMetrics,
+    ) -> Self {
+        let path = query.path_in(M::COLLECTION, 0);
         let mut visited = HashSet::new();
         visited.insert(path.clone());
         Self {
@@ -223,11 +289,12 @@ impl<'a> Walker<'a> {
             malformed: 0,
             pages: 0,
             appliance_clock_floor_ms: None,
+            member: PhantomData,
         }
     }
 
-    /// The valid alerts of the next page; `None` once the walk is over.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Alert>>, OneViewError> {
+    /// The valid members of the next page; `None` once the walk is over.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<M>>, OneViewError> {
         self.next(None).await
     }
 
@@ -236,23 +303,23 @@ impl<'a> Walker<'a> {
     pub async fn next_page_skipping(
         &mut self,
         skip: Skip<'_>,
-    ) -> Result<Option<Vec<Alert>>, OneViewError> {
+    ) -> Result<Option<Vec<M>>, OneViewError> {
         self.next(Some(skip)).await
     }
 
-    async fn next(&mut self, skip: Option<Skip<'_>>) -> Result<Option<Vec<Alert>>, OneViewError> {
+    async fn next(&mut self, skip: Option<Skip<'_>>) -> Result<Option<Vec<M>>, OneViewError> {
         if self.done {
             return Ok(None);
         }
-        let reply = self.client.get_page(&self.path).await?;
-        let page = decode_page(&reply.body, skip).map_err(|e| {
+        let reply = self
+            .client
+            .get_collection_page(M::ENDPOINT, &self.path)
+            .await?;
+        let page = decode_page::<M>(&reply.body, skip).map_err(|e| {
             self.client.scrub(OneViewError::BadResponse {
-                endpoint: "alerts",
+                endpoint: M::ENDPOINT.as_str(),
                 url: reply.url.clone(),
-                detail: format!(
-                    "not an alert collection page: {e}; {}",
-                    snippet(&reply.body)
-                ),
+                detail: format!("not {}: {e}; {}", M::PAGE, snippet(&reply.body)),
             })
         })?;
         drop(reply.body);
@@ -268,15 +335,20 @@ impl<'a> Walker<'a> {
         self.members += received;
         for (i, uri, why) in &page.malformed {
             self.malformed += 1;
-            self.metrics.alerts_malformed.inc();
-            tracing::warn!(page = %reply.url, index = i, alert_uri = uri.as_deref().unwrap_or(""), error = %why, "skipping a malformed alert");
+            M::count_malformed(self.metrics);
+            tracing::warn!(page = %reply.url, index = i, member_uri = uri.as_deref().unwrap_or(""), error = %why, "skipping a malformed collection member");
         }
         self.done = self.advance(received, &page, &reply.url)?;
         Ok(Some(page.alerts))
     }
 
     /// Picks the next page; `true` when this one was the last.
-    fn advance(&mut self, received: usize, page: &Page, url: &str) -> Result<bool, OneViewError> {
+    fn advance(
+        &mut self,
+        received: usize,
+        page: &Page<M>,
+        url: &str,
+    ) -> Result<bool, OneViewError> {
         if received == 0 {
             return Ok(true);
         }
@@ -298,7 +370,7 @@ impl<'a> Walker<'a> {
                 // No next page although `total` is not reached: continue by offset once more;
                 // an empty page ends it.
                 Some(t) if (self.members as u64) < t => {
-                    let p = self.query.path(self.members as u64);
+                    let p = self.query.path_in(M::COLLECTION, self.members as u64);
                     if !self.visited.insert(p.clone()) {
                         return Ok(true);
                     }
@@ -309,7 +381,7 @@ impl<'a> Walker<'a> {
         }
         if self.pages >= MAX_PAGES {
             return Err(OneViewError::BadResponse {
-                endpoint: "alerts",
+                endpoint: M::ENDPOINT.as_str(),
                 url: url.to_owned(),
                 detail: format!("paging did not end after {MAX_PAGES} pages"),
             });

@@ -21,16 +21,19 @@ pub enum Endpoint {
     Alert,
     /// The SCMB certificates (`/rest/certificates/...`) and the task that generates the keypair.
     Certificates,
+    /// `/rest/tasks` (change events, [`crate::oneview::tasks`]).
+    Tasks,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Version,
         Endpoint::Login,
         Endpoint::Logout,
         Endpoint::Alerts,
         Endpoint::Alert,
         Endpoint::Certificates,
+        Endpoint::Tasks,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Endpoint {
             Endpoint::Alerts => "alerts",
             Endpoint::Alert => "alert",
             Endpoint::Certificates => "certificates",
+            Endpoint::Tasks => "tasks",
         }
     }
 }

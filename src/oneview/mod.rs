@@ -1,5 +1,6 @@
 //! The OneView side: the REST client and its session ([`client`], [`session`]), collection
-//! paging ([`collection`]), the alert poller ([`poller`]) and their metrics. [`assemble`] builds
+//! paging ([`collection`]), the alert poller ([`poller`]), tasks ([`tasks`], for change events)
+//! and their metrics. [`assemble`] builds
 //! the poller task that `App::build` runs; its output is a stream of [`AlertChange`]s.
 //!
 //! Identity: every change carries `Appliance { id: oneview.name, ui_url: oneview.url }` and an
@@ -15,6 +16,8 @@ pub mod metrics;
 pub mod poller;
 pub mod scmb;
 pub(crate) mod session;
+pub mod tasks;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -97,7 +97,7 @@ impl Shared {
     }
 
     /// Waits for a rate-limit slot of `budget` (used by retries).
-    async fn acquire(&self, budget: &Arc<str>) {
+    pub(crate) async fn acquire(&self, budget: &Arc<str>) {
         let mut counted = false;
         let mut answers = self.answers.subscribe();
         loop {
@@ -127,7 +127,7 @@ impl Shared {
     }
 
     /// The request that took a slot of `budget` was answered (or failed).
-    fn answered(&self, budget: &Arc<str>) {
+    pub(crate) fn answered(&self, budget: &Arc<str>) {
         self.limiter().answered(budget, Instant::now());
         self.answers.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -1090,7 +1090,7 @@ struct RetryLater {
 
 /// Full jitter: a uniformly random delay between zero and the exponential envelope, but never
 /// shorter than what `Retry-After` asked for.
-fn jittered(envelope: Duration, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn jittered(envelope: Duration, retry_after: Option<Duration>) -> Duration {
     let ms = u64::try_from(envelope.as_millis()).unwrap_or(u64::MAX);
     let d = Duration::from_millis(rand::rng().random_range(0..=ms));
     match retry_after {

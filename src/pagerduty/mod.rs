@@ -9,11 +9,14 @@
 //! - [`ratelimit`]: the client-side limit per routing key, a 60 s window counted from answers.
 //! - [`sender`]: one HTTP attempt and the status -> retry table.
 //! - [`status`]: the snapshot the API and status page show.
+//! - [`change`]: Change Events from OneView tasks, sharing the routes, the rate limiter, the
+//!   retry table and the state journal with alert events.
 //! - `durable`: what goes to the state store (outbox, ledger, dead letters) and back.
 //!
 //! [`assemble`] wires them; the app spawns [`Delivery::task`] and hands
 //! [`Delivery::changes`] to the poller.
 
+pub mod change;
 pub mod dispatcher;
 pub(crate) mod durable;
 pub mod error;
@@ -68,6 +71,9 @@ pub struct Delivery {
     /// shutdown timeout drops it.
     pub task: crate::task::Task,
     pub status: Arc<DeliveryStatus>,
+    /// For the change-event watchers ([`crate::change_events`]); `None` without a Change
+    /// Events URL.
+    pub change: Option<change::ChangeLink>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -327,6 +333,12 @@ pub fn assemble_durable(
     let router = routing::Router::new(pd)?;
     let sender = sender::Sender::new(pd.events_url.clone(), pd.request_timeout)?
         .with_gate(state.gate.clone());
+    let change_sender = match &cfg.change_events.url {
+        Some(u) => {
+            Some(sender::Sender::new(u.clone(), pd.request_timeout)?.with_gate(state.gate.clone()))
+        }
+        None => None,
+    };
     let metrics = Metrics::register(registry);
     let status = Arc::new(DeliveryStatus::with_history(intake_names(cfg)));
     let incidents = Arc::new(crate::pipeline::Incidents::new(cfg.dedup_ttl));
@@ -397,6 +409,16 @@ pub fn assemble_durable(
         .next()
         .cloned()
         .ok_or(PagerDutyError::NotConfigured)?;
+    let change = match change_sender {
+        Some(s) => Some(change::ChangeLink::new(
+            shared.clone(),
+            routing::Router::new(pd)?,
+            s,
+            pd.oneview_ui_url.as_ref(),
+            state.snapshot.watermarks.clone(),
+        )),
+        None => None,
+    };
     let mut d =
         dispatcher::Dispatcher::new(shared, router, event::EventContext::from_config(pd), &names);
     d.resume(state.snapshot);
@@ -429,6 +451,7 @@ pub fn assemble_durable(
         silences,
         task: Box::pin(task),
         status,
+        change,
     })
 }
 

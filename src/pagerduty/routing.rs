@@ -12,6 +12,12 @@
 //! never falls back to the default: an incident held on a route that is no longer configured is
 //! not the default route's to close.
 //!
+//! Change events ([`Router::route_change`], from OneView tasks) take the same routes: a task's
+//! resource fields stand in for an alert's. `severities` and `alert_types` concern alerts
+//! only and are ignored for them, so a route that sets only those (an urgency split such as
+//! "Critical to the urgent service") takes no change event; its other matchers
+//! (`resource_categories`, `resource_name`, `appliances`) decide as for an alert.
+//!
 //! PagerDuty's rate limit is per routing key, so routes that share a key share one budget
 //! ([`Target::budget`], the name of the first route with that key): grouped by the keys' values
 //! when the router is built (and by file path when a file cannot be read then).
@@ -132,6 +138,22 @@ impl Router {
             .map(|r| &r.target)
             .unwrap_or(&self.default)
     }
+
+    /// Where a change event about the resource `category`/`resource_name` of appliance
+    /// `appliance` goes (see the module docs: alert-only matchers are ignored, and a route
+    /// with nothing else takes none).
+    pub fn route_change(
+        &self,
+        appliance: &str,
+        category: Option<&str>,
+        resource_name: Option<&str>,
+    ) -> &Target {
+        self.routes
+            .iter()
+            .find(|r| r.matches_change(appliance, category, resource_name))
+            .map(|r| &r.target)
+            .unwrap_or(&self.default)
+    }
 }
 
 /// What makes two routing keys the same for the rate limit, compared once at startup: the
@@ -221,6 +243,31 @@ fn compile(r: &RouteConfig) -> Result<Route, PagerDutyError> {
 }
 
 impl Route {
+    fn matches_change(
+        &self,
+        appliance: &str,
+        category: Option<&str>,
+        resource_name: Option<&str>,
+    ) -> bool {
+        let resource_matchers = !self.categories.is_empty()
+            || self.resource_name.is_some()
+            || self.appliances.is_some();
+        let alert_only = !self.severities.is_empty() || self.alert_types.is_some();
+        if alert_only && !resource_matchers {
+            return false;
+        }
+        (self.categories.is_empty()
+            || category.is_some_and(|v| self.categories.iter().any(|x| x.eq_ignore_ascii_case(v))))
+            && self
+                .resource_name
+                .as_ref()
+                .is_none_or(|g| resource_name.is_some_and(|n| g.is_match(n)))
+            && self
+                .appliances
+                .as_ref()
+                .is_none_or(|g| g.is_match(appliance))
+    }
+
     fn matches(&self, appliance: &str, alert: &Alert) -> bool {
         let any_eq = |list: &[String], v: Option<&str>| {
             list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x.eq_ignore_ascii_case(v)))
@@ -241,5 +288,57 @@ impl Route {
                 .appliances
                 .as_ref()
                 .is_none_or(|g| g.is_match(appliance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use crate::config::{RawConfig, RawRoute, Role, validate};
+
+    fn route(name: &str, f: impl FnOnce(&mut RawRoute)) -> RawRoute {
+        let mut r = RawRoute {
+            name: Some(name.into()),
+            routing_key: Some(SecretString::from(format!("{name:0<32}"))),
+            ..RawRoute::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn change_events_ignore_alert_only_matchers_and_skip_routes_with_nothing_else() {
+        let mut raw = RawConfig::default();
+        raw.oneview.url = Some("https://ov.example.com".into());
+        raw.oneview.username = Some("u".into());
+        raw.oneview.password = Some(SecretString::from("pw".to_owned()));
+        raw.pagerduty.routing_key = Some(SecretString::from("d".repeat(32)));
+        raw.pagerduty.routes = vec![
+            route("urgent", |r| r.severities = vec!["Critical".into()]),
+            route("traps", |r| r.alert_types = vec!["Trap.*".into()]),
+            route("hardware", |r| {
+                r.severities = vec!["Warning".into()];
+                r.resource_categories = vec!["server-hardware".into()];
+            }),
+            route("lab-bay", |r| r.resource_name = Some("LAB-*".into())),
+            route("dc2", |r| r.appliances = vec!["dc2*".into()]),
+        ];
+        let cfg = validate(raw, Role::Poller).unwrap();
+        let router = super::Router::new(cfg.pagerduty.as_ref().unwrap()).unwrap();
+        let to = |appliance: &str, category: Option<&str>, name: Option<&str>| {
+            router
+                .route_change(appliance, category, name)
+                .route
+                .to_string()
+        };
+        assert_eq!(
+            to("dc1", Some("Server-Hardware"), Some("SGH8, bay 3")),
+            "hardware"
+        );
+        assert_eq!(to("dc1", Some("enclosures"), Some("lab-c7000")), "lab-bay");
+        assert_eq!(to("dc2-frame", Some("enclosures"), None), "dc2");
+        assert_eq!(to("dc1", Some("enclosures"), None), "default");
+        assert_eq!(to("dc1", None, None), "default");
     }
 }

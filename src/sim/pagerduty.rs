@@ -16,7 +16,15 @@
 //!   (answer a status, hang, or drop the connection of every event; the control API keeps
 //!   working), and 400s for chosen dedup keys.
 //!
-//! Control API: `GET /sim/incidents`, `GET /sim/events`, `GET /sim/counters`,
+//! - `POST /v2/change/enqueue` takes Change Events (OpenAPI `createChangeEvent`): 202
+//!   `{"status":"success","message":"Event processed"}`, or 400 with `errors` for a body
+//!   without a 32-character `routing_key`, a `payload` object, a `payload.summary` of 1 to
+//!   1024 characters, a `timestamp` that is a date-time, an object `custom_details`, or
+//!   `links[].href`. The same faults apply (the rate limit counts both endpoints per routing
+//!   key, as PagerDuty's does); accepted change events are kept apart from alert events
+//!   ([`SimHandle::changes`], `GET /sim/changes`), they open no incident.
+//!
+//! Control API: `GET /sim/incidents`, `GET /sim/events`, `GET /sim/changes`, `GET /sim/counters`,
 //! `GET|PUT /sim/faults`, `POST /sim/reset`. The same operations exist in-process on
 //! [`SimHandle`]. Only the simulator stores routing keys (they are fake); it never logs them.
 
@@ -79,6 +87,8 @@ pub struct Faults {
     pub outage: Option<Outage>,
     /// Events whose dedup_key contains this text get a 400.
     pub reject_dedup_key_containing: Option<String>,
+    /// Change events whose `payload.summary` contains this text get a 400.
+    pub reject_change_summary_containing: Option<String>,
     /// Seed of the random choices, for reproducible runs.
     pub seed: u64,
 }
@@ -93,6 +103,7 @@ impl Default for Faults {
             rate_limit_per_minute: None,
             outage: None,
             reject_dedup_key_containing: None,
+            reject_change_summary_containing: None,
             seed: 42,
         }
     }
@@ -163,6 +174,9 @@ pub struct Counters {
     pub dropped_connections: u64,
     pub incidents_opened: u64,
     pub incidents_resolved: u64,
+    /// Change events answered 202 (`/v2/change/enqueue`).
+    #[serde(default)]
+    pub changes_accepted: u64,
 }
 
 struct Inner {
@@ -172,6 +186,8 @@ struct Inner {
     /// (routing key, dedup key) -> index in `incidents` of the open incident.
     open: HashMap<(String, String), usize>,
     events: Vec<LoggedEvent>,
+    /// Every request to `/v2/change/enqueue`, whatever the answer.
+    changes: Vec<LoggedEvent>,
     counters: Counters,
     windows: HashMap<String, VecDeque<Instant>>,
 }
@@ -184,6 +200,7 @@ impl Inner {
             incidents: Vec::new(),
             open: HashMap::new(),
             events: Vec::new(),
+            changes: Vec::new(),
             counters: Counters::default(),
             windows: HashMap::new(),
         }
@@ -261,6 +278,27 @@ impl SimHandle {
             .collect()
     }
 
+    /// Every change event request (`/v2/change/enqueue`), in arrival order, with its answer.
+    pub fn changes(&self) -> Vec<LoggedEvent> {
+        self.sim.lock().changes.clone()
+    }
+
+    /// The change events answered 202.
+    pub fn accepted_changes(&self) -> Vec<LoggedEvent> {
+        self.sim
+            .lock()
+            .changes
+            .iter()
+            .filter(|e| e.status == 202)
+            .cloned()
+            .collect()
+    }
+
+    /// The Change Events URL.
+    pub fn change_url(&self) -> String {
+        format!("http://{}/v2/change/enqueue", self.addr)
+    }
+
     pub fn counters(&self) -> Counters {
         self.sim.lock().counters.clone()
     }
@@ -329,6 +367,8 @@ pub async fn start(listen: SocketAddr, faults: Faults) -> std::io::Result<SimHan
 fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/v2/enqueue", post(enqueue))
+        .route("/v2/change/enqueue", post(change_enqueue))
+        .route("/sim/changes", get(list_changes))
         .route("/sim/incidents", get(list_incidents))
         .route("/sim/events", get(list_events))
         .route("/sim/counters", get(counters))
@@ -499,8 +539,91 @@ pub fn validate(v: &Value) -> Vec<String> {
     errors
 }
 
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Alert,
+    Change,
+}
+
+/// Validates a Change Event body the way PagerDuty's OpenAPI file (`createChangeEvent`,
+/// `ChangeEventPayload`) and its documented limits describe it.
+pub fn validate_change(v: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(o) = v.as_object() else {
+        return vec!["Event object must be a JSON object".to_owned()];
+    };
+    match o.get("routing_key").and_then(Value::as_str) {
+        None => errors.push("'routing_key' is missing or blank".to_owned()),
+        Some(k) if k.chars().count() != 32 => {
+            errors.push("Length of 'routing_key' is incorrect (should be 32 characters)".to_owned())
+        }
+        Some(_) => {}
+    }
+    match o.get("payload").and_then(Value::as_object) {
+        None => errors.push("'payload' is missing or not an object".to_owned()),
+        Some(p) => {
+            match p.get("summary").and_then(Value::as_str) {
+                None | Some("") => errors.push("'payload.summary' is missing or blank".to_owned()),
+                Some(s) if s.chars().count() > 1024 => errors
+                    .push("'payload.summary' is too long (maximum is 1024 characters)".to_owned()),
+                Some(_) => {}
+            }
+            if let Some(t) = p.get("timestamp") {
+                let ok = t.as_str().is_some_and(|t| {
+                    DateTime::parse_from_rfc3339(t).is_ok()
+                        || DateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f%z").is_ok()
+                });
+                if !ok {
+                    errors.push("'payload.timestamp' is not a valid date-time".to_owned());
+                }
+            }
+            if p.get("source").is_some_and(|s| !s.is_string()) {
+                errors.push("'payload.source' must be a string".to_owned());
+            }
+            if p.get("custom_details").is_some_and(|c| !c.is_object()) {
+                errors.push("'payload.custom_details' must be an object".to_owned());
+            }
+        }
+    }
+    if let Some(links) = o.get("links") {
+        match links.as_array() {
+            Some(ls)
+                if ls
+                    .iter()
+                    .all(|l| l.get("href").and_then(Value::as_str).is_some()) => {}
+            Some(_) => errors.push("'links[].href' is missing".to_owned()),
+            None => errors.push("'links' must be an array".to_owned()),
+        }
+    }
+    errors
+}
+
+async fn list_changes(State(sim): State<Arc<Sim>>) -> Json<Vec<LoggedEvent>> {
+    Json(sim.lock().changes.clone())
+}
+
 async fn enqueue(
     State(sim): State<Arc<Sim>>,
+    conn: Option<Extension<ConnKill>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    receive(Kind::Alert, sim, conn, uri, body).await
+}
+
+async fn change_enqueue(
+    State(sim): State<Arc<Sim>>,
+    conn: Option<Extension<ConnKill>>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    receive(Kind::Change, sim, conn, uri, body).await
+}
+
+async fn receive(
+    kind: Kind,
+    sim: Arc<Sim>,
     conn: Option<Extension<ConnKill>>,
     uri: axum::http::Uri,
     body: Bytes,
@@ -556,7 +679,7 @@ async fn enqueue(
         Some(Outage::Status { code }) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             sim.lock().counters.outage += 1;
-            return finish(&sim, logged, status.as_u16(), || {
+            return finish(&sim, kind, logged, status.as_u16(), || {
                 answer(
                     status,
                     json!({"status": "unavailable", "message": "Simulated outage"}),
@@ -588,7 +711,7 @@ async fn enqueue(
         let code = faults.error_statuses[pick % faults.error_statuses.len()];
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         sim.lock().counters.injected_errors += 1;
-        return finish(&sim, logged, status.as_u16(), || {
+        return finish(&sim, kind, logged, status.as_u16(), || {
             let mut r = answer(
                 status,
                 json!({"status": "error", "message": "Simulated failure"}),
@@ -612,7 +735,7 @@ async fn enqueue(
         if w.len() >= limit as usize {
             g.counters.rate_limited += 1;
             drop(g);
-            return finish(&sim, logged, 429, || {
+            return finish(&sim, kind, logged, 429, || {
                 let mut r = answer(
                     StatusCode::TOO_MANY_REQUESTS,
                     json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly.  Please retry later."}),
@@ -627,7 +750,7 @@ async fn enqueue(
     if body.len() >= MAX_BODY_BYTES {
         sim.lock().counters.rejected += 1;
         let n = body.len();
-        return finish(&sim, logged, 400, || {
+        return finish(&sim, kind, logged, 400, || {
             invalid(vec![format!(
                 "Request body is too large ({n} bytes; must be under {MAX_BODY_BYTES})"
             )])
@@ -635,13 +758,37 @@ async fn enqueue(
     }
     let Some(v) = parsed else {
         sim.lock().counters.rejected += 1;
-        return finish(&sim, logged, 400, || {
+        return finish(&sim, kind, logged, 400, || {
             answer(
                 StatusCode::BAD_REQUEST,
                 json!({"status": "Unrecognized object", "message": "Event object format is unrecognized", "errors": ["JSON parse error"]}),
             )
         });
     };
+    if kind == Kind::Change {
+        let mut errors = validate_change(&v);
+        if let (Some(pat), Some(summary)) = (
+            faults.reject_change_summary_containing.as_deref(),
+            logged.summary.as_deref(),
+        ) && summary.contains(pat)
+        {
+            errors.push("'payload.summary' rejected by the simulator's fault injection".to_owned());
+        }
+        let mut g = sim.lock();
+        if !errors.is_empty() {
+            g.counters.rejected += 1;
+            drop(g);
+            return finish(&sim, kind, logged, 400, || invalid(errors));
+        }
+        g.counters.changes_accepted += 1;
+        drop(g);
+        return finish(&sim, kind, logged, 202, || {
+            answer(
+                StatusCode::ACCEPTED,
+                json!({"status": "success", "message": "Event processed"}),
+            )
+        });
+    }
     let mut errors = validate(&v);
     if let (Some(pat), Some(k)) = (
         faults.reject_dedup_key_containing.as_deref(),
@@ -652,7 +799,7 @@ async fn enqueue(
     }
     if !errors.is_empty() {
         sim.lock().counters.rejected += 1;
-        return finish(&sim, logged, 400, || invalid(errors));
+        return finish(&sim, kind, logged, 400, || invalid(errors));
     }
 
     // Accepted: apply the incident model.
@@ -713,7 +860,7 @@ async fn enqueue(
             }
         }
     }
-    finish(&sim, logged, 202, || {
+    finish(&sim, kind, logged, 202, || {
         answer(
             StatusCode::ACCEPTED,
             json!({"status": "success", "message": "Event processed", "dedup_key": dedup_key}),
@@ -731,16 +878,21 @@ fn add_retry_after(r: &mut Response, secs: Option<u64>) {
 
 fn finish(
     sim: &Sim,
+    kind: Kind,
     mut logged: LoggedEvent,
     status: u16,
     respond: impl FnOnce() -> Response,
 ) -> Response {
     logged.status = status;
     let mut g = sim.lock();
-    logged.seq = g.events.len() as u64;
-    g.events.push(logged);
-    if let Some(i) = g.events.len().checked_sub(BODIES_KEPT + 1) {
-        g.events[i].body = None;
+    let log = match kind {
+        Kind::Alert => &mut g.events,
+        Kind::Change => &mut g.changes,
+    };
+    logged.seq = log.len() as u64;
+    log.push(logged);
+    if let Some(i) = log.len().checked_sub(BODIES_KEPT + 1) {
+        log[i].body = None;
     }
     drop(g);
     respond()

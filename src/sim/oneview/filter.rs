@@ -1,5 +1,5 @@
 //! The OneView filter language, as far as clients (the bridge, the SDKs, scripts) use it on
-//! `/rest/alerts`: `attr op value` with `EQ NE GT GE LT LE LIKE IN IS [NOT] NULL` or the
+//! `/rest/alerts` (and `/rest/tasks`): `attr op value` with `EQ NE GT GE LT LE LIKE IN IS [NOT] NULL` or the
 //! symbolic `= == != <> > >= < <= :`, values quoted (`'Active'`) or bare
 //! (`2021-09-25T15:45:50.122Z`), combined with `AND`, `OR`, `NOT` and parentheses. Timestamps
 //! compare as instants; everything else as strings.
@@ -64,6 +64,10 @@ pub enum Attr {
     Created,
     Modified,
     ClearedTime,
+    /// Tasks (`/rest/tasks`).
+    TaskState,
+    Name,
+    Owner,
 }
 
 impl Attr {
@@ -84,6 +88,9 @@ impl Attr {
             "created" => Attr::Created,
             "modified" => Attr::Modified,
             "clearedTime" => Attr::ClearedTime,
+            "taskState" => Attr::TaskState,
+            "name" => Attr::Name,
+            "owner" => Attr::Owner,
             _ => return None,
         })
     }

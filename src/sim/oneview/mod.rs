@@ -1,7 +1,9 @@
 //! A OneView appliance simulator: enough of the REST API to drive the bridge (version, login
 //! with optional banner, `Auth` sessions with idle expiry, `X-API-Version` rules, `/rest/alerts`
-//! paging with the real envelope and filters, alert GET/PUT/DELETE, logout), plus a control
-//! API under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
+//! paging with the real envelope and filters, alert GET/PUT/DELETE, `/rest/tasks` with the same
+//! filters and paging ([`tasks`]: a few finished tasks of history, more added and moved on
+//! through `POST /sim/tasks` and `POST /sim/tasks/{id}/state`), logout), plus a control API
+//! under `/sim/...` and the same operations as methods on [`SimHandle`] to add, change and
 //! clear alerts, inject faults and read counters.
 //!
 //! Served over HTTPS ([`start_with`]), it also answers `GET /rest/certificates/ca` with its
@@ -19,6 +21,7 @@ pub mod scmb;
 mod server;
 pub mod site;
 pub mod store;
+pub mod tasks;
 pub mod templates;
 mod tls;
 
@@ -37,6 +40,7 @@ pub use server::router;
 pub use site::{Site, estate, estate_password};
 use store::Store;
 pub use store::{AlertSpec, GenerateSpec};
+pub use tasks::TaskSpec;
 pub use tls::TlsFiles;
 
 use crate::model::{AlertState, Severity};
@@ -190,6 +194,8 @@ pub enum SimError {
     NoSuchAlert(u64),
     #[error("{0}")]
     Invalid(String),
+    #[error("no such {0}")]
+    NotFound(String),
 }
 
 /// Collection request times kept by [`SimHandle::alert_poll_instants`].
@@ -217,6 +223,8 @@ pub(crate) struct Inner {
     ca_pem: Mutex<Option<String>>,
     /// The SCMB keypair, generate tasks and publisher.
     scmb: Mutex<scmb::SimScmb>,
+    /// `/rest/tasks`.
+    tasks: Mutex<tasks::TaskStore>,
 }
 
 /// A handle on a simulator's state; cheap to clone. Tests, the demo and the control API use it.
@@ -248,6 +256,9 @@ impl SimHandle {
                 clock_start: Instant::now(),
                 ca_pem: Mutex::new(None),
                 scmb: Mutex::new(scmb::SimScmb::default()),
+                tasks: Mutex::new(tasks::TaskStore::with_history(
+                    chrono::Utc::now().timestamp_millis(),
+                )),
             }),
         };
         if keypair_at_start {
@@ -292,6 +303,33 @@ impl SimHandle {
 
     pub(crate) fn faults_mut(&self) -> MutexGuard<'_, Faults> {
         lock(&self.inner.faults)
+    }
+
+    // ---- tasks -----------------------------------------------------------------------
+
+    pub(crate) fn tasks(&self) -> MutexGuard<'_, tasks::TaskStore> {
+        lock(&self.inner.tasks)
+    }
+
+    /// Adds a task (stamped now, less `spec.age_secs`); returns its URI.
+    pub fn add_task(&self, spec: TaskSpec) -> String {
+        let now = self.now_ms();
+        self.tasks().add(&spec, now)
+    }
+
+    /// Moves task `uri` to `state` (`Running`, `Completed`, `Error`, ...), stamping `modified`.
+    pub fn set_task_state(&self, uri: &str, state: &str) -> Result<(), SimError> {
+        let now = self.now_ms();
+        if self.tasks().set_state(uri, state, None, now) {
+            Ok(())
+        } else {
+            Err(SimError::NotFound(format!("task {uri}")))
+        }
+    }
+
+    /// A task as `/rest/tasks/{id}` serves it.
+    pub fn task(&self, uri: &str) -> Option<serde_json::Value> {
+        self.tasks().get(uri).map(tasks::SimTask::to_json)
     }
 
     // ---- alerts ----------------------------------------------------------------------

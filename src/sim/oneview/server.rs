@@ -43,6 +43,7 @@ pub fn router(handle: SimHandle) -> Router {
             "/rest/certificates/client/rabbitmq",
             post(rabbitmq_generate),
         )
+        .route("/rest/tasks", get(list_tasks))
         .route("/rest/tasks/{id}", get(get_task))
         .route("/rest/{*rest}", any(rest_not_found))
         .layer(middleware::from_fn_with_state(handle.clone(), rest_layer));
@@ -61,6 +62,8 @@ pub fn router(handle: SimHandle) -> Router {
         )
         .route("/sim/alerts/{id}/clear", post(sim_clear_alert))
         .route("/sim/alerts/{id}/corrupt", post(sim_corrupt_alert))
+        .route("/sim/tasks", post(sim_add_task))
+        .route("/sim/tasks/{id}/state", post(sim_task_state))
         .route("/sim/faults", put(sim_set_faults).get(sim_get_faults))
         .route("/sim/sessions/expire", post(sim_expire_sessions))
         .route("/sim/config", get(sim_get_config).patch(sim_patch_config));
@@ -105,6 +108,7 @@ fn endpoint_of(method: &Method, path: &str) -> &'static str {
         "/rest/certificates/client/rabbitmq/keypair/default" => "keypair",
         "/rest/certificates/client/rabbitmq" => "keypair_generate",
         p if p.starts_with("/rest/tasks/") => "task",
+        "/rest/tasks" => "tasks",
         _ => "other",
     }
 }
@@ -334,7 +338,7 @@ async fn rest_not_found(State(h): State<SimHandle>, req: Request) -> Response {
             req.uri().path()
         ),
         &[
-            "The simulator implements /rest/version, /rest/login-sessions, /rest/alerts and /rest/certificates/ca.",
+            "The simulator implements /rest/version, /rest/login-sessions, /rest/alerts, /rest/tasks and /rest/certificates/ca.",
         ],
     )
 }
@@ -356,6 +360,151 @@ fn parse_sort(s: &str) -> Result<(SortField, bool), String> {
     Ok((field, desc))
 }
 
+/// `start`, `count`, `filter`/`query` and `sort` of a collection request, as appliances read
+/// them; the rest is carried into the page URIs.
+struct CollectionQuery {
+    start: usize,
+    count: usize,
+    pred: Option<Pred>,
+    sort: Option<(SortField, bool)>,
+    /// Everything but start/count, re-encoded, for the page URIs.
+    carried: Vec<(String, String)>,
+}
+
+impl CollectionQuery {
+    fn parse(query: Option<&str>, cfg: &super::SimConfig) -> Result<Self, Response> {
+        let mut start = 0usize;
+        let mut count = cfg.default_page_size;
+        let mut preds: Vec<Pred> = Vec::new();
+        let mut sort = None;
+        // Everything but start/count, re-encoded, for the page URIs.
+        let mut carried: Vec<(String, String)> = Vec::new();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "start" => start = v.trim().parse().unwrap_or(0),
+                "count" => {
+                    let c: i64 = v.trim().parse().unwrap_or(0);
+                    // count <= 0 gets the default page, like appliances (count=-1 gives 25).
+                    if c > 0 {
+                        count = usize::try_from(c).unwrap_or(usize::MAX);
+                    }
+                }
+                "filter" | "query" => {
+                    match filter::parse(&v) {
+                        Ok(p) => preds.push(p),
+                        Err(e) => {
+                            return Err(ov_error(
+                                StatusCode::BAD_REQUEST,
+                                "INVALID_FILTER",
+                                &format!("The {k} {v:?} is not valid: {e}."),
+                                &[
+                                    "Correct the filter expression, for example filter=\"alertState='Active'\".",
+                                ],
+                            ));
+                        }
+                    }
+                    carried.push((k.into_owned(), v.into_owned()));
+                }
+                "sort" => {
+                    match parse_sort(&v) {
+                        Ok(s) => sort = Some(s),
+                        Err(e) => {
+                            return Err(ov_error(
+                                StatusCode::BAD_REQUEST,
+                                "INVALID_SORT",
+                                &format!("The sort {v:?} is not valid: {e}."),
+                                &["Use sort=created:descending or similar."],
+                            ));
+                        }
+                    }
+                    carried.push((k.into_owned(), v.into_owned()));
+                }
+                _ => carried.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        let count = count.min(cfg.max_page_size);
+        let pred = match preds.len() {
+            0 => None,
+            1 => preds.pop(),
+            _ => Some(Pred::And(preds)),
+        };
+        Ok(Self {
+            start,
+            count,
+            pred,
+            sort,
+            carried,
+        })
+    }
+
+    /// The URI of the page starting at `start` of `collection`, with the same query.
+    fn page_uri(&self, collection: &str, start: usize) -> String {
+        let mut u = format!("{collection}?start={start}&count={}", self.count);
+        for (k, v) in &self.carried {
+            u.push('&');
+            u.push_str(k);
+            u.push('=');
+            u.push_str(&encode(v));
+        }
+        u
+    }
+}
+
+/// `GET /rest/tasks`: the task list with the filters, sort and paging of `/rest/alerts`.
+async fn list_tasks(
+    State(h): State<SimHandle>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(r) = guard(&h, &headers) {
+        return r;
+    }
+    let cfg = h.config();
+    let q = match CollectionQuery::parse(query.as_deref(), &cfg) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let (total, members) = {
+        let store = h.tasks();
+        let (total, page) = store.query(q.pred.as_ref(), q.sort, q.start, q.count);
+        let members: Vec<Box<RawValue>> = page
+            .iter()
+            .filter_map(|t| serde_json::value::to_raw_value(&t.to_json()).ok())
+            .collect();
+        (total, members)
+    };
+    let absent = match cfg.page_uri_style {
+        PageUriStyle::Null => Value::Null,
+        PageUriStyle::Empty => Value::String(String::new()),
+    };
+    let next = if q.start.saturating_add(q.count) < total {
+        Value::String(q.page_uri("/rest/tasks", q.start + q.count))
+    } else {
+        absent.clone()
+    };
+    let prev = if q.start > 0 {
+        Value::String(q.page_uri("/rest/tasks", q.start.saturating_sub(q.count)))
+    } else {
+        absent
+    };
+    let now = format_timestamp(h.now_ms());
+    axum::Json(Envelope {
+        kind: "TaskResourceCollectionV2",
+        count: members.len(),
+        members,
+        total,
+        start: q.start,
+        prev_page_uri: prev,
+        next_page_uri: next,
+        uri: q.page_uri("/rest/tasks", q.start),
+        category: "tasks",
+        e_tag: now.clone(),
+        created: now.clone(),
+        modified: now,
+    })
+    .into_response()
+}
+
 async fn list_alerts(
     State(h): State<SimHandle>,
     headers: HeaderMap,
@@ -365,60 +514,15 @@ async fn list_alerts(
         return r;
     }
     let cfg = h.config();
-    let mut start = 0usize;
-    let mut count = cfg.default_page_size;
-    let mut preds: Vec<Pred> = Vec::new();
-    let mut sort = None;
-    // Everything but start/count, re-encoded, for the page URIs.
-    let mut carried: Vec<(String, String)> = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match &*k {
-            "start" => start = v.trim().parse().unwrap_or(0),
-            "count" => {
-                let c: i64 = v.trim().parse().unwrap_or(0);
-                // count <= 0 gets the default page, like appliances (count=-1 gives 25).
-                if c > 0 {
-                    count = usize::try_from(c).unwrap_or(usize::MAX);
-                }
-            }
-            "filter" | "query" => {
-                match filter::parse(&v) {
-                    Ok(p) => preds.push(p),
-                    Err(e) => {
-                        return ov_error(
-                            StatusCode::BAD_REQUEST,
-                            "INVALID_FILTER",
-                            &format!("The {k} {v:?} is not valid: {e}."),
-                            &[
-                                "Correct the filter expression, for example filter=\"alertState='Active'\".",
-                            ],
-                        );
-                    }
-                }
-                carried.push((k.into_owned(), v.into_owned()));
-            }
-            "sort" => {
-                match parse_sort(&v) {
-                    Ok(s) => sort = Some(s),
-                    Err(e) => {
-                        return ov_error(
-                            StatusCode::BAD_REQUEST,
-                            "INVALID_SORT",
-                            &format!("The sort {v:?} is not valid: {e}."),
-                            &["Use sort=created:descending or similar."],
-                        );
-                    }
-                }
-                carried.push((k.into_owned(), v.into_owned()));
-            }
-            _ => carried.push((k.into_owned(), v.into_owned())),
-        }
-    }
-    let count = count.min(cfg.max_page_size);
-    let pred = match preds.len() {
-        0 => None,
-        1 => preds.pop(),
-        _ => Some(Pred::And(preds)),
+    let CollectionQuery {
+        start,
+        count,
+        pred,
+        sort,
+        carried,
+    } = match CollectionQuery::parse(query.as_deref(), &cfg) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
 
     // Body faults for collection pages.
@@ -754,12 +858,15 @@ async fn get_task(
         }
     };
     match left {
-        None => ov_error(
-            StatusCode::NOT_FOUND,
-            "RESOURCE_NOT_FOUND",
-            &format!("The task {uri} does not exist."),
-            &["Check the task URI."],
-        ),
+        None => match h.task(&uri) {
+            Some(t) => axum::Json(t).into_response(),
+            None => ov_error(
+                StatusCode::NOT_FOUND,
+                "RESOURCE_NOT_FOUND",
+                &format!("The task {uri} does not exist."),
+                &["Check the task URI."],
+            ),
+        },
         Some(0) => {
             if h.scmb_keypair().is_none() && !h.generate_scmb_keypair() {
                 return axum::Json(json!({
@@ -986,7 +1093,7 @@ async fn delete_alert(
 
 fn sim_err(e: SimError) -> Response {
     let status = match e {
-        SimError::NoSuchAlert(_) => StatusCode::NOT_FOUND,
+        SimError::NoSuchAlert(_) | SimError::NotFound(_) => StatusCode::NOT_FOUND,
         SimError::Invalid(_) => StatusCode::BAD_REQUEST,
     };
     (status, axum::Json(json!({"error": e.to_string()}))).into_response()
@@ -1162,6 +1269,46 @@ async fn sim_corrupt_alert(State(h): State<SimHandle>, Path(id): Path<u64>) -> R
 async fn sim_delete_alert(State(h): State<SimHandle>, Path(id): Path<u64>) -> Response {
     h.count("control");
     match h.delete(id) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => sim_err(e),
+    }
+}
+
+/// `POST /sim/tasks`: adds one task ([`super::TaskSpec`], camelCase keys) or a list; answers
+/// `{"uris": [...]}`.
+async fn sim_add_task(State(h): State<SimHandle>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<super::TaskSpec>),
+        One(Box<super::TaskSpec>),
+    }
+    let specs = match control_json::<OneOrMany>(&body) {
+        Ok(OneOrMany::Many(v)) => v,
+        Ok(OneOrMany::One(s)) => vec![*s],
+        Err(r) => return r,
+    };
+    let uris: Vec<String> = specs.into_iter().map(|s| h.add_task(s)).collect();
+    (StatusCode::CREATED, axum::Json(json!({ "uris": uris }))).into_response()
+}
+
+/// `POST /sim/tasks/{id}/state` with `{"taskState": "Completed"}`: the task moves on, and its
+/// `modified` is stamped now.
+async fn sim_task_state(
+    State(h): State<SimHandle>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct StateBody {
+        task_state: String,
+    }
+    let b = match control_json::<StateBody>(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match h.set_task_state(&format!("/rest/tasks/{id}"), &b.task_state) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => sim_err(e),
     }

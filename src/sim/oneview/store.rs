@@ -71,7 +71,12 @@ impl Fields for SimAlert {
             Attr::ResourceCategory => &self.resource.category,
             Attr::PhysicalResourceType => &self.resource.physical_type,
             Attr::AssignedToUser => return self.assigned_to_user.as_deref(),
-            Attr::Created | Attr::Modified | Attr::ClearedTime => return None,
+            Attr::Created
+            | Attr::Modified
+            | Attr::ClearedTime
+            | Attr::TaskState
+            | Attr::Name
+            | Attr::Owner => return None,
         })
     }
 
