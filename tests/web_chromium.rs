@@ -326,6 +326,8 @@ wide: Array.from(document.querySelectorAll('body *')).filter(function(e){\
 var r=e.getBoundingClientRect();return r.right>document.documentElement.clientWidth+0.5&&!e.closest('.sr-only');})\
 .slice(0,5).map(function(e){return e.tagName+'.'+e.className+' '+e.getBoundingClientRect().right;}),\
 incidents: document.querySelectorAll('a.incident').length,\
+silences: Array.from(document.querySelectorAll('#silences li')).map(function(e){return e.className;}),\
+silencedRows: document.querySelectorAll('li.alert [data-marker=silenced]').length,\
 ages: Array.from(document.querySelectorAll('.age')).map(function(e){return e.textContent;}),\
 csp: window.__csp})";
 
@@ -374,6 +376,45 @@ async fn status_page_at_phone_and_desktop_width_without_console_errors() {
     assert!(
         eventually_text(&c, &format!("{}/?token={TOKEN}", b.url), |p| {
             p.contains("data-total=\"1\"") && !p.contains("Blade 3 overheating")
+        })
+        .await
+    );
+    // A maintenance window on the fan (active: its row is marked) and one upcoming, with a
+    // long unbroken glob and comment: the Silences section must wrap like the rest.
+    for (matchers, starts_in, comment) in [
+        (
+            serde_json::json!({"severity": "Warning",
+                "resource_name": "Enclosure-SGH0123456789-interconnect-bay-4-module-*"}),
+            None,
+            "Firmware update of interconnect bay 4 (change CHG0012345678901234567890)",
+        ),
+        (
+            serde_json::json!({"resource_category": "server-hardware"}),
+            Some(chrono::TimeDelta::hours(2)),
+            "Blade swaps in frame 2",
+        ),
+    ] {
+        let mut body = serde_json::json!({
+            "matchers": matchers,
+            "duration": "2h",
+            "created_by": "chromium-test",
+            "comment": comment,
+        });
+        if let Some(d) = starts_in {
+            body["starts_at"] = serde_json::json!((chrono::Utc::now() + d).to_rfc3339());
+        }
+        let r = c
+            .post(format!("{}/api/v1/silences", b.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    assert!(
+        eventually_text(&c, &format!("{}/?token={TOKEN}", b.url), |p| {
+            p.contains("silence-upcoming") && p.contains("silence-active")
         })
         .await
     );
@@ -444,6 +485,15 @@ async fn status_page_at_phone_and_desktop_width_without_console_errors() {
         );
         assert_eq!(v["title"], "Pages and resolves, last 24 hours");
         assert_eq!(v["incidents"], 0, "no webhook told an incident URL yet");
+        assert_eq!(
+            v["silences"],
+            serde_json::json!([
+                "card silence silence-active",
+                "card silence silence-upcoming"
+            ]),
+            "{at}: {v}"
+        );
+        assert_eq!(v["silencedRows"], 1, "{at}: the fan's row is marked: {v}");
         assert_eq!(
             v["ages"],
             serde_json::json!(["open for 3 h 12 min", "open for 2 min"]),
