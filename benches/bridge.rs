@@ -957,6 +957,41 @@ async fn estate(appliances: usize, open: usize, idle_seconds: u64, interval_ms: 
 /// to PagerDuty's 202, as `latency` measures), first while the estate is idle, then while
 /// appliance A delivers a storm of `storm` alerts; and how much of A's storm PagerDuty had
 /// accepted when each of B's alerts arrived. B must not wait for A.
+/// Raises `storm` Critical alerts on `sims.ov` at once and, until PagerDuty has opened
+/// `opened_before` + the storm + one incident per probe, a probe (`raise`: one alert on another
+/// appliance) every 0-100 ms, at most `max_probes`. Returns when the storm started and the
+/// probes with the moment each was raised.
+async fn storm_with_probes(
+    sims: &Sims,
+    opened_before: u64,
+    storm: usize,
+    max_probes: usize,
+    mut raise: impl FnMut() -> R<(u64, Instant)>,
+) -> R<(Instant, Vec<(u64, Instant)>)> {
+    let storm_start = Instant::now();
+    let _ = sims.ov.handle.generate(&GenerateSpec {
+        count: storm,
+        severity: Some("Critical".into()),
+        state: Some("Active".into()),
+        ..Default::default()
+    });
+    let limit = Duration::from_secs(60 + storm as u64 / 200);
+    let mut probes = Vec::new();
+    loop {
+        let opened = sims.pd.counters().incidents_opened;
+        if opened >= opened_before + storm as u64 + probes.len() as u64 {
+            return Ok((storm_start, probes));
+        }
+        if storm_start.elapsed() > limit {
+            return Err(format!("{opened} triggers accepted in {limit:?}"));
+        }
+        if probes.len() < max_probes {
+            probes.push(raise()?);
+        }
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..100))).await;
+    }
+}
+
 async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> {
     let sims = Sims::start(Faults::default()).await?;
     let b_ov = start_ov().await?;
@@ -987,29 +1022,7 @@ async fn isolation(storm: usize, interval_ms: u64, probes: usize) -> R<Figures> 
     )
     .await?;
     // Storm on A; meanwhile an alert on B every 0-100 ms until PagerDuty holds everything.
-    let storm_start = Instant::now();
-    let _ = sims.ov.handle.generate(&GenerateSpec {
-        count: storm,
-        severity: Some("Critical".into()),
-        state: Some("Active".into()),
-        ..Default::default()
-    });
-    let limit = Duration::from_secs(60 + storm as u64 / 200);
-    let mut during = Vec::new();
-    loop {
-        let opened = sims.pd.counters().incidents_opened;
-        if opened >= want + storm as u64 + during.len() as u64 {
-            break;
-        }
-        if storm_start.elapsed() > limit {
-            return Err(format!("{opened} triggers accepted in {limit:?}"));
-        }
-        if during.len() < probes * 10 {
-            during.push(raise_b()?);
-        }
-        let pause = rand::rng().random_range(0..100);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-    }
+    let (storm_start, during) = storm_with_probes(&sims, want, storm, probes * 10, raise_b).await?;
     let origin = sims.pd.started();
     // When PagerDuty accepted each B alert, and how much of A's storm it held by then.
     let mut got_b: BTreeMap<u64, (Instant, usize)> = BTreeMap::new();
@@ -1252,28 +1265,7 @@ async fn scmb(
 
     // A storms (polled); B's changes keep coming over the bus.
     let want = sims.pd.counters().incidents_opened;
-    let storm_start = Instant::now();
-    let _ = sims.ov.handle.generate(&GenerateSpec {
-        count: storm,
-        severity: Some("Critical".into()),
-        state: Some("Active".into()),
-        ..Default::default()
-    });
-    let limit = Duration::from_secs(60 + storm as u64 / 200);
-    let mut during = Vec::new();
-    loop {
-        let opened = sims.pd.counters().incidents_opened;
-        if opened >= want + storm as u64 + during.len() as u64 {
-            break;
-        }
-        if storm_start.elapsed() > limit {
-            return Err(format!("{opened} triggers accepted in {limit:?}"));
-        }
-        if during.len() < probes * 10 {
-            during.push(raise_b()?);
-        }
-        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..100))).await;
-    }
+    let (storm_start, during) = storm_with_probes(&sims, want, storm, probes * 10, raise_b).await?;
     let origin = sims.pd.started();
     let a_last = sims
         .pd
