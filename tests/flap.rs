@@ -419,3 +419,76 @@ async fn an_alert_that_clears_no_more_than_max_transitions_times_behaves_as_befo
     s.pd.shutdown();
     s.ov.stop().await;
 }
+
+/// Runs `check-config` with a clean environment plus `env`.
+fn check_config(file: &std::path::Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oneview-pagerduty-bridge"));
+    cmd.arg("check-config")
+        .arg("--config")
+        .arg(file)
+        .env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn flap_config_defaults_file_environment_and_wrong_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.toml");
+    let base = format!(
+        "[oneview]\nurl = \"https://ov.example.com\"\nusername = \"u\"\npassword = \"p\"\n[pagerduty]\nrouting_key = \"{ROUTING_KEY}\"\n"
+    );
+    std::fs::write(&file, &base).unwrap();
+    let (code, out, err) = check_config(&file, &[]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "[flap]",
+        "enabled = true",
+        "max_transitions = 4",
+        "window = \"30m\"",
+        "settle = \"10m\"",
+    ] {
+        assert!(out.contains(line), "default {line} missing:\n{out}");
+    }
+
+    std::fs::write(
+        &file,
+        format!("{base}[flap]\nmax_transitions = 6\nsettle = \"5m\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = check_config(
+        &file,
+        &[
+            ("BRIDGE_FLAP__ENABLED", "false"),
+            ("BRIDGE_FLAP__SETTLE", "90s"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("max_transitions = 6"), "{out}");
+    assert!(out.contains("enabled = false"), "{out}");
+    assert!(
+        out.contains("settle = \"1m 30s\""),
+        "the environment wins:\n{out}"
+    );
+
+    // A misspelt key and out-of-range values are each named.
+    std::fs::write(
+        &file,
+        format!("{base}[flap]\nmax_transition = 6\nwindow = \"0s\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&file, &[("BRIDGE_FLAP__MAX_TRANSITIONS", "0")]);
+    assert_ne!(code, 0);
+    for k in ["flap.max_transition", "flap.window", "flap.max_transitions"] {
+        assert!(err.contains(k), "{k} not named:\n{err}");
+    }
+    assert!(err.contains("unknown key"), "{err}");
+    assert!(err.contains("must be between 1 and 1000"), "{err}");
+}
