@@ -38,6 +38,14 @@ async fn sims() -> Sims {
 }
 
 async fn bridge(s: &Sims, flap: impl FnOnce(&mut config::RawFlap)) -> Bridge {
+    bridge_on(s, None, flap).await
+}
+
+async fn bridge_on(
+    s: &Sims,
+    state: Option<std::path::PathBuf>,
+    flap: impl FnOnce(&mut config::RawFlap),
+) -> Bridge {
     let sim_cfg = SimConfig::default();
     let mut raw = RawConfig::default();
     raw.oneview.url = Some(s.ov.url());
@@ -54,6 +62,7 @@ async fn bridge(s: &Sims, flap: impl FnOnce(&mut config::RawFlap)) -> Bridge {
     raw.server.listen = "127.0.0.1:0".into();
     raw.server.shutdown_timeout = Duration::from_secs(3);
     raw.server.api_tokens = Some(SecretString::from(TOKEN.to_owned()));
+    raw.state.path = state;
     raw.flap.settle = Duration::from_secs(2);
     flap(&mut raw.flap);
     let cfg = config::validate(raw, Role::All).unwrap();
@@ -491,4 +500,57 @@ fn flap_config_defaults_file_environment_and_wrong_keys() {
     }
     assert!(err.contains("unknown key"), "{err}");
     assert!(err.contains("must be between 1 and 1000"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_held_for_settling_is_not_lost_across_a_restart() {
+    let s = sims().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.redb");
+    // A settle far beyond the test: the resolve is still held when the bridge stops.
+    let b = bridge_on(&s, Some(state.clone()), |f| {
+        f.max_transitions = 1;
+        f.settle = Duration::from_secs(3600);
+    })
+    .await;
+    let uri = s.ov.handle.add_alert(alert("SGH-restart"));
+    let k = key(&uri);
+    cycle(&s, &b, &uri, 3, |_| async {}).await;
+    sentinel(&s, "CZ-before").await;
+    let before = actions(&s.pd, &k);
+    assert_eq!(before.first().map(String::as_str), Some("trigger"));
+    assert!(
+        !before.contains(&"resolve".to_owned()),
+        "held while flapping: {before:?}"
+    );
+    b.stop().await;
+
+    // The flap state is not durable: the next start rebuilds it. The ledger says the incident
+    // is open and OneView has the alert cleared, so it is resolved, at the latest after
+    // flap.settle (here 2 s, and max_transitions = 1 damps even that first clear).
+    let b = bridge_on(&s, Some(state), |f| f.max_transitions = 1).await;
+    assert!(
+        s.pd.wait_until(WAIT, |pd| actions(pd, &k).contains(&"resolve".to_owned()))
+            .await,
+        "resolved after the restart: {:?}",
+        actions(&s.pd, &k)
+    );
+    sentinel(&s, "CZ-after").await;
+    let after = actions(&s.pd, &k);
+    assert_eq!(
+        after.iter().filter(|a| *a == "resolve").count(),
+        1,
+        "once: {after:?}"
+    );
+    assert_eq!(after.last().map(String::as_str), Some("resolve"));
+    let open =
+        s.pd.incidents()
+            .into_iter()
+            .filter(|i| i.dedup_key == k && i.status != IncidentStatus::Resolved)
+            .count();
+    assert_eq!(open, 0, "no incident left open");
+
+    b.stop().await;
+    s.pd.shutdown();
+    s.ov.stop().await;
 }
