@@ -55,7 +55,8 @@ struct History {
     open: bool,
     flapping: bool,
     /// While flapping and cleared: when the held resolve is due, and the clear it resolves.
-    held: Option<(Instant, AlertChange)>,
+    /// Boxed: most histories never hold one, and the change is ~100 bytes.
+    held: Option<Box<(Instant, AlertChange)>>,
 }
 
 /// What the dispatcher learns from one change.
@@ -109,8 +110,8 @@ impl Flaps {
             Some(h) if h.open == open => {
                 // An update, or a clear seen again: no transition. A held resolve keeps its due
                 // time (the alert has been cleared since then), with the newer clear.
-                if !open && let Some((_, c)) = h.held.as_mut() {
-                    *c = change.clone();
+                if !open && let Some(held) = h.held.as_mut() {
+                    held.1 = change.clone();
                 }
                 return Seen {
                     flapping: h.flapping,
@@ -146,12 +147,12 @@ impl Flaps {
             h.flapping = true;
             self.flapping += 1;
         }
-        if let Some((at, _)) = h.held.take() {
-            self.due.remove(&(at, Box::from(key)));
+        if let Some(held) = h.held.take() {
+            self.due.remove(&(held.0, Box::from(key)));
         }
         if h.flapping && !open {
             let at = now + self.settings.settle;
-            h.held = Some((at, change.clone()));
+            h.held = Some(Box::new((at, change.clone())));
             self.due.insert((at, Box::from(key)));
         }
         Seen {
@@ -189,8 +190,8 @@ impl Flaps {
                 if h.flapping {
                     self.flapping -= 1;
                 }
-                if let Some((_, change)) = h.held {
-                    out.push((key.into_string(), change));
+                if let Some(held) = h.held {
+                    out.push((key.into_string(), held.1));
                 }
             }
         }
@@ -365,6 +366,14 @@ mod tests {
         assert_eq!(f.tracked(), 0, "cleared and settled: forgotten");
         assert_eq!(f.flapping_count(), 0);
         assert!(f.take_settled(Instant::now()).is_empty(), "once");
+    }
+
+    #[test]
+    fn a_history_is_small() {
+        // Per alert that cleared within flap.window: the map slot (key and history) plus the
+        // ring's few timestamps on the heap.
+        assert!(std::mem::size_of::<History>() <= 48);
+        assert!(std::mem::size_of::<(Box<str>, History)>() <= 64);
     }
 
     #[tokio::test(start_paused = true)]
