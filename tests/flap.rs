@@ -63,7 +63,9 @@ async fn bridge_on(
     raw.server.shutdown_timeout = Duration::from_secs(3);
     raw.server.api_tokens = Some(SecretString::from(TOKEN.to_owned()));
     raw.state.path = state;
-    raw.flap.settle = Duration::from_secs(2);
+    // Short, but longer than a poll or two on a busy machine: a re-raise soon after a clear
+    // must come before the settle.
+    raw.flap.settle = Duration::from_secs(4);
     flap(&mut raw.flap);
     let cfg = config::validate(raw, Role::All).unwrap();
     let app = bridge::App::build(cfg).await.unwrap();
@@ -281,7 +283,7 @@ async fn a_flapping_alert_opens_one_incident_and_resolves_once_after_settling() 
     s.ov.handle.clear(id_of(&uri)).unwrap();
     assert!(eventually(|| async { b.listed(&k).await.is_none() }).await);
 
-    // It stays cleared: after flap.settle (2 s) it resolves, once.
+    // It stays cleared: after flap.settle (4 s) it resolves, once.
     assert!(
         s.pd.wait_until(WAIT, |pd| pd
             .incidents()
@@ -527,7 +529,7 @@ async fn a_resolve_held_for_settling_is_not_lost_across_a_restart() {
 
     // The flap state is not durable: the next start rebuilds it. The ledger says the incident
     // is open and OneView has the alert cleared, so it is resolved, at the latest after
-    // flap.settle (here 2 s, and max_transitions = 1 damps even that first clear).
+    // flap.settle (here 4 s, and max_transitions = 1 damps even that first clear).
     let b = bridge_on(&s, Some(state), |f| f.max_transitions = 1).await;
     assert!(
         s.pd.wait_until(WAIT, |pd| actions(pd, &k).contains(&"resolve".to_owned()))
@@ -549,6 +551,54 @@ async fn a_resolve_held_for_settling_is_not_lost_across_a_restart() {
             .filter(|i| i.dedup_key == k && i.status != IncidentStatus::Resolved)
             .count();
     assert_eq!(open, 0, "no incident left open");
+
+    b.stop().await;
+    s.pd.shutdown();
+    s.ov.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silenced_flapping_alert_sends_no_update_and_still_resolves_once_after_settling() {
+    let s = sims().await;
+    let b = bridge(&s, |f| f.max_transitions = 1).await;
+    let uri = s.ov.handle.add_alert(alert("SGH-quiet"));
+    let k = key(&uri);
+    assert!(
+        s.pd.wait_until(WAIT, |pd| actions(pd, &k) == ["trigger"])
+            .await,
+        "paged before the silence"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/silences", b.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "matchers": {"resource_name": "SGH-quiet"},
+            "duration": "1h",
+            "created_by": "test",
+            "comment": "flapping under maintenance",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Flapping while silenced: the clears are held by flap damping, the re-raises (which
+    // would update the incident with the flag) by the silence.
+    let pd = &s.pd;
+    let k_ref = &k;
+    let b_ref = &b;
+    cycle(&s, &b, &uri, 4, |n| async move {
+        assert_eq!(actions(pd, k_ref), ["trigger"], "nothing sent (clear {n})");
+        assert_eq!(b_ref.metric("bridge_flapping_alerts").await, 1.0);
+    })
+    .await;
+    assert!(b.metric("bridge_silence_suppressed_triggers_total").await >= 1.0);
+    // Settled, still silenced: the resolve of the open incident flows, once.
+    assert!(
+        s.pd.wait_until(WAIT, |pd| actions(pd, &k).len() == 2).await,
+        "resolved after settling although silenced"
+    );
+    sentinel(&s, "CZ-other-2").await;
+    assert_eq!(actions(&s.pd, &k), ["trigger", "resolve"]);
 
     b.stop().await;
     s.pd.shutdown();
