@@ -89,6 +89,8 @@ pub struct RawConfig {
     pub scmb: RawScmb,
     /// `[change_events]`: completed OneView tasks as PagerDuty Change Events (off by default).
     pub change_events: RawChangeEvents,
+    /// `[flap]`: flap damping (on by default).
+    pub flap: RawFlap,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,6 +400,31 @@ impl Default for RawPoller {
             page_size: 500,
             resync_interval: Duration::from_secs(3600),
             watermark_overlap: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[flap]`: an alert that raises and clears more than `max_transitions` times within
+/// `window` is flapping; its incident stays open until it stays cleared for `settle`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawFlap {
+    pub enabled: bool,
+    pub max_transitions: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+}
+
+impl Default for RawFlap {
+    fn default() -> Self {
+        let d = crate::pipeline::FlapSettings::default();
+        Self {
+            enabled: d.enabled,
+            max_transitions: d.max_transitions,
+            window: d.window,
+            settle: d.settle,
         }
     }
 }
@@ -928,6 +955,8 @@ pub struct Config {
     /// `[change_events]` (off by default); each appliance's effective ones are in
     /// [`ApplianceConfig`].
     pub change_events: ChangeEventsConfig,
+    /// `[flap]`: flap damping.
+    pub flap: crate::pipeline::FlapSettings,
     /// Non-fatal findings (plain-HTTP URLs, disabled TLS verification) logged at start.
     pub warnings: Vec<String>,
 }
@@ -2581,6 +2610,7 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
             "remove it to use the host name plus a random suffix",
         );
     }
+    let flap = validate_flap(&mut c, &raw.flap);
     let lease = LeaseConfig {
         ttl: ls.ttl,
         renew_interval: ls.renew_interval,
@@ -2644,11 +2674,42 @@ pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
         lease,
         scmb,
         change_events,
+        flap,
         appliances,
         pagerduty,
         warnings: c.warnings,
         raw,
     })
+}
+
+/// `[flap]`: bounds that keep flap damping meaningful (a window shorter than a poll cannot see
+/// two transitions; a settle of days keeps incidents open that should have closed).
+fn validate_flap(c: &mut Checker, f: &RawFlap) -> crate::pipeline::FlapSettings {
+    let day = Duration::from_secs(24 * 3600);
+    if !(1..=1000).contains(&f.max_transitions) {
+        c.problem(
+            "flap.max_transitions",
+            Some(&f.max_transitions.to_string()),
+            "must be between 1 and 1000",
+            "4 (the default) damps an alert from its fifth raise or clear within flap.window; set flap.enabled = false to turn damping off",
+        );
+    }
+    for (key, v) in [("flap.window", f.window), ("flap.settle", f.settle)] {
+        if v < Duration::from_secs(1) || v > day {
+            c.problem(
+                key,
+                Some(&humantime::format_duration(v).to_string()),
+                "must be between 1s and 24h",
+                "the defaults are window = \"30m\" and settle = \"10m\"",
+            );
+        }
+    }
+    crate::pipeline::FlapSettings {
+        enabled: f.enabled,
+        max_transitions: f.max_transitions,
+        window: f.window,
+        settle: f.settle,
+    }
 }
 
 /// The `state.url` & co. of backend `postgres`; with another backend they must be unset.

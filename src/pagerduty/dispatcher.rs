@@ -52,7 +52,8 @@ use tokio_util::sync::CancellationToken;
 use crate::model::{AlertChange, ChangeKind};
 use crate::pipeline::silence::ActiveSet;
 use crate::pipeline::{
-    Holding, Incidents, Incoming, Queued, Routes, Silence, Silences, Step, Why, decide,
+    Flap, FlapSettings, Flaps, Holding, Incidents, Incoming, Queued, Routes, Silence, Silences,
+    Step, Why, decide,
 };
 use crate::readiness::Readiness;
 use crate::recent::FastMap;
@@ -72,6 +73,8 @@ pub struct Settings {
     pub capacity: usize,
     pub retry_initial_delay: Duration,
     pub retry_max_delay: Duration,
+    /// `[flap]`.
+    pub flap: FlapSettings,
 }
 
 /// What the sending tasks share.
@@ -228,7 +231,13 @@ pub(crate) struct Dispatcher {
     /// The silences active when they were last looked at, and when that set changes next.
     active: ActiveSet,
     silence_wake: Option<Instant>,
+    /// Flap damping: the alerts that clear often, and the resolves held until they settle
+    /// (their due times wake the loop, as a silence's end does).
+    flaps: Flaps,
 }
+
+/// Folded into the fingerprint of a flapping alert (see [`Dispatcher::evaluate`]).
+const FLAPPING: u64 = 0x666c_6170_7069_6e67;
 
 fn priority_name(p: u8) -> &'static str {
     match p {
@@ -277,7 +286,6 @@ impl Dispatcher {
     ) -> Self {
         let n = sources.len().max(1);
         Self {
-            shared,
             router,
             ctx,
             keys: FastMap::default(),
@@ -300,6 +308,8 @@ impl Dispatcher {
             clock: 0,
             active: ActiveSet::default(),
             silence_wake: None,
+            flaps: Flaps::new(shared.settings.flap),
+            shared,
         }
     }
 
@@ -398,7 +408,7 @@ impl Dispatcher {
                 (i, msg) = intake, if room.iter().any(|r| *r) => {
                     next_source = i + 1;
                     match msg {
-                        Some(change) => self.intake(change, i),
+                        Some(change) => self.evaluate(change, i, true),
                         None => done[i] = true,
                     }
                 }
@@ -407,6 +417,8 @@ impl Dispatcher {
                 // A silence was added or expired, or one starts or ends now.
                 Ok(()) = silences.changed() => self.refresh_silences(),
                 _ = sleep_until_opt(self.silence_wake), if self.silence_wake.is_some() => self.refresh_silences(),
+                // A flapping alert stayed cleared for flap.settle: its resolve goes out now.
+                _ = sleep_until_opt(self.flaps.next_due()), if self.flaps.next_due().is_some() => self.settle_flaps(),
                 _ = work.cancelled(), if !draining => {
                     draining = true;
                     for s in &mut sources {
@@ -418,7 +430,10 @@ impl Dispatcher {
                         tracing::info!(queued = self.pending.len(), "shutdown: delivering the queued PagerDuty events until server.shutdown_timeout");
                     }
                 }
-                _ = tick.tick() => self.update_incident_gauges(),
+                _ = tick.tick() => {
+                    self.flaps.sweep(Instant::now());
+                    self.update_incident_gauges();
+                }
             }
         }
         self.update_queue_gauges();
@@ -567,7 +582,7 @@ impl Dispatcher {
             let was = t.silenced_by.as_deref().is_some_and(|id| ids.contains(id));
             if was || changed.iter().any(|c| c.matches(&t.change)) {
                 let source = self.source_of_key(&t.dedup_key);
-                self.intake(t.change, source);
+                self.evaluate(t.change, source, false);
                 again += 1;
             }
         }
@@ -583,12 +598,50 @@ impl Dispatcher {
             .set(i64::try_from(self.shared.incidents.held_count()).unwrap_or(i64::MAX));
     }
 
+    /// Sends the resolves of the flapping alerts that stayed cleared for `flap.settle`: their
+    /// histories are forgotten, so the evaluation of the held clear is the plain policy's.
+    fn settle_flaps(&mut self) {
+        let settled = self.flaps.take_settled(Instant::now());
+        for (key, change) in settled {
+            self.shared.incidents.set_flapping(&key, false);
+            self.shared.metrics.flap_settled.inc();
+            tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, "flapping alert stayed cleared for flap.settle; resolving its incident");
+            let source = self.source_of_key(&key);
+            self.evaluate(change, source, false);
+        }
+        self.shared
+            .metrics
+            .flapping
+            .set(i64::try_from(self.flaps.flapping_count()).unwrap_or(i64::MAX));
+    }
+
     /// Decides what PagerDuty must hear about one change (from intake `source`), and queues
-    /// it.
-    fn intake(&mut self, change: AlertChange, source: usize) {
+    /// it. `arrived`: the change is new (it counts as a transition for flap damping), not an
+    /// alert's last change evaluated again.
+    fn evaluate(&mut self, change: AlertChange, source: usize, arrived: bool) {
         let alert = &change.alert;
         let key = event::dedup_key(&change.key.appliance, &change.key.uri);
         let open = change.kind != ChangeKind::Cleared;
+        let flapping = if arrived {
+            let seen = self.flaps.observe(&key, &change, Instant::now());
+            if seen.started {
+                self.shared.incidents.set_flapping(&key, true);
+                self.shared
+                    .metrics
+                    .flapping
+                    .set(i64::try_from(self.flaps.flapping_count()).unwrap_or(i64::MAX));
+                let f = self.flaps.settings();
+                tracing::warn!(dedup_key = %key, alert_uri = %change.key.uri, max_transitions = f.max_transitions, window = %humantime::format_duration(f.window), "alert is flapping: its incident stays open until it stays cleared for flap.settle");
+            }
+            seen.flapping
+        } else {
+            self.flaps.is_flapping(&key)
+        };
+        let flap = if !open && self.flaps.holds_resolve(&key) {
+            Flap::HoldsResolve
+        } else {
+            Flap::None
+        };
         let holder: Option<Arc<str>> = if open {
             self.active
                 .holder(&change)
@@ -604,7 +657,9 @@ impl Dispatcher {
         };
         self.shared.incidents.observe(&key, &change);
         let pd_severity = self.ctx.pd_severity(alert.severity.as_str());
-        let fp = event::fingerprint(&pd_severity, alert);
+        // A flapping alert differs from its first trigger by `custom_details.flapping`: the
+        // first raise after flapping started updates the incident with it, once.
+        let fp = event::fingerprint(&pd_severity, alert) ^ if flapping { FLAPPING } else { 0 };
         let incoming = match change.kind {
             ChangeKind::Raised | ChangeKind::Updated => Incoming::Open {
                 route: self.router.route(&change.appliance.id, alert).route.clone(),
@@ -613,8 +668,12 @@ impl Dispatcher {
             ChangeKind::Cleared => Incoming::Cleared { fingerprint: fp },
         };
         let (confirmed, queued) = self.view(&key);
-        let d = decide(&incoming, &confirmed, &queued, &self.router, silence);
+        let d = decide(&incoming, &confirmed, &queued, &self.router, silence, flap);
         match d.why {
+            Why::FlapHeld => {
+                self.shared.metrics.flap_held.inc();
+                tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, "flapping alert cleared; its resolve waits until it stays cleared for flap.settle");
+            }
             Why::Silenced => {
                 self.shared.metrics.suppressed.inc();
                 tracing::info!(dedup_key = %key, alert_uri = %change.key.uri, silence = holder.as_deref().unwrap_or(""), "a silence holds this alert; not paged (it is, when the silence ends and the alert is still open)");
@@ -641,7 +700,7 @@ impl Dispatcher {
             Why::New | Why::Update | Why::Resolve | Why::ResolveUnknown => {}
         }
         for o in &d.orphans {
-            let ev = self.build(o.action, &change);
+            let ev = self.build(&key, o.action, &change);
             let seq = self.next_seq;
             self.next_seq += 1;
             self.orphan(&key, o.action, &o.route, &ev, seq);
@@ -649,13 +708,14 @@ impl Dispatcher {
         self.replace_queue(&key, &d.queue, &change, &pd_severity, source);
     }
 
-    fn build(&self, action: Action, change: &AlertChange) -> Encoded {
-        Encoded::new(&event::build(
-            action,
-            &change.alert,
-            &change.appliance,
-            &self.ctx,
-        ))
+    fn build(&self, key: &str, action: Action, change: &AlertChange) -> Encoded {
+        let mut ev = event::build(action, &change.alert, &change.appliance, &self.ctx);
+        if action == Action::Trigger && self.flaps.is_flapping(key) {
+            ev.payload
+                .custom_details
+                .insert("flapping".to_owned(), serde_json::Value::Bool(true));
+        }
+        Encoded::new(&ev)
     }
 
     /// Keeps an event for a route that is gone as a dead letter: never sent, never rerouted.
@@ -756,7 +816,7 @@ impl Dispatcher {
         let Some(target) = self.router.by_name(&step.route).cloned() else {
             return;
         };
-        let ev = self.build(step.action, change);
+        let ev = self.build(key, step.action, change);
         let seq = self.next_seq;
         self.next_seq += 1;
         let now = Instant::now();
@@ -799,7 +859,7 @@ impl Dispatcher {
         change: &AlertChange,
         pd_severity: &str,
     ) {
-        let ev = Arc::new(self.build(step.action, change));
+        let ev = Arc::new(self.build(key, step.action, change));
         let store_seq = self.next_seq;
         self.next_seq += 1;
         let prio = priority(pd_severity);

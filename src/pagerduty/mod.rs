@@ -117,6 +117,9 @@ pub(crate) struct Metrics {
     silences_active: Gauge,
     silenced_alerts: Gauge,
     suppressed: Counter,
+    flapping: Gauge,
+    flap_held: Counter,
+    flap_settled: Counter,
 }
 
 fn static_label(v: &str, set: &[&'static str]) -> &'static str {
@@ -142,6 +145,9 @@ impl Metrics {
             silences_active: Gauge::default(),
             silenced_alerts: Gauge::default(),
             suppressed: Counter::default(),
+            flapping: Gauge::default(),
+            flap_held: Counter::default(),
+            flap_settled: Counter::default(),
         };
         for a in ACTIONS {
             for o in OUTCOMES {
@@ -221,6 +227,21 @@ impl Metrics {
             "bridge_silence_suppressed_triggers",
             "Triggers (new incidents, updates, route changes) not sent because a silence held the alert",
             m.suppressed.clone(),
+        );
+        registry.register(
+            "bridge_flapping_alerts",
+            "Alerts flapping now (more than flap.max_transitions raises and clears within flap.window): their incidents stay open until they settle",
+            m.flapping.clone(),
+        );
+        registry.register(
+            "bridge_flap_held_resolves",
+            "Resolves of flapping alerts held back because the alert cleared before it settled",
+            m.flap_held.clone(),
+        );
+        registry.register(
+            "bridge_flap_settled",
+            "Flapping alerts that stayed cleared for flap.settle and were resolved then",
+            m.flap_settled.clone(),
         );
         m
     }
@@ -361,6 +382,7 @@ pub fn assemble_durable(
         capacity: pd.queue_capacity.max(1),
         retry_initial_delay: pd.retry_initial_delay,
         retry_max_delay: pd.retry_max_delay,
+        flap: cfg.flap,
     };
     for t in router.targets() {
         metrics.open_incidents(&t.route).set(0);

@@ -141,6 +141,17 @@ pub enum Why {
     /// A silence holds the alert: what would have been sent (a trigger, an update, a route
     /// change) is not, and not-yet-sent events of this process are cancelled.
     Silenced,
+    /// The alert is flapping and cleared: its incident stays open until it settles.
+    FlapHeld,
+}
+
+/// Whether flap damping holds the alert's resolve, as the dispatcher found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flap {
+    /// Not flapping, off, or settled: the plain policy.
+    None,
+    /// Flapping and cleared less than `flap.settle` ago: a resolve of an open incident waits.
+    HoldsResolve,
 }
 
 /// Whether a silence holds the alert, as the dispatcher found it.
@@ -171,6 +182,7 @@ pub fn decide(
     queued: &[Queued],
     routes: &dyn Routes,
     silence: Silence,
+    flap: Flap,
 ) -> Decision {
     let resumed: Vec<&Step> = queued
         .iter()
@@ -229,6 +241,10 @@ pub fn decide(
         (Silence::Holds, Incoming::Cleared { .. }, Why::ResolveUnknown) => {
             (Vec::new(), Why::NeverSent)
         }
+        _ => (plan, why),
+    };
+    let (plan, why) = match (flap, why) {
+        (Flap::HoldsResolve, Why::Resolve) => (Vec::new(), Why::FlapHeld),
         _ => (plan, why),
     };
     // A resumed event stays unless the first planned event is on its route: a resolve or a
@@ -561,7 +577,14 @@ mod tests {
             ),
         ];
         for (name, incoming, confirmed, queued, queue, orphans, why) in rows {
-            let d = decide(&incoming, &confirmed, &queued, &ROUTES, Silence::None);
+            let d = decide(
+                &incoming,
+                &confirmed,
+                &queued,
+                &ROUTES,
+                Silence::None,
+                Flap::None,
+            );
             assert_eq!(
                 d,
                 Decision {
@@ -579,7 +602,14 @@ mod tests {
         // The dispatcher folds the event in flight into `confirmed` with `Holding::after`.
         let in_flight = t("critical", 1);
         let confirmed = Holding::Unknown.after(&in_flight);
-        let d = decide(&CLEARED, &confirmed, &[], &ROUTES, Silence::None);
+        let d = decide(
+            &CLEARED,
+            &confirmed,
+            &[],
+            &ROUTES,
+            Silence::None,
+            Flap::None,
+        );
         assert_eq!(d.queue, vec![res("critical")]);
         let closing = Holding::Open {
             route: r("critical"),
@@ -682,7 +712,155 @@ mod tests {
             ),
         ];
         for (name, incoming, confirmed, queued, queue, why) in rows {
-            let d = decide(&incoming, &confirmed, &queued, &ROUTES, Silence::Holds);
+            let d = decide(
+                &incoming,
+                &confirmed,
+                &queued,
+                &ROUTES,
+                Silence::Holds,
+                Flap::None,
+            );
+            assert_eq!(
+                d,
+                Decision {
+                    queue,
+                    orphans: vec![],
+                    why
+                },
+                "{name}"
+            );
+        }
+    }
+
+    /// The flap-damping rows: (what arrives, what PagerDuty holds, what is queued, silence,
+    /// flap) -> (the queue, why). Fingerprint 11 is the alert as it was first triggered, 12
+    /// the same alert with `flapping` folded in (the dispatcher does that while it flaps).
+    #[test]
+    fn flap_table() {
+        type Row = (
+            &'static str,
+            Incoming,
+            Holding,
+            Vec<Queued>,
+            Silence,
+            Flap,
+            Vec<Step>,
+            Why,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "cleared while flapping: the incident stays open",
+                CLEARED,
+                open("critical", 11),
+                vec![],
+                Silence::None,
+                Flap::HoldsResolve,
+                vec![],
+                Why::FlapHeld,
+            ),
+            (
+                "settled: resolved once",
+                CLEARED,
+                open("critical", 12),
+                vec![],
+                Silence::None,
+                Flap::None,
+                vec![res("critical")],
+                Why::Resolve,
+            ),
+            (
+                "first re-raise while flapping: one update carrying flapping",
+                raised("critical", 12),
+                open("critical", 11),
+                vec![],
+                Silence::None,
+                Flap::None,
+                vec![t("critical", 12)],
+                Why::Update,
+            ),
+            (
+                "later re-raises while flapping: no re-trigger",
+                raised("critical", 12),
+                open("critical", 12),
+                vec![],
+                Silence::None,
+                Flap::None,
+                vec![],
+                Why::Unchanged,
+            ),
+            (
+                "cleared while its flapping update waits: the update is dropped, the incident stays",
+                CLEARED,
+                open("critical", 11),
+                vec![fresh(t("critical", 12))],
+                Silence::None,
+                Flap::HoldsResolve,
+                vec![],
+                Why::FlapHeld,
+            ),
+            (
+                "severity moved while flapping: a route change still resolves and triggers",
+                raised("default", 13),
+                open("critical", 12),
+                vec![],
+                Silence::None,
+                Flap::None,
+                vec![res("critical"), t("default", 13)],
+                Why::RouteChange,
+            ),
+            (
+                "flapping into a resolve already accepted: nothing held, nothing sent",
+                CLEARED,
+                Holding::Closed,
+                vec![],
+                Silence::None,
+                Flap::HoldsResolve,
+                vec![],
+                Why::AlreadyResolved,
+            ),
+            (
+                "no incident known (after a restart): the resolve is not held",
+                CLEARED,
+                Holding::Unknown,
+                vec![],
+                Silence::None,
+                Flap::HoldsResolve,
+                vec![res("default"), res("critical")],
+                Why::ResolveUnknown,
+            ),
+            (
+                "silenced and flapping, cleared: held like any flapping resolve",
+                CLEARED,
+                open("critical", 11),
+                vec![],
+                Silence::Holds,
+                Flap::HoldsResolve,
+                vec![],
+                Why::FlapHeld,
+            ),
+            (
+                "silenced and flapping, re-raised: the silence withholds the update",
+                raised("critical", 12),
+                open("critical", 11),
+                vec![],
+                Silence::Holds,
+                Flap::None,
+                vec![],
+                Why::Silenced,
+            ),
+            (
+                "a resumed resolve may have been accepted: kept while flapping",
+                CLEARED,
+                open("critical", 11),
+                vec![resumed(res("critical"))],
+                Silence::None,
+                Flap::HoldsResolve,
+                vec![res("critical")],
+                Why::AlreadyResolved,
+            ),
+        ];
+        for (name, incoming, confirmed, queued, silence, flap, queue, why) in rows {
+            let d = decide(&incoming, &confirmed, &queued, &ROUTES, silence, flap);
             assert_eq!(
                 d,
                 Decision {

@@ -104,6 +104,8 @@ struct Table {
     /// Open alerts a silence held at their last evaluation, with the id of that silence (few:
     /// a map of its own rather than a field of every entry).
     held: FastMap<Box<str>, Arc<str>>,
+    /// Alerts flap damping found flapping (few, like `held`), until they settle.
+    flapping: std::collections::HashSet<Box<str>>,
     ttl: Duration,
     next_sweep: Instant,
 }
@@ -117,6 +119,8 @@ pub struct TrackedAlert {
     pub route: Option<Arc<str>>,
     /// The silence that holds the alert, if one does.
     pub silenced_by: Option<Arc<str>>,
+    /// Flap damping found the alert flapping: its incident stays open until it settles.
+    pub flapping: bool,
 }
 
 /// A known alert key, for a write-back: whose alert it is and where its incident is.
@@ -151,6 +155,7 @@ impl Incidents {
                 resolved: FastMap::default(),
                 per_route: FastMap::default(),
                 held: FastMap::default(),
+                flapping: Default::default(),
                 ttl,
                 next_sweep: Instant::now() + sweep_every(ttl),
             }),
@@ -198,6 +203,22 @@ impl Incidents {
     /// The silence holding `key`, if one did at its last evaluation.
     pub fn held_by(&self, key: &str) -> Option<Arc<str>> {
         self.lock().held.get(key).cloned()
+    }
+
+    /// Marks `key` flapping (the dispatcher, when flap damping finds it so), or not (when it
+    /// settled).
+    pub fn set_flapping(&self, key: &str, flapping: bool) {
+        let mut g = self.lock();
+        if flapping {
+            g.flapping.insert(Box::from(key));
+        } else {
+            g.flapping.remove(key);
+        }
+    }
+
+    /// Whether flap damping found `key` flapping.
+    pub fn is_flapping(&self, key: &str) -> bool {
+        self.lock().flapping.contains(key)
     }
 
     /// How many open alerts a silence holds (the gauge).
@@ -352,6 +373,7 @@ impl Incidents {
                     change,
                     route: g.held(e).map(|(r, _)| r),
                     silenced_by: g.held.get(k).cloned(),
+                    flapping: g.flapping.contains(k),
                 })
             })
             .collect()

@@ -155,14 +155,18 @@ pub struct TrackedAlert {
     /// poller (acknowledged, reassigned, annotated); only `http`/`https` URLs are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident_url: Option<String>,
-    /// Status markers of the alert (`kind`: `silenced`; `flapping` once that exists), shown
-    /// beside it on the status page.
+    /// Status markers of the alert (`kind`: `silenced`, `flapping`), shown beside it on the
+    /// status page.
     #[serde(default)]
     pub markers: Vec<AlertMarker>,
     /// The id of the silence that holds the alert (its trigger or updates are not sent until
     /// the silence ends), if one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silenced_by: Option<String>,
+    /// Flap damping found the alert flapping (`flap.*`): its incident stays open until the
+    /// alert has stayed cleared for `flap.settle`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
 }
 
 /// A marker on an alert: something on-call should see at a glance.
@@ -541,8 +545,15 @@ impl Local {
                     }
                 })
                 .into_iter()
+                .chain(t.flapping.then(|| AlertMarker {
+                    kind: "flapping".to_owned(),
+                    detail: Some(
+                        "raises and clears often: its incident stays open until it has stayed cleared for flap.settle".to_owned(),
+                    ),
+                }))
                 .collect(),
             silenced_by: t.silenced_by.as_deref().map(str::to_owned),
+            flapping: t.flapping,
         }
     }
 

@@ -380,6 +380,7 @@ svg.history line.base{stroke:#8a8f98;stroke-width:1}svg.history line.grid{stroke
 .key{display:inline-block;width:10px;height:10px;border-radius:2px;vertical-align:middle}\
 .key-pages{background:#b3261e}.key-resolves{background:#1e7b34}\
 .marker{display:inline-block;padding:0 6px;border-radius:8px;font-size:.75rem;background:#e3e6ea;color:#1d2330}\
+.marker-flapping{background:#fde7c8;color:#5c3200}\
 .sr-only{position:absolute;width:1px;height:1px;padding:0;margin:-1px;overflow:hidden;clip:rect(0,0,0,0);white-space:nowrap;border:0}";
 
 /// Re-fetches the page and swaps `<main>`. Only `<main>` is parsed: the new page's `<style>`
@@ -793,6 +794,7 @@ mod tests {
             incident_url: None,
             markers: Vec::new(),
             silenced_by: None,
+            flapping: false,
         }
     }
 

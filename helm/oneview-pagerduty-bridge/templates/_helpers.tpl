@@ -598,6 +598,8 @@ routing_key_file = {{ printf "%s/%s" $.Values.secrets.mountPath $r.routingKeySec
 {{- end }}
 
 {{ include "bridge.tomlTable" (list "dedup" .Values.config.dedup) }}
+
+{{ include "bridge.tomlTable" (list "flap" (.Values.config.flap | default dict)) }}
 {{- /* backend "file" is what state.path implies: left out, so the file's TOML is unchanged. */}}
 {{ if include "bridge.postgres" . }}
 {{ include "bridge.tomlTable" (list "state" .Values.config.state (include "bridge.stateDbLines" .)) }}
