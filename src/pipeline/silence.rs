@@ -34,6 +34,9 @@ pub const MATCHER_KEYS: [&str; 5] = [
     "alert_type",
 ];
 
+/// The alert severities OneView gives (`model::Severity`), for the `severity` matcher.
+const SEVERITIES: [&str; 5] = ["OK", "Warning", "Critical", "Unknown", "Disabled"];
+
 /// Longest silence accepted: longer windows are forgotten maintenance, not maintenance.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -173,6 +176,17 @@ impl NewSilence {
                     if let Err(e) = glob(k, v) {
                         return Err(invalid(field, format!("`{v}` is not a valid glob: {e}")));
                     }
+                }
+                // A typo would silently match nothing and hold nothing: the window would
+                // page through the maintenance it was made for.
+                "severity" if !SEVERITIES.iter().any(|s| s.eq_ignore_ascii_case(v)) => {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "`{v}` is not a OneView alert severity; use one of {}",
+                            SEVERITIES.join(", ")
+                        ),
+                    ));
                 }
                 "appliance" if !appliances.iter().any(|a| a.eq_ignore_ascii_case(v)) => {
                     return Err(invalid(
@@ -748,6 +762,7 @@ mod tests {
             "matchers.resource_name"
         );
         assert_eq!(field(new(&[("appliance", "ov9")])), "matchers.appliance");
+        assert_eq!(field(new(&[("severity", "Crtical")])), "matchers.severity");
         let mut n = new(&[("severity", "Critical")]);
         n.duration = None;
         n.starts_at = Some(now + chrono::Duration::hours(2));
