@@ -4,86 +4,25 @@
 //! (counts and order), never on wall-clock timing.
 
 mod bridge_proc;
+mod inproc;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bridge::config::{self, RawConfig, Role};
-use bridge::sim::oneview::{self as ovsim, AlertSpec, SimConfig};
-use bridge::sim::pagerduty::{self as pdsim, Faults, IncidentStatus};
-use secrecy::SecretString;
+use bridge::sim::oneview::AlertSpec;
+use bridge::sim::pagerduty::{self as pdsim, IncidentStatus};
+use inproc::{Bridge, Sims, WAIT, eventually, sims};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const ROUTING_KEY: &str = "SILENCEROUTINGKEY000000000000001";
 const APPLIANCE: &str = "synergy-silence";
 const TOKEN: &str = "silence-test-token-0123456789abcdef";
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Sims {
-    ov: ovsim::RunningSim,
-    pd: pdsim::SimHandle,
-}
-
-struct Bridge {
-    url: String,
-    stop: CancellationToken,
-    app: tokio::task::JoinHandle<()>,
-}
-
-async fn sims() -> Sims {
-    let loopback = "127.0.0.1:0".parse().unwrap();
-    let ov = ovsim::start(SimConfig::default(), loopback).await.unwrap();
-    let pd = pdsim::start(loopback, Faults::default()).await.unwrap();
-    Sims { ov, pd }
-}
 
 async fn bridge(s: &Sims, state: Option<PathBuf>) -> Bridge {
-    let sim_cfg = SimConfig::default();
-    let mut raw = RawConfig::default();
-    raw.oneview.url = Some(s.ov.url());
-    raw.oneview.name = Some(APPLIANCE.into());
-    raw.oneview.username = Some(sim_cfg.username.clone());
-    raw.oneview.password = Some(SecretString::from(sim_cfg.password.clone()));
-    raw.pagerduty.routing_key = Some(SecretString::from(ROUTING_KEY.to_owned()));
-    raw.pagerduty.events_url = s.pd.events_url();
-    raw.pagerduty.retry_initial_delay = Duration::from_millis(50);
-    raw.pagerduty.retry_max_delay = Duration::from_millis(200);
-    raw.pagerduty.rate_limit_per_minute = 100_000;
-    raw.poller.interval = Duration::from_secs(1);
-    raw.poller.watermark_overlap = Duration::from_millis(500);
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.server.shutdown_timeout = Duration::from_secs(3);
-    raw.server.api_tokens = Some(SecretString::from(TOKEN.to_owned()));
-    raw.state.path = state;
-    let cfg = config::validate(raw, Role::All).unwrap();
-    let app = bridge::App::build(cfg).await.unwrap();
-    let url = format!("http://{}", app.local_addr());
-    let stop = CancellationToken::new();
-    let st = stop.clone();
-    let app = tokio::spawn(async move { app.run(st).await.unwrap() });
-    let b = Bridge { url, stop, app };
-    // Ready: logged in and the first full sync done.
-    assert!(
-        eventually(|| {
-            let u = format!("{}/ready", b.url);
-            async move { reqwest::get(u).await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await,
-        "bridge ready"
-    );
-    b
+    inproc::start(inproc::raw_config(s, APPLIANCE, ROUTING_KEY, TOKEN, state)).await
 }
 
 impl Bridge {
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.app)
-            .await
-            .expect("bridge stops within its shutdown timeout")
-            .unwrap();
-    }
-
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut rb = reqwest::Client::new()
             .request(method, format!("{}{path}", self.url))
@@ -149,21 +88,6 @@ impl Bridge {
             })
             .unwrap_or_else(|| panic!("metric {name} missing from /metrics"))
     }
-}
-
-async fn eventually<F, Fut>(f: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 fn key(uri: &str) -> String {

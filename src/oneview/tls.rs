@@ -83,8 +83,13 @@ pub fn client_config(
 ) -> Result<rustls::ClientConfig, TlsSetupError> {
     let shared = shared();
     let algorithms = shared.provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = if insecure {
-        Arc::new(AcceptAnything { algorithms })
+    let verifier = if insecure {
+        ApplianceVerifier {
+            insecure: true,
+            own: None,
+            system: None,
+            algorithms,
+        }
     } else {
         let own = if ca_certs.is_empty() {
             None
@@ -104,17 +109,18 @@ pub fn client_config(
                 .map_err(|e| TlsSetupError::BadAnchor(e.to_string()))?,
             )
         };
-        Arc::new(ApplianceVerifier {
+        ApplianceVerifier {
+            insecure: false,
             own,
             system: shared.system.clone(),
             algorithms,
-        })
+        }
     };
     let mut cfg = rustls::ClientConfig::builder_with_provider(shared.provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     cfg.resumption = shared.resumption.clone();
     // What reqwest offers by default with its http2 feature.
@@ -122,9 +128,12 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Trusts a chain that ends in the appliance's own CA or in a system root.
+/// Trusts a chain that ends in the appliance's own CA or in a system root; with
+/// `tls_insecure_skip_verify`, any certificate for any name. The handshake signatures are
+/// checked either way.
 #[derive(Debug)]
 struct ApplianceVerifier {
+    insecure: bool,
     own: Option<Arc<WebPkiServerVerifier>>,
     system: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
@@ -139,6 +148,9 @@ impl ServerCertVerifier for ApplianceVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.insecure {
+            return Ok(ServerCertVerified::assertion());
+        }
         let verify = |v: &WebPkiServerVerifier| {
             v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
         };
@@ -166,48 +178,6 @@ impl ServerCertVerifier for ApplianceVerifier {
                 CertificateError::UnknownIssuer,
             )),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `tls_insecure_skip_verify`: any certificate, any name. The handshake signatures are still
-/// checked, so the peer holds the key of the certificate it shows (not that it matters much).
-#[derive(Debug)]
-struct AcceptAnything {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
